@@ -1,0 +1,192 @@
+"""Find and mask credentials inside free text.
+
+Each secret kind is one regular expression, compiled once at import, that *starts with a
+literal* (``AKIA``, ``-----BEGIN``, ``eyJ``, ``token`` ...). CPython's ``re`` finds a literal
+prefix with a fast substring search, so a pass costs well under a millisecond per MB; one
+big alternation of all kinds would defeat that optimisation and runs ~50x slower. Left
+word boundaries are checked by a fixed-width look-behind placed *after* the literal (a
+look-behind in front would also defeat it), and every quantifier is bounded or possessive,
+so a scan is linear in the size of the text and catastrophic backtracking is impossible.
+
+Case-insensitive kinds (``bearer``, the credential names of ``generic_api_key``) are run
+over ``text.lower()``, which keeps every offset (the one code point whose lower case is two
+code points, U+0130, is mapped to its first).
+
+For context-anchored kinds (``bearer_token``, ``generic_api_key``) only the *value* is the
+secret: ``password = "hunter22"`` masks to ``password = "[REDACTED:generic_api_key]"`` so a
+reader still sees which field was hidden. When a specific kind and a context kind cover the
+same value (``"api_key": "sk-ant-..."``), the specific kind wins.
+
+Nothing in this module raises for any input text.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = ["SECRET_KINDS", "SecretHit", "find_secrets", "mask_secrets"]
+
+
+@dataclass(frozen=True)
+class SecretHit:
+    """One secret found in a text: its kind and the half-open span ``[start, end)``."""
+
+    kind: str
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class _Scanner:
+    # One kind, or several told apart by which group of that name matched.
+    kinds: tuple[str, ...]
+    pattern: re.Pattern[str]
+    # Case-insensitive scanners run over the lower-cased text.
+    lowered: bool
+    # The groups holding the secret when the match also spans its context (``Bearer ``).
+    value_groups: tuple[str, ...]
+
+
+def _boundary(literal: str, before: str) -> str:
+    """``literal`` not preceded by a character of class ``before``, prefix kept literal."""
+    return f"{literal}(?<![{before}]{literal})"
+
+
+def _scanner(kinds: str | tuple[str, ...], pattern: str, *, lowered: bool = False) -> _Scanner:
+    compiled = re.compile(pattern)
+    value_groups = tuple(name for name in compiled.groupindex if name.startswith("v"))
+    return _Scanner((kinds,) if isinstance(kinds, str) else kinds, compiled, lowered, value_groups)
+
+
+_B64URL = r"A-Za-z0-9_\-"
+_PEM_LABEL = r"[ A-Z0-9]{0,40} PRIVATE KEY-----"
+
+# The value of a `name = value` assignment: at least six characters, not starting like a
+# reference or placeholder (${VAR}, <your-key>, [REDACTED:...], %(x)s, {...}).
+_VALUE = (
+    r"(?:\"(?P<v1>[^\s\"\\$<{\[%][^\s\"\\]{5,511}+)\""
+    r"|'(?P<v2>[^\s'\\$<{\[%][^\s'\\]{5,511}+)'"
+    r"|(?P<v3>[^\s\"'`,;(){}\[\]<>$%][^\s\"'`,;(){}\[\]<>]{5,511}+))"
+)
+_ASSIGN = r"[\"']?[ \t]{0,16}+(?::=|=>|[:=])[ \t]{0,16}+"
+_KEY_OWNERS = ("api", "secret", "access", "private", "signing", "auth", "master", "encryption")
+# The cheap assignment look-ahead runs before the owner look-behinds: prose "key" fails fast.
+_OWNED_KEY = (
+    "key(?="
+    + _ASSIGN
+    + ")(?:"
+    + "|".join(f"(?<={owner}{sep}key)" for owner in _KEY_OWNERS for sep in ("", "_", "-"))
+    + ")"
+)
+
+# In priority order: at equal start, an earlier scanner's hit wins. Each pattern starts with
+# a literal; see the module docstring for why the scanners are not one alternation.
+_SCANNERS: tuple[_Scanner, ...] = (
+    _scanner(
+        "private_key",
+        # The whole PEM block; a body character '-' is allowed unless it starts the END
+        # line. An unterminated block (truncated paste) still masks header and body.
+        "-----BEGIN" + _PEM_LABEL + r"(?:[A-Za-z0-9+/=\s:,]|-(?!----END)){0,100000}+"
+        r"(?:-----END" + _PEM_LABEL + ")?",
+    ),
+    _scanner(
+        ("aws_access_key", "google_api_key"),
+        _boundary("A", _B64URL)
+        + r"(?:(?P<aws_access_key>[KS]IA[A-Z0-9]{16}+(?![A-Za-z0-9]))"
+        + f"|(?P<google_api_key>Iza[{_B64URL}]{{35}}(?![{_B64URL}])))",
+    ),
+    _scanner("github_token", _boundary("gh[pousr]_", "A-Za-z0-9_") + r"[A-Za-z0-9]{36,255}+(?![A-Za-z0-9_])"),
+    _scanner("github_token", _boundary("github_pat_", "A-Za-z0-9_") + r"[A-Za-z0-9_]{22,255}+(?![A-Za-z0-9_])"),
+    _scanner(
+        ("anthropic_key", "openai_key"),
+        # OpenAI project / service-account keys contain '-' and '_'; legacy keys are plain
+        # alphanumerics. Requiring one of those shapes leaves "sk-learn-style" prose alone.
+        _boundary("sk-", _B64URL)
+        + f"(?:(?P<anthropic_key>ant-[{_B64URL}]{{20,512}}+)"
+        + f"|(?P<openai_key>(?:proj|svcacct|admin)-[{_B64URL}]{{20,512}}+|[A-Za-z0-9]{{20,512}}+))"
+        + f"(?![{_B64URL}])",
+    ),
+    _scanner("slack_token", _boundary("xox[abpr]-", "A-Za-z0-9") + r"[A-Za-z0-9\-]{10,255}+(?![A-Za-z0-9\-])"),
+    _scanner(
+        "jwt",
+        _boundary("eyJ", _B64URL)
+        + f"[{_B64URL}]{{7,4096}}+\\.[{_B64URL}]{{8,16384}}+\\.[{_B64URL}]{{0,4096}}+(?![{_B64URL}])",
+    ),
+    _scanner(
+        "bearer_token",
+        # The token must contain a digit so that prose ("Bearer tokens are ...") is left
+        # alone; real opaque tokens essentially always have one.
+        _boundary("bearer", "a-z0-9") + r"[ \t]{1,8}+(?P<v>(?=[a-z\-._~+/]{0,1024}+[0-9])[a-z0-9\-._~+/]{12,4096}+=*+)",
+        lowered=True,
+    ),
+    _scanner("generic_api_key", _OWNED_KEY + _ASSIGN + _VALUE, lowered=True),
+    _scanner("generic_api_key", "token" + _ASSIGN + _VALUE, lowered=True),
+    _scanner("generic_api_key", "secret" + _ASSIGN + _VALUE, lowered=True),
+    _scanner("generic_api_key", "pass(?:w(?:or)?d|phrase)" + _ASSIGN + _VALUE, lowered=True),
+)
+
+SECRET_KINDS: tuple[str, ...] = tuple(dict.fromkeys(kind for scanner in _SCANNERS for kind in scanner.kinds))
+
+# Assignment values that are documentation, not credentials (`token: string`).
+_PLACEHOLDERS = frozenset(
+    {"string", "required", "optional", "undefined", "changeme", "redacted", "example", "secret", "password"}
+)
+
+
+def _is_placeholder(value: str) -> bool:
+    return value.lower() in _PLACEHOLDERS or len(set(value)) == 1
+
+
+def _lower_same_offsets(text: str) -> str:
+    lowered = text.lower()
+    if len(lowered) == len(text):
+        return lowered
+    # U+0130 (dotted capital I) is the one code point that lower-cases to two.
+    lowered = text.replace("\u0130", "i").lower()
+    if len(lowered) == len(text):
+        return lowered
+    return "".join(char.lower()[:1] for char in text)  # pragma: no cover - future Unicode
+
+
+def find_secrets(text: str) -> list[SecretHit]:
+    """Every secret in ``text``, ordered by position; overlapping hits are merged into the first."""
+    lowered = _lower_same_offsets(text)
+    found: list[tuple[int, int, int, str]] = []
+    for priority, scanner in enumerate(_SCANNERS):
+        for match in scanner.pattern.finditer(lowered if scanner.lowered else text):
+            start, end = match.span()
+            kind = scanner.kinds[0]
+            if len(scanner.kinds) > 1:
+                kind = next(name for name in scanner.kinds if match.group(name) is not None)
+            if scanner.value_groups:
+                group = next(name for name in scanner.value_groups if match.group(name) is not None)
+                start, end = match.span(group)
+                if kind == "generic_api_key" and _is_placeholder(text[start:end]):
+                    continue
+            found.append((start, priority, end, kind))
+    found.sort()
+    hits: list[SecretHit] = []
+    for start, _, end, kind in found:
+        if hits and start < hits[-1].end:
+            # Overlap: widen the earlier hit so no fragment of either secret survives.
+            if end > hits[-1].end:
+                hits[-1] = SecretHit(hits[-1].kind, hits[-1].start, end)
+            continue
+        hits.append(SecretHit(kind, start, end))
+    return hits
+
+
+def mask_secrets(text: str) -> tuple[str, tuple[str, ...]]:
+    """``text`` with each secret replaced by ``[REDACTED:<kind>]``, and the sorted kinds found."""
+    hits = find_secrets(text)
+    if not hits:
+        return text, ()
+    parts: list[str] = []
+    cursor = 0
+    for hit in hits:
+        parts.append(text[cursor : hit.start])
+        parts.append(f"[REDACTED:{hit.kind}]")
+        cursor = hit.end
+    parts.append(text[cursor:])
+    return "".join(parts), tuple(sorted({hit.kind for hit in hits}))
