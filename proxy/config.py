@@ -1,0 +1,395 @@
+"""gateway.toml -> a frozen ``GatewayConfig``, validated once at start-up.
+
+Every problem is reported with its key path (``upstreams[1].command``); unknown
+keys are errors and nothing silently falls back. Relative paths are resolved
+against the directory holding gateway.toml, so a config works from any cwd.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from proxy.errors import ConfigError
+
+UPSTREAM_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+PROTOCOLS = ("auto", "2025-11-25", "2025-06-18", "2025-03-26", "2026-07-28")
+
+
+@dataclass(frozen=True)
+class ListenSpec:
+    """Where the gateway (or its admin API) accepts connections."""
+
+    kind: str  # "stdio" | "http"
+    host: str = ""
+    port: int = 0
+    path: str = "/mcp"
+
+    @property
+    def url(self) -> str:
+        return "stdio" if self.kind == "stdio" else f"http://{self.host}:{self.port}{self.path}"
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    name: str
+    command: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    env_passthrough: tuple[str, ...] = ()
+    cwd: Path | None = None
+    url: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    timeout: float = 120.0
+    connect_timeout: float = 30.0
+    protocol: str = "auto"
+
+    @property
+    def transport(self) -> str:
+        return "http" if self.url else "stdio"
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    file: Path | None = None
+    model_keys: Path | None = None
+    state_dir: Path | None = None
+    algorithm: str = "ed25519"
+    signing_key: Path | None = None
+    public_key: Path | None = None
+    hmac_secret_env: str = "SECUREGATEWAY_HMAC_KEY"
+    require_signature: bool = False
+    watch_interval: float = 1.0
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    file: Path | None = None
+    max_bytes: int = 50 * 2**20
+    fsync: bool = True
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    listen: ListenSpec | None = None
+    key_env: str = "SECUREGATEWAY_ADMIN_KEY"
+
+
+@dataclass(frozen=True)
+class NegotiationConfig:
+    enabled: bool = True
+    store: Path | None = None
+    auto_approve: bool = True
+    read_only_tools: tuple[str, ...] = ()
+    sensitive_tools: tuple[str, ...] = ()
+    envelope_same_model_only: bool = True
+    max_expiry_hours: float | None = 24.0
+    max_session_risk: float = 0.5
+    max_snippet_bytes: int = 65536
+    pending_ttl_hours: float = 72.0
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    path: Path
+    listen: ListenSpec
+    name: str = "securegateway"
+    separator: str = "."
+    page_size: int = 500
+    max_message_bytes: int = 64 * 2**20
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    tools_list: str = "hide"
+    trace_visibility: str = "full"
+    result_scan: str = "flag"
+    upstreams: tuple[UpstreamConfig, ...] = ()
+    policy: PolicyConfig = PolicyConfig()
+    audit: AuditConfig = AuditConfig()
+    admin: AdminConfig = AdminConfig()
+    negotiation: NegotiationConfig = NegotiationConfig()
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    """Read and validate gateway.toml; raise ConfigError listing every problem."""
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: invalid toml: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read: {exc.strerror}") from None
+    return parse_config(raw, p.resolve())
+
+
+def parse_config(raw: Mapping[str, Any], path: Path) -> GatewayConfig:
+    r = _Reader(path)
+    r.only(raw, "", {"gateway", "upstreams", "policy", "audit", "admin", "negotiation"})
+    gw = r.table(raw, "gateway")
+    r.only(gw, "gateway", {
+        "listen", "name", "separator", "page_size", "max_message_bytes", "allowed_hosts",
+        "allowed_origins", "tools_list", "trace_visibility", "result_scan",
+    })
+    listen = r.listen(gw.get("listen", "stdio"), "gateway.listen", allow_stdio=True)
+    separator = r.string(gw, "gateway", "separator", ".")
+    if separator not in (".", "_", "-", "__", "/", ":"):
+        r.err("gateway.separator", f"must be one of `.`, `_`, `-`, `__`, `/`, `:`, got `{separator}`")
+
+    upstreams: list[UpstreamConfig] = []
+    raw_ups = raw.get("upstreams", [])
+    if not isinstance(raw_ups, list):
+        r.err("upstreams", "must be an array of tables ([[upstreams]])")
+        raw_ups = []
+    seen: set[str] = set()
+    for i, up in enumerate(raw_ups):
+        key = f"upstreams[{i}]"
+        if not isinstance(up, dict):
+            r.err(key, "must be a table")
+            continue
+        u = r.upstream(up, key, separator)
+        if u is None:
+            continue
+        if u.name in seen:
+            r.err(f"{key}.name", f"duplicate upstream name `{u.name}`")
+        seen.add(u.name)
+        upstreams.append(u)
+
+    cfg = GatewayConfig(
+        path=path,
+        listen=listen,
+        name=r.string(gw, "gateway", "name", "securegateway"),
+        separator=separator,
+        page_size=r.integer(gw, "gateway", "page_size", 500, minimum=1),
+        max_message_bytes=r.integer(gw, "gateway", "max_message_bytes", 64 * 2**20, minimum=1024),
+        allowed_hosts=r.strs(gw, "gateway", "allowed_hosts"),
+        allowed_origins=r.strs(gw, "gateway", "allowed_origins"),
+        tools_list=r.choice(gw, "gateway", "tools_list", ("hide", "show"), "hide"),
+        trace_visibility=r.choice(gw, "gateway", "trace_visibility", ("full", "summary", "none"), "full"),
+        result_scan=r.choice(gw, "gateway", "result_scan", ("off", "flag", "redact", "block"), "flag"),
+        upstreams=tuple(upstreams),
+        policy=r.policy(r.table(raw, "policy")),
+        audit=r.audit(r.table(raw, "audit")),
+        admin=r.admin(r.table(raw, "admin")),
+        negotiation=r.negotiation(r.table(raw, "negotiation")),
+    )
+    if r.problems:
+        raise ConfigError(r.problems)
+    return cfg
+
+
+class _Reader:
+    """Collects every problem instead of stopping at the first."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.base = path.parent
+        self.problems: list[str] = []
+
+    def err(self, key: str, message: str) -> None:
+        self.problems.append(f"{self.path.name}: {key}: {message}")
+
+    def only(self, table: Mapping[str, Any], prefix: str, allowed: set[str]) -> None:
+        for k in table:
+            if k not in allowed:
+                where = f"{prefix}.{k}" if prefix else k
+                self.err(where, f"unknown key (expected one of: {', '.join(sorted(allowed))})")
+
+    def table(self, raw: Mapping[str, Any], key: str) -> dict[str, Any]:
+        value = raw.get(key, {})
+        if not isinstance(value, dict):
+            self.err(key, "must be a table")
+            return {}
+        return value
+
+    def _get(self, t: Mapping[str, Any], prefix: str, key: str, kind: type | tuple[type, ...],
+             kind_name: str, default: Any) -> Any:
+        if key not in t:
+            return default
+        v = t[key]
+        if isinstance(v, bool) and kind is not bool:
+            self.err(f"{prefix}.{key}", f"expected {kind_name}, got boolean")
+            return default
+        if not isinstance(v, kind):
+            self.err(f"{prefix}.{key}", f"expected {kind_name}, got {type(v).__name__}")
+            return default
+        return v
+
+    def string(self, t: Mapping[str, Any], prefix: str, key: str, default: Any) -> Any:
+        return self._get(t, prefix, key, str, "a string", default)
+
+    def flag(self, t: Mapping[str, Any], prefix: str, key: str, default: bool) -> bool:
+        return bool(self._get(t, prefix, key, bool, "true or false", default))
+
+    def integer(self, t: Mapping[str, Any], prefix: str, key: str, default: int, *, minimum: int = 0) -> int:
+        v = self._get(t, prefix, key, int, "an integer", default)
+        if v < minimum:
+            self.err(f"{prefix}.{key}", f"must be at least {minimum}, got {v}")
+            return default
+        return int(v)
+
+    def number(self, t: Mapping[str, Any], prefix: str, key: str, default: Any, *,
+              minimum: float = 0.0, maximum: float | None = None) -> Any:
+        v = self._get(t, prefix, key, (int, float), "a number", default)
+        if v is None:
+            return None
+        if v < minimum or (maximum is not None and v > maximum):
+            bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+            self.err(f"{prefix}.{key}", f"must be {bound}, got {v}")
+            return default
+        return float(v)
+
+    def strs(self, t: Mapping[str, Any], prefix: str, key: str) -> tuple[str, ...]:
+        v = t.get(key, [])
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            self.err(f"{prefix}.{key}", "expected a list of strings")
+            return ()
+        return tuple(v)
+
+    def str_map(self, t: Mapping[str, Any], prefix: str, key: str) -> dict[str, str]:
+        v = t.get(key, {})
+        if not isinstance(v, dict) or not all(isinstance(x, str) for x in v.values()):
+            self.err(f"{prefix}.{key}", "expected a table of string values")
+            return {}
+        return dict(v)
+
+    def choice(self, t: Mapping[str, Any], prefix: str, key: str, options: tuple[str, ...], default: str) -> str:
+        v = self.string(t, prefix, key, default)
+        if v not in options:
+            self.err(f"{prefix}.{key}", f"must be one of {', '.join(options)}; got `{v}`")
+            return default
+        return str(v)
+
+    def path_(self, t: Mapping[str, Any], prefix: str, key: str, default: str | None) -> Path | None:
+        v = self.string(t, prefix, key, default)
+        if v is None:
+            return None
+        p = Path(v).expanduser()
+        return p if p.is_absolute() else (self.base / p)
+
+    def listen(self, value: Any, key: str, *, allow_stdio: bool) -> ListenSpec:
+        if not isinstance(value, str):
+            self.err(key, f"expected a string, got {type(value).__name__}")
+            return ListenSpec("stdio")
+        if value == "stdio" and allow_stdio:
+            return ListenSpec("stdio")
+        parts = urlsplit(value)
+        if parts.scheme != "http" or not parts.hostname:
+            expected = "`stdio` or " if allow_stdio else ""
+            self.err(key, f"expected {expected}an http://HOST:PORT/PATH url, got `{value}`")
+            return ListenSpec("stdio")
+        try:
+            port = parts.port or 80
+        except ValueError:
+            self.err(key, f"invalid port in `{value}`")
+            return ListenSpec("stdio")
+        return ListenSpec("http", parts.hostname, port, parts.path or "/mcp")
+
+    def upstream(self, up: Mapping[str, Any], key: str, separator: str) -> UpstreamConfig | None:
+        self.only(up, key, {
+            "name", "command", "env", "env_passthrough", "cwd", "url", "headers", "timeout",
+            "connect_timeout", "protocol",
+        })
+        name = up.get("name")
+        if not isinstance(name, str) or not UPSTREAM_NAME.match(name):
+            self.err(f"{key}.name", "required: letters, digits, `_` or `-`, starting with a letter")
+            return None
+        if separator in name:
+            self.err(f"{key}.name", f"`{name}` contains the tool-name separator `{separator}`")
+        has_cmd, has_url = "command" in up, "url" in up
+        if has_cmd == has_url:
+            self.err(key, "needs exactly one of `command` (stdio) or `url` (streamable http)")
+            return None
+        command: tuple[str, ...] = ()
+        if has_cmd:
+            cmd = up["command"]
+            if not isinstance(cmd, list) or not cmd or not all(isinstance(x, str) and x for x in cmd):
+                self.err(f"{key}.command", "expected a non-empty list of strings (argv; no shell)")
+                return None
+            command = tuple(cmd)
+            for k in ("headers",):
+                if k in up:
+                    self.err(f"{key}.{k}", "only applies to url upstreams")
+        url = None
+        if has_url:
+            url = up["url"]
+            if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
+                self.err(f"{key}.url", f"expected an http(s) url, got `{url}`")
+                return None
+            for k in ("env", "env_passthrough", "cwd"):
+                if k in up:
+                    self.err(f"{key}.{k}", "only applies to command (stdio) upstreams")
+        return UpstreamConfig(
+            name=name,
+            command=command,
+            env=self.str_map(up, key, "env"),
+            env_passthrough=self.strs(up, key, "env_passthrough"),
+            cwd=self.path_(up, key, "cwd", None),
+            url=url,
+            headers=self.str_map(up, key, "headers"),
+            timeout=self.number(up, key, "timeout", 120.0, minimum=0.001),
+            connect_timeout=self.number(up, key, "connect_timeout", 30.0, minimum=0.001),
+            protocol=self.choice(up, key, "protocol", PROTOCOLS, "auto"),
+        )
+
+    def policy(self, t: Mapping[str, Any]) -> PolicyConfig:
+        self.only(t, "policy", {
+            "file", "model_keys", "state_dir", "algorithm", "signing_key", "public_key",
+            "hmac_secret_env", "require_signature", "watch_interval",
+        })
+        return PolicyConfig(
+            file=self.path_(t, "policy", "file", None),
+            model_keys=self.path_(t, "policy", "model_keys", None),
+            state_dir=self.path_(t, "policy", "state_dir", "state"),
+            algorithm=self.choice(t, "policy", "algorithm", ("ed25519", "hmac-sha256"), "ed25519"),
+            signing_key=self.path_(t, "policy", "signing_key", None),
+            public_key=self.path_(t, "policy", "public_key", None),
+            hmac_secret_env=self.string(t, "policy", "hmac_secret_env", "SECUREGATEWAY_HMAC_KEY"),
+            require_signature=self.flag(t, "policy", "require_signature", False),
+            watch_interval=self.number(t, "policy", "watch_interval", 1.0, minimum=0.05),
+        )
+
+    def audit(self, t: Mapping[str, Any]) -> AuditConfig:
+        self.only(t, "audit", {"file", "max_bytes", "fsync"})
+        return AuditConfig(
+            file=self.path_(t, "audit", "file", None),
+            max_bytes=self.integer(t, "audit", "max_bytes", 50 * 2**20, minimum=4096),
+            fsync=self.flag(t, "audit", "fsync", True),
+        )
+
+    def admin(self, t: Mapping[str, Any]) -> AdminConfig:
+        self.only(t, "admin", {"listen", "key_env"})
+        listen = None
+        if "listen" in t:
+            listen = self.listen(t["listen"], "admin.listen", allow_stdio=False)
+        return AdminConfig(listen=listen, key_env=self.string(t, "admin", "key_env", "SECUREGATEWAY_ADMIN_KEY"))
+
+    def negotiation(self, t: Mapping[str, Any]) -> NegotiationConfig:
+        n = "negotiation"
+        self.only(t, n, {
+            "enabled", "store", "auto_approve", "read_only_tools", "sensitive_tools",
+            "envelope_same_model_only", "max_expiry_hours", "max_session_risk", "max_snippet_bytes",
+            "pending_ttl_hours",
+        })
+        f: Callable[..., Any] = self.number
+        return NegotiationConfig(
+            enabled=self.flag(t, n, "enabled", True),
+            store=self.path_(t, n, "store", None),
+            auto_approve=self.flag(t, n, "auto_approve", True),
+            read_only_tools=self.strs(t, n, "read_only_tools"),
+            sensitive_tools=self.strs(t, n, "sensitive_tools"),
+            envelope_same_model_only=self.flag(t, n, "envelope_same_model_only", True),
+            max_expiry_hours=f(t, n, "max_expiry_hours", 24.0, minimum=0.0),
+            max_session_risk=f(t, n, "max_session_risk", 0.5, minimum=0.0, maximum=1.0),
+            max_snippet_bytes=self.integer(t, n, "max_snippet_bytes", 65536, minimum=64),
+            pending_ttl_hours=f(t, n, "pending_ttl_hours", 72.0, minimum=0.0),
+        )

@@ -1,0 +1,170 @@
+"""The composition root: config in, a running gateway out.
+
+``Gateway`` wires the downstream front (stdio or Streamable HTTP), one
+``DownstreamSession`` per connected client, the relay middleware and the
+tools/call chain. Every task it starts belongs to its task group; cancelling
+``run()`` shuts everything down (upstream children reaped, listeners closed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import anyio
+import anyio.abc
+import structlog
+from mcp import MCPError
+from mcp.server import Server
+from mcp.server.context import ServerRequestContext
+from mcp_types import INVALID_REQUEST
+
+from proxy.config import GatewayConfig
+from proxy.downstream import IDENTITY_STATE_KEY, http_app, serve_http, serve_stdio
+from proxy.intercept import CallNext, Interceptor, compose
+from proxy.relay import LocalTool, Relay, forward_tool_call
+from proxy.session import DownstreamSession
+from proxy.upstream import ClientHello
+
+log = structlog.get_logger("securegateway.gateway")
+
+try:
+    GATEWAY_VERSION = version("securegateway")
+except PackageNotFoundError:  # running from a source tree
+    GATEWAY_VERSION = "0.0.0"
+
+
+class _NoBackChannel:
+    """The client channel of a sessionless (2026-era) client: nothing can be pushed to it."""
+
+    async def send_raw_request(self, method: str, params: Mapping[str, Any] | None, opts: Any = None) -> dict[str, Any]:
+        raise MCPError(INVALID_REQUEST, f"the client cannot receive `{method}`: it connected without a session")
+
+    async def notify(self, method: str, params: Mapping[str, Any] | None, opts: Any = None) -> None:
+        return None
+
+
+class Gateway:
+    """A running SecureGateway: fronts, sessions, relay and the tools/call chain."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        interceptors: Sequence[Interceptor] = (),
+        local_tools: Mapping[str, LocalTool] | None = None,
+        stdio_identity: Any = None,
+        authenticate: Any = None,
+        visible: Any = None,
+        on_session: Any = None,
+    ) -> None:
+        self.config = config
+        self._chain = compose(interceptors, forward_tool_call)
+        self._local_tools = dict(local_tools or {})
+        self._stdio_identity = stdio_identity
+        self._authenticate = authenticate or (lambda key: {"model_id": "anonymous"})
+        self._visible = visible
+        self._on_session = on_session
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._modern: dict[str, DownstreamSession] = {}
+        self._modern_lock = anyio.Lock()
+        self.server: Server[Any] = Server(config.name, version=GATEWAY_VERSION)
+        self.server.middleware = [Relay(self)]
+        self.sessions: set[DownstreamSession] = set()
+
+    # ---- running ---------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve the configured front until cancelled (HTTP) or until stdin closes (stdio)."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            listen = self.config.listen
+            try:
+                if listen.kind == "stdio":
+                    task_status.started()
+                    await serve_stdio(self.server)
+                else:
+                    app = http_app(self.server, self.config, listen, self._authenticate)
+                    await tg.start(serve_http, app, listen)
+                    task_status.started()
+                    await anyio.sleep_forever()
+            finally:
+                tg.cancel_scope.cancel()
+
+    @property
+    def task_group(self) -> anyio.abc.TaskGroup:
+        if self._tg is None:
+            raise RuntimeError("the gateway is not running")
+        return self._tg
+
+    # ---- SessionHost (used by the relay) ---------------------------------------------------------
+
+    async def open_session(self, ctx: ServerRequestContext[Any, Any], hello: ClientHello) -> DownstreamSession:
+        connection = getattr(ctx.session, "_connection", None)
+        session = DownstreamSession(self.config, hello, connection, identity=self._identity(ctx))
+        await self._start(session)
+        if connection is not None:
+            connection.exit_stack.push_async_callback(self._end, session)
+        return session
+
+    async def modern_session(self, ctx: ServerRequestContext[Any, Any]) -> DownstreamSession:
+        """Sessionless clients share one upstream session per model identity."""
+        identity = self._identity(ctx)
+        key = str(getattr(identity, "model_id", identity))
+        async with self._modern_lock:
+            session = self._modern.get(key)
+            if session is None:
+                caps = getattr(ctx.session, "client_capabilities", None)
+                info = getattr(ctx.session, "client_params", None)
+                hello = ClientHello(
+                    client_info=info.client_info.model_dump(mode="json", exclude_none=True) if info else
+                    {"name": "modern-client", "version": "0"},
+                    capabilities=caps.model_dump(mode="json", by_alias=True, exclude_none=True) if caps else {},
+                )
+                session = DownstreamSession(self.config, hello, _NoBackChannel(), identity=identity)
+                await self._start(session)
+                self._modern[key] = session
+        return session
+
+    def local_tools(self, session: DownstreamSession) -> Mapping[str, LocalTool]:
+        return self._local_tools
+
+    async def visible_tools(self, session: DownstreamSession, tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if self._visible is None:
+            return tools
+        return [t for t in tools if self._visible(session, t)]
+
+    @property
+    def tool_chain(self) -> CallNext:
+        return self._chain
+
+    def server_identity(self, session: DownstreamSession) -> tuple[dict[str, Any], str | None]:
+        links = list(session.links.values())
+        if len(links) == 1 and links[0].info is not None:
+            info = links[0].info  # one upstream: be it, as far as the client can tell
+            return info.server_info or {"name": links[0].name, "version": "0"}, info.instructions
+        names = ", ".join(f"`{n}`" for n in session.links)
+        return {"name": self.config.name, "version": GATEWAY_VERSION}, (
+            f"Tools from upstream servers {names} are namespaced as <server>{self.config.separator}<tool>."
+            if links else None
+        )
+
+    # ---- internals -------------------------------------------------------------------------------
+
+    def _identity(self, ctx: ServerRequestContext[Any, Any]) -> Any:
+        request = ctx.request
+        if request is not None:
+            state = getattr(request, "scope", {}).get("state") or {}
+            return state.get(IDENTITY_STATE_KEY)
+        return self._stdio_identity
+
+    async def _start(self, session: DownstreamSession) -> None:
+        if self._on_session is not None:
+            self._on_session(session)
+        await self.task_group.start(session.run)
+        self.sessions.add(session)
+
+    async def _end(self, session: DownstreamSession) -> None:
+        session.close()
+        self.sessions.discard(session)

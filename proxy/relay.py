@@ -1,0 +1,324 @@
+"""Forwards everything the client sends to the right upstream, untouched where possible.
+
+Installed as the downstream server's only middleware, it sees every request and
+notification before the SDK validates anything, and short-circuits with the
+upstream's raw result: relayed messages are never re-modelled. Only what must
+change is changed: names are namespaced, lists are merged and paginated, the
+``initialize`` answer describes the merged server, and ``tools/call`` runs
+through the interceptor chain (policy enforcement) before it is forwarded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
+
+import anyio
+import structlog
+from mcp import MCPError
+from mcp.server.context import ServerRequestContext
+from mcp_types import INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+from proxy.catalog import LISTS
+from proxy.intercept import CallNext, ToolCall, ToolResult
+from proxy.session import DownstreamSession
+from proxy.upstream import ClientHello, UpstreamLink
+
+log = structlog.get_logger("securegateway.relay")
+
+SESSION_KEY = "securegateway.session"
+ENVELOPE_PREFIX = "io.modelcontextprotocol/"
+CACHEABLE = frozenset({"tools/list", "prompts/list", "resources/list", "resources/templates/list", "resources/read"})
+
+Handler = Callable[[DownstreamSession, ServerRequestContext[Any, Any]], Awaitable[dict[str, Any]]]
+
+
+class LocalTool(Protocol):
+    """A tool the gateway serves itself (``propose_policy``)."""
+
+    definition: Mapping[str, Any]
+
+    async def __call__(self, session: DownstreamSession, arguments: Mapping[str, Any]) -> ToolResult: ...
+
+
+class SessionHost(Protocol):
+    """What the relay needs from the gateway: sessions, local tools, the tools/call chain."""
+
+    async def open_session(self, ctx: ServerRequestContext[Any, Any], hello: ClientHello) -> DownstreamSession: ...
+
+    def modern_session(self, ctx: ServerRequestContext[Any, Any]) -> Awaitable[DownstreamSession]: ...
+
+    def local_tools(self, session: DownstreamSession) -> Mapping[str, LocalTool]: ...
+
+    async def visible_tools(self, session: DownstreamSession, tools: list[dict[str, Any]]) -> list[dict[str, Any]]: ...
+
+    @property
+    def tool_chain(self) -> CallNext: ...
+
+    def server_identity(self, session: DownstreamSession) -> tuple[dict[str, Any], str | None]: ...
+
+
+class Relay:
+    """The downstream server's middleware: route, merge, intercept, forward."""
+
+    def __init__(self, host: SessionHost) -> None:
+        self._host = host
+        self._routes: dict[str, Handler] = {
+            "tools/list": self._list,
+            "prompts/list": self._list,
+            "resources/list": self._list,
+            "resources/templates/list": self._list,
+            "tools/call": self._tools_call,
+            "prompts/get": self._prompts_get,
+            "resources/read": self._by_uri,
+            "resources/subscribe": self._by_uri,
+            "resources/unsubscribe": self._by_uri,
+            "completion/complete": self._complete,
+            "logging/setLevel": self._fan_out,
+        }
+
+    async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: Any) -> Any:
+        method = ctx.method
+        if ctx.request_id is None:
+            return await self._notification(ctx, call_next)
+        if method == "initialize":
+            return await self._initialize(ctx, call_next)
+        if method in ("ping", "server/discover"):
+            return await call_next(ctx) if method == "ping" else await self._discover(ctx)
+        session = await self._session(ctx)
+        handler = self._routes.get(method)
+        if handler is None:
+            result = await self._unknown(session, ctx)
+        else:
+            result = await handler(session, ctx)
+        if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            result = _complete_for_modern(method, result)
+        return result
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    async def _initialize(self, ctx: ServerRequestContext[Any, Any], call_next: Any) -> Any:
+        params = ctx.params or {}
+        hello = ClientHello(
+            client_info=params.get("clientInfo") or {"name": "unknown", "version": "0"},
+            capabilities=params.get("capabilities") or {},
+            protocol_version=str(params.get("protocolVersion") or ""),
+        )
+        connection = _connection(ctx)
+        if connection is not None and SESSION_KEY in connection.state:
+            raise MCPError(INVALID_REQUEST, "`initialize` was already received on this connection")
+        session = await self._host.open_session(ctx, hello)
+        if connection is not None:
+            connection.state[SESSION_KEY] = session
+        result = await call_next(ctx)
+        if isinstance(result, dict):
+            result["capabilities"] = self._capabilities(session)
+            server_info, instructions = self._host.server_identity(session)
+            result["serverInfo"] = server_info
+            if instructions:
+                result["instructions"] = instructions
+            else:
+                result.pop("instructions", None)
+        return result
+
+    async def _discover(self, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
+        session = await self._session(ctx)
+        server_info, instructions = self._host.server_identity(session)
+        result: dict[str, Any] = {
+            "supportedVersions": list(MODERN_PROTOCOL_VERSIONS),
+            "capabilities": self._capabilities(session),
+            "resultType": "complete",
+            "ttlMs": 0,
+            "cacheScope": "private",
+            "_meta": {"io.modelcontextprotocol/serverInfo": server_info},
+        }
+        if instructions:
+            result["instructions"] = instructions
+        return result
+
+    def _capabilities(self, session: DownstreamSession) -> dict[str, Any]:
+        caps: dict[str, Any] = {"tools": {"listChanged": True}}
+        for link in session.ready_links:
+            up = link.info.capabilities if link.info else {}
+            if "prompts" in up:
+                caps["prompts"] = {"listChanged": True}
+            if "resources" in up:
+                res = caps.setdefault("resources", {"listChanged": True})
+                if (up.get("resources") or {}).get("subscribe"):
+                    res["subscribe"] = True
+            for simple in ("logging", "completions"):
+                if simple in up:
+                    caps[simple] = {}
+            if isinstance(up.get("experimental"), dict):
+                caps.setdefault("experimental", {}).update(up["experimental"])
+        return caps
+
+    async def _session(self, ctx: ServerRequestContext[Any, Any]) -> DownstreamSession:
+        connection = _connection(ctx)
+        session = connection.state.get(SESSION_KEY) if connection is not None else None
+        if session is not None:
+            return session  # type: ignore[no-any-return]
+        if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            return await self._host.modern_session(ctx)
+        raise MCPError(INVALID_REQUEST, "the session is not initialized: send `initialize` first")
+
+    async def _notification(self, ctx: ServerRequestContext[Any, Any], call_next: Any) -> None:
+        await call_next(ctx)
+        if ctx.method == "notifications/roots/list_changed":
+            connection = _connection(ctx)
+            session = connection.state.get(SESSION_KEY) if connection is not None else None
+            if session is not None:
+                for link in session.ready_links:
+                    await link.notify(ctx.method, _strip_envelope(ctx.params))
+        # notifications/cancelled was already applied by the dispatcher: cancelling the
+        # relayed request's task sends a courtesy cancel to the upstream.
+
+    # ---- routes ----------------------------------------------------------------------------------
+
+    async def _list(self, session: DownstreamSession, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
+        kind = LISTS[ctx.method]
+        items = await session.catalog.merged(ctx.method)
+        if ctx.method == "tools/list":
+            items = await self._host.visible_tools(session, items)
+            items = [dict(tool.definition) for tool in self._host.local_tools(session).values()] + items
+        page, next_cursor = session.catalog.page(items, (ctx.params or {}).get("cursor"))
+        result: dict[str, Any] = {kind.field: page}
+        if next_cursor is not None:
+            result["nextCursor"] = next_cursor
+        return result
+
+    async def _tools_call(self, session: DownstreamSession, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
+        params = ctx.params or {}
+        name = params.get("name")
+        arguments = params.get("arguments") or {}
+        if not isinstance(name, str):
+            raise MCPError(INVALID_PARAMS, "`name` must be a string")
+        if not isinstance(arguments, Mapping):
+            raise MCPError(INVALID_PARAMS, "`arguments` must be an object")
+        local = self._host.local_tools(session).get(name)
+        if local is not None:
+            return await local(session, arguments)
+        target = session.catalog.split(name)
+        if target is None:
+            raise MCPError(INVALID_PARAMS, f"unknown tool `{name}`")
+        link, tool = target
+        definition = session.catalog.tool_definition(name)
+        if definition is None and link.ready:
+            await session.catalog.merged("tools/list")
+            definition = session.catalog.tool_definition(name)
+        call = ToolCall(
+            session=session,
+            name=name,
+            server=link.name,
+            tool=tool,
+            arguments=arguments,
+            params=params,
+            link=link,
+            input_schema=(definition or {}).get("inputSchema"),
+            progress=_progress_relay(ctx),
+        )
+        return await self._host.tool_chain(call)
+
+    async def _prompts_get(self, session: DownstreamSession, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
+        params = dict(ctx.params or {})
+        target = session.catalog.split(params.get("name"))
+        if target is None:
+            raise MCPError(INVALID_PARAMS, f"unknown prompt `{params.get('name')}`")
+        link, params["name"] = target
+        return await _forward(link, ctx, params)
+
+    async def _by_uri(self, session: DownstreamSession, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
+        link = await session.catalog.resource_owner((ctx.params or {}).get("uri"))
+        return await _forward(link, ctx, ctx.params)
+
+    async def _complete(self, session: DownstreamSession, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
+        params = dict(ctx.params or {})
+        ref = dict(params.get("ref") or {})
+        if ref.get("type") == "ref/prompt":
+            target = session.catalog.split(ref.get("name"))
+            if target is None:
+                raise MCPError(INVALID_PARAMS, f"unknown prompt `{ref.get('name')}`")
+            link, ref["name"] = target
+            params["ref"] = ref
+        elif ref.get("type") == "ref/resource":
+            link = await session.catalog.resource_owner(ref.get("uri"))
+        else:
+            raise MCPError(INVALID_PARAMS, "`ref.type` must be `ref/prompt` or `ref/resource`")
+        return await _forward(link, ctx, params)
+
+    async def _fan_out(self, session: DownstreamSession, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
+        """logging/setLevel applies to every upstream that logs."""
+        serving = [lk for lk in session.ready_links if lk.info and "logging" in lk.info.capabilities]
+        async with anyio.create_task_group() as tg:
+            for link in serving:
+                tg.start_soon(_forward, link, ctx, ctx.params)
+        return {}
+
+    async def _unknown(self, session: DownstreamSession, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
+        """A method the gateway does not route: with one upstream it is passed through as is."""
+        if len(session.links) == 1:
+            (link,) = session.links.values()
+            return await _forward(link, ctx, ctx.params)
+        raise MCPError(METHOD_NOT_FOUND, "Method not found", data=ctx.method)
+
+
+async def forward_tool_call(call: ToolCall) -> ToolResult:
+    """The innermost step of the tools/call chain: send it to the upstream under its own name."""
+    assert call.link is not None
+    params = dict(_strip_envelope(call.params) or {})
+    params["name"] = call.tool
+    return await call.link.request("tools/call", params, on_progress=call.progress)
+
+
+async def _forward(
+    link: UpstreamLink, ctx: ServerRequestContext[Any, Any], params: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    return await link.request(ctx.method, _strip_envelope(params), on_progress=_progress_relay(ctx))
+
+
+def _progress_relay(
+    ctx: ServerRequestContext[Any, Any],
+) -> Callable[[float, float | None, str | None], Awaitable[None]] | None:
+    """Route upstream progress back to the caller that asked for it (and only then)."""
+    meta = (ctx.params or {}).get("_meta")
+    if not isinstance(meta, Mapping) or meta.get("progressToken") is None:
+        return None
+    session = ctx.session
+
+    async def relay(progress: float, total: float | None, message: str | None) -> None:
+        await session.report_progress(progress, total, message)
+
+    return relay
+
+
+def _strip_envelope(params: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """Drop a 2026 client's envelope keys before they reach a handshake-era upstream."""
+    if not params:
+        return params
+    meta = params.get("_meta")
+    if not isinstance(meta, Mapping) or not any(str(k).startswith(ENVELOPE_PREFIX) for k in meta):
+        return params
+    kept = {k: v for k, v in meta.items() if not str(k).startswith(ENVELOPE_PREFIX)}
+    out = dict(params)
+    if kept:
+        out["_meta"] = kept
+    else:
+        del out["_meta"]
+    return out
+
+
+def _complete_for_modern(method: str, result: dict[str, Any]) -> dict[str, Any]:
+    """A 2026 client needs ``resultType`` (and cache hints on cacheable results)."""
+    if "resultType" not in result:
+        result = {**result, "resultType": "complete"}
+    if method in CACHEABLE and "ttlMs" not in result:
+        result = {**result, "ttlMs": 0, "cacheScope": "private"}
+    return result
+
+
+def _connection(ctx: ServerRequestContext[Any, Any]) -> Any:
+    # ServerRequestContext carries the per-request ServerSession; the per-connection
+    # object (with its `state` scratch and `exit_stack`) is its `_connection`. Pinned to
+    # mcp==2.3.0; covered by the relay's end-to-end tests.
+    return getattr(ctx.session, "_connection", None)

@@ -1,0 +1,280 @@
+"""One long-lived connection to one upstream MCP server, supervised.
+
+An ``UpstreamLink`` owns the transport (a stdio subprocess or a Streamable HTTP
+session) and a raw ``JSONRPCDispatcher`` over it: messages that are only relayed
+are never re-modelled. The link performs the handshake once, pins the protocol
+version the upstream answered, and restarts the upstream with backoff when it
+crashes; in-flight calls then fail with a clear JSON-RPC error.
+
+It speaks for exactly one downstream client (the handshake mirrors that client's
+``clientInfo`` and capabilities), so upstream sampling, elicitation and roots
+requests have exactly one place to go.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.abc
+import structlog
+from mcp import MCPError, StdioServerParameters
+from mcp.client.stdio import stdio_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp.shared.dispatcher import CallOptions, DispatchContext
+from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
+from mcp.shared.transport_context import TransportContext
+from mcp_types import CONNECTION_CLOSED, INTERNAL_ERROR, REQUEST_TIMEOUT
+from mcp_types.version import LATEST_HANDSHAKE_VERSION
+
+from proxy.config import UpstreamConfig
+
+log = structlog.get_logger("securegateway.upstream")
+
+UPSTREAM_UNAVAILABLE = -32003
+"""Server-defined JSON-RPC code: the upstream is down or restarting."""
+
+OnUpstreamRequest = Callable[["UpstreamLink", str, Mapping[str, Any] | None], Awaitable[dict[str, Any]]]
+OnUpstreamNotify = Callable[["UpstreamLink", str, Mapping[str, Any] | None], Awaitable[None]]
+OnRestart = Callable[["UpstreamLink"], Awaitable[None]]
+ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ClientHello:
+    """What the downstream client said about itself; mirrored to every upstream."""
+
+    client_info: Mapping[str, Any]
+    capabilities: Mapping[str, Any]
+    protocol_version: str = LATEST_HANDSHAKE_VERSION
+
+
+@dataclass
+class UpstreamInfo:
+    """What the upstream answered to ``initialize``; pinned for the link's lifetime."""
+
+    protocol_version: str
+    capabilities: dict[str, Any] = field(default_factory=dict)
+    server_info: dict[str, Any] = field(default_factory=dict)
+    instructions: str | None = None
+
+
+class UpstreamLink:
+    """A supervised connection to one upstream for one downstream client."""
+
+    def __init__(
+        self,
+        config: UpstreamConfig,
+        hello: ClientHello,
+        *,
+        on_request: OnUpstreamRequest,
+        on_notify: OnUpstreamNotify,
+        on_restart: OnRestart,
+        max_message_bytes: int,
+        backoff_initial: float = 0.25,
+        backoff_max: float = 30.0,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self._hello = hello
+        self._on_request = on_request
+        self._on_notify = on_notify
+        self._on_restart = on_restart
+        self._max_message_bytes = max_message_bytes
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._dispatcher: JSONRPCDispatcher[TransportContext] | None = None
+        self._headers: dict[str, str] = {}
+        self.info: UpstreamInfo | None = None
+        self.last_error: str | None = None
+        self.generation = 0
+        self._ready = anyio.Event()
+
+    @property
+    def ready(self) -> bool:
+        return self._dispatcher is not None
+
+    async def wait_ready(self, timeout: float) -> bool:
+        with anyio.move_on_after(timeout):
+            await self._ready.wait()
+        return self.ready
+
+    # ---- calls -----------------------------------------------------------------------------------
+
+    async def request(
+        self,
+        method: str,
+        params: Mapping[str, Any] | None,
+        *,
+        on_progress: ProgressFn | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Send one request upstream and return the raw result dict; raise MCPError on failure."""
+        disp = self._dispatcher
+        if disp is None:
+            why = f": {self.last_error}" if self.last_error else ""
+            raise MCPError(UPSTREAM_UNAVAILABLE, f"upstream `{self.name}` is unavailable{why}")
+        opts: CallOptions = {"timeout": timeout if timeout is not None else self.config.timeout}
+        if on_progress is not None:
+            opts["on_progress"] = on_progress
+        if self._headers:
+            opts["headers"] = self._headers
+        try:
+            return await disp.send_raw_request(method, params, opts)
+        except MCPError as exc:
+            if exc.code == CONNECTION_CLOSED:
+                raise MCPError(
+                    INTERNAL_ERROR, f"upstream `{self.name}` closed the connection while handling `{method}`"
+                ) from None
+            if exc.code == REQUEST_TIMEOUT:
+                raise MCPError(
+                    REQUEST_TIMEOUT, f"upstream `{self.name}` did not answer `{method}` within {opts['timeout']:g}s"
+                ) from None
+            raise
+
+    async def notify(self, method: str, params: Mapping[str, Any] | None) -> None:
+        disp = self._dispatcher
+        if disp is not None:
+            await disp.notify(method, params, {"headers": self._headers} if self._headers else None)
+
+    # ---- supervision -----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Connect, serve until the upstream goes away, restart with backoff; runs until cancelled.
+
+        ``task_status.started()`` fires after the first attempt, successful or not, so one
+        failing upstream never holds up the others.
+        """
+        started = False
+        backoff = self._backoff_initial
+        while True:
+            try:
+                async with self._connect() as (read, write):
+                    disp: JSONRPCDispatcher[TransportContext] = JSONRPCDispatcher(read, write)
+                    ended = anyio.Event()
+                    async with anyio.create_task_group() as tg:
+                        await tg.start(self._serve, disp, ended)
+                        with anyio.fail_after(self.config.connect_timeout):
+                            self.info = await self._handshake(disp)
+                        self._dispatcher = disp
+                        self.generation += 1
+                        self.last_error = None
+                        self._ready.set()
+                        backoff = self._backoff_initial
+                        log.info("upstream connected", upstream=self.name,
+                                 protocol=self.info.protocol_version, generation=self.generation)
+                        if not started:
+                            started = True
+                            task_status.started()
+                        elif self.generation > 1:
+                            tg.start_soon(self._on_restart, self)
+                        await ended.wait()
+                        tg.cancel_scope.cancel()
+                self.last_error = "the upstream closed the connection"
+            except anyio.get_cancelled_exc_class():
+                self._mark_down("gateway shutting down")
+                raise
+            except TimeoutError:
+                self.last_error = f"no answer to `initialize` within {self.config.connect_timeout:g}s"
+            except Exception as exc:  # supervision boundary: any failure means "down, retry"
+                self.last_error = _describe(exc)
+            self._mark_down(self.last_error)
+            log.warning("upstream down", upstream=self.name, error=self.last_error, retry_in=backoff)
+            if not started:
+                started = True
+                task_status.started()
+            await anyio.sleep(backoff)
+            backoff = min(backoff * 2, self._backoff_max)
+
+    def _mark_down(self, why: str | None) -> None:
+        self._dispatcher = None
+        self.last_error = why
+        if self._ready.is_set():
+            self._ready = anyio.Event()
+
+    async def _serve(
+        self,
+        disp: JSONRPCDispatcher[TransportContext],
+        ended: anyio.Event,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        try:
+            await disp.run(self._dispatch_request, self._dispatch_notify, task_status=task_status)
+        finally:
+            ended.set()
+
+    async def _dispatch_request(
+        self, dctx: DispatchContext[TransportContext], method: str, params: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        if method == "ping":
+            return {}
+        return await self._on_request(self, method, params)
+
+    async def _dispatch_notify(
+        self, dctx: DispatchContext[TransportContext], method: str, params: Mapping[str, Any] | None
+    ) -> None:
+        if method == "notifications/progress":
+            return  # delivered through the per-request on_progress callback instead
+        await self._on_notify(self, method, params)
+
+    async def _handshake(self, disp: JSONRPCDispatcher[TransportContext]) -> UpstreamInfo:
+        requested = self.config.protocol if self.config.protocol.startswith("2025") else LATEST_HANDSHAKE_VERSION
+        result = await disp.send_raw_request(
+            "initialize",
+            {
+                "protocolVersion": requested,
+                "capabilities": dict(self._hello.capabilities),
+                "clientInfo": dict(self._hello.client_info),
+            },
+            {"cancel_on_abandon": False},
+        )
+        version = str(result.get("protocolVersion", requested))
+        if self.config.transport == "http":
+            self._headers = {"mcp-protocol-version": version}
+        await disp.notify("notifications/initialized", None, {"headers": self._headers} if self._headers else None)
+        return UpstreamInfo(
+            protocol_version=version,
+            capabilities=dict(result.get("capabilities") or {}),
+            server_info=dict(result.get("serverInfo") or {}),
+            instructions=result.get("instructions"),
+        )
+
+    @contextlib.asynccontextmanager
+    async def _connect(self) -> AsyncIterator[tuple[Any, Any]]:
+        cfg = self.config
+        if cfg.transport == "stdio":
+            env = {k: os.environ[k] for k in cfg.env_passthrough if k in os.environ}
+            env.update(cfg.env)
+            params = StdioServerParameters(
+                command=cfg.command[0], args=list(cfg.command[1:]), env=env, cwd=cfg.cwd
+            )
+            async with stdio_client(params, errlog=sys.stderr) as streams:
+                yield streams
+        else:
+            assert cfg.url is not None
+            async with (
+                create_mcp_http_client(headers=dict(cfg.headers)) as http,
+                streamable_http_client(
+                    cfg.url, http_client=http, max_sse_event_size=self._max_message_bytes
+                ) as streams,
+            ):
+                yield streams
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, BaseExceptionGroup):
+        inner = exc.exceptions[0] if exc.exceptions else exc
+        return _describe(inner)
+    if isinstance(exc, FileNotFoundError):
+        return f"command not found: `{exc.filename}`"
+    if isinstance(exc, MCPError):
+        return f"{exc.message} (code {exc.code})"
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:300]
