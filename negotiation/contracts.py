@@ -109,7 +109,6 @@ class Contract:
         return cls(**data)
 
 
-
 def _optional_str(value: object) -> bool:
     return value is None or isinstance(value, str)
 
@@ -120,9 +119,7 @@ def _problems(c: Contract) -> list[str]:
         problems.append("`version` must be a positive integer")
     if not isinstance(c.digest, str) or not _DIGEST.fullmatch(c.digest):
         problems.append("`digest` must be `sha256:<64 hex>`")
-    if c.parent_digest is not None and (
-        not isinstance(c.parent_digest, str) or not _DIGEST.fullmatch(c.parent_digest)
-    ):
+    if c.parent_digest is not None and (not isinstance(c.parent_digest, str) or not _DIGEST.fullmatch(c.parent_digest)):
         problems.append("`parent_digest` must be null or `sha256:<64 hex>`")
     if not isinstance(c.approver, str) or not _APPROVER.fullmatch(c.approver):
         problems.append("`approver` must be guardrail, operator, bootstrap or reviewer:<name>")

@@ -33,13 +33,16 @@ def test_signed_bytes_are_canonical_json_whatever_the_dict_order() -> None:
     one = {"rules": [{"id": "r1", "effect": "allow"}], "settings": {"default": "deny", "b": 1}}
     other = {"settings": {"b": 1, "default": "deny"}, "rules": [{"effect": "allow", "id": "r1"}]}
     assert contract.signed_bytes(one) == contract.signed_bytes(other)
-    assert contract.signed_bytes(one) == (
-        '{"approver":"reviewer:alice","created_at":"2025-01-31T12:00:00.000Z",'
-        '"justification":"let the model read `docs/` — needed for the summary task",'
-        f'"parent_digest":"{PARENT}",'
-        '"policy":{"rules":[{"effect":"allow","id":"r1"}],"settings":{"b":1,"default":"deny"}},'
-        '"proposal_id":"prop-7","version":2}'
-    ).encode()
+    assert (
+        contract.signed_bytes(one)
+        == (
+            '{"approver":"reviewer:alice","created_at":"2025-01-31T12:00:00.000Z",'
+            '"justification":"let the model read `docs/` — needed for the summary task",'
+            f'"parent_digest":"{PARENT}",'
+            '"policy":{"rules":[{"effect":"allow","id":"r1"}],"settings":{"b":1,"default":"deny"}},'
+            '"proposal_id":"prop-7","version":2}'
+        ).encode()
+    )
 
 
 def test_signed_bytes_cover_every_field_that_explains_the_version() -> None:
