@@ -207,6 +207,8 @@ class Relay:
         if definition is None and link.ready:
             await session.catalog.merged("tools/list")
             definition = session.catalog.tool_definition(name)
+            if definition is None:
+                raise MCPError(INVALID_PARAMS, f"unknown tool `{name}`")
         call = ToolCall(
             session=session,
             name=name,

@@ -1,0 +1,96 @@
+"""``securegateway`` command line.
+
+    securegateway run [--config gateway.toml] [--model-key KEY]
+    securegateway audit verify [FILE] | audit show DECISION_ID
+    securegateway explain DECISION_ID
+    securegateway proposals list|show|approve|reject ...
+    securegateway policy verify|sign ;  securegateway keys generate
+
+Exit codes: 0 ok, 1 a check failed (e.g. audit verify), 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import anyio
+
+from proxy import logs
+from proxy.config import GatewayConfig, load_config
+from proxy.errors import GatewayError
+
+MODEL_KEY_ENV = "SECUREGATEWAY_MODEL_KEY"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    logs.configure(args.log_level)
+    try:
+        return int(args.func(args))
+    except GatewayError as exc:
+        print(f"securegateway: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="securegateway", description="A transparent MCP security gateway.")
+    parser.add_argument("--log-level", default=None, help="debug, info (default), warning, error")
+    sub = parser.add_subparsers(dest="command")
+
+    run = sub.add_parser("run", help="run the gateway in the foreground")
+    _config_arg(run)
+    run.add_argument("--model-key", default=None,
+                     help=f"the stdio client's model key (default: ${MODEL_KEY_ENV})")
+    run.set_defaults(func=_run)
+
+    from proxy import cli_ops
+
+    cli_ops.register(sub, _config_arg, load_config_arg)
+    return parser
+
+
+def _config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", default="gateway.toml", help="path to gateway.toml (default: ./gateway.toml)")
+
+
+def load_config_arg(args: argparse.Namespace) -> GatewayConfig:
+    return load_config(Path(args.config))
+
+
+def _run(args: argparse.Namespace) -> int:
+    from proxy.bootstrap import build
+
+    config = load_config_arg(args)
+    model_key = args.model_key or os.environ.get(MODEL_KEY_ENV)
+    app = build(config, model_key=model_key)
+
+    async def serve() -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_cancel_on_signal, tg.cancel_scope)
+            await app.run()
+            tg.cancel_scope.cancel()
+
+    anyio.run(serve)
+    return 0
+
+
+async def _cancel_on_signal(scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            scope.cancel()
+            return
+
+
+if __name__ == "__main__":
+    sys.exit(main())
