@@ -3,10 +3,11 @@
 ::
 
     NegotiationError                 code "negotiation_error"
-    ├── SigningError                 "signing_error", "key_exists", "key_invalid",
-    │                                "key_mismatch", "unknown_algorithm", "verifier_required"
+    ├── SigningError                 "signing_error", "key_exists", "key_invalid", "key_missing",
+    │                                "key_mismatch", "unknown_algorithm", "verifier_required",
+    │                                "signer_required"
     ├── ContractError                "contract_invalid"
-    ├── PolicyTamperedError          "signature_invalid", "policy_unsigned"
+    ├── PolicyTamperedError          "signature_invalid", "policy_unsigned", "chain_broken"
     ├── RepositoryError              "state_corrupt", "policy_conflict"
     ├── ProposalNotFoundError        "not_found"
     ├── InvalidStateError            "invalid_state"
