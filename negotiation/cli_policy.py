@@ -21,8 +21,7 @@ from typing import Any
 from negotiation.errors import NegotiationError, SigningError
 from negotiation.repository import PolicyRepository
 from negotiation.signing import generate_ed25519_keypair, load_signing
-from policy.errors import PolicyError
-from policy.loader import load_policy
+from policy import PolicyError, load_policy
 
 __all__ = ["PolicyStorageConfig", "open_repository", "register"]
 

@@ -28,7 +28,7 @@ import anyio.to_thread
 
 from negotiation.errors import NegotiationError
 from negotiation.repository import ActivePolicy, PolicyRepository
-from policy.errors import PolicyError
+from policy import PolicyError
 
 __all__ = ["LivePolicy", "watch_policy_file"]
 

@@ -58,10 +58,8 @@ from negotiation.errors import (
     SigningError,
 )
 from negotiation.signing import Signer, Verifier
+from policy import Policy, PolicyError, dump_policy_yaml, load_policy_text
 from policy.canonical import canonical_bytes
-from policy.errors import PolicyError
-from policy.loader import dump_policy_yaml, load_policy_text
-from policy.model import Policy
 from policy.yaml_safe import DEFAULT_MAX_BYTES, read_capped
 
 __all__ = ["ActivePolicy", "ChainReport", "PolicyRepository"]

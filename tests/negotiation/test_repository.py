@@ -11,9 +11,7 @@ import pytest
 from negotiation.errors import PolicyTamperedError, RepositoryError, SigningError
 from negotiation.repository import PolicyRepository
 from negotiation.signing import HmacSigner, HmacVerifier
-from policy.errors import PolicyLoadError
-from policy.loader import load_policy_text
-from policy.model import Policy
+from policy import Policy, PolicyLoadError, load_policy_text
 
 SECRET = b"repository test secret, 32 bytes"
 OTHER_SECRET = b"a different secret of 32 bytes!!"
