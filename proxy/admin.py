@@ -100,7 +100,8 @@ def build_admin_app(
         result = outcome.to_dict()
         located = [v.message for v in outcome.verdicts if v.code == "invalid_policy" and not v.ok]
         if outcome.status == "rejected" and located:
-            return _error(400, "invalid_yaml", "Invalid YAML", details=located, **result)
+            body = {"error": "Invalid YAML", "code": "invalid_yaml", "details": located, **result}
+            return JSONResponse(body, status_code=400)
         if outcome.status == "pending":
             result["review_required"] = True
         elif outcome.status == "rejected":

@@ -292,7 +292,7 @@ class _Reader:
         except ValueError:
             self.err(key, f"invalid port in `{value}`")
             return ListenSpec("stdio")
-        return ListenSpec("http", parts.hostname, port, parts.path or "/mcp")
+        return ListenSpec("http", parts.hostname, port, parts.path or ("/mcp" if allow_stdio else ""))
 
     def upstream(self, up: Mapping[str, Any], key: str, separator: str) -> UpstreamConfig | None:
         self.only(up, key, {

@@ -84,6 +84,7 @@ class Enforcer:
                 arguments=dict(call.arguments),
                 latency_ms=round(latency_ms, 3),
                 policy_version=view.version if view else None,
+                request={"input_schema": call.input_schema} if call.input_schema is not None else None,
             ))
         except Exception as exc:  # an unrecorded decision is never acted on
             log.exception("audit write failed", tool=call.qualified, decision_id=decision.decision_id)
@@ -180,16 +181,15 @@ def denial_result(decision: Decision, visibility: str) -> ToolResult:
     lines = [f"Denied: {decision.reason}"]
     lines += [f"- {sentence}" for sentence in decision.reasoning]
     counterfactual = decision.counterfactual
-    if isinstance(counterfactual, Mapping) and counterfactual.get("text"):
-        lines.append(f"What would allow it: {counterfactual['text']}.")
-        suggested = counterfactual.get("suggested_rule")
-        if isinstance(suggested, Mapping):
+    if counterfactual is not None:
+        lines.append(f"What would allow it: {counterfactual.text.rstrip('.')}.")
+        if counterfactual.suggested_rule is not None:
             lines.append(
                 "To ask for access, call the `propose_policy` tool with a justification and this YAML:\n"
-                + _rule_yaml(suggested)
+                + _rule_yaml(counterfactual.suggested_rule)
             )
-    elif decision.reason_code != "gateway_error":
-        lines.append("No policy change proposed by a model can allow this call; ask an operator.")
+    if decision.reason_code != "gateway_error" and (counterfactual is None or counterfactual.suggested_rule is None):
+        lines.append("A policy proposal cannot allow this call; an operator must change it.")
     lines.append(f"Decision id: {decision.decision_id}")
     return {"content": [{"type": "text", "text": "\n".join(lines)}], "structuredContent": view, "isError": True}
 

@@ -1,0 +1,112 @@
+"""Durable audit writes from async code, with group commit.
+
+The JSONL sink is synchronous (write + fsync); calling it on the event loop would
+stall every client. ``AuditWriter.record`` hands the event to one writer task that
+drains whatever is queued and writes the batch in a worker thread with a single
+fsync, then wakes each caller once its event is on disk. A caller that gets no
+confirmation gets an exception: enforcement then denies (fail closed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from policy.audit_event import decision_event, event
+from policy.audit_log import JsonlAuditLog
+from proxy.config import GatewayConfig
+
+MAX_BATCH = 512
+
+
+def open_audit_log(config: GatewayConfig, state_dir: Path) -> JsonlAuditLog:
+    path = config.audit.file or state_dir / "audit.jsonl"
+    return JsonlAuditLog(path, max_bytes=config.audit.max_bytes, fsync=config.audit.fsync)
+
+
+class _Pending:
+    __slots__ = ("done", "error", "event")
+
+    def __init__(self, event: Mapping[str, Any]) -> None:
+        self.event = event
+        self.done = anyio.Event()
+        self.error: BaseException | None = None
+
+
+class AuditWriter:
+    """Async front of an AuditSink: ``record`` returns once the event is durably written."""
+
+    def __init__(self, sink: JsonlAuditLog) -> None:
+        self.sink = sink
+        self._send: MemoryObjectSendStream[_Pending] | None = None
+        self._receive: MemoryObjectReceiveStream[_Pending] | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.sink.path
+
+    decision_event = staticmethod(decision_event)
+
+    async def record(self, item: Mapping[str, Any]) -> None:
+        """Write one event (a built event, or ``{"type": ..., **payload}``); raise if it was not written."""
+        built = item if "schema" in item else event(str(item["type"]), **{k: v for k, v in item.items() if k != "type"})
+        if self._send is None:  # not running (tests, CLI): write inline in a thread
+            await anyio.to_thread.run_sync(self.sink.append, built)
+            return
+        pending = _Pending(built)
+        await self._send.send(pending)
+        await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+
+    def record_sync(self, type_: str, payload: Mapping[str, Any]) -> None:
+        """For synchronous callers (the negotiation service, in its worker thread)."""
+        self.sink.append(event(type_, **dict(payload)))
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        send, receive = anyio.create_memory_object_stream[_Pending](MAX_BATCH)
+        self._send, self._receive = send, receive
+        task_status.started()
+        try:
+            async with receive:
+                async for first in receive:
+                    batch = [first]
+                    while len(batch) < MAX_BATCH:
+                        try:
+                            batch.append(receive.receive_nowait())
+                        except anyio.WouldBlock:
+                            break
+                    await self._write(batch)
+        finally:
+            self._send = None
+            send.close()
+
+    async def _write(self, batch: list[_Pending]) -> None:
+        def write_all() -> list[BaseException | None]:
+            outcomes: list[BaseException | None] = []
+            for pending in batch:
+                try:
+                    self.sink.append(pending.event)
+                    outcomes.append(None)
+                except Exception as exc:  # reported to exactly the caller whose event failed
+                    outcomes.append(exc)
+            return outcomes
+
+        try:
+            outcomes = await anyio.to_thread.run_sync(write_all)
+        except BaseException as exc:
+            for pending in batch:
+                pending.error = exc
+                pending.done.set()
+            raise
+        for pending, error in zip(batch, outcomes, strict=True):
+            pending.error = error
+            pending.done.set()
+
+    def close(self) -> None:
+        self.sink.close()

@@ -1,0 +1,272 @@
+"""Start-up: turn a GatewayConfig into a running application.
+
+Everything is loaded and validated once, here, before any client connects: the
+model keys, the signed policy repository, the audit log, the proposal store. A
+problem stops start-up with a message naming the file or key. ``App.run`` then
+owns every long-lived task in one task group: the client front, the admin API,
+the policy-file watcher and the proposal-expiry loop.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import anyio
+import anyio.abc
+import structlog
+
+from negotiation import (
+    GuardrailConfig,
+    LivePolicy,
+    NegotiationService,
+    PolicyRepository,
+    SqliteProposalStore,
+    watch_policy_file,
+)
+from negotiation.cli_policy import PolicyStorageConfig, open_repository
+from negotiation.errors import NegotiationError
+from negotiation.signing import generate_ed25519_keypair
+from negotiation.tool import PROPOSE_POLICY_TOOL, handle_propose
+from policy.audit_event import AuditError
+from policy import KeyRing, ModelIdentity, PolicyError, SessionRisk, could_allow, load_model_keys
+from proxy.audit_writer import AuditWriter, open_audit_log
+from proxy.config import GatewayConfig
+from proxy.downstream import serve_http
+from proxy.enforce import Enforcer, PolicyView
+from proxy.errors import ConfigError, IdentityError
+from proxy.gateway import Gateway
+from proxy.session import DownstreamSession
+
+log = structlog.get_logger("securegateway.bootstrap")
+
+
+@dataclass
+class Runtime:
+    """The loaded, long-lived state shared by the gateway, the admin API and the CLI."""
+
+    config: GatewayConfig
+    keys: KeyRing
+    repo: PolicyRepository
+    live: LivePolicy
+    audit: AuditWriter
+    service: NegotiationService
+    known_tools: set[str] = field(default_factory=set)
+
+    def view(self) -> PolicyView:
+        active = self.live.current
+        return PolicyView(policy=active.policy, version=active.version, keys=self.keys)
+
+
+def storage_config(config: GatewayConfig) -> PolicyStorageConfig:
+    p = config.policy
+    if p.file is None:
+        raise ConfigError(f"{config.path.name}: policy.file: required (the policies.yaml to enforce)")
+    assert p.state_dir is not None
+    return PolicyStorageConfig(
+        policy_path=p.file,
+        state_dir=p.state_dir,
+        algorithm=p.algorithm,
+        private_key=p.signing_key,
+        public_key=p.public_key,
+        hmac_secret_env=p.hmac_secret_env,
+        require_signature=p.require_signature,
+    )
+
+
+def open_runtime(config: GatewayConfig) -> Runtime:
+    """Load keys, policy, audit log and proposal store; raise ConfigError naming what is wrong."""
+    p = config.policy
+    if p.model_keys is None:
+        raise ConfigError(f"{config.path.name}: policy.model_keys: required (the model_keys.yaml of known models)")
+    try:
+        keys = load_model_keys(p.model_keys)
+        _ensure_signing_key(config)
+        repo = open_repository(storage_config(config))
+        active = repo.load()
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{exc.filename}: file not found") from None
+    except (PolicyError, NegotiationError) as exc:
+        raise ConfigError(str(exc)) from None
+    live = LivePolicy(active)
+    assert p.state_dir is not None
+    try:
+        audit = AuditWriter(open_audit_log(config, p.state_dir))
+    except AuditError as exc:
+        hint = " (a running gateway holds it: use its admin API instead)" if exc.code == "locked" else ""
+        raise ConfigError(f"{exc}{hint}") from None
+    n = config.negotiation
+    store = SqliteProposalStore(n.store or p.state_dir / "proposals.db")
+    runtime_tools: set[str] = set()
+    service = NegotiationService(
+        store,
+        repo,
+        live,
+        lambda: keys,
+        GuardrailConfig(
+            auto_approve=n.auto_approve,
+            read_only_tools=n.read_only_tools,
+            envelope_same_model_only=n.envelope_same_model_only,
+            max_expiry_hours=n.max_expiry_hours,
+            sensitive_tools=n.sensitive_tools,
+            max_session_risk=n.max_session_risk,
+            max_snippet_bytes=n.max_snippet_bytes,
+            pending_ttl_hours=n.pending_ttl_hours,
+        ),
+        audit=audit.record_sync,
+        known_tools=lambda: sorted(runtime_tools),
+    )
+    recovered = service.recover()
+    if recovered:
+        log.warning("recovered proposals approved before a restart", proposals=[pr.id for pr in recovered])
+    return Runtime(config, keys, repo, live, audit, service, runtime_tools)
+
+
+def _ensure_signing_key(config: GatewayConfig) -> None:
+    """First run: make the Ed25519 pair the config names when neither file exists yet."""
+    p = config.policy
+    if p.algorithm != "ed25519" or p.signing_key is None or p.public_key is None:
+        return
+    if p.signing_key.exists() or p.public_key.exists():
+        return
+    p.signing_key.parent.mkdir(parents=True, exist_ok=True)
+    p.public_key.parent.mkdir(parents=True, exist_ok=True)
+    key_id = generate_ed25519_keypair(p.signing_key, p.public_key)
+    log.warning("generated a policy signing key pair", private=str(p.signing_key), key_id=key_id)
+
+
+class ProposePolicy:
+    """The built-in ``propose_policy`` tool, served by the gateway itself."""
+
+    definition: Mapping[str, Any] = PROPOSE_POLICY_TOOL
+
+    def __init__(self, service: NegotiationService) -> None:
+        self._service = service
+
+    async def __call__(self, session: DownstreamSession, arguments: Mapping[str, Any]) -> dict[str, Any]:
+        model_id = getattr(session.identity, "model_id", None)
+        if not isinstance(model_id, str):
+            return _tool_error("propose_policy needs an authenticated model identity")
+        risk = session.risk.score(time.time()) if isinstance(session.risk, SessionRisk) else 0.0
+        try:
+            return await anyio.to_thread.run_sync(
+                partial(handle_propose, self._service, model_id, dict(arguments), session_risk=risk)
+            )
+        except Exception as exc:  # boundary: a failed proposal is reported, never half-applied
+            log.exception("propose_policy failed", model=model_id)
+            return _tool_error(f"gateway error while handling the proposal: {str(exc)[:200]}")
+
+
+def _tool_error(text: str) -> dict[str, Any]:
+    return {"content": [{"type": "text", "text": text}], "isError": True}
+
+
+class App:
+    """A configured gateway plus its admin API and background jobs."""
+
+    def __init__(self, runtime: Runtime, *, stdio_identity: ModelIdentity | None) -> None:
+        self.runtime = runtime
+        config = runtime.config
+        enforcer = Enforcer(
+            runtime.view,
+            runtime.audit.record,
+            build_event=runtime.audit.decision_event,
+            trace_visibility=config.trace_visibility,
+            result_scan=config.result_scan,
+        )
+        local = {"propose_policy": ProposePolicy(runtime.service)} if config.negotiation.enabled else {}
+        self.gateway = Gateway(
+            config,
+            interceptors=[enforcer],
+            local_tools=local,
+            stdio_identity=stdio_identity,
+            authenticate=self._authenticate,
+            visible=self._visible,
+            on_session=self._on_session,
+        )
+
+    def _authenticate(self, key: str | None) -> ModelIdentity | None:
+        return self.runtime.keys.authenticate(key) if key else None
+
+    def _on_session(self, session: DownstreamSession) -> None:
+        session.risk = SessionRisk()
+
+    def _visible(self, session: DownstreamSession, tool: Mapping[str, Any]) -> bool:
+        target = session.catalog.split(tool.get("name"))
+        if target is None:
+            return False
+        link, name = target
+        dotted = f"{link.name}.{name}"
+        self.runtime.known_tools.add(dotted)
+        if self.runtime.config.tools_list == "show":
+            return True
+        model_id = getattr(session.identity, "model_id", None)
+        if not isinstance(model_id, str):
+            return False
+        try:
+            return could_allow(self.runtime.live.current.policy, self.runtime.keys, model_id, dotted)
+        except Exception:  # filtering fails closed: hide what cannot be judged
+            log.exception("tools/list filter failed", tool=dotted)
+            return False
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        rt, config = self.runtime, self.runtime.config
+        rt.audit.record_sync("gateway.started", {
+            "listen": config.listen.url, "upstreams": [u.name for u in config.upstreams],
+            "policy_version": rt.live.current.version, "policy_digest": rt.live.current.policy.digest,
+        })
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(rt.audit.run)
+                admin_key = os.environ.get(config.admin.key_env, "")
+                if config.admin.listen is not None and not admin_key:
+                    log.warning("admin API disabled: set the admin key", variable=config.admin.key_env,
+                                listen=config.admin.listen.url)
+                elif config.admin.listen is not None:
+                    from proxy.admin import build_admin_app
+
+                    admin_app = build_admin_app(rt.service, admin_key, live=rt.live)
+                    await tg.start(serve_http, admin_app, config.admin.listen)
+                tg.start_soon(partial(
+                    watch_policy_file, rt.repo, rt.live, on_event=rt.audit.record_sync,
+                    interval=config.policy.watch_interval,
+                ))
+                tg.start_soon(self._expire_pending)
+                await tg.start(self._serve, tg.cancel_scope)
+                task_status.started()
+        finally:
+            rt.audit.record_sync("gateway.stopped", {"listen": config.listen.url})
+            rt.audit.close()
+
+    async def _serve(
+        self, scope: anyio.CancelScope, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        await self.gateway.run(task_status=task_status)
+        scope.cancel()  # stdio: the client closed stdin, so the gateway's job is done
+
+    async def _expire_pending(self) -> None:
+        while True:
+            await anyio.sleep(60)
+            try:
+                await anyio.to_thread.run_sync(self.runtime.service.expire_pending)
+            except Exception:
+                log.exception("expiring pending proposals failed")
+
+
+def build(config: GatewayConfig, *, model_key: str | None) -> App:
+    """Load everything and check identities up front; raise a GatewayError naming any problem."""
+    runtime = open_runtime(config)
+    identity = None
+    if config.listen.kind == "stdio":
+        if not model_key:
+            raise IdentityError(
+                "a stdio client needs a model key: pass --model-key or set SECUREGATEWAY_MODEL_KEY"
+            )
+        identity = runtime.keys.authenticate(model_key)
+        if identity is None:
+            raise IdentityError("the model key given for the stdio client is not in model_keys.yaml")
+    return App(runtime, stdio_identity=identity)
