@@ -1,0 +1,386 @@
+"""The negotiation service: propose, review, merge, recover — one lock, every step audited.
+
+``NegotiationService`` is synchronous on purpose: the proxy calls it from a worker thread
+(``anyio.to_thread.run_sync``) and the reviewers' CLI calls it directly. Proposals and
+reviews are serialised by one lock, so a review always merges into the policy that is live
+at that moment.
+
+Durability: a proposal is written to the store *before* anything is merged. An approved
+proposal becomes ``merged`` only after ``repo.commit`` (which signs) and ``live.swap``; if
+the process dies in between, ``recover()`` on the next start either finishes the merge or,
+when the repository already holds a contract for the proposal, just records it. Either way
+each proposal is merged exactly once.
+
+Audit events (``audit(type, payload)``), each carrying the full proposal — YAML,
+justification, model id, verdicts, diff — and, once merged, the signed contract:
+``proposal.proposed``, ``proposal.validated``, ``proposal.auto_reviewed``,
+``proposal.approved``, ``proposal.rejected``, ``proposal.expired``, ``proposal.merged``,
+``policy.activated``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from negotiation.errors import InvalidStateError, MergeConflictError, NegotiationError, RepositoryError
+from negotiation.guardrails import SNIPPET_SOURCE, Assessment, GuardrailConfig, Verdict, assess
+from negotiation.live import LivePolicy
+from negotiation.merge import DiffEntry, merge
+from negotiation.proposal import Proposal, ProposalStatus, new_proposal_id
+from negotiation.repository import ActivePolicy, PolicyRepository
+from negotiation.store import ProposalStore
+from policy import KeyRing, ModelIdentity, PolicyError, PolicyLoadError, load_policy_text
+
+__all__ = ["GUARDRAIL_REVIEWER", "NegotiationService", "ProposalOutcome"]
+
+AuditSink = Callable[[str, Mapping[str, Any]], None]
+
+# The reviewer recorded on a proposal the guardrails decided, and on TTL expiry.
+GUARDRAIL_REVIEWER = "guardrail"
+_TTL_REVIEWER = "ttl"
+_RESERVED_REVIEWERS = frozenset({GUARDRAIL_REVIEWER, _TTL_REVIEWER})
+_MAX_JUSTIFICATION = 4096
+_MAX_REVIEWER = 200
+# What a refused oversized snippet keeps in the store and the audit log.
+_EXCERPT_CHARS = 1024
+_COMMIT_ATTEMPTS = 3
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class ProposalOutcome:
+    """What the proposer is told. ``version`` and ``contract`` are set once merged."""
+
+    status: Literal["approved", "pending", "rejected"]
+    proposal_id: str
+    reasons: tuple[str, ...]
+    verdicts: tuple[Verdict, ...]
+    diff: tuple[DiffEntry, ...]
+    version: int | None = None
+    contract: Mapping[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "status": self.status,
+            "proposal_id": self.proposal_id,
+            "reasons": list(self.reasons),
+            "verdicts": [v.to_dict() for v in self.verdicts],
+            "diff": [d.to_dict() for d in self.diff],
+        }
+        if self.version is not None:
+            out["version"] = self.version
+        if self.contract is not None:
+            out["contract"] = dict(self.contract)
+        return out
+
+
+class NegotiationService:
+    """Runs proposals through the guardrails, reviews, merges and recovery."""
+
+    def __init__(
+        self,
+        store: ProposalStore,
+        repo: PolicyRepository,
+        live: LivePolicy,
+        keys_provider: Callable[[], KeyRing],
+        config: GuardrailConfig,
+        *,
+        audit: AuditSink,
+        known_tools: Callable[[], Iterable[str]],
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self.store = store
+        self.repo = repo
+        self.live = live
+        self.config = config
+        self._keys = keys_provider
+        self._audit = audit
+        self._known_tools = known_tools
+        self._clock = clock
+        self._lock = threading.RLock()
+
+    # -- proposing -------------------------------------------------------------------------
+
+    def identity(self, model_id: str) -> ModelIdentity | None:
+        """The key-ring identity for ``model_id``, if there is one."""
+        return self._keys().get(model_id)
+
+    def propose(
+        self,
+        model_id: str,
+        yaml_text: object,
+        justification: object,
+        *,
+        session_risk: float = 0.0,
+    ) -> ProposalOutcome:
+        """Record a proposal and judge it; auto-approved proposals are merged before returning.
+
+        ``model_id`` must be the caller's authenticated identity. ``yaml_text`` and
+        ``justification`` are taken as received (``object``) because they come straight off
+        the wire: a wrong type is a rejected proposal, never an exception.
+        """
+        with self._lock:
+            now = self._clock()
+            risk = session_risk if math.isfinite(session_risk) else 1.0  # NaN fails closed
+            text = yaml_text if isinstance(yaml_text, str) else ""
+            reason = justification if isinstance(justification, str) else ""
+            proposal = Proposal(
+                id=new_proposal_id(),
+                model_id=model_id,
+                yaml=self._stored_yaml(text),
+                justification=reason[:_MAX_JUSTIFICATION],
+                status=ProposalStatus.PENDING,
+                created_at=now,
+                expires_at=now + timedelta(hours=self.config.pending_ttl_hours),
+                session_risk=risk,
+            )
+            self._emit("proposal.proposed", proposal)
+            assessment = self._assess(proposal, text, yaml_text, justification, risk, now)
+            proposal = replace(proposal, verdicts=assessment.verdicts, diff=assessment.diff)
+            self._emit("proposal.validated", proposal)
+            self._emit("proposal.auto_reviewed", proposal, outcome=assessment.status)
+
+            if assessment.status == "pending":
+                self.store.add(proposal)
+                return self._outcome(proposal, assessment)
+            decided = ProposalStatus.APPROVED if assessment.status == "approved" else ProposalStatus.REJECTED
+            proposal = proposal.advance(decided, at=now, reviewer=GUARDRAIL_REVIEWER)
+            self.store.add(proposal)  # durable before anything is merged
+            if decided is ProposalStatus.REJECTED:
+                self._emit("proposal.rejected", proposal)
+                return self._outcome(proposal, assessment)
+            self._emit("proposal.approved", proposal)
+            merged, active = self._merge(proposal)
+            return self._outcome(merged, assessment, active)
+
+    def _assess(
+        self,
+        proposal: Proposal,
+        text: str,
+        yaml_text: object,
+        justification: object,
+        risk: float,
+        now: datetime,
+    ) -> Assessment:
+        identity = self.identity(proposal.model_id)
+        if identity is None or not identity.can_propose:
+            why = "is not a known model" if identity is None else "may not propose policy changes"
+            return Assessment(
+                "rejected",
+                (Verdict("model_not_authorized", False, f"`{proposal.model_id}` {why}"),),
+            )
+        problems = []
+        if not isinstance(yaml_text, str):
+            problems.append("`yaml` must be a string holding a policy snippet")
+        if not isinstance(justification, str) or not justification.strip():
+            problems.append("`justification` must be a non-empty string")
+        elif len(justification) > _MAX_JUSTIFICATION:
+            problems.append(f"`justification` is longer than {_MAX_JUSTIFICATION} characters")
+        if problems:
+            return Assessment("rejected", tuple(Verdict("bad_arguments", False, p) for p in problems))
+        return assess(
+            text,
+            proposer=identity,
+            live=self.live.current.policy,
+            keys=self._keys(),
+            known_tools=self._known_tools(),
+            config=self.config,
+            session_risk=risk,
+            now=now,
+        )
+
+    def _stored_yaml(self, text: str) -> str:
+        # An oversized snippet is refused unread; keeping all of it would let a model fill
+        # the disk and the audit log, so only an excerpt and its digest are kept.
+        size = len(text.encode("utf-8"))
+        if size <= self.config.max_snippet_bytes:
+            return text
+        sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        return f"{text[:_EXCERPT_CHARS]}\n# [truncated: {size} bytes, sha256 {sha}]\n"
+
+    # -- reviewing -------------------------------------------------------------------------
+
+    def get(self, proposal_id: str) -> Proposal:
+        return self.store.get(proposal_id)
+
+    def list(self, status: ProposalStatus | str | None = None) -> tuple[Proposal, ...]:
+        return self.store.list(ProposalStatus(status) if status is not None else None)
+
+    def current_diff(self, proposal_id: str) -> tuple[DiffEntry, ...]:
+        """What approving the proposal would change in the policy that is live now."""
+        with self._lock:
+            proposal = self.store.get(proposal_id)
+            return self._reassess(proposal).diff
+
+    def approve(self, proposal_id: str, *, reviewer: str, comment: str = "") -> Proposal:
+        """Approve a pending proposal and merge it into the live policy at once.
+
+        The snippet is judged again against the policy and key ring of *now*: if it no
+        longer loads, merges or passes the hard checks, ``MergeConflictError`` says why and
+        the proposal stays pending.
+        """
+        reviewer = _checked_reviewer(reviewer)
+        with self._lock:
+            proposal = self._pending(proposal_id)
+            assessment = self._reassess(proposal)
+            if assessment.status == "rejected" or assessment.merged is None:
+                raise MergeConflictError(
+                    f"proposal `{proposal_id}` no longer applies to the live policy: " + "; ".join(assessment.reasons)
+                )
+            approved = proposal.advance(ProposalStatus.APPROVED, at=self._clock(), reviewer=reviewer, comment=comment)
+            approved = replace(approved, diff=assessment.diff)  # the diff actually applied
+            self.store.update(approved, expected=ProposalStatus.PENDING)
+            self._emit("proposal.approved", approved)
+            merged, _ = self._merge(approved)
+            return merged
+
+    def reject(self, proposal_id: str, *, reviewer: str, comment: str = "") -> Proposal:
+        reviewer = _checked_reviewer(reviewer)
+        with self._lock:
+            proposal = self._pending(proposal_id)
+            rejected = proposal.advance(ProposalStatus.REJECTED, at=self._clock(), reviewer=reviewer, comment=comment)
+            self.store.update(rejected, expected=ProposalStatus.PENDING)
+            self._emit("proposal.rejected", rejected)
+            return rejected
+
+    def expire_pending(self) -> tuple[Proposal, ...]:
+        """Expire every pending proposal past its TTL; returns the ones expired now."""
+        with self._lock:
+            expired = self.store.expire_pending(self._clock())
+            for proposal in expired:
+                self._emit("proposal.expired", proposal)
+            return expired
+
+    def _pending(self, proposal_id: str) -> Proposal:
+        proposal = self.store.get(proposal_id)
+        if proposal.status is ProposalStatus.PENDING and proposal.expires_at <= self._clock():
+            self.expire_pending()
+            proposal = self.store.get(proposal_id)
+        if proposal.status is not ProposalStatus.PENDING:
+            raise InvalidStateError(f"proposal `{proposal_id}` is {proposal.status.value}, not pending")
+        return proposal
+
+    def _reassess(self, proposal: Proposal) -> Assessment:
+        identity = self.identity(proposal.model_id)
+        if identity is None:
+            raise MergeConflictError(f"model `{proposal.model_id}` is no longer in the key ring")
+        return assess(
+            proposal.yaml,
+            proposer=identity,
+            live=self._base().policy,
+            keys=self._keys(),
+            known_tools=self._known_tools(),
+            config=self.config,
+            session_risk=proposal.session_risk,
+            now=self._clock(),
+        )
+
+    # -- merging and recovery --------------------------------------------------------------
+
+    def recover(self) -> tuple[Proposal, ...]:
+        """Finish every proposal left ``approved`` by a crash; returns them, now merged.
+
+        Idempotent: a proposal whose contract is already in the repository's chain is only
+        marked merged, never committed a second time.
+        """
+        with self._lock:
+            done = []
+            for proposal in self.store.list(ProposalStatus.APPROVED):
+                contract = next((c for c in reversed(self.repo.contracts()) if c.proposal_id == proposal.id), None)
+                if contract is None:
+                    merged, _ = self._merge(proposal)
+                else:
+                    self._base()  # the crash may also have kept the live swap from happening
+                    merged = proposal.advance(ProposalStatus.MERGED, at=self._clock(), contract=contract.to_dict())
+                    self.store.update(merged, expected=ProposalStatus.APPROVED)
+                    self._emit("proposal.merged", merged, version=contract.version, recovered=True)
+                done.append(merged)
+            return tuple(done)
+
+    def _base(self) -> ActivePolicy:
+        """The policy to merge into: the live one, or the repository's head when another
+        process (the reviewers' CLI) committed a version this process has not loaded yet."""
+        head = self.repo.load()
+        if head.version != self.live.current.version:
+            self.live.swap(head)
+        return head
+
+    def _merge(self, proposal: Proposal) -> tuple[Proposal, ActivePolicy]:
+        """Commit (and so sign) ``proposal`` on top of the head, swap it live, mark it merged."""
+        try:
+            snippet = load_policy_text(proposal.yaml, SNIPPET_SOURCE, max_bytes=self.config.max_snippet_bytes)
+        except PolicyLoadError as exc:
+            raise MergeConflictError(f"proposal `{proposal.id}` no longer loads: {exc}") from exc
+        for attempt in range(_COMMIT_ATTEMPTS):
+            base = self._base()
+            try:
+                merged_policy = merge(base.policy, snippet).policy
+            except PolicyError as exc:
+                raise MergeConflictError(f"proposal `{proposal.id}` does not merge: {exc}") from exc
+            try:
+                active = self.repo.commit(
+                    merged_policy,
+                    proposal_id=proposal.id,
+                    justification=proposal.justification,
+                    approver=_approver(proposal),
+                    base_digest=base.policy.digest,
+                )
+                break
+            except RepositoryError as exc:
+                # Another process committed between our load and our commit: merge again
+                # on top of its version.
+                if exc.code != "policy_conflict" or attempt == _COMMIT_ATTEMPTS - 1:
+                    raise
+        self.live.swap(active)
+        contract = active.contract.to_dict() if active.contract is not None else None
+        merged = proposal.advance(ProposalStatus.MERGED, at=self._clock(), contract=contract)
+        self.store.update(merged, expected=ProposalStatus.APPROVED)
+        self._emit("proposal.merged", merged, version=active.version)
+        self._emit("policy.activated", merged, version=active.version, digest=active.policy.digest)
+        return merged, active
+
+    def _outcome(
+        self, proposal: Proposal, assessment: Assessment, active: ActivePolicy | None = None
+    ) -> ProposalOutcome:
+        status: Literal["approved", "pending", "rejected"] = (
+            "approved" if proposal.status is ProposalStatus.MERGED else assessment.status
+        )
+        return ProposalOutcome(
+            status=status,
+            proposal_id=proposal.id,
+            reasons=assessment.reasons,
+            verdicts=proposal.verdicts,
+            diff=proposal.diff,
+            version=active.version if active else None,
+            contract=proposal.contract,
+        )
+
+    def _emit(self, event: str, proposal: Proposal, **extra: Any) -> None:
+        self._audit(event, {**proposal.to_dict(), **extra})
+
+
+def _approver(proposal: Proposal) -> str:
+    if proposal.reviewer == GUARDRAIL_REVIEWER:
+        return GUARDRAIL_REVIEWER
+    return f"reviewer:{proposal.reviewer}"
+
+
+def _checked_reviewer(reviewer: str) -> str:
+    name = reviewer.strip() if isinstance(reviewer, str) else ""
+    if not name or len(name) > _MAX_REVIEWER or any(c in name for c in "\r\n\t"):
+        raise NegotiationError(
+            f"a reviewer name is required (one line, at most {_MAX_REVIEWER} characters)",
+            code="bad_request",
+        )
+    if name in _RESERVED_REVIEWERS:
+        raise NegotiationError(f"reviewer name `{name}` is reserved", code="bad_request")
+    return name

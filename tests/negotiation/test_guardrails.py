@@ -1,0 +1,141 @@
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from negotiation.guardrails import GuardrailConfig, glob_within
+from tests.negotiation.support import CONFIG, in_hours, make_world
+
+CASES: list[dict[str, Any]] = yaml.safe_load((Path(__file__).parent / "cases" / "guardrails.yaml").read_text())
+
+
+def _snippet(case: dict[str, Any]) -> str:
+    text: str = case["yaml"]
+    return text.replace("{in_2h}", in_hours(2)).replace("{in_48h}", in_hours(48))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_guardrail_decision_table(tmp_path: Path, case: dict[str, Any]) -> None:
+    world = make_world(tmp_path)
+    before = world.live.current.version
+
+    outcome = world.service.propose(
+        case["model"], _snippet(case), "needed for the task", session_risk=case.get("session_risk", 0.0)
+    )
+
+    failing = {v.code for v in outcome.verdicts if not v.ok}
+    assert outcome.status == case["status"], outcome.verdicts
+    assert set(case["codes"]) <= failing, outcome.verdicts
+    if case["status"] == "approved":
+        assert not failing
+        assert world.live.current.version == before + 1
+    else:
+        assert world.live.current.version == before, "a refused or pending proposal changed the policy"
+    if "message_contains" in case:
+        assert any(case["message_contains"] in v.message for v in outcome.verdicts), outcome.verdicts
+    stored = world.store.get(outcome.proposal_id)
+    assert stored.status.value == ("merged" if case["status"] == "approved" else case["status"])
+
+
+def test_a_ten_megabyte_snippet_is_refused_before_parsing(tmp_path: Path) -> None:
+    world = make_world(tmp_path)
+    huge = "rules:\n" + "  - model: gpt-4o\n    allow_tools: [search.query]\n" * 250_000
+    assert len(huge) > 10_000_000
+
+    outcome = world.service.propose("gpt-4o", huge, "lots of rules")
+
+    assert outcome.status == "rejected"
+    assert [v.code for v in outcome.verdicts] == ["snippet_too_large"]
+    # Only an excerpt of the snippet is kept, in the store and in the audit log.
+    assert len(world.store.get(outcome.proposal_id).yaml) < 2_000
+    assert all(len(payload["yaml"]) < 2_000 for _, payload in world.events)
+
+
+def test_the_snippet_size_cap_is_configurable(tmp_path: Path) -> None:
+    world = make_world(tmp_path, config=replace(CONFIG, max_snippet_bytes=32))
+    snippet = f"rules:\n  - model: gpt-4o\n    allow_tools: [search.query]\n    expires: {in_hours(2)}\n"
+
+    outcome = world.service.propose("gpt-4o", snippet, "small cap")
+
+    assert outcome.status == "rejected"
+    assert outcome.verdicts[0].code == "snippet_too_large"
+
+
+def test_with_auto_approval_off_even_a_safe_grant_waits(tmp_path: Path) -> None:
+    world = make_world(tmp_path, config=replace(CONFIG, auto_approve=False))
+    snippet = f"rules:\n  - model: gpt-4o\n    allow_tools: [search.query]\n    expires: {in_hours(2)}\n"
+
+    outcome = world.service.propose("gpt-4o", snippet, "safe")
+
+    assert outcome.status == "pending"
+    assert [v.code for v in outcome.verdicts if not v.ok] == ["auto_approve_disabled"]
+
+
+def test_with_an_empty_envelope_only_tightenings_are_auto_approved(tmp_path: Path) -> None:
+    world = make_world(tmp_path, config=GuardrailConfig())
+    grant = f"rules:\n  - model: gpt-4o\n    allow_tools: [search.query]\n    expires: {in_hours(2)}\n"
+    tighten = "rules:\n  - model: gpt-4o\n    deny_tools: [fs.delete]\n"
+
+    assert world.service.propose("gpt-4o", grant, "grant").status == "pending"
+    assert world.service.propose("gpt-4o", tighten, "tighten").status == "approved"
+
+
+def test_without_an_expiry_limit_an_envelope_grant_needs_no_expiry(tmp_path: Path) -> None:
+    world = make_world(tmp_path, config=replace(CONFIG, max_expiry_hours=None))
+
+    outcome = world.service.propose("gpt-4o", "rules:\n  - model: gpt-4o\n    allow_tools: [search.*]", "s")
+
+    assert outcome.status == "approved"
+
+
+def test_an_already_expired_grant_widens_nothing(tmp_path: Path) -> None:
+    world = make_world(tmp_path)
+    snippet = f"rules:\n  - model: gpt-4o\n    allow_tools: [fs.delete]\n    expires: {in_hours(-1)}\n"
+
+    outcome = world.service.propose("gpt-4o", snippet, "stale")
+
+    assert outcome.diff == ()
+    assert outcome.status == "approved"
+
+
+def test_the_verdict_messages_name_the_offending_rule(tmp_path: Path) -> None:
+    world = make_world(tmp_path)
+    snippet = f"rules:\n  - id: grab\n    model: claude\n    allow_tools: [search.query]\n    expires: {in_hours(2)}\n"
+
+    outcome = world.service.propose("gpt-4o", snippet, "for claude")
+
+    other = [v for v in outcome.verdicts if v.code == "other_model"]
+    assert other and "`grab`" in other[0].message and "`claude`" in other[0].message
+
+
+@pytest.mark.parametrize(
+    ("pattern", "envelope", "inside"),
+    [
+        ("search.query", "search.*", True),
+        ("search.*", "search.*", True),
+        ("search.q*", "search.*", True),
+        ("search.*", "search.q*", False),
+        ("*", "search.*", False),
+        ("**", "*", True),
+        ("search.?", "search.*", True),
+        ("search.*", "search.?", False),
+        ("search.??", "search.?*", True),
+        ("docs.read", "docs.read", True),
+        ("docs.reader", "docs.read", False),
+    ],
+)
+def test_glob_within_is_containment_of_what_the_globs_match(pattern: str, envelope: str, inside: bool) -> None:
+    assert glob_within(pattern, envelope) is inside
+
+
+@pytest.mark.parametrize(
+    "field",
+    [{"max_snippet_bytes": 0}, {"pending_ttl_hours": 0}, {"max_expiry_hours": -1}, {"max_session_risk": 2}],
+)
+def test_a_nonsensical_guardrail_config_is_refused(field: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        GuardrailConfig(**field)
