@@ -123,7 +123,7 @@ async def watch_policy_file(
             settling = key
             continue
         seen = key
-        content = _content_hash(path)
+        content = await anyio.to_thread.run_sync(_content_hash, path)  # up to 1 MB: off the loop
         if content == seen_hash:
             continue
         seen_hash = content
