@@ -102,8 +102,8 @@ def semantic_diff(
                 entries.append(DiffEntry(model, tool, "wider", "newly allowed"))
             elif before and not after:
                 entries.append(DiffEntry(model, tool, "tighter", "no longer allowed"))
-            elif after and (model, tool) in loosened:
-                entries.append(DiffEntry(model, tool, "wider", loosened[(model, tool)]))
+            elif (model, tool) in loosened and (after or loosened[(model, tool)][1]):
+                entries.append(DiffEntry(model, tool, "wider", loosened[(model, tool)][0]))
     return tuple(entries)
 
 
@@ -115,10 +115,14 @@ def _matches_any(patterns: Iterable[str], tool: str) -> bool:
     return any(tool_matches(pattern, tool) for pattern in patterns)
 
 
-def _loosened_pairs(old: Policy, new: Policy, models: list[str], tools: list[str]) -> dict[tuple[str, str], str]:
-    """Pairs touched by a replaced rule whose limits got weaker, with the reason."""
+def _loosened_pairs(
+    old: Policy, new: Policy, models: list[str], tools: list[str]
+) -> dict[tuple[str, str], tuple[str, bool]]:
+    """Pairs touched by a replaced rule whose limits got weaker: the reason, and whether it
+    counts even while the pair is denied now (a deny that lapses sooner widens access
+    later, though nothing changes today)."""
     before = {rule.id: rule for rule in old.rules}
-    pairs: dict[tuple[str, str], str] = {}
+    pairs: dict[tuple[str, str], tuple[str, bool]] = {}
     for rule in new.rules:
         previous = before.get(rule.id)
         if previous is None or previous == rule:
@@ -128,9 +132,10 @@ def _loosened_pairs(old: Policy, new: Policy, models: list[str], tools: list[str
         for model in models:
             for tool in tools:
                 if allow_reason and _applies_to(rule, model) and _matches_any(rule.allow_tools, tool):
-                    pairs.setdefault((model, tool), f"rule `{rule.id}`: {allow_reason}")
+                    pairs.setdefault((model, tool), (f"rule `{rule.id}`: {allow_reason}", False))
                 if deny_reason and _applies_to(previous, model) and _matches_any(previous.deny_tools, tool):
-                    pairs.setdefault((model, tool), f"rule `{rule.id}`: {deny_reason}")
+                    # Wins over an allow reason: it counts whatever the pair's access today.
+                    pairs[(model, tool)] = (f"rule `{rule.id}`: {deny_reason}", True)
     return pairs
 
 

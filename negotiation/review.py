@@ -15,7 +15,8 @@ Audit events (``audit(type, payload)``), each carrying the full proposal — YAM
 justification, model id, verdicts, diff — and, once merged, the signed contract:
 ``proposal.proposed``, ``proposal.validated``, ``proposal.auto_reviewed``,
 ``proposal.approved``, ``proposal.rejected``, ``proposal.expired``, ``proposal.merged``,
-``policy.activated``.
+``policy.activated``; and ``proposal.merge_failed`` when recovery finds an approved
+proposal that no longer merges.
 """
 
 from __future__ import annotations
@@ -29,13 +30,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from negotiation.errors import InvalidStateError, MergeConflictError, NegotiationError, RepositoryError
-from negotiation.guardrails import SNIPPET_SOURCE, Assessment, GuardrailConfig, Verdict, assess
+from negotiation.guardrails import Assessment, GuardrailConfig, Verdict, assess
 from negotiation.live import LivePolicy
-from negotiation.merge import DiffEntry, merge
+from negotiation.merge import DiffEntry
 from negotiation.proposal import Proposal, ProposalStatus, new_proposal_id
 from negotiation.repository import ActivePolicy, PolicyRepository
 from negotiation.store import ProposalStore
-from policy import KeyRing, ModelIdentity, PolicyError, PolicyLoadError, load_policy_text
+from policy import KeyRing, ModelIdentity
 
 __all__ = ["GUARDRAIL_REVIEWER", "NegotiationService", "ProposalOutcome"]
 
@@ -190,7 +191,7 @@ class NegotiationService:
         return assess(
             text,
             proposer=identity,
-            live=self.live.current.policy,
+            live=self._base().policy,
             keys=self._keys(),
             known_tools=self._known_tools(),
             config=self.config,
@@ -269,14 +270,15 @@ class NegotiationService:
             raise InvalidStateError(f"proposal `{proposal_id}` is {proposal.status.value}, not pending")
         return proposal
 
-    def _reassess(self, proposal: Proposal) -> Assessment:
+    def _reassess(self, proposal: Proposal, base: ActivePolicy | None = None) -> Assessment:
+        """Judge a stored proposal again, against ``base`` or the policy live now."""
         identity = self.identity(proposal.model_id)
         if identity is None:
             raise MergeConflictError(f"model `{proposal.model_id}` is no longer in the key ring")
         return assess(
             proposal.yaml,
             proposer=identity,
-            live=self._base().policy,
+            live=(base or self._base()).policy,
             keys=self._keys(),
             known_tools=self._known_tools(),
             config=self.config,
@@ -287,48 +289,61 @@ class NegotiationService:
     # -- merging and recovery --------------------------------------------------------------
 
     def recover(self) -> tuple[Proposal, ...]:
-        """Finish every proposal left ``approved`` by a crash; returns them, now merged.
+        """Finish every proposal left ``approved`` by a crash; returns those now merged.
 
         Idempotent: a proposal whose contract is already in the repository's chain is only
-        marked merged, never committed a second time.
+        marked merged, never committed a second time. A proposal that no longer merges stays
+        ``approved``, is audited as ``proposal.merge_failed`` and does not stop the others.
         """
         with self._lock:
             done = []
             for proposal in self.store.list(ProposalStatus.APPROVED):
                 contract = next((c for c in reversed(self.repo.contracts()) if c.proposal_id == proposal.id), None)
-                if contract is None:
-                    merged, _ = self._merge(proposal)
-                else:
+                if contract is not None:
                     self._base()  # the crash may also have kept the live swap from happening
                     merged = proposal.advance(ProposalStatus.MERGED, at=self._clock(), contract=contract.to_dict())
                     self.store.update(merged, expected=ProposalStatus.APPROVED)
                     self._emit("proposal.merged", merged, version=contract.version, recovered=True)
+                    done.append(merged)
+                    continue
+                try:
+                    merged, _ = self._merge(proposal)
+                except MergeConflictError as exc:
+                    self._emit("proposal.merge_failed", proposal, code=exc.code, error=exc.message)
+                    continue
                 done.append(merged)
             return tuple(done)
 
     def _base(self) -> ActivePolicy:
-        """The policy to merge into: the live one, or the repository's head when another
-        process (the reviewers' CLI) committed a version this process has not loaded yet."""
+        """The policy to merge into: the repository's head, which is the live policy unless
+        another process (the reviewers' CLI) committed a version this one has not loaded yet
+        — then that version is swapped in first."""
         head = self.repo.load()
         if head.version != self.live.current.version:
             self.live.swap(head)
         return head
 
     def _merge(self, proposal: Proposal) -> tuple[Proposal, ActivePolicy]:
-        """Commit (and so sign) ``proposal`` on top of the head, swap it live, mark it merged."""
-        try:
-            snippet = load_policy_text(proposal.yaml, SNIPPET_SOURCE, max_bytes=self.config.max_snippet_bytes)
-        except PolicyLoadError as exc:
-            raise MergeConflictError(f"proposal `{proposal.id}` no longer loads: {exc}") from exc
+        """Commit (and so sign) ``proposal`` on top of the head, swap it live, mark it merged.
+
+        The snippet is judged again against the exact base it is merged into, on every
+        attempt: whatever the guardrails approved must still be approvable there, and what a
+        reviewer approved must still not be refused outright. If another process commits in
+        between, the repository refuses (``policy_conflict``) and the merge is redone.
+        """
         for attempt in range(_COMMIT_ATTEMPTS):
             base = self._base()
-            try:
-                merged_policy = merge(base.policy, snippet).policy
-            except PolicyError as exc:
-                raise MergeConflictError(f"proposal `{proposal.id}` does not merge: {exc}") from exc
+            assessment = self._reassess(proposal, base)
+            by_guardrail = proposal.reviewer == GUARDRAIL_REVIEWER
+            acceptable = assessment.status == "approved" if by_guardrail else assessment.status != "rejected"
+            if not acceptable or assessment.merged is None:
+                raise MergeConflictError(
+                    f"proposal `{proposal.id}` no longer applies to policy version {base.version}: "
+                    + "; ".join(assessment.reasons)
+                )
             try:
                 active = self.repo.commit(
-                    merged_policy,
+                    assessment.merged.policy,
                     proposal_id=proposal.id,
                     justification=proposal.justification,
                     approver=_approver(proposal),
@@ -336,8 +351,6 @@ class NegotiationService:
                 )
                 break
             except RepositoryError as exc:
-                # Another process committed between our load and our commit: merge again
-                # on top of its version.
                 if exc.code != "policy_conflict" or attempt == _COMMIT_ATTEMPTS - 1:
                     raise
         self.live.swap(active)

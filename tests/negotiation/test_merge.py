@@ -144,3 +144,39 @@ def test_an_expired_grant_is_tighter_now() -> None:
 def test_diff_entries_round_trip_through_json() -> None:
     entry = DiffEntry("a", "fs.read", "wider", "newly allowed")
     assert DiffEntry.from_dict(entry.to_dict()) == entry
+
+
+def test_a_deny_that_lapses_sooner_is_wider_even_while_it_still_denies() -> None:
+    keys = load_model_keys_text("models:\n  a: {key: ka, tools: ['*']}\n", "keys.yaml")
+    live = load_policy_text(
+        "rules:\n  - id: a-all\n    model: a\n    allow_tools: [fs.*]\n"
+        "  - id: no-write\n    model: a\n    deny_tools: [fs.write]\n",
+        "live.yaml",
+    )
+    lapsing = merge(
+        live,
+        snippet("rules:\n  - id: no-write\n    model: a\n    deny_tools: [fs.write]\n    expires: 2030-06-01T12:05:00Z\n"),
+    )
+
+    entries = semantic_diff(live, lapsing.policy, keys, TOOLS, now=NOW)
+
+    assert [(e.model, e.tool, e.change, e.detail) for e in entries] == [
+        ("a", "fs.write", "wider", "rule `no-write`: deny expires sooner")
+    ]
+
+
+def test_a_deny_made_conditional_is_wider() -> None:
+    keys = load_model_keys_text("models:\n  a: {key: ka, tools: ['*']}\n", "keys.yaml")
+    live = load_policy_text(
+        "rules:\n  - id: a-all\n    model: a\n    allow_tools: [fs.*]\n"
+        "  - id: no-write\n    model: a\n    deny_tools: [fs.write]\n",
+        "live.yaml",
+    )
+    conditional = merge(
+        live,
+        snippet("rules:\n  - id: no-write\n    model: a\n    deny_tools: [fs.write]\n    when:\n      path: {under: /x}\n"),
+    )
+
+    entries = semantic_diff(live, conditional.policy, keys, TOOLS, now=NOW)
+
+    assert [(e.tool, e.change) for e in entries] == [("fs.write", "wider")]

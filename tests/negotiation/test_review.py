@@ -7,7 +7,7 @@ import pytest
 
 from negotiation.errors import InvalidStateError, MergeConflictError, NegotiationError, ProposalNotFoundError
 from negotiation.proposal import Proposal, ProposalStatus
-from policy import could_allow
+from policy import CallRequest, could_allow, evaluate
 from tests.negotiation.support import in_hours, make_world
 
 SAFE = f"rules:\n  - model: gpt-4o\n    allow_tools: [search.query]\n    expires: {in_hours(2)}\n"
@@ -28,7 +28,9 @@ def test_an_auto_approved_grant_is_merged_signed_and_live_at_once(tmp_path: Path
     assert after.contract is not None and after.contract.signature
     assert after.contract.proposal_id == outcome.proposal_id
     assert after.contract.approver == "guardrail"
-    assert could_allow(after.policy, world.keys, "gpt-4o", "search.query", now=world.clock())
+    request = CallRequest(model="gpt-4o", server="search", tool="query", arguments={"q": "mcp"})
+    assert not evaluate(request, before.policy, world.keys, now=world.clock()).allowed
+    assert evaluate(request, after.policy, world.keys, now=world.clock()).allowed
     assert world.repo.load().version == after.version  # committed to the files, not only in memory
     stored = world.store.get(outcome.proposal_id)
     assert stored.status is ProposalStatus.MERGED
@@ -267,3 +269,32 @@ def test_concurrent_approvals_merge_once(tmp_path: Path) -> None:
 
     assert sorted(results) == ["merged", "refused", "refused", "refused"]
     assert world.live.current.version == 2
+
+
+def test_recovery_skips_and_audits_an_approved_proposal_that_no_longer_merges(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world = make_world(tmp_path)
+
+    class Killed(BaseException):
+        pass
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise Killed
+
+    outcome = world.service.propose("gpt-4o", WIDE, "cleanup job")
+    monkeypatch.setattr(world.repo, "commit", crash)
+    with pytest.raises(Killed):
+        world.service.approve(outcome.proposal_id, reviewer="alice")
+    world.store.close()
+    # Restarted with gpt-4o's key narrowed: the approved grant can never take effect now.
+    restarted = make_world(
+        tmp_path, model_keys='models:\n  gpt-4o: {key: k, tools: ["docs.*"], can_propose: true}\n'
+    )
+
+    assert restarted.service.recover() == ()
+
+    assert restarted.store.get(outcome.proposal_id).status is ProposalStatus.APPROVED
+    assert restarted.live.current.version == 1
+    (failed,) = restarted.events_of("proposal.merge_failed")
+    assert failed["id"] == outcome.proposal_id and failed["code"] == "merge_conflict"
