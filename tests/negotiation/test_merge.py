@@ -155,7 +155,10 @@ def test_a_deny_that_lapses_sooner_is_wider_even_while_it_still_denies() -> None
     )
     lapsing = merge(
         live,
-        snippet("rules:\n  - id: no-write\n    model: a\n    deny_tools: [fs.write]\n    expires: 2030-06-01T12:05:00Z\n"),
+        snippet(
+            "rules:\n  - id: no-write\n    model: a\n    deny_tools: [fs.write]\n"
+            "    expires: 2030-06-01T12:05:00Z\n"
+        ),
     )
 
     entries = semantic_diff(live, lapsing.policy, keys, TOOLS, now=NOW)
@@ -174,7 +177,10 @@ def test_a_deny_made_conditional_is_wider() -> None:
     )
     conditional = merge(
         live,
-        snippet("rules:\n  - id: no-write\n    model: a\n    deny_tools: [fs.write]\n    when:\n      path: {under: /x}\n"),
+        snippet(
+            "rules:\n  - id: no-write\n    model: a\n    deny_tools: [fs.write]\n"
+            "    when:\n      path: {under: /x}\n"
+        ),
     )
 
     entries = semantic_diff(live, conditional.policy, keys, TOOLS, now=NOW)
