@@ -1,0 +1,247 @@
+"""Audit events: the versioned envelope, the typed builders, and the hash that chains them.
+
+An audit record is data, not a log line: one JSON object per event, with a fixed envelope
+(``schema``, ``seq``, ``event_id``, ``type``, ``ts``, ``prev_hash``, ``hash``) and a typed
+payload. The byte form is pinned here, for schema ``securegateway.audit/1``, rather than
+borrowed from another module, so that nothing outside this file can silently change what a
+verifier recomputes: an event is serialised as JSON with keys sorted at every level, no
+insignificant whitespace, and every non-ASCII character written as a ``\\uXXXX`` escape (a
+lone surrogate from the wire can then never make a write fail, and the bytes have one
+encoding). ``hash`` is ``"sha256:" + hex(sha256(those bytes of the event without hash))``; the
+line written to disk is the same form *with* ``hash``, so a line whose bytes differ from the
+canonical form of what it parses to has been edited.
+
+Errors::
+
+    AuditError          anything the audit package refuses or fails to do; ``.code`` is one of
+                        unknown_event_type, reserved_field, unserializable (building),
+                        closed, locked, write_failed, read_failed (the log)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from policy.redact import digest, redact
+
+__all__ = [
+    "DECISION_FIELDS",
+    "ENVELOPE_FIELDS",
+    "EVENT_TYPES",
+    "GENESIS_HASH",
+    "SCHEMA",
+    "AuditError",
+    "canonical_event",
+    "decision_event",
+    "envelope_problem",
+    "event",
+    "event_hash",
+    "format_ts",
+    "jsonable",
+    "new_event_id",
+    "redacted_payload",
+]
+
+SCHEMA = "securegateway.audit/1"
+GENESIS_HASH = "sha256:" + "0" * 64
+
+EVENT_TYPES: frozenset[str] = frozenset(
+    {
+        "decision",
+        "result.flagged",
+        "proposal.proposed",
+        "proposal.validated",
+        "proposal.auto_reviewed",
+        "proposal.approved",
+        "proposal.rejected",
+        "proposal.expired",
+        "proposal.merged",
+        "policy.activated",
+        "policy.reload_failed",
+        "gateway.started",
+        "gateway.stopped",
+        # Written by the log itself when it reopens after a crash or finds its head sidecar
+        # disagreeing with the file; see docs/audit.md.
+        "audit.recovered",
+    }
+)
+
+# In the order they are documented; the sink assigns seq, ts, prev_hash and hash.
+ENVELOPE_FIELDS = ("schema", "seq", "event_id", "type", "ts", "prev_hash", "hash")
+_SINK_FIELDS = frozenset({"seq", "ts", "prev_hash", "hash"})
+
+DECISION_FIELDS = (
+    "decision_id",
+    "model",
+    "session",
+    "server",
+    "tool",
+    "arguments",
+    "arguments_digest",
+    "masked",
+    "decision",
+    "policy_digest",
+    "policy_version",
+    "latency_ms",
+)
+_REQUIRED_PAYLOAD: dict[str, tuple[str, ...]] = {
+    "decision": DECISION_FIELDS,
+    "audit.recovered": ("reason", "torn_bytes", "torn_sha256", "sidecar"),
+}
+
+_HASH = re.compile(r"sha256:[0-9a-f]{64}")
+_TS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
+_MAX_NESTING = 200
+
+
+class AuditError(Exception):
+    """The audit log refused or failed an operation; ``code`` is stable, the message one line."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def format_ts(moment: datetime) -> str:
+    """RFC 3339 UTC with microseconds (``2025-01-31T12:00:00.000000Z``); naive means UTC."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def jsonable(value: Any, path: str = "$", depth: int = 0) -> Any:
+    """A plain-JSON copy of ``value`` (tuples -> lists, keys -> str, non-finite floats -> str).
+
+    Raises ``AuditError("unserializable")`` naming the field for anything else, so a
+    builder bug fails loudly at the call site instead of writing an unreadable line.
+    """
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if depth > _MAX_NESTING:
+        raise AuditError("unserializable", f"field `{path}` is nested deeper than {_MAX_NESTING} levels")
+    if isinstance(value, Mapping):
+        return {str(key): jsonable(item, f"{path}.{key}", depth + 1) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(item, f"{path}[{index}]", depth + 1) for index, item in enumerate(value)]
+    raise AuditError("unserializable", f"field `{path}` has no json form ({type(value).__name__})")
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def canonical_event(event: Mapping[str, Any]) -> str:
+    """The one text form of ``event``: sorted keys at every level, compact, ASCII only."""
+    return _dumps(event)
+
+
+def event_hash(event: Mapping[str, Any]) -> str:
+    """``sha256:<hex>`` of the canonical form of ``event`` without its ``hash`` field."""
+    body = {key: value for key, value in event.items() if key != "hash"}
+    return "sha256:" + hashlib.sha256(canonical_event(body).encode("ascii")).hexdigest()
+
+
+def envelope_problem(event: Any) -> str | None:
+    """Why ``event`` (parsed from a line) is not a well-formed schema-1 event, or None."""
+    if not isinstance(event, dict):
+        return "line is not a json object"
+    if event.get("schema") != SCHEMA:
+        return f"unsupported schema `{event.get('schema')}`"
+    missing = [name for name in ENVELOPE_FIELDS if name not in event]
+    if missing:
+        return "missing envelope field " + ", ".join(f"`{name}`" for name in missing)
+    seq = event["seq"]
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+        return "`seq` is not a positive integer"
+    if event["type"] not in EVENT_TYPES:
+        return f"unknown event type `{event['type']}`"
+    if not isinstance(event["event_id"], str) or not event["event_id"]:
+        return "`event_id` is not a non-empty string"
+    if not isinstance(event["ts"], str) or not _TS.fullmatch(event["ts"]):
+        return "`ts` is not rfc 3339 utc with microseconds"
+    for name in ("prev_hash", "hash"):
+        if not isinstance(event[name], str) or not _HASH.fullmatch(event[name]):
+            return f"`{name}` is not sha256:<64 hex>"
+    missing = [name for name in _REQUIRED_PAYLOAD.get(event["type"], ()) if name not in event]
+    if missing:
+        return f"`{event['type']}` event lacks " + ", ".join(f"`{name}`" for name in missing)
+    return None
+
+
+def new_event_id() -> str:
+    """A fresh random event id (a UUID4 string)."""
+    return str(uuid.uuid4())
+
+
+def event(type: str, **payload: Any) -> dict[str, Any]:
+    """A schema-1 event of ``type`` with ``payload``; the sink adds seq, ts and the hashes."""
+    if type not in EVENT_TYPES:
+        raise AuditError("unknown_event_type", f"unknown audit event type `{type}`")
+    reserved = sorted(set(payload) & set(ENVELOPE_FIELDS))
+    if reserved:
+        raise AuditError("reserved_field", f"payload field `{reserved[0]}` is part of the envelope")
+    return {"schema": SCHEMA, "event_id": new_event_id(), "type": type, **jsonable(payload)}
+
+
+def redacted_payload(payload: Mapping[str, Any], *, root: str = "") -> dict[str, Any]:
+    """``payload`` redacted (policy.redact rules) plus ``masked``: the paths that were replaced.
+
+    For events whose payload carries model- or user-supplied text (a proposal's
+    justification, say): ``event("proposal.proposed", **redacted_payload(proposal))``.
+    """
+    result = redact(dict(payload), root=root)
+    return {**result.value, "masked": list(result.masked_paths)}
+
+
+def decision_event(
+    *,
+    decision: Mapping[str, Any],
+    session_id: str | None,
+    server: str,
+    tool: str,
+    arguments: Any,
+    latency_ms: float,
+    policy_version: int | None,
+    request: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``decision`` event for one tools/call, allowed or denied.
+
+    ``arguments`` are stored redacted, with the digest of the original; the decision (a
+    ``Decision.to_dict()``, reasoning and trace included) has secret-shaped text masked too,
+    because reasons may quote argument values. ``request``, when given, is recorded redacted
+    (without a second copy of the arguments) and may supply ``model``, ``decision_id`` and
+    ``policy_digest`` when the decision lacks them.
+    """
+    extra = dict(request or {})
+    extra.pop("arguments", None)
+    arguments_view = redact(arguments, root="arguments")
+    decision_view = redact(dict(decision), root="decision", sensitive_keys=frozenset())
+    masked = [*arguments_view.masked_paths, *decision_view.masked_paths]
+    payload: dict[str, Any] = {
+        "decision_id": decision.get("decision_id") or extra.get("decision_id") or new_event_id(),
+        "model": decision.get("model") or extra.get("model"),
+        "session": session_id,
+        "server": server,
+        "tool": tool,
+        "arguments": arguments_view.value,
+        "arguments_digest": digest(arguments),
+        "masked": masked,
+        "decision": decision_view.value,
+        "policy_digest": decision.get("policy_digest") or extra.get("policy_digest"),
+        "policy_version": policy_version,
+        "latency_ms": latency_ms,
+    }
+    if extra:
+        request_view = redact(extra, root="request")
+        payload["request"] = request_view.value
+        masked.extend(request_view.masked_paths)
+    return event("decision", **payload)

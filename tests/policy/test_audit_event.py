@@ -1,0 +1,217 @@
+"""policy.audit_event: the envelope, the builders, the pinned hash form."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from policy.audit_event import (
+    DECISION_FIELDS,
+    GENESIS_HASH,
+    SCHEMA,
+    AuditError,
+    canonical_event,
+    decision_event,
+    envelope_problem,
+    event,
+    event_hash,
+    format_ts,
+    jsonable,
+    redacted_payload,
+)
+from policy.redact import digest
+
+AWS = "AKIAIOSFODNN7EXAMPLE"
+
+
+def make_decision(**overrides: Any) -> dict[str, Any]:
+    decision = {
+        "decision_id": "dec-1",
+        "model": "claude",
+        "effect": "deny",
+        "reason_code": "rule_deny",
+        "reasoning": [f"argument `key` was `{AWS}`, which looks like a credential"],
+        "policy_digest": "sha256:" + "ab" * 32,
+    }
+    return decision | overrides
+
+
+def test_event_carries_schema_type_and_a_fresh_id() -> None:
+    first = event("gateway.started", version="0.1.0")
+    second = event("gateway.started", version="0.1.0")
+    assert first["schema"] == SCHEMA == "securegateway.audit/1"
+    assert first["type"] == "gateway.started"
+    assert first["version"] == "0.1.0"
+    assert first["event_id"] != second["event_id"]
+
+
+def test_event_refuses_unknown_types_and_envelope_fields() -> None:
+    with pytest.raises(AuditError) as unknown:
+        event("decison")
+    assert unknown.value.code == "unknown_event_type"
+    with pytest.raises(AuditError) as reserved:
+        event("gateway.started", seq=4)
+    assert reserved.value.code == "reserved_field"
+    assert str(reserved.value) == "payload field `seq` is part of the envelope"
+
+
+def test_decision_event_has_every_documented_field() -> None:
+    built = decision_event(
+        decision=make_decision(),
+        session_id="sess-1",
+        server="fs",
+        tool="read_file",
+        arguments={"path": "/etc/hosts"},
+        latency_ms=0.42,
+        policy_version=7,
+    )
+    assert set(DECISION_FIELDS) <= set(built)
+    assert built["type"] == "decision"
+    assert built["decision_id"] == "dec-1"
+    assert built["model"] == "claude"
+    assert built["session"] == "sess-1"
+    assert (built["server"], built["tool"]) == ("fs", "read_file")
+    assert built["policy_digest"] == "sha256:" + "ab" * 32
+    assert built["policy_version"] == 7
+    assert built["latency_ms"] == 0.42
+    assert built["decision"]["effect"] == "deny"
+
+
+def test_decision_event_stores_redacted_arguments_and_the_digest_of_the_original() -> None:
+    arguments = {"api_key": "plain-value", "headers": {"Authorization": "Basic eA=="}, "note": f"id {AWS}"}
+    built = decision_event(
+        decision=make_decision(),
+        session_id=None,
+        server="http",
+        tool="fetch",
+        arguments=arguments,
+        latency_ms=1.0,
+        policy_version=None,
+    )
+    assert built["arguments"] == {
+        "api_key": "[REDACTED]",
+        "headers": {"Authorization": "[REDACTED]"},
+        "note": "id [REDACTED:aws_access_key]",
+    }
+    assert built["arguments_digest"] == digest(arguments)
+    assert "arguments.api_key" in built["masked"]
+    assert "arguments.headers.Authorization" in built["masked"]
+    assert "arguments.note" in built["masked"]
+    assert arguments["api_key"] == "plain-value"  # the caller's arguments are untouched
+
+
+def test_decision_reasoning_quoting_a_secret_is_masked_too() -> None:
+    built = decision_event(
+        decision=make_decision(),
+        session_id="s",
+        server="fs",
+        tool="t",
+        arguments={},
+        latency_ms=1.0,
+        policy_version=1,
+    )
+    assert AWS not in json.dumps(built)
+    assert built["decision"]["reasoning"] == [
+        "argument `key` was `[REDACTED:aws_access_key]`, which looks like a credential"
+    ]
+    assert "decision.reasoning[0]" in built["masked"]
+
+
+def test_request_fills_missing_decision_fields_and_is_recorded_without_arguments() -> None:
+    built = decision_event(
+        decision={"effect": "allow"},
+        session_id="s",
+        server="fs",
+        tool="t",
+        arguments={"a": 1},
+        latency_ms=1.0,
+        policy_version=1,
+        request={"model": "gpt", "policy_digest": "sha256:p", "arguments": {"a": 1}, "token": "t0k3n"},
+    )
+    assert built["model"] == "gpt"
+    assert built["policy_digest"] == "sha256:p"
+    assert built["decision_id"]  # generated when neither side has one
+    assert built["request"] == {"model": "gpt", "policy_digest": "sha256:p", "token": "[REDACTED]"}
+    assert "request.token" in built["masked"]
+
+
+def test_redacted_payload_adds_the_masked_paths() -> None:
+    payload = redacted_payload({"justification": f"needs {AWS}", "id": "p-1"})
+    assert payload == {
+        "justification": "needs [REDACTED:aws_access_key]",
+        "id": "p-1",
+        "masked": ["justification"],
+    }
+    assert event("proposal.proposed", **payload)["masked"] == ["justification"]
+
+
+def test_event_hash_covers_everything_but_hash_and_ignores_key_order() -> None:
+    body = {"b": 1, "a": {"y": [1, 2], "x": "é"}, "prev_hash": GENESIS_HASH}
+    expected = hashlib.sha256(b'{"a":{"x":"\\u00e9","y":[1,2]},"b":1,"prev_hash":"' + GENESIS_HASH.encode() + b'"}')
+    assert event_hash(body) == "sha256:" + expected.hexdigest()
+    assert event_hash({**body, "hash": "anything"}) == event_hash(body)
+    assert event_hash(dict(reversed(list(body.items())))) == event_hash(body)
+    assert event_hash({**body, "b": 2}) != event_hash(body)
+
+
+def test_canonical_form_is_ascii_even_for_lone_surrogates() -> None:
+    text = canonical_event({"s": "naïve \ud800 ✓"})
+    assert text == '{"s":"na\\u00efve \\ud800 \\u2713"}'
+    text.encode("ascii")
+
+
+def test_jsonable_normalises_tuples_keys_and_non_finite_floats() -> None:
+    assert jsonable({"t": (1, 2), 3: float("inf"), "n": float("nan")}) == {"t": [1, 2], "3": "inf", "n": "nan"}
+
+
+def test_jsonable_names_the_field_that_has_no_json_form() -> None:
+    with pytest.raises(AuditError) as error:
+        event("gateway.started", info={"when": [datetime.now(UTC)]})
+    assert error.value.code == "unserializable"
+    assert "`$.info.when[0]`" in str(error.value)
+
+
+def test_timestamps_are_rfc3339_utc_with_microseconds() -> None:
+    moment = datetime(2025, 1, 31, 13, 0, 0, 5, tzinfo=timezone(timedelta(hours=1)))
+    assert format_ts(moment) == "2025-01-31T12:00:00.000005Z"
+    assert format_ts(datetime(2025, 1, 31, 12, 0)) == "2025-01-31T12:00:00.000000Z"
+
+
+def well_formed() -> dict[str, Any]:
+    return {
+        "schema": SCHEMA,
+        "seq": 1,
+        "event_id": "e",
+        "type": "gateway.started",
+        "ts": "2025-01-31T12:00:00.000000Z",
+        "prev_hash": GENESIS_HASH,
+        "hash": GENESIS_HASH,
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"schema": "securegateway.audit/2"}, "unsupported schema `securegateway.audit/2`"),
+        ({"seq": 0}, "`seq` is not a positive integer"),
+        ({"seq": True}, "`seq` is not a positive integer"),
+        ({"type": "decison"}, "unknown event type `decison`"),
+        ({"ts": "2025-01-31 12:00:00"}, "`ts` is not rfc 3339 utc with microseconds"),
+        ({"hash": "md5:00"}, "`hash` is not sha256:<64 hex>"),
+        ({"type": "decision"}, "`decision` event lacks `decision_id`"),
+    ],
+)
+def test_envelope_problems_are_named(change: dict[str, Any], problem: str) -> None:
+    assert envelope_problem(well_formed()) is None
+    assert (envelope_problem({**well_formed(), **change}) or "").startswith(problem)
+
+
+def test_a_missing_envelope_field_is_named() -> None:
+    broken = well_formed()
+    del broken["prev_hash"]
+    assert envelope_problem(broken) == "missing envelope field `prev_hash`"
+    assert envelope_problem([1]) == "line is not a json object"

@@ -1,0 +1,319 @@
+"""policy.audit_log: append-only, chained, rotated, recovered after crashes, one writer."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from policy.audit_event import GENESIS_HASH, AuditError, canonical_event, event, event_hash
+from policy.audit_log import AuditSink, Head, JsonlAuditLog, head_path, log_files, read_head
+from policy.audit_verify import verify_log
+
+
+def ticking_clock() -> Callable[[], datetime]:
+    start = datetime(2025, 1, 31, 12, 0, tzinfo=UTC)
+    counter = itertools.count()
+    return lambda: start + timedelta(microseconds=next(counter))
+
+
+def open_log(path: Path, **options: Any) -> JsonlAuditLog:
+    return JsonlAuditLog(path, fsync=options.pop("fsync", False), clock=ticking_clock(), **options)
+
+
+def lines(path: Path) -> list[bytes]:
+    return path.read_bytes().split(b"\n")[:-1]
+
+
+def events(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in lines(path)]
+
+
+def started(n: int) -> dict[str, Any]:
+    return event("gateway.started", n=n)
+
+
+def test_jsonl_audit_log_is_an_audit_sink(tmp_path: Path) -> None:
+    with open_log(tmp_path / "audit.jsonl") as log:
+        sink: AuditSink = log
+        assert sink.append(started(0))["seq"] == 1
+
+
+def test_appends_form_a_hash_chain_from_genesis(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with open_log(path) as log:
+        written = [log.append(started(n)) for n in range(4)]
+    on_disk = events(path)
+    assert on_disk == written
+    assert [e["seq"] for e in on_disk] == [1, 2, 3, 4]
+    assert on_disk[0]["prev_hash"] == GENESIS_HASH
+    for previous, current in itertools.pairwise(on_disk):
+        assert current["prev_hash"] == previous["hash"]
+    for record in on_disk:
+        assert record["hash"] == event_hash(record)
+    assert [e["ts"] for e in on_disk[:2]] == ["2025-01-31T12:00:00.000000Z", "2025-01-31T12:00:00.000001Z"]
+
+
+def test_each_line_is_the_canonical_form_of_its_event(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with open_log(path) as log:
+        log.append(event("gateway.started", text="naïve \ud800", nested={"b": 1, "a": [float("nan")]}))
+    (line,) = lines(path)
+    assert line == canonical_event(json.loads(line)).encode("ascii")
+    assert json.loads(line)["nested"] == {"a": ["nan"], "b": 1}
+
+
+def test_the_sink_fills_in_schema_and_event_id_of_a_plain_dict(tmp_path: Path) -> None:
+    with open_log(tmp_path / "audit.jsonl") as log:
+        written = log.append({"type": "result.flagged", "decision_id": "d", "findings": []})
+    assert written["schema"] == "securegateway.audit/1"
+    assert written["event_id"]
+
+
+@pytest.mark.parametrize(
+    ("bad", "code"),
+    [
+        ({"type": "nope"}, "unknown_event_type"),
+        ({"type": "gateway.started", "hash": "sha256:x"}, "reserved_field"),
+        ({"type": "gateway.started", "seq": 9}, "reserved_field"),
+        ({"type": "gateway.started", "schema": "other/1"}, "reserved_field"),
+        ({"type": "gateway.started", "when": object()}, "unserializable"),
+    ],
+)
+def test_append_refuses_malformed_events_and_writes_nothing(tmp_path: Path, bad: dict[str, Any], code: str) -> None:
+    path = tmp_path / "audit.jsonl"
+    with open_log(path) as log:
+        with pytest.raises(AuditError) as error:
+            log.append(bad)
+        assert error.value.code == code
+    assert path.read_bytes() == b""
+
+
+def test_the_head_sidecar_names_the_last_event_after_each_append(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with open_log(path) as log:
+        assert read_head(path) == Head(0, GENESIS_HASH)
+        for n in range(3):
+            written = log.append(started(n))
+            assert read_head(path) == Head(written["seq"], written["hash"]) == log.head
+    assert len(head_path(path).read_bytes()) == 160
+
+
+def test_reopening_continues_the_chain(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with open_log(path) as log:
+        last = log.append(started(0))
+    with open_log(path) as log:
+        assert log.head == Head(1, last["hash"])
+        following = log.append(started(1))
+    assert (following["seq"], following["prev_hash"]) == (2, last["hash"])
+    assert verify_log(path).ok
+
+
+def test_a_second_writer_on_the_same_path_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with open_log(path):
+        with pytest.raises(AuditError) as error:
+            open_log(path)
+        assert error.value.code == "locked"
+    with open_log(path) as log:  # released on close
+        log.append(started(0))
+
+
+def test_append_after_close_is_refused(tmp_path: Path) -> None:
+    log = open_log(tmp_path / "audit.jsonl")
+    log.close()
+    log.close()
+    with pytest.raises(AuditError) as error:
+        log.append(started(0))
+    assert error.value.code == "closed"
+
+
+def test_rotation_renames_by_size_and_keeps_the_chain_across_files(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with open_log(path, max_bytes=1000) as log:
+        written = [log.append(event("gateway.started", pad="x" * 200)) for _ in range(12)]
+    files = log_files(path)
+    assert [file.name for file in files[:3]] == ["audit.jsonl.1", "audit.jsonl.2", "audit.jsonl.3"]
+    assert files[-1] == path
+    assert all(file.stat().st_size <= 1000 for file in files)
+    chained = [record for file in files for record in events(file)]
+    assert chained == written
+    first_of_second = events(files[1])[0]
+    assert first_of_second["prev_hash"] == events(files[0])[-1]["hash"]
+    report = verify_log(path)
+    assert report.ok, report.message
+    assert report.events == 12
+    assert report.files == tuple(str(file) for file in files)
+
+
+def test_an_event_larger_than_max_bytes_gets_a_file_of_its_own(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with open_log(path, max_bytes=500) as log:
+        log.append(started(0))
+        log.append(event("gateway.started", pad="x" * 2000))
+        log.append(started(2))
+    assert [len(events(file)) for file in log_files(path)] == [1, 1, 1]
+    assert verify_log(path).ok
+
+
+def test_reopening_after_a_crash_between_rotation_and_first_write(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with open_log(path, max_bytes=600) as log:
+        for n in range(4):
+            log.append(event("gateway.started", n=n, pad="x" * 200))
+        last = log.head
+    # The rename happened, the fresh file was never created.
+    path.rename(tmp_path / f"audit.jsonl.{len(log_files(path))}")
+    with open_log(path, max_bytes=600) as log:
+        assert log.head == last
+        log.append(started(5))
+    assert verify_log(path).ok
+
+
+def test_a_torn_last_line_is_left_in_place_and_recorded_on_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with open_log(path) as log:
+        log.append(started(0))
+        good = log.append(started(1))
+    fragment = canonical_event(started(2)).encode("ascii")[:40]
+    with path.open("ab") as handle:  # a crash part-way through the third write
+        handle.write(fragment)
+    assert verify_log(path).torn_tail
+
+    with open_log(path) as log:
+        log.append(started(3))
+    raw = lines(path)
+    assert raw[2] == fragment  # untouched, now ended by a newline
+    recovered = json.loads(raw[3])
+    assert recovered["type"] == "audit.recovered"
+    assert recovered["reason"] == "torn_tail"
+    assert recovered["torn_bytes"] == len(fragment)
+    assert recovered["torn_sha256"] == "sha256:" + hashlib.sha256(fragment).hexdigest()
+    assert recovered["prev_hash"] == good["hash"]
+    assert json.loads(raw[4])["prev_hash"] == recovered["hash"]
+    report = verify_log(path)
+    assert report.ok, report.message
+    assert not report.torn_tail
+    assert report.events == 4
+    assert report.warnings == ("recovered torn write at audit.jsonl:3",)
+
+
+def test_a_complete_event_missing_only_its_newline_is_kept_as_the_head(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with open_log(path) as log:
+        log.append(started(0))
+        last = log.append(started(1))
+    path.write_bytes(path.read_bytes()[:-1])
+    with open_log(path) as log:
+        assert log.head == Head(2, last["hash"])
+        log.append(started(2))
+    assert [e["type"] for e in events(path)] == ["gateway.started"] * 3
+    assert verify_log(path).ok
+
+
+def test_a_sidecar_ahead_of_the_log_is_recorded_as_truncation_on_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with open_log(path) as log:
+        for n in range(3):
+            log.append(started(n))
+    path.write_bytes(b"".join(line + b"\n" for line in lines(path)[:2]))  # the last event is lost
+    with open_log(path) as log:
+        log.append(started(3))
+    recovered = events(path)[2]
+    assert recovered["type"] == "audit.recovered"
+    assert recovered["reason"] == "truncated"
+    assert recovered["sidecar"]["seq"] == 3
+    report = verify_log(path)
+    assert not report.ok
+    assert report.first_bad is not None
+    assert (report.first_bad.problem, report.first_bad.line, report.first_bad.seq) == ("truncated", 3, 3)
+
+
+def test_a_missing_sidecar_is_recorded_as_a_warning_on_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with open_log(path) as log:
+        log.append(started(0))
+    head_path(path).unlink()
+    with open_log(path) as log:
+        log.append(started(1))
+    assert events(path)[1]["reason"] == "head_missing"
+    report = verify_log(path)
+    assert report.ok, report.message
+    assert report.warnings == ("head sidecar was missing on reopening, at audit.jsonl:2",)
+
+
+class FailingWrites:
+    """A file stand-in that writes ``keep`` bytes of the next write, then fails like a full disk."""
+
+    def __init__(self, real: Any, keep: int) -> None:
+        self.real, self.keep = real, keep
+
+    def write(self, data: memoryview) -> int:
+        self.real.write(bytes(data[: self.keep]))
+        raise OSError(28, "No space left on device")
+
+    def fileno(self) -> int:
+        return int(self.real.fileno())
+
+    def close(self) -> None:
+        self.real.close()
+
+
+def test_a_failed_write_raises_and_the_next_append_recovers_the_fragment(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with open_log(path) as log:
+        log.append(started(0))
+        log._file = FailingWrites(log._file, keep=25)  # type: ignore[assignment]
+        with pytest.raises(AuditError) as error:
+            log.append(started(1))
+        assert error.value.code == "write_failed"
+        assert log.head.seq == 1
+        after = log.append(started(2))
+    raw = lines(path)
+    assert len(raw[1]) == 25  # the fragment of the failed write, ended by a newline
+    recovered = json.loads(raw[2])
+    assert (recovered["type"], recovered["torn_bytes"]) == ("audit.recovered", 25)
+    assert json.loads(raw[3]) == after
+    assert after["seq"] == 3
+    report = verify_log(path)
+    assert report.ok, report.message
+
+
+def test_concurrent_appends_from_threads_form_one_valid_chain(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    per_thread, threads = 50, 8
+    with open_log(path, max_bytes=20_000) as log:
+        barrier = threading.Barrier(threads)
+
+        def worker(index: int) -> None:
+            barrier.wait()
+            for n in range(per_thread):
+                log.append(event("gateway.started", thread=index, n=n))
+
+        workers = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+        for thread in workers:
+            thread.start()
+        for thread in workers:
+            thread.join()
+    report = verify_log(path)
+    assert report.ok, report.message
+    assert report.events == per_thread * threads
+    assert len(report.files) > 1
+    recorded = [(e["thread"], e["n"]) for file in log_files(path) for e in events(file)]
+    assert sorted(recorded) == [(i, n) for i in range(threads) for n in range(per_thread)]
+
+
+def test_fsync_mode_writes_the_same_chain(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with open_log(path, fsync=True, max_bytes=400) as log:
+        for n in range(5):
+            log.append(event("gateway.started", n=n, pad="y" * 100))
+    assert verify_log(path).ok
