@@ -87,7 +87,7 @@ _SCANNERS: tuple[_Scanner, ...] = (
         "private_key",
         # The whole PEM block; a body character '-' is allowed unless it starts the END
         # line. An unterminated block (truncated paste) still masks header and body.
-        "-----BEGIN" + _PEM_LABEL + r"(?:[A-Za-z0-9+/=\s:,]|-(?!----END)){0,100000}+"
+        "-----BEGIN" + _PEM_LABEL + r"(?:[A-Za-z0-9+/=\s:,]++|-(?!----END))*+"
         r"(?:-----END" + _PEM_LABEL + ")?",
     ),
     _scanner(
@@ -126,6 +126,12 @@ _SCANNERS: tuple[_Scanner, ...] = (
     _scanner("generic_api_key", "pass(?:w(?:or)?d|phrase)" + _ASSIGN + _VALUE, lowered=True),
 )
 
+# Every scanner's match contains one of these in the lower-cased text. One alternation is
+# slower than the literal passes over a large text but much cheaper than twelve calls on
+# the short strings that make up most tool arguments, so it screens those.
+_SCREEN = re.compile(r"-----begin|a[ks]ia|aiza|gh[pousr]_|github_pat_|sk-|xox[abpr]-|eyj|bearer|key|token|secret|pass")
+_SCREEN_BELOW = 512  # measured crossover: above it the literal passes are cheaper
+
 SECRET_KINDS: tuple[str, ...] = tuple(dict.fromkeys(kind for scanner in _SCANNERS for kind in scanner.kinds))
 
 # Assignment values that are documentation, not credentials (`token: string`).
@@ -152,6 +158,8 @@ def _lower_same_offsets(text: str) -> str:
 def find_secrets(text: str) -> list[SecretHit]:
     """Every secret in ``text``, ordered by position; overlapping hits are merged into the first."""
     lowered = _lower_same_offsets(text)
+    if len(text) < _SCREEN_BELOW and not _SCREEN.search(lowered):
+        return []
     found: list[tuple[int, int, int, str]] = []
     for priority, scanner in enumerate(_SCANNERS):
         for match in scanner.pattern.finditer(lowered if scanner.lowered else text):
