@@ -252,7 +252,7 @@ class JsonlAuditLog:
                     self._recover()
                 except OSError as exc:
                     raise AuditError("write_failed", f"cannot recover audit log: {exc.strerror}") from exc
-            return self._write([body])[-1]
+            return self._write(body)
 
     def close(self) -> None:
         with self._lock:
@@ -282,24 +282,16 @@ class JsonlAuditLog:
             raise AuditError("reserved_field", f"unsupported schema `{body['schema']}`")
         return body
 
-    def _write(self, bodies: list[dict[str, Any]], prefix: bytes = b"") -> list[dict[str, Any]]:
-        head = self._head
-        written: list[dict[str, Any]] = []
-        lines: list[bytes] = []
-        for body in bodies:
-            full = {**body, "seq": head.seq + 1, "ts": format_ts(self._clock()), "prev_hash": head.hash}
-            full["hash"] = event_hash(full)
-            ordered = {name: full[name] for name in ENVELOPE_FIELDS} | full
-            line = canonical_event(ordered).encode("ascii") + b"\n"
-            written.append(ordered)
-            lines.append(line)
-            head = Head(full["seq"], full["hash"])
-        data = prefix + b"".join(lines)
-        # A recovery write (prefix) must end the torn fragment in its own file, so never rotates.
-        if not prefix and self._size > 0 and self._size + len(data) > self.max_bytes:
-            self._rotate()
-        assert self._file is not None
+    def _write(self, body: dict[str, Any], prefix: bytes = b"") -> dict[str, Any]:
+        full = {**body, "seq": self._head.seq + 1, "ts": format_ts(self._clock()), "prev_hash": self._head.hash}
+        full["hash"] = event_hash(full)
+        written = {name: full[name] for name in ENVELOPE_FIELDS} | full
+        data = prefix + canonical_event(written).encode("ascii") + b"\n"
         try:
+            # A recovery write (prefix) must end the torn fragment in its own file: no rotation.
+            if not prefix and self._size > 0 and self._size + len(data) > self.max_bytes:
+                self._rotate()
+            assert self._file is not None
             view = memoryview(data)
             while view:
                 count = self._file.write(view)
@@ -312,7 +304,7 @@ class JsonlAuditLog:
             self._abandon_file()
             raise AuditError("write_failed", f"audit write failed: {exc.strerror}") from exc
         self._size += len(data)
-        self._head = head
+        self._head = Head(full["seq"], full["hash"])
         try:
             self._write_sidecar()
         except OSError as exc:
@@ -380,7 +372,7 @@ class JsonlAuditLog:
             "torn_sha256": "sha256:" + hashlib.sha256(torn).hexdigest() if torn else None,
             "sidecar": sidecar,
         }
-        self._write([body], prefix=prefix)
+        self._write(body, prefix=prefix)
 
     def _append_raw(self, data: bytes) -> None:
         assert self._file is not None
