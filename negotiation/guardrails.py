@@ -62,6 +62,10 @@ REJECTING_CODES: frozenset[str] = frozenset(
 _KEY_RING_KEYS = frozenset({"models", "model_keys", "keys", "identities", "keyring", "key_ring"})
 _SNIPPET_KEYS = frozenset({"rules"})
 _MAX_LISTED = 10
+_MAX_PER_CODE = 20
+# Only for the raw key scan: libyaml when present (the loader, which reports positions,
+# does the real parse).
+_COMPOSER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # The file name located errors in a snippet point into.
 SNIPPET_SOURCE = "proposal.yaml"
 
@@ -228,7 +232,7 @@ def assess(
         )
     if not config.auto_approve:
         verdicts.append(Verdict("auto_approve_disabled", False, "every proposal needs a reviewer"))
-    verdicts = list(dict.fromkeys(verdicts))  # one copy of each finding, first-seen order
+    verdicts = _capped(verdicts)
     if status_of(verdicts) == "approved":
         wider = any(entry.change == "wider" for entry in diff)
         verdicts.append(
@@ -252,7 +256,7 @@ def _raw_keys(text: str) -> tuple[frozenset[str], frozenset[str]]:
     once; text that does not compose is left to the loader to report with a location.
     """
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_COMPOSER)
     except (yaml.YAMLError, RecursionError):
         return frozenset(), frozenset()
     if not isinstance(root, yaml.MappingNode):
@@ -389,9 +393,9 @@ def _expiry_verdicts(wider: list[DiffEntry], snippet: Policy, latest: datetime) 
     out: list[Verdict] = []
     for entry in wider:
         granting = [
-            rule
-            for rule in snippet.rules
-            if ("*" in rule.models or entry.model in rule.models) and _matches_any(rule.allow_tools, entry.tool)
+            candidate.rule
+            for candidate in snippet.compiled.candidates(entry.model, entry.tool)
+            if candidate.allow is not None and candidate.allow.fullmatch(entry.tool)
         ]
         if not granting:
             out.append(
@@ -411,4 +415,19 @@ def _expiry_verdicts(wider: list[DiffEntry], snippet: Policy, latest: datetime) 
                         f"(it {'never expires' if rule.expires is None else 'expires ' + rule.expires.isoformat()})",
                     )
                 )
+    return out
+
+
+def _capped(verdicts: list[Verdict]) -> list[Verdict]:
+    """At most ``_MAX_PER_CODE`` verdicts of one code, then one saying how many more."""
+    out: list[Verdict] = []
+    seen: dict[tuple[str, bool], int] = {}
+    for verdict in dict.fromkeys(verdicts):  # one copy of each finding, first-seen order
+        key = (verdict.code, verdict.ok)
+        seen[key] = seen.get(key, 0) + 1
+        if seen[key] <= _MAX_PER_CODE:
+            out.append(verdict)
+    for (code, ok), count in seen.items():
+        if count > _MAX_PER_CODE:
+            out.append(Verdict(code, ok, f"… and {count - _MAX_PER_CODE} more `{code}` findings"))
     return out

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from policy import KeyRing, Policy, Rule, could_allow, tool_matches
+from policy import KeyRing, Policy, Rule, could_allow
+from policy.match import compile_globs
 
 __all__ = ["DiffEntry", "MergeResult", "literal_tools", "merge", "semantic_diff"]
 
@@ -111,8 +112,10 @@ def _applies_to(rule: Rule, model: str) -> bool:
     return "*" in rule.models or model in rule.models
 
 
-def _matches_any(patterns: Iterable[str], tool: str) -> bool:
-    return any(tool_matches(pattern, tool) for pattern in patterns)
+def _matching(patterns: tuple[str, ...], tools: list[str]) -> frozenset[str]:
+    """The probe tools any of ``patterns`` matches."""
+    combined = compile_globs(patterns)
+    return frozenset(t for t in tools if combined.fullmatch(t)) if combined is not None else frozenset()
 
 
 def _loosened_pairs(
@@ -129,11 +132,15 @@ def _loosened_pairs(
             continue
         allow_reason = _allow_loosened(previous, rule)
         deny_reason = _deny_loosened(previous, rule)
+        if not (allow_reason or deny_reason):
+            continue
+        allowed = _matching(rule.allow_tools, tools)
+        denied = _matching(previous.deny_tools, tools)
         for model in models:
-            for tool in tools:
-                if allow_reason and _applies_to(rule, model) and _matches_any(rule.allow_tools, tool):
+            for tool in allowed | denied:
+                if allow_reason and _applies_to(rule, model) and tool in allowed:
                     pairs.setdefault((model, tool), (f"rule `{rule.id}`: {allow_reason}", False))
-                if deny_reason and _applies_to(previous, model) and _matches_any(previous.deny_tools, tool):
+                if deny_reason and _applies_to(previous, model) and tool in denied:
                     # Wins over an allow reason: it counts whatever the pair's access today.
                     pairs[(model, tool)] = (f"rule `{rule.id}`: {deny_reason}", True)
     return pairs
