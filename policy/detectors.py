@@ -1,0 +1,317 @@
+"""Suspicious patterns in strings: prompt-injection phrasing, hidden Unicode, secrets.
+
+:func:`scan_value` walks any JSON value (a call's arguments, a tool's result) and returns
+:class:`Finding` values; the engine turns them into risk factors. It is on the hot path of
+every call and of every result, so the common case is cheap:
+
+* hidden characters are all non-ASCII, so ``str.isascii()`` (a C loop) skips that check for
+  most strings; otherwise a single character-class search finds whether any is present;
+* each injection pattern has literal anchors, tested with ``in`` on the lower-cased text (a
+  fast substring search) before its regular expression runs, and the expression runs on the
+  lower-cased text so its literal prefix is searched in C too;
+* secrets come from :mod:`policy.secrets`, whose patterns are built the same way;
+* all strings of one value are joined and each detector makes one pass over the joined
+  text, so the fixed cost of a pass is paid once per value, not once per string.
+
+One finding is reported per (code, kind) per string, at its first occurrence. Excerpts are
+short, show hidden characters as ``\\uXXXX`` escapes and never contain a secret.
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_right
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .secrets import SecretHit, find_secrets
+
+__all__ = ["Finding", "describe_findings", "scan_text", "scan_value"]
+
+MAX_FINDINGS = 200
+_CONTEXT = 24
+_MAX_EXCERPT = 120
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """Something suspicious at ``path``; ``code`` is prompt_injection, hidden_unicode or secret."""
+
+    code: str
+    kind: str
+    path: str
+    excerpt: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": self.code, "kind": self.kind, "path": self.path, "excerpt": self.excerpt}
+
+
+@dataclass(frozen=True, slots=True)
+class _Phrase:
+    kind: str
+    anchors: tuple[str, ...]
+    lowered: re.Pattern[str]  # runs over text.lower()
+    fallback: re.Pattern[str]  # runs case-insensitively when lower() changes offsets
+
+
+def _phrase(kind: str, anchors: tuple[str, ...], pattern: str) -> _Phrase:
+    return _Phrase(kind, anchors, re.compile(pattern), re.compile(pattern, re.IGNORECASE))
+
+
+_PREVIOUS = (
+    r"(?:all\s+|any\s+|the\s+|your\s+|of\s+)*"
+    r"(?:previous|prior|above|earlier|preceding|former|foregoing|system)"
+)
+_DIRECTIVES = (
+    r"(?:instructions?|prompts?|directions?|directives?|rules|guidelines|messages?|context|commands?)"
+)
+_PHRASES: tuple[_Phrase, ...] = (
+    _phrase(
+        "ignore_previous_instructions",
+        ("ignore", "disregard", "forget", "override", "bypass"),
+        rf"(?:ignore|disregard|forget|override|bypass)\s+{_PREVIOUS}\s+{_DIRECTIVES}",
+    ),
+    _phrase("you_are_now", ("now",), r"you(?:\s+are|\s*'re|\s*’re)\s+now\b"),
+    _phrase(
+        "system_prompt",
+        ("system",),
+        r"(?:system|developer)\s*(?:prompt|message|instructions)",
+    ),
+    _phrase(
+        "chat_template_token",
+        ("<|", "[inst]", "<<sys>>"),
+        r"<\|(?:im_start|im_end|system|endoftext|start_header_id)\|>|\[inst\]|<<sys>>",
+    ),
+)
+
+_ZERO_WIDTH = "\u200b-\u200f\u2060-\u2064\ufeff"
+_BIDI = "\u202a-\u202e\u2066-\u2069"
+_TAGS = "\U000e0000-\U000e007f"
+_ANY_HIDDEN = re.compile(f"[{_ZERO_WIDTH}{_BIDI}{_TAGS}]")
+_HIDDEN_KINDS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("zero_width", re.compile(f"[{_ZERO_WIDTH}]")),
+    ("bidi_control", re.compile(f"[{_BIDI}]")),
+    ("tag_character", re.compile(f"[{_TAGS}]")),
+)
+_TAG_TEXT = re.compile("[\U000e0020-\U000e007e]+")
+# Shown escaped in excerpts: hidden characters and C0/C1 controls.
+_UNPRINTABLE = re.compile(f"[{_ZERO_WIDTH}{_BIDI}{_TAGS}\x00-\x1f\x7f-\x9f]")
+
+
+def _escape(text: str) -> str:
+    def one(match: re.Match[str]) -> str:
+        code = ord(match.group())
+        return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+    return _UNPRINTABLE.sub(one, text)
+
+
+def _excerpt(text: str, start: int, end: int, secrets: Sequence[SecretHit]) -> str:
+    """A short window around ``[start, end)`` with secrets masked and hidden chars escaped."""
+    lo = max(0, start - _CONTEXT)
+    hi = min(len(text), max(end, start + 1) + _CONTEXT, lo + 4 * _CONTEXT)
+    parts: list[str] = []
+    cursor = lo
+    for hit in secrets:
+        if hit.end <= lo or hit.start >= hi:
+            continue
+        parts.append(_escape(text[cursor : max(cursor, hit.start)]))
+        parts.append(f"[REDACTED:{hit.kind}]")
+        cursor = max(cursor, hit.end)
+    if cursor < hi:
+        parts.append(_escape(text[cursor:hi]))
+    body = "".join(parts)
+    if len(body) > _MAX_EXCERPT:
+        body, hi = body[:_MAX_EXCERPT], -1
+    return ("…" if lo > 0 else "") + body + ("…" if hi < len(text) else "")
+
+
+def _phrases(
+    text: str, lowered: str, same_offsets: bool, path: str, secrets: Sequence[SecretHit], note: str
+) -> list[Finding]:
+    found: list[Finding] = []
+    for phrase in _PHRASES:
+        for anchor in phrase.anchors:
+            if anchor in lowered:
+                break
+        else:
+            continue
+        match = phrase.lowered.search(lowered) if same_offsets else phrase.fallback.search(text)
+        if match is not None:
+            excerpt = _excerpt(text, match.start(), match.end(), secrets)
+            found.append(Finding("prompt_injection", phrase.kind, path, note + excerpt))
+    return found
+
+
+def _hidden_extras(text: str, path: str, seen: set[str]) -> list[Finding]:
+    """Phrases split by hidden characters ("ig\u200bnore") or spelled in tag characters."""
+    found: list[Finding] = []
+    visible = _ANY_HIDDEN.sub("", text)
+    lowered = visible.lower()
+    for finding in _phrases(visible, lowered, len(visible) == len(lowered), path, (), _AFTER_REMOVAL):
+        if finding.kind not in seen:
+            seen.add(finding.kind)
+            found.append(finding)
+    tagged = "".join(chr(ord(char) - 0xE0000) for run in _TAG_TEXT.findall(text) for char in run)
+    if tagged:
+        lowered = tagged.lower()
+        secrets = find_secrets(tagged)
+        for finding in _phrases(tagged, lowered, len(tagged) == len(lowered), path, secrets, _IN_TAGS):
+            if finding.kind not in seen:
+                seen.add(finding.kind)
+                found.append(finding)
+    return found
+
+
+_AFTER_REMOVAL = "(after removing hidden characters) "
+_IN_TAGS = "(hidden in tag characters) "
+# Joins the strings of one value so each detector makes one pass over all of them. No
+# detector pattern can match across it: NUL is neither a word, whitespace nor secret
+# character, and secret hits are clipped to their string anyway (tests/policy/
+# test_detectors.py checks that joined and one-by-one scans agree).
+_SEP = "\n\x00\n"
+
+
+class _Batch:
+    """Many strings scanned as one text; offsets map back to (string index, local offset)."""
+
+    def __init__(self, paths: list[str], texts: list[str]) -> None:
+        self.paths = paths
+        self.texts = texts
+        self.text = texts[0] if len(texts) == 1 else _SEP.join(texts)
+        self.starts: list[int] = []
+        cursor = 0
+        for text in texts:
+            self.starts.append(cursor)
+            cursor += len(text) + len(_SEP)
+        self.findings: list[list[Finding]] = [[] for _ in texts]
+        self.secrets: list[list[SecretHit]] = [[] for _ in texts]
+
+    def locate(self, offset: int) -> int:
+        return bisect_right(self.starts, offset) - 1
+
+    def end_of(self, index: int) -> int:
+        return self.starts[index] + len(self.texts[index])
+
+    def first_per_string(self, pattern: re.Pattern[str], haystack: str) -> list[tuple[int, int, int]]:
+        """(string index, local start, local end) of the first match in each string."""
+        out: list[tuple[int, int, int]] = []
+        position = 0
+        while True:
+            match = pattern.search(haystack, position)
+            if match is None:
+                return out
+            index = self.locate(match.start())
+            base = self.starts[index]
+            if match.start() < self.end_of(index):
+                out.append((index, match.start() - base, min(match.end(), self.end_of(index)) - base))
+            if index + 1 >= len(self.texts):
+                return out
+            position = self.starts[index + 1]
+
+    def scan(self) -> None:
+        text = self.text
+        for hit in find_secrets(text):
+            index = self.locate(hit.start)
+            base, end = self.starts[index], self.end_of(index)
+            if hit.start < end:
+                self.secrets[index].append(SecretHit(hit.kind, hit.start - base, min(hit.end, end) - base))
+        lowered = text.lower()
+        same_offsets = len(lowered) == len(text)
+        for phrase in _PHRASES:
+            for anchor in phrase.anchors:
+                if anchor in lowered:
+                    break
+            else:
+                continue
+            pattern, haystack = (phrase.lowered, lowered) if same_offsets else (phrase.fallback, text)
+            for index, start, end in self.first_per_string(pattern, haystack):
+                excerpt = _excerpt(self.texts[index], start, end, self.secrets[index])
+                self.findings[index].append(
+                    Finding("prompt_injection", phrase.kind, self.paths[index], excerpt)
+                )
+        if not text.isascii() and _ANY_HIDDEN.search(text) is not None:
+            hidden_in: set[int] = set()
+            for kind, pattern in _HIDDEN_KINDS:
+                for index, start, end in self.first_per_string(pattern, text):
+                    hidden_in.add(index)
+                    excerpt = _excerpt(self.texts[index], start, end, self.secrets[index])
+                    self.findings[index].append(Finding("hidden_unicode", kind, self.paths[index], excerpt))
+            for index in sorted(hidden_in):
+                seen = {f.kind for f in self.findings[index] if f.code == "prompt_injection"}
+                self.findings[index].extend(_hidden_extras(self.texts[index], self.paths[index], seen))
+        for index, hits in enumerate(self.secrets):
+            reported: set[str] = set()
+            for hit in hits:
+                if hit.kind not in reported:
+                    reported.add(hit.kind)
+                    excerpt = _excerpt(self.texts[index], hit.start, hit.end, hits)
+                    self.findings[index].append(Finding("secret", hit.kind, self.paths[index], excerpt))
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _strings(value: Any, path: str) -> tuple[list[str], list[str]]:
+    """Paths and texts of every non-empty string in ``value``, in document order (iterative)."""
+    paths: list[str] = []
+    texts: list[str] = []
+    stack: list[tuple[Any, str]] = [(value, path)]
+    seen: set[int] = set()
+    while stack:
+        current, where = stack.pop()
+        if type(current) is str or isinstance(current, str):
+            if current:
+                paths.append(where)
+                texts.append(current)
+        elif isinstance(current, Mapping):
+            if id(current) in seen:
+                continue
+            seen.add(id(current))
+            stack.extend([(item, _join(where, str(key))) for key, item in current.items()][::-1])
+        elif isinstance(current, list | tuple):
+            if id(current) in seen:
+                continue
+            seen.add(id(current))
+            stack.extend([(item, f"{where}[{index}]") for index, item in enumerate(current)][::-1])
+    return paths, texts
+
+
+def scan_value(value: Any, path: str = "") -> tuple[Finding, ...]:
+    """Findings in every string nested anywhere in ``value`` (dict values, list items).
+
+    Paths look like ``arguments.query`` or ``content[0].text``. Iterative, so arbitrarily deep
+    JSON cannot exhaust the stack; at most MAX_FINDINGS are returned.
+    """
+    paths, texts = _strings(value, path)
+    if not texts:
+        return ()
+    batch = _Batch(paths, texts)
+    batch.scan()
+    findings = [finding for per_string in batch.findings for finding in per_string]
+    return tuple(findings[:MAX_FINDINGS])
+
+
+def scan_text(text: str, path: str = "") -> list[Finding]:
+    """Findings in one string (at most one per code and kind)."""
+    return list(scan_value(text, path))
+
+
+_CODE_TEXT = {
+    "prompt_injection": "prompt-injection phrasing",
+    "hidden_unicode": "hidden Unicode",
+    "secret": "a secret",
+}
+
+
+def describe_findings(findings: Sequence[Finding], subject: str = "Arguments") -> str:
+    """One plain sentence about what the scan found."""
+    if not findings:
+        return f"{subject} contain no suspicious patterns."
+    parts = [
+        f"{_CODE_TEXT.get(f.code, f.code)} ({f.kind}) at {f.path or 'the top level'}" for f in findings[:5]
+    ]
+    more = f" and {len(findings) - 5} more" if len(findings) > 5 else ""
+    return f"{subject} contain suspicious patterns: {'; '.join(parts)}{more}."

@@ -1,0 +1,324 @@
+"""``evaluate``: one call request in, one :class:`Decision` out. Never raises.
+
+The procedure, in order (the first that applies decides the reason code):
+
+1. checks that only describe the call: suspicious patterns in the arguments, the tool's
+   ``inputSchema``, the session's risk; together they give the risk score;
+2. the model must be in the model keys file (``unknown_model``) and the tool inside its key
+   scope (``out_of_scope``) - rules can never grant beyond the key;
+3. candidate rules come from the compiled index; a matching deny rule wins over any allow
+   (``explicit_deny``); a deny rule that cannot be evaluated denies to be safe
+   (``rule_error``);
+4. a schema violation denies (``schema_violation``);
+5. without a matching allow rule the call is denied by default (``default_deny``);
+6. the risk score must stay within the allowing rule's ``max_risk`` and the policy's
+   ``deny_risk_above`` (``risk_threshold``); otherwise ``allowed``.
+
+Rule order carries no meaning. Any unexpected exception becomes a ``gateway_error`` deny.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from .decision import DENY_KINDS, Decision, TraceEntry, gateway_error_decision, new_decision_id, one_line
+from .detectors import describe_findings, scan_value
+from .explain import counterfactual, render_reason, risk_sentence, rules_sentence, session_sentence
+from .index import CompiledCondition, CompiledRule
+from .keys import KeyRing
+from .model import CallRequest, Policy, Rule, format_timestamp
+from .risk import RiskFactor, SessionRisk, combine, finding_factors
+from .schema import check_arguments
+
+__all__ = ["could_allow", "evaluate"]
+
+_SESSION_FLOOR = 0.005  # below this the session factor is noise and is left out
+
+
+def evaluate(
+    request: CallRequest,
+    policy: Policy,
+    keys: KeyRing,
+    *,
+    now: datetime | None = None,
+    session: SessionRisk | None = None,
+    decision_id: str | None = None,
+) -> Decision:
+    """Decide one call. Reads ``session`` but does not update it (see SessionRisk.record_decision)."""
+    decision_id = decision_id or new_decision_id()
+    try:
+        return _evaluate(request, policy, keys, now, session, decision_id)
+    except Exception as exc:  # the enforcement boundary: fail closed, visibly
+        return gateway_error_decision(
+            model=str(getattr(request, "model", "?")),
+            tool=_qualified(request),
+            error=f"policy evaluation failed: {type(exc).__name__}: {exc}",
+            policy_digest=str(getattr(policy, "digest", "unknown")),
+            decision_id=decision_id,
+        )
+
+
+def _qualified(request: Any) -> str:
+    try:
+        return str(request.qualified_tool)
+    except Exception:  # only used while reporting another failure
+        return "?"
+
+
+def _utc(now: datetime | None) -> datetime:
+    if now is None:
+        return datetime.now(UTC)
+    return now.replace(tzinfo=UTC) if now.tzinfo is None else now
+
+
+class _RuleOutcomes:
+    """What the candidate rules said, gathered in one pass."""
+
+    __slots__ = ("allow_hits", "deny_hits", "erroring_deny", "errors", "near_misses", "risk_capped", "trace")
+
+    def __init__(self) -> None:
+        self.trace: list[TraceEntry] = []
+        self.allow_hits: list[Rule] = []
+        self.deny_hits: list[Rule] = []
+        self.erroring_deny: list[str] = []
+        self.risk_capped: list[Rule] = []
+        self.near_misses: list[tuple[Rule, str]] = []
+        self.errors: list[str] = []
+
+
+def _conditions(
+    candidate: CompiledRule, arguments: Mapping[str, Any]
+) -> tuple[CompiledCondition | None, str | None]:
+    """(the condition that failed or errored, error message or None).
+
+    A condition that is False anywhere settles the rule, even when another one errored.
+    """
+    errored: tuple[CompiledCondition, str] | None = None
+    for condition in candidate.conditions:
+        try:
+            holds = condition.check(arguments)
+        except Exception as exc:  # a rule that errors is recorded and skipped, never raised
+            if errored is None:
+                errored = (condition, str(exc))
+            continue
+        if not holds:
+            return condition, None
+    return (None, None) if errored is None else errored
+
+
+def _consider(
+    candidate: CompiledRule,
+    tool: str,
+    arguments: Mapping[str, Any],
+    now: datetime,
+    risk: float,
+    out: _RuleOutcomes,
+) -> None:
+    rule = candidate.rule
+    allows = candidate.allow is not None and candidate.allow.fullmatch(tool) is not None
+    denies = candidate.deny is not None and candidate.deny.fullmatch(tool) is not None
+    trace = out.trace
+    if not (allows or denies):
+        trace.append(candidate.mismatch)
+        return
+    if rule.expires is not None and now >= rule.expires:
+        if denies:
+            trace.append(candidate.deny_expired)
+        if allows:
+            trace.append(candidate.allow_expired)
+            out.near_misses.append((rule, f"it expired at {format_timestamp(rule.expires)}"))
+        return
+    failed, error = _conditions(candidate, arguments) if candidate.conditions else (None, None)
+    if failed is not None and error is not None:
+        out.errors.append(f"rule `{rule.id}`: condition `{failed.text}`: {error}")
+        if denies:
+            out.erroring_deny.append(rule.id)
+            trace.append(TraceEntry(rule.id, "deny", False, failed.text, f"error: {error}"))
+        if allows:
+            trace.append(TraceEntry(rule.id, "allow", False, failed.text, f"error: {error}"))
+        return
+    if denies:
+        if failed is None:
+            trace.append(candidate.denied)
+            out.deny_hits.append(rule)
+        else:
+            trace.append(failed.deny_failed)
+    if allows:
+        if failed is not None:
+            trace.append(failed.allow_failed)
+            out.near_misses.append((rule, f"its condition `{failed.text}` does not hold"))
+        elif rule.max_risk is not None and risk > rule.max_risk:
+            failure = f"risk {risk:.2f} > max_risk {rule.max_risk:g}"
+            trace.append(TraceEntry(rule.id, "allow", False, failure, "risk above max_risk"))
+            out.risk_capped.append(rule)
+        else:
+            trace.append(candidate.allowed)
+            out.allow_hits.append(rule)
+
+
+def _evaluate(
+    request: CallRequest,
+    policy: Policy,
+    keys: KeyRing,
+    now_in: datetime | None,
+    session: SessionRisk | None,
+    decision_id: str,
+) -> Decision:
+    now = _utc(now_in)
+    model = request.model
+    tool = request.qualified_tool
+    arguments = request.arguments
+
+    # 1. Checks that describe the call.
+    findings = scan_value(arguments, "arguments")
+    schema = check_arguments(request.input_schema, arguments)
+    session_score = session.score(now.timestamp()) if session is not None else 0.0
+    factors: tuple[RiskFactor, ...] = finding_factors(findings) + schema.factors()
+    if session_score >= _SESSION_FLOOR:
+        factors += (RiskFactor("session", session_score, f"session risk {session_score:.2f}"),)
+    risk = combine(factor.weight for factor in factors)
+
+    # 2-3. Identity, scope and rules.
+    identity = keys.get(model)
+    in_scope = identity is not None and keys.in_scope(model, tool)
+    out = _RuleOutcomes()
+    for candidate in policy.compiled.candidates(model, tool):
+        _consider(candidate, tool, arguments, now, risk, out)
+
+    # 4-6. The first applicable reason decides.
+    limit = policy.settings.deny_risk_above
+    risk_limit: float | None = None
+    if identity is None:
+        code = "unknown_model"
+    elif not in_scope:
+        code = "out_of_scope"
+    elif out.deny_hits:
+        code = "explicit_deny"
+    elif out.erroring_deny:
+        code = "rule_error"
+    elif schema.violated:
+        code = "schema_violation"
+    elif not out.allow_hits and not out.risk_capped:
+        code = "default_deny"
+    elif not out.allow_hits:
+        code = "risk_threshold"
+        risk_limit = out.risk_capped[0].max_risk
+    elif limit is not None and risk > limit:
+        code = "risk_threshold"
+        risk_limit = limit
+    else:
+        code = "allowed"
+
+    reason = _reason(code, model, tool, arguments, out, schema.messages, risk, risk_limit)
+    reasoning = [
+        rules_sentence(
+            code=code,
+            model=model,
+            tool=tool,
+            scope=None if identity is None else identity.tools,
+            allow_hits=out.allow_hits,
+            deny_hits=out.deny_hits,
+            erroring_deny=out.erroring_deny,
+            near_misses=out.near_misses,
+        ),
+        schema.sentence(),
+        describe_findings(findings),
+        session_sentence(session_score),
+    ]
+    if risk_limit is not None or limit is not None:
+        reasoning.append(risk_sentence(risk, risk_limit if risk_limit is not None else limit or 0.0, factors))
+    errors = out.errors
+    if schema.status == "schema_error":
+        errors = [*errors, f"input schema of `{tool}` is invalid: {schema.messages[0]}"]
+
+    return Decision(
+        decision_id=decision_id,
+        allowed=code == "allowed",
+        reason=reason,
+        reason_code=code,
+        deny_kind=DENY_KINDS[code],
+        model=model,
+        tool=tool,
+        matched_rules=tuple(dict.fromkeys(entry.rule_id for entry in out.trace if entry.matched)),
+        rule_trace=tuple(out.trace),
+        risk_score=risk,
+        risk_factors=factors,
+        reasoning=tuple(reasoning),
+        errors=tuple(errors),
+        policy_digest=policy.digest,
+        counterfactual=counterfactual(
+            code=code,
+            model=model,
+            tool=tool,
+            risk=risk,
+            risk_limit=risk_limit,
+            allow_hits=out.allow_hits,
+            deny_hits=out.deny_hits,
+            erroring_deny=out.erroring_deny,
+            near_misses=out.near_misses,
+        ),
+        findings=findings,
+    )
+
+
+def _with_message(prefix: str, rule: Rule, model: str, tool: str, arguments: Mapping[str, Any]) -> str:
+    if rule.reason is None:
+        return prefix
+    return f"{prefix}: {render_reason(rule.reason, model=model, tool=tool, arguments=arguments)}"
+
+
+def _reason(
+    code: str,
+    model: str,
+    tool: str,
+    arguments: Mapping[str, Any],
+    out: _RuleOutcomes,
+    schema_messages: tuple[str, ...],
+    risk: float,
+    risk_limit: float | None,
+) -> str:
+    if code == "allowed":
+        rule = out.allow_hits[0]
+        return _with_message(f"allowed by rule {rule.id}", rule, model, tool, arguments)
+    if code == "unknown_model":
+        return one_line(f"model `{model}` is not in the model keys file")
+    if code == "out_of_scope":
+        return one_line(f"`{tool}` is outside model `{model}`'s key scope")
+    if code == "explicit_deny":
+        rule = out.deny_hits[0]
+        return _with_message(f"denied by rule {rule.id}", rule, model, tool, arguments)
+    if code == "rule_error":
+        return f"denied because deny rule {out.erroring_deny[0]} could not be evaluated"
+    if code == "schema_violation":
+        return one_line(f"arguments violate the input schema of `{tool}`: {schema_messages[0]}")
+    if code == "risk_threshold":
+        return f"risk score {risk:.2f} is above the limit {risk_limit if risk_limit is not None else 0.0:g}"
+    return one_line(f"no rule allows model `{model}` to call `{tool}`")
+
+
+def could_allow(
+    policy: Policy, keys: KeyRing, model_id: str, qualified_tool: str, *, now: datetime | None = None
+) -> bool:
+    """Whether some live rule could allow this model this tool, ignoring argument conditions.
+
+    False when the tool is outside the key scope or an unconditional, live deny rule matches.
+    Used to filter ``tools/list``; on any internal error it answers False (fail closed).
+    """
+    try:
+        if keys.get(model_id) is None or not keys.in_scope(model_id, qualified_tool):
+            return False
+        moment = _utc(now)
+        possible = False
+        for candidate in policy.compiled.candidates(model_id, qualified_tool):
+            rule = candidate.rule
+            if rule.expires is not None and moment >= rule.expires:
+                continue
+            if candidate.deny is not None and not rule.when and candidate.deny.fullmatch(qualified_tool):
+                return False
+            if candidate.allow is not None and candidate.allow.fullmatch(qualified_tool):
+                possible = True
+        return possible
+    except Exception:  # a filter must fail closed, not break tools/list
+        return False

@@ -1,0 +1,244 @@
+"""The policy as frozen values: rules, their argument conditions, settings, and a call request.
+
+A :class:`Policy` is built once (by the loader or :meth:`Policy.from_rules`) and compiled into
+matchers at construction, so evaluation never parses or compiles anything. Its ``digest`` is
+the sha256 of :meth:`Policy.canonical`, the plain-JSON form that gets hashed and signed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from .canonical import canonical_json, digest
+from .errors import PolicyError
+
+if TYPE_CHECKING:
+    from .index import CompiledPolicy
+
+__all__ = [
+    "CONDITION_OPS",
+    "CallRequest",
+    "Condition",
+    "Policy",
+    "PolicySettings",
+    "Rule",
+    "format_timestamp",
+    "generated_rule_id",
+]
+
+# The argument-condition vocabulary, in the order conditions are listed and checked.
+CONDITION_OPS: tuple[str, ...] = (
+    "equals",
+    "one_of",
+    "min",
+    "max",
+    "max_length",
+    "under",
+    "regex",
+    "not_regex",
+)
+
+
+def _render(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_render(item) for item in value) + "]"
+    return canonical_json(value)
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One test on one argument: ``arg`` is a dotted path into the arguments, ``op`` a verb."""
+
+    arg: str
+    op: str
+    value: Any
+
+    def to_text(self) -> str:
+        """Human form used in traces and counterfactuals, e.g. ``path under /srv/docs``."""
+        return f"{self.arg} {self.op.replace('_', ' ')} {_render(self.value)}"
+
+    def plain_value(self) -> Any:
+        return list(self.value) if isinstance(self.value, tuple) else self.value
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    """Policy-wide settings; ``deny_risk_above`` denies any call whose risk score exceeds it."""
+
+    deny_risk_above: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {} if self.deny_risk_above is None else {"deny_risk_above": self.deny_risk_above}
+
+
+def format_timestamp(moment: datetime) -> str:
+    """ISO-8601 in UTC with a ``Z`` suffix: the one spelling of a timestamp in canonical form."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _rule_body(
+    *,
+    description: str | None,
+    models: tuple[str, ...],
+    allow_tools: tuple[str, ...],
+    deny_tools: tuple[str, ...],
+    when: tuple[Condition, ...],
+    reason: str | None,
+    expires: datetime | None,
+    max_risk: float | None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    if description is not None:
+        body["description"] = description
+    body["model"] = models[0] if len(models) == 1 else list(models)
+    if allow_tools:
+        body["allow_tools"] = list(allow_tools)
+    if deny_tools:
+        body["deny_tools"] = list(deny_tools)
+    if when:
+        conditions: dict[str, dict[str, Any]] = {}
+        for condition in when:
+            conditions.setdefault(condition.arg, {})[condition.op] = condition.plain_value()
+        body["when"] = conditions
+    if reason is not None:
+        body["reason"] = reason
+    if expires is not None:
+        body["expires"] = format_timestamp(expires)
+    if max_risk is not None:
+        body["max_risk"] = max_risk
+    return body
+
+
+def generated_rule_id(body: Mapping[str, Any]) -> str:
+    """A stable id for a rule written without one: a short hash of its own canonical content.
+
+    It depends only on the rule itself, so it survives other rules being added or moved.
+    """
+    return "r-" + hashlib.sha256(canonical_json(dict(body)).encode("utf-8")).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One policy rule. ``models`` holds model ids or ``"*"``; tool lists hold globs.
+
+    A rule may carry both ``allow_tools`` and ``deny_tools``; its ``when`` conditions apply to
+    both. ``expires`` is tz-aware UTC; ``max_risk`` caps the risk under which it allows.
+    """
+
+    id: str
+    description: str | None
+    models: tuple[str, ...]
+    allow_tools: tuple[str, ...]
+    deny_tools: tuple[str, ...]
+    when: tuple[Condition, ...] = ()
+    reason: str | None = None
+    expires: datetime | None = None
+    max_risk: float | None = None
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        models: Iterable[str],
+        allow_tools: Iterable[str] = (),
+        deny_tools: Iterable[str] = (),
+        when: Iterable[Condition] = (),
+        id: str | None = None,
+        description: str | None = None,
+        reason: str | None = None,
+        expires: datetime | None = None,
+        max_risk: float | None = None,
+    ) -> Rule:
+        """Construct a rule, generating its id from its content when ``id`` is None."""
+        fields: dict[str, Any] = {
+            "description": description,
+            "models": tuple(models),
+            "allow_tools": tuple(allow_tools),
+            "deny_tools": tuple(deny_tools),
+            "when": tuple(when),
+            "reason": reason,
+            "expires": expires,
+            "max_risk": max_risk,
+        }
+        rule_id = id if id is not None else generated_rule_id(_rule_body(**fields))
+        return cls(id=rule_id, **fields)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The YAML form of the rule (plain JSON values), with its id always present."""
+        body = _rule_body(
+            description=self.description,
+            models=self.models,
+            allow_tools=self.allow_tools,
+            deny_tools=self.deny_tools,
+            when=self.when,
+            reason=self.reason,
+            expires=self.expires,
+            max_risk=self.max_risk,
+        )
+        return {"id": self.id, **body}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A whole policy: rules (order carries no meaning), settings, digest and origin.
+
+    Construction compiles the rules into an index (``compiled``); that is the only place
+    globs and regular expressions are compiled.
+    """
+
+    rules: tuple[Rule, ...]
+    settings: PolicySettings
+    digest: str
+    source: str | None = None
+    compiled: CompiledPolicy = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        seen: set[str] = set()
+        for rule in self.rules:
+            if rule.id in seen:
+                raise PolicyError(f"duplicate rule id `{rule.id}`")
+            seen.add(rule.id)
+        from .index import compile_policy  # index imports this module's types
+
+        object.__setattr__(self, "compiled", compile_policy(self.rules))
+
+    @classmethod
+    def from_rules(
+        cls, rules: Iterable[Rule], settings: PolicySettings | None = None, source: str | None = None
+    ) -> Policy:
+        """Build a policy and compute its digest from its canonical form."""
+        rules = tuple(rules)
+        settings = settings if settings is not None else PolicySettings()
+        return cls(rules=rules, settings=settings, digest=digest(_canonical(rules, settings)), source=source)
+
+    def canonical(self) -> dict[str, Any]:
+        """Plain-JSON form, rules sorted by id: exactly what gets hashed and signed."""
+        return _canonical(self.rules, self.settings)
+
+
+def _canonical(rules: tuple[Rule, ...], settings: PolicySettings) -> dict[str, Any]:
+    return {
+        "rules": [rule.to_dict() for rule in sorted(rules, key=lambda rule: rule.id)],
+        "settings": settings.to_dict(),
+    }
+
+
+@dataclass(frozen=True)
+class CallRequest:
+    """One ``tools/call`` as the policy sees it. ``tool`` is the upstream's own tool name."""
+
+    model: str
+    server: str
+    tool: str
+    arguments: Mapping[str, Any]
+    input_schema: Mapping[str, Any] | None = None
+
+    @property
+    def qualified_tool(self) -> str:
+        return f"{self.server}.{self.tool}"
