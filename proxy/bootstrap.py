@@ -32,8 +32,8 @@ from negotiation.cli_policy import PolicyStorageConfig, open_repository
 from negotiation.errors import NegotiationError
 from negotiation.signing import generate_ed25519_keypair
 from negotiation.tool import PROPOSE_POLICY_TOOL, handle_propose
-from policy.audit_event import AuditError
 from policy import KeyRing, ModelIdentity, PolicyError, SessionRisk, could_allow, load_model_keys
+from policy.audit_event import AuditError
 from proxy.audit_writer import AuditWriter, open_audit_log
 from proxy.config import GatewayConfig
 from proxy.downstream import serve_http

@@ -90,10 +90,10 @@ def _audit_show(args: argparse.Namespace, load: LoadConfig) -> int:
 
 
 def _explain(args: argparse.Namespace, load: LoadConfig) -> int:
+    from negotiation.cli_policy import open_repository
     from policy import CallRequest, evaluate, load_model_keys
     from policy.audit_verify import find_events
     from proxy.bootstrap import storage_config
-    from negotiation.cli_policy import open_repository
 
     config = load(args)
     events = [

@@ -15,14 +15,13 @@ from typing import Any
 import anyio
 import anyio.abc
 import structlog
-from mcp import MCPError
 from mcp.server import Server
 from mcp.server.context import ServerRequestContext
-from mcp_types import INVALID_REQUEST
 
 from proxy.config import GatewayConfig
 from proxy.downstream import IDENTITY_STATE_KEY, http_app, serve_http, serve_stdio
 from proxy.intercept import CallNext, Interceptor, compose
+from proxy.mrtr import InputBridge
 from proxy.relay import LocalTool, Relay, forward_tool_call
 from proxy.session import DownstreamSession
 from proxy.upstream import ClientHello
@@ -33,16 +32,6 @@ try:
     GATEWAY_VERSION = version("securegateway")
 except PackageNotFoundError:  # running from a source tree
     GATEWAY_VERSION = "0.0.0"
-
-
-class _NoBackChannel:
-    """The client channel of a sessionless (2026-era) client: nothing can be pushed to it."""
-
-    async def send_raw_request(self, method: str, params: Mapping[str, Any] | None, opts: Any = None) -> dict[str, Any]:
-        raise MCPError(INVALID_REQUEST, f"the client cannot receive `{method}`: it connected without a session")
-
-    async def notify(self, method: str, params: Mapping[str, Any] | None, opts: Any = None) -> None:
-        return None
 
 
 class Gateway:
@@ -122,7 +111,7 @@ class Gateway:
                     {"name": "modern-client", "version": "0"},
                     capabilities=caps.model_dump(mode="json", by_alias=True, exclude_none=True) if caps else {},
                 )
-                session = DownstreamSession(self.config, hello, _NoBackChannel(), identity=identity)
+                session = DownstreamSession(self.config, hello, InputBridge(key), identity=identity)
                 await self._start(session)
                 self._modern[key] = session
         return session

@@ -22,6 +22,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from proxy.catalog import LISTS
 from proxy.intercept import CallNext, ToolCall, ToolResult
+from proxy.mrtr import InputBridge
 from proxy.session import DownstreamSession
 from proxy.upstream import ClientHello, UpstreamLink
 
@@ -267,10 +268,17 @@ class Relay:
 
 async def forward_tool_call(call: ToolCall) -> ToolResult:
     """The innermost step of the tools/call chain: send it to the upstream under its own name."""
-    assert call.link is not None
+    link = call.link
+    assert link is not None
     params = dict(_strip_envelope(call.params) or {})
     params["name"] = call.tool
-    return await call.link.request("tools/call", params, on_progress=call.progress)
+    bridge = call.session.channel
+    if isinstance(bridge, InputBridge):
+        rounds = {k: params.pop(k) for k in ("inputResponses", "requestState") if k in params}
+        return await bridge.call(
+            link.name, rounds, lambda: link.request("tools/call", params, on_progress=call.progress)
+        )
+    return await link.request("tools/call", params, on_progress=call.progress)
 
 
 async def _forward(

@@ -72,6 +72,8 @@ class DownstreamSession:
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Connect every upstream concurrently, report ready, serve until ``close()``."""
         async with anyio.create_task_group() as tg:
+            if hasattr(self.channel, "task_group"):
+                self.channel.task_group = tg  # MRTR continuations live as long as the session
             async with anyio.create_task_group() as starting:
                 for link in self.links.values():
                     starting.start_soon(tg.start, link.run)
@@ -94,6 +96,9 @@ class DownstreamSession:
     ) -> dict[str, Any]:
         # sampling/createMessage, elicitation/create, roots/list: the client answers, the
         # answer goes back to the upstream that asked (the dispatcher correlates the ids).
+        ask = getattr(self.channel, "ask", None)
+        if ask is not None:  # a sessionless client: the request becomes an input_required round
+            return await ask(link.name, method, params)  # type: ignore[no-any-return]
         return await self.channel.send_raw_request(method, params)
 
     async def _upstream_notify(self, link: UpstreamLink, method: str, params: Mapping[str, Any] | None) -> None:

@@ -284,3 +284,61 @@ async def test_http_front_rejects_foreign_host_and_origin(tmp_path: Path) -> Non
         assert bad_host.status_code == 421
         bad_origin = await http.post(url, json=body, headers={**headers, "Origin": "http://evil.example"})
         assert bad_origin.status_code == 403
+
+
+async def test_a_sessionless_2026_client_gets_sampling_elicitation_and_roots_as_input_required_rounds(
+    tmp_path: Path,
+) -> None:
+    gw, url = make_gateway(tmp_path, [stdio_up("calendar"), stdio_up("search")])
+    asked: list[str] = []
+
+    async def sampling(ctx: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+        asked.append("sampling")
+        return types.CreateMessageResult(
+            role="assistant", content=types.TextContent(type="text", text="modern"), model="m"
+        )
+
+    async def elicit(ctx: Any, params: Any) -> types.ElicitResult:
+        asked.append("elicit")
+        return types.ElicitResult(action="accept", content={"answer": "ok"})
+
+    async def roots(ctx: Any) -> types.ListRootsResult:
+        asked.append("roots")
+        return types.ListRootsResult(roots=[types.Root(uri="file:///r")])
+
+    async with running(gw), connect(
+        url, mode="auto", sampling_callback=sampling, elicitation_callback=elicit, list_roots_callback=roots
+    ) as client:
+        assert client.protocol_version == "2026-07-28"
+        assert (await client.call_tool("calendar.echo", {"text": "x"})).structured_content["server"] == "calendar"
+        assert (await client.call_tool("search.sample", {"prompt": "p"})).content[0].text == "model said: modern"
+        assert (await client.call_tool("calendar.elicit", {})).content[0].text == "user accept: {'answer': 'ok'}"
+        assert (await client.call_tool("search.roots", {})).content[0].text == "file:///r"
+        assert asked == ["sampling", "elicit", "roots"]
+        progress: list[float] = []
+
+        async def on_progress(p: float, t: float | None, m: str | None) -> None:
+            progress.append(p)
+
+        await client.call_tool("calendar.slow", {"steps": 2}, progress_callback=on_progress)
+        assert progress == [1, 2]
+
+
+async def test_forged_request_state_is_refused(tmp_path: Path) -> None:
+    import httpx2
+
+    gw, url = make_gateway(tmp_path, [stdio_up("calendar")])
+    body = {
+        "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {
+            "name": "calendar.echo", "arguments": {"text": "x"}, "requestState": "sg1.abc.def",
+            "inputResponses": {"r1": {}},
+            "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                      "io.modelcontextprotocol/clientCapabilities": {}},
+        },
+    }
+    headers = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2026-07-28",
+               "Mcp-Method": "tools/call", "Mcp-Name": "calendar.echo"}
+    async with running(gw), httpx2.AsyncClient() as http:
+        reply = await http.post(url, json=body, headers=headers)
+        assert "was not issued by this gateway" in reply.text
