@@ -24,10 +24,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-import yaml
-
 from negotiation.merge import DiffEntry, MergeResult, is_literal, merge, semantic_diff
 from policy import KeyRing, ModelIdentity, Policy, PolicyError, PolicyLoadError, Rule, load_policy_text, tool_matches
+from policy.yaml_safe import Node, parse_yaml
 
 __all__ = [
     "REJECTING_CODES",
@@ -63,9 +62,6 @@ _KEY_RING_KEYS = frozenset({"models", "model_keys", "keys", "identities", "keyri
 _SNIPPET_KEYS = frozenset({"rules"})
 _MAX_LISTED = 10
 _MAX_PER_CODE = 20
-# Only for the raw key scan: libyaml when present (the loader, which reports positions,
-# does the real parse).
-_COMPOSER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # The file name located errors in a snippet point into.
 SNIPPET_SOURCE = "proposal.yaml"
 
@@ -189,7 +185,7 @@ def assess(
                 f"snippet is {size} bytes; the limit is {config.max_snippet_bytes}",
             )
         )
-    top_keys, key_paths = _raw_keys(yaml_text)
+    top_keys, key_paths = _raw_keys(yaml_text, config.max_snippet_bytes)
     escalation = sorted((top_keys & _KEY_RING_KEYS) | key_paths)
     if escalation:
         return _rejected(
@@ -249,39 +245,31 @@ def _rejected(*verdicts: Verdict) -> Assessment:
     return Assessment("rejected", verdicts)
 
 
-def _raw_keys(text: str) -> tuple[frozenset[str], frozenset[str]]:
-    """The snippet's top-level keys, and the paths of key-ring fields anywhere in it.
+def _raw_keys(text: str, max_bytes: int) -> tuple[frozenset[str], frozenset[str]]:
+    """The snippet's top-level keys, and the paths of ``can_propose`` keys anywhere in it.
 
-    Composes the YAML into nodes (aliases stay shared, nothing expands) and walks each node
-    once; text that does not compose is left to the loader to report with a location.
+    Uses the policy package's hardened YAML reader (depth, alias and size limits); text it
+    refuses is left to the loader, which reports the same problem with its location.
     """
     try:
-        root = yaml.compose(text, Loader=_COMPOSER)
-    except (yaml.YAMLError, RecursionError):
+        root = parse_yaml(text, SNIPPET_SOURCE, max_bytes=max_bytes)
+    except PolicyLoadError:
         return frozenset(), frozenset()
-    if not isinstance(root, yaml.MappingNode):
+    if root is None or not isinstance(root.value, dict):
         return frozenset(), frozenset()
-    top = frozenset(str(k.value) for k, _ in root.value if isinstance(k, yaml.ScalarNode))
     found: set[str] = set()
-    seen: set[int] = set()
-    stack: list[tuple[yaml.Node, str]] = [(root, "")]
+    stack: list[tuple[Node, str]] = [(root, "")]
     while stack:
         node, path = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                name = str(key.value) if isinstance(key, yaml.ScalarNode) else "?"
-                child = f"{path}.{name}" if path else name
-                # `tools` is a key-ring field but harmless outside an identity; only flag it
-                # beside `can_propose`, which marks an identity.
+        if isinstance(node.value, dict):
+            for name, child in node.value.items():
+                child_path = f"{path}.{name}" if path else str(name)
                 if name == "can_propose":
-                    found.add(child)
-                stack.append((value, child))
-        elif isinstance(node, yaml.SequenceNode):
+                    found.add(child_path)
+                stack.append((child, child_path))
+        elif isinstance(node.value, list):
             stack.extend((item, f"{path}[{i}]") for i, item in enumerate(node.value))
-    return top, frozenset(found)
+    return frozenset(str(key) for key in root.value), frozenset(found)
 
 
 def _rule_verdicts(

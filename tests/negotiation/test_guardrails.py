@@ -139,3 +139,24 @@ def test_glob_within_is_containment_of_what_the_globs_match(pattern: str, envelo
 def test_a_nonsensical_guardrail_config_is_refused(field: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         GuardrailConfig(**field)
+
+
+def test_deeply_nested_yaml_is_refused_without_crashing(tmp_path: Path) -> None:
+    world = make_world(tmp_path)
+    nested = "rules: " + "[" * 30_000 + "]" * 30_000 + "\n"
+
+    outcome = world.service.propose("gpt-4o", nested, "deep")
+
+    assert outcome.status == "rejected"
+    assert {v.code for v in outcome.verdicts} == {"invalid_policy"}
+
+
+def test_many_findings_of_one_code_are_capped(tmp_path: Path) -> None:
+    world = make_world(tmp_path)
+    rules = "".join(f"  - model: gpt-4o\n    allow_tools: [mail.send{i}]\n" for i in range(30))
+
+    outcome = world.service.propose("gpt-4o", "rules:\n" + rules, "many")
+
+    scoped = [v for v in outcome.verdicts if v.code == "beyond_key_scope"]
+    assert len(scoped) == 21
+    assert scoped[-1].message == "… and 10 more `beyond_key_scope` findings"
