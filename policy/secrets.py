@@ -63,10 +63,11 @@ _B64URL = r"A-Za-z0-9_\-"
 _PEM_LABEL = r"[ A-Z0-9]{0,40} PRIVATE KEY-----"
 
 # The value of a `name = value` assignment: at least six characters, not starting like a
-# reference or placeholder (${VAR}, <your-key>, [REDACTED:...], %(x)s, {...}).
+# reference or placeholder (${VAR}, <your-key>, [REDACTED:...], %(x)s, {...}). A quoted value
+# may contain spaces (passphrases do); an unquoted one ends at the first space.
 _VALUE = (
-    r"(?:\"(?P<v1>[^\s\"\\$<{\[%][^\s\"\\]{5,511}+)\""
-    r"|'(?P<v2>[^\s'\\$<{\[%][^\s'\\]{5,511}+)'"
+    r"(?:\"(?P<v1>[^\s\"\\$<{\[%][^\r\n\"\\]{5,511}+)\""
+    r"|'(?P<v2>[^\s'\\$<{\[%][^\r\n'\\]{5,511}+)'"
     r"|(?P<v3>[^\s\"'`,;(){}\[\]<>$%][^\s\"'`,;(){}\[\]<>]{5,511}+))"
 )
 _ASSIGN = r"[\"']?[ \t]{0,16}+(?::=|=>|[:=])[ \t]{0,16}+"

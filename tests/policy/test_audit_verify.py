@@ -332,3 +332,30 @@ def test_events_from_a_fresh_event_builder_verify_after_a_reopen_cycle(tmp_path:
     report = verify_log(path)
     assert report.ok, report.message
     assert report.events == 9
+
+
+def test_dressing_the_last_event_up_as_a_torn_line_is_caught_by_the_sidecar(log_path: Path) -> None:
+    lines = read_lines(log_path)
+    forged = lines[-1].replace(b'"effect":"allow"', b'"effect":"deny"')[:-10]
+    log_path.write_bytes(b"".join(line + b"\n" for line in lines[:-1]) + forged)
+    assert bad(log_path)[0] == "truncated"
+    with JsonlAuditLog(log_path, fsync=False) as log:  # reopening records it, it does not launder it
+        log.append(decision(9))
+    assert bad(log_path) == ("truncated", 7, 6)
+
+
+def test_a_sidecar_far_behind_the_log_verifies_with_a_warning(log_path: Path) -> None:
+    second = json.loads(read_lines(log_path)[1])
+    head_path(log_path).write_text(
+        json.dumps({"schema": "securegateway.audit-head/1", "seq": 2, "hash": second["hash"]})
+    )
+    report = verify_log(log_path)
+    assert report.ok
+    assert report.warnings == ("head sidecar is 4 events behind the log",)
+
+
+def test_an_empty_line_in_the_middle_is_invalid_json(log_path: Path) -> None:
+    lines = read_lines(log_path)
+    lines.insert(1, b"")
+    write_lines(log_path, lines)
+    assert bad(log_path) == ("invalid_json", 2, None)

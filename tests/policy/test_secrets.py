@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import policy.secrets as secrets_module
 from policy.secrets import SECRET_KINDS, SecretHit, find_secrets, mask_secrets
 
 # Fake credentials with the right shape; none of them is live.
@@ -196,3 +197,16 @@ def test_text_without_secrets_is_returned_unchanged(text: str) -> None:
     masked, found = mask_secrets(text)
     if not found:
         assert masked == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [AWS, GITHUB, GITHUB_PAT, OPENAI, OPENAI_PROJ, ANTHROPIC, SLACK, GOOGLE, JWT, PEM,
+     "Authorization: Bearer abc123def456ghi789", "db_password=hunter2hunter2", "X-Api-Key: 0123456789abcdef",
+     "PASSPHRASE: 'correct horse'", "clientSecret: abcdef99"],
+)  # fmt: skip
+def test_the_short_text_screen_never_hides_a_secret(text: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    screened = find_secrets(f"see: {text}")
+    assert screened
+    monkeypatch.setattr(secrets_module, "_SCREEN_BELOW", 0)
+    assert find_secrets(f"see: {text}") == screened
