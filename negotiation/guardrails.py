@@ -176,7 +176,7 @@ def assess(
     now: datetime,
 ) -> Assessment:
     """Judge ``yaml_text`` as a proposal from ``proposer`` against the ``live`` policy."""
-    size = len(yaml_text.encode("utf-8"))
+    size = len(yaml_text.encode("utf-8", "surrogatepass"))
     if size > config.max_snippet_bytes:
         return _rejected(
             Verdict(

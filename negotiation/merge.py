@@ -14,12 +14,11 @@ from datetime import datetime
 from typing import Any, Literal
 
 from policy import KeyRing, Policy, Rule, could_allow
-from policy.match import compile_globs
+from policy.match import compile_globs, literal_prefix
 
 __all__ = ["DiffEntry", "MergeResult", "literal_tools", "merge", "semantic_diff"]
 
 Change = Literal["tighter", "equal", "wider"]
-_WILDCARDS = frozenset("*?")
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,8 @@ def merge(live: Policy, snippet: Policy) -> MergeResult:
 
 
 def is_literal(pattern: str) -> bool:
-    return not (_WILDCARDS & set(pattern))
+    """Whether a tool glob names exactly one tool."""
+    return literal_prefix(pattern) == pattern
 
 
 def literal_tools(policy: Policy) -> frozenset[str]:

@@ -132,8 +132,7 @@ class NegotiationService:
         with self._lock:
             now = self._clock()
             risk = session_risk if math.isfinite(session_risk) else 1.0  # NaN fails closed
-            text = yaml_text if isinstance(yaml_text, str) else ""
-            reason = justification if isinstance(justification, str) else ""
+            text, reason, problems = _arguments(yaml_text, justification)
             proposal = Proposal(
                 id=new_proposal_id(),
                 model_id=model_id,
@@ -145,7 +144,7 @@ class NegotiationService:
                 session_risk=risk,
             )
             self._emit("proposal.proposed", proposal)
-            assessment = self._assess(proposal, text, yaml_text, justification, risk, now)
+            assessment = self._assess(proposal, text, problems, risk, now)
             proposal = replace(proposal, verdicts=assessment.verdicts, diff=assessment.diff)
             self._emit("proposal.validated", proposal)
             self._emit("proposal.auto_reviewed", proposal, outcome=assessment.status)
@@ -167,8 +166,7 @@ class NegotiationService:
         self,
         proposal: Proposal,
         text: str,
-        yaml_text: object,
-        justification: object,
+        problems: list[str],
         risk: float,
         now: datetime,
     ) -> Assessment:
@@ -179,13 +177,6 @@ class NegotiationService:
                 "rejected",
                 (Verdict("model_not_authorized", False, f"`{proposal.model_id}` {why}"),),
             )
-        problems = []
-        if not isinstance(yaml_text, str):
-            problems.append("`yaml` must be a string holding a policy snippet")
-        if not isinstance(justification, str) or not justification.strip():
-            problems.append("`justification` must be a non-empty string")
-        elif len(justification) > _MAX_JUSTIFICATION:
-            problems.append(f"`justification` is longer than {_MAX_JUSTIFICATION} characters")
         if problems:
             return Assessment("rejected", tuple(Verdict("bad_arguments", False, p) for p in problems))
         return assess(
@@ -230,8 +221,11 @@ class NegotiationService:
         the proposal stays pending.
         """
         reviewer = _checked_reviewer(reviewer)
+        comment = _storable(comment)[0]
         with self._lock:
             proposal = self._pending(proposal_id)
+            # Judged before the approval is recorded, so a proposal that no longer applies
+            # stays pending rather than stuck approved.
             assessment = self._reassess(proposal)
             if assessment.status == "rejected" or assessment.merged is None:
                 raise MergeConflictError(
@@ -246,6 +240,7 @@ class NegotiationService:
 
     def reject(self, proposal_id: str, *, reviewer: str, comment: str = "") -> Proposal:
         reviewer = _checked_reviewer(reviewer)
+        comment = _storable(comment)[0]
         with self._lock:
             proposal = self._pending(proposal_id)
             rejected = proposal.advance(ProposalStatus.REJECTED, at=self._clock(), reviewer=reviewer, comment=comment)
@@ -381,6 +376,34 @@ class NegotiationService:
         self._audit(event, {**proposal.to_dict(), **extra})
 
 
+def _storable(value: str) -> tuple[str, bool]:
+    """``value`` as text SQLite and JSON can hold, and whether it already was (lone
+    surrogates, which JSON escapes can carry, are not)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8"), False
+    return value, True
+
+
+def _arguments(yaml_text: object, justification: object) -> tuple[str, str, list[str]]:
+    """The proposal's text fields, safe to store and audit, and what is wrong with them."""
+    problems: list[str] = []
+    text, text_ok = _storable(yaml_text) if isinstance(yaml_text, str) else ("", False)
+    if not isinstance(yaml_text, str):
+        problems.append("`yaml` must be a string holding a policy snippet")
+    elif not text_ok:
+        problems.append("`yaml` is not valid unicode")
+    reason, reason_ok = _storable(justification) if isinstance(justification, str) else ("", True)
+    if not isinstance(justification, str) or not justification.strip():
+        problems.append("`justification` must be a non-empty string")
+    elif not reason_ok:
+        problems.append("`justification` is not valid unicode")
+    elif len(justification) > _MAX_JUSTIFICATION:
+        problems.append(f"`justification` is longer than {_MAX_JUSTIFICATION} characters")
+    return text, reason, problems
+
+
 def _approver(proposal: Proposal) -> str:
     if proposal.reviewer == GUARDRAIL_REVIEWER:
         return GUARDRAIL_REVIEWER
@@ -388,7 +411,7 @@ def _approver(proposal: Proposal) -> str:
 
 
 def _checked_reviewer(reviewer: str) -> str:
-    name = reviewer.strip() if isinstance(reviewer, str) else ""
+    name = reviewer.strip() if isinstance(reviewer, str) and _storable(reviewer)[1] else ""
     if not name or len(name) > _MAX_REVIEWER or any(c in name for c in "\r\n\t"):
         raise NegotiationError(
             f"a reviewer name is required (one line, at most {_MAX_REVIEWER} characters)",

@@ -288,9 +288,7 @@ def test_recovery_skips_and_audits_an_approved_proposal_that_no_longer_merges(
         world.service.approve(outcome.proposal_id, reviewer="alice")
     world.store.close()
     # Restarted with gpt-4o's key narrowed: the approved grant can never take effect now.
-    restarted = make_world(
-        tmp_path, model_keys='models:\n  gpt-4o: {key: k, tools: ["docs.*"], can_propose: true}\n'
-    )
+    restarted = make_world(tmp_path, model_keys='models:\n  gpt-4o: {key: k, tools: ["docs.*"], can_propose: true}\n')
 
     assert restarted.service.recover() == ()
 
@@ -298,3 +296,29 @@ def test_recovery_skips_and_audits_an_approved_proposal_that_no_longer_merges(
     assert restarted.live.current.version == 1
     (failed,) = restarted.events_of("proposal.merge_failed")
     assert failed["id"] == outcome.proposal_id and failed["code"] == "merge_conflict"
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "justification"),
+    [("rules:\n  - model: gpt-4o\n    allow_tools: [a\ud800]\n", "why"), (SAFE, "why \udfff")],
+)
+def test_lone_surrogates_are_a_rejection_that_is_still_stored(
+    tmp_path: Path, yaml_text: str, justification: str
+) -> None:
+    world = make_world(tmp_path)
+
+    outcome = world.service.propose("gpt-4o", yaml_text, justification)
+
+    assert outcome.status == "rejected"
+    assert [v.code for v in outcome.verdicts] == ["bad_arguments"]
+    assert "unicode" in outcome.verdicts[0].message
+    assert world.store.get(outcome.proposal_id).status is ProposalStatus.REJECTED
+
+
+def test_a_review_comment_with_a_lone_surrogate_is_stored_escaped(tmp_path: Path) -> None:
+    world = make_world(tmp_path)
+    outcome = world.service.propose("gpt-4o", WIDE, "cleanup job")
+
+    rejected = world.service.reject(outcome.proposal_id, reviewer="bob", comment="no \ud800")
+
+    assert world.store.get(outcome.proposal_id).comment == rejected.comment == "no \\ud800"
