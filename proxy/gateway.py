@@ -91,6 +91,8 @@ class Gateway:
 
     async def open_session(self, ctx: ServerRequestContext[Any, Any], hello: ClientHello) -> DownstreamSession:
         connection = getattr(ctx.session, "_connection", None)
+        if connection is None:
+            raise RuntimeError("the SDK no longer exposes the connection on the request session")
         session = DownstreamSession(self.config, hello, connection, identity=self._identity(ctx))
         await self._start(session)
         if connection is not None:

@@ -11,6 +11,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mcp.shared.dispatcher import ProgressFnT
+
 from proxy.session import DownstreamSession
 from proxy.upstream import UpstreamLink
 
@@ -31,7 +33,7 @@ class ToolCall:
     params: Mapping[str, Any]  # the raw tools/call params (``_meta`` included)
     link: UpstreamLink | None = None
     input_schema: Mapping[str, Any] | None = None
-    progress: Callable[[float, float | None, str | None], Awaitable[None]] | None = None
+    progress: ProgressFnT | None = None
     annotations: dict[str, Any] = field(default_factory=dict)  # per-call scratch for interceptors
 
     @property

@@ -10,6 +10,7 @@ through the interceptor chain (policy enforcement) before it is forwarded.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
@@ -17,6 +18,7 @@ import anyio
 import structlog
 from mcp import MCPError
 from mcp.server.context import ServerRequestContext
+from mcp.shared.dispatcher import ProgressFnT
 from mcp_types import INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
@@ -159,7 +161,7 @@ class Relay:
         connection = _connection(ctx)
         session = connection.state.get(SESSION_KEY) if connection is not None else None
         if session is not None:
-            return session  # type: ignore[no-any-return]
+            return session
         if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
             return await self._host.modern_session(ctx)
         raise MCPError(INVALID_REQUEST, "the session is not initialized: send `initialize` first")
@@ -274,7 +276,7 @@ async def forward_tool_call(call: ToolCall) -> ToolResult:
     params["name"] = call.tool
     bridge = call.session.channel
     if isinstance(bridge, InputBridge):
-        rounds = {k: params.pop(k) for k in ("inputResponses", "requestState") if k in params}
+        rounds: dict[str, Any] = {k: params.pop(k) for k in ("inputResponses", "requestState") if k in params}
         return await bridge.call(
             link.name, rounds, lambda: link.request("tools/call", params, on_progress=call.progress)
         )
@@ -287,9 +289,7 @@ async def _forward(
     return await link.request(ctx.method, _strip_envelope(params), on_progress=_progress_relay(ctx))
 
 
-def _progress_relay(
-    ctx: ServerRequestContext[Any, Any],
-) -> Callable[[float, float | None, str | None], Awaitable[None]] | None:
+def _progress_relay(ctx: ServerRequestContext[Any, Any]) -> ProgressFnT | None:
     """Route upstream progress back to the caller that asked for it (and only then)."""
     meta = (ctx.params or {}).get("_meta")
     if not isinstance(meta, Mapping) or meta.get("progressToken") is None:
@@ -297,7 +297,8 @@ def _progress_relay(
     session = ctx.session
 
     async def relay(progress: float, total: float | None, message: str | None) -> None:
-        await session.report_progress(progress, total, message)
+        with contextlib.suppress(Exception):  # the caller may be gone (a finished MRTR round)
+            await session.report_progress(progress, total, message)
 
     return relay
 

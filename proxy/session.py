@@ -98,7 +98,7 @@ class DownstreamSession:
         # answer goes back to the upstream that asked (the dispatcher correlates the ids).
         ask = getattr(self.channel, "ask", None)
         if ask is not None:  # a sessionless client: the request becomes an input_required round
-            return await ask(link.name, method, params)  # type: ignore[no-any-return]
+            return await ask(link.name, method, params)
         return await self.channel.send_raw_request(method, params)
 
     async def _upstream_notify(self, link: UpstreamLink, method: str, params: Mapping[str, Any] | None) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,7 @@ from mcp import MCPError, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
-from mcp.shared.dispatcher import CallOptions, DispatchContext
+from mcp.shared.dispatcher import CallOptions, DispatchContext, ProgressFnT
 from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
 from mcp.shared.transport_context import TransportContext
 from mcp_types import CONNECTION_CLOSED, INTERNAL_ERROR, REQUEST_TIMEOUT
@@ -42,8 +42,8 @@ UPSTREAM_UNAVAILABLE = -32003
 
 OnUpstreamRequest = Callable[["UpstreamLink", str, Mapping[str, Any] | None], Awaitable[dict[str, Any]]]
 OnUpstreamNotify = Callable[["UpstreamLink", str, Mapping[str, Any] | None], Awaitable[None]]
-OnRestart = Callable[["UpstreamLink"], Awaitable[None]]
-ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
+OnRestart = Callable[["UpstreamLink"], Coroutine[Any, Any, None]]
+ProgressFn = ProgressFnT
 
 
 @dataclass(frozen=True)
