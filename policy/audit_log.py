@@ -9,7 +9,7 @@ Files, for ``path = audit.jsonl``::
 
 Durability: each event is one ``write()`` of its whole line, ``\\n`` included, on an
 ``O_APPEND`` descriptor, then ``fdatasync`` when ``fsync`` is on; only then is the head
-sidecar rewritten in place (one fixed-size ``pwrite``) and synced. So the sidecar is never
+sidecar rewritten in place (one fixed-size ``pwrite``, not synced). So the sidecar is never
 ahead of the data it names: a sidecar ahead of the file means events were lost.
 
 Crash recovery, on open and after any failed write: the head of the chain is the last
@@ -317,8 +317,9 @@ class JsonlAuditLog:
         if not self._head_sized:  # drop anything a longer foreign file left past the record
             os.ftruncate(self._head_fd, _HEAD_SIZE)
             self._head_sized = True
-        if self.fsync:
-            os.fdatasync(self._head_fd)
+        # Not synced, on purpose: it is written after the event it names is durable, so a
+        # power loss can only leave it behind (or unreadable, recorded on reopening), never
+        # ahead; syncing it too would halve append throughput for no added guarantee.
 
     def _rotate(self) -> None:
         assert self._file is not None
