@@ -75,7 +75,6 @@ EVENT_TYPES: frozenset[str] = frozenset(
 
 # In the order they are documented; the sink assigns seq, ts, prev_hash and hash.
 ENVELOPE_FIELDS = ("schema", "seq", "event_id", "type", "ts", "prev_hash", "hash")
-_SINK_FIELDS = frozenset({"seq", "ts", "prev_hash", "hash"})
 
 DECISION_FIELDS = (
     "decision_id",
