@@ -45,8 +45,11 @@ def test_a_proposal_round_trips_through_the_file(tmp_path: Path) -> None:
     assert loaded.verdicts == original.verdicts and loaded.diff == original.diff
 
 
-def test_the_database_runs_in_wal_mode(tmp_path: Path) -> None:
-    SqliteProposalStore(tmp_path / "p.db").close()
+def test_the_database_runs_in_wal_mode_with_full_sync(tmp_path: Path) -> None:
+    store = SqliteProposalStore(tmp_path / "p.db")
+    # synchronous is per connection: ask the store's own (2 is FULL).
+    assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+    store.close()
     with sqlite3.connect(tmp_path / "p.db") as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
