@@ -170,7 +170,8 @@ class NegotiationService:
         risk: float,
         now: datetime,
     ) -> Assessment:
-        identity = self.identity(proposal.model_id)
+        keys = self._keys()  # one key ring for the whole judgement
+        identity = keys.get(proposal.model_id)
         if identity is None or not identity.can_propose:
             why = "is not a known model" if identity is None else "may not propose policy changes"
             return Assessment(
@@ -183,7 +184,7 @@ class NegotiationService:
             text,
             proposer=identity,
             live=self._base().policy,
-            keys=self._keys(),
+            keys=keys,
             known_tools=self._known_tools(),
             config=self.config,
             session_risk=risk,
@@ -267,14 +268,15 @@ class NegotiationService:
 
     def _reassess(self, proposal: Proposal, base: ActivePolicy | None = None) -> Assessment:
         """Judge a stored proposal again, against ``base`` or the policy live now."""
-        identity = self.identity(proposal.model_id)
+        keys = self._keys()
+        identity = keys.get(proposal.model_id)
         if identity is None:
             raise MergeConflictError(f"model `{proposal.model_id}` is no longer in the key ring")
         return assess(
             proposal.yaml,
             proposer=identity,
             live=(base or self._base()).policy,
-            keys=self._keys(),
+            keys=keys,
             known_tools=self._known_tools(),
             config=self.config,
             session_risk=proposal.session_risk,
