@@ -31,7 +31,7 @@ import json
 import os
 import re
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -243,16 +243,28 @@ class JsonlAuditLog:
 
     def append(self, event: Mapping[str, Any]) -> dict[str, Any]:
         """Write ``event`` as the next link of the chain; returns it as written."""
-        body = self._prepare(event)
+        return self.append_many([event])[0]
+
+    def append_many(self, events: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Write ``events`` in order as consecutive links, with one sync for them all.
+
+        Group commit for a caller that batches (the async gateway's writer task). Every event
+        is validated before anything is written, so a malformed one fails the whole call and
+        writes nothing; a write failure part-way may leave the leading events of the batch
+        in the log (each complete and chained), like a crash would.
+        """
+        bodies = [self._prepare(item) for item in events]
+        if not bodies:
+            return []
         with self._lock:
             if self._closed:
                 raise AuditError("closed", f"audit log `{self.path}` is closed")
-            if self._file is None:  # a previous write failed part-way
+            if self._file is None:
                 try:
                     self._recover()
                 except OSError as exc:
                     raise AuditError("write_failed", f"cannot recover audit log: {exc.strerror}") from exc
-            return self._write(body)
+            return self._write(bodies)
 
     def close(self) -> None:
         with self._lock:
@@ -282,34 +294,52 @@ class JsonlAuditLog:
             raise AuditError("reserved_field", f"unsupported schema `{body['schema']}`")
         return body
 
-    def _write(self, body: dict[str, Any], prefix: bytes = b"") -> dict[str, Any]:
-        full = {**body, "seq": self._head.seq + 1, "ts": format_ts(self._clock()), "prev_hash": self._head.hash}
-        full["hash"] = event_hash(full)
-        written = {name: full[name] for name in ENVELOPE_FIELDS} | full
-        data = prefix + canonical_event(written).encode("ascii") + b"\n"
+    def _write(self, bodies: Sequence[dict[str, Any]], prefix: bytes = b"") -> list[dict[str, Any]]:
+        head = self._head
+        written: list[dict[str, Any]] = []
+        lines: list[bytes] = []
+        for body in bodies:
+            full = {**body, "seq": head.seq + 1, "ts": format_ts(self._clock()), "prev_hash": head.hash}
+            full["hash"] = event_hash(full)
+            written.append({name: full[name] for name in ENVELOPE_FIELDS} | full)
+            lines.append(canonical_event(full).encode("ascii") + b"\n")
+            head = Head(full["seq"], full["hash"])
         try:
-            # A recovery write (prefix) must end the torn fragment in its own file: no rotation.
-            if not prefix and self._size > 0 and self._size + len(data) > self.max_bytes:
-                self._rotate()
-            assert self._file is not None
-            view = memoryview(data)
-            while view:
-                count = self._file.write(view)
-                if not count:
-                    raise OSError(errno.EIO, "short write")
-                view = view[count:]
+            chunk: list[bytes] = [prefix] if prefix else []
+            pending = len(prefix)
+            for line in lines:
+                # A recovery write (prefix) must end the torn fragment in its own file: no rotation.
+                filled = self._size + pending
+                if not prefix and filled > 0 and filled + len(line) > self.max_bytes:
+                    self._write_all(b"".join(chunk))
+                    chunk, pending = [], 0
+                    self._rotate()
+                chunk.append(line)
+                pending += len(line)
+            self._write_all(b"".join(chunk))
             if self.fsync:
+                assert self._file is not None
                 os.fdatasync(self._file.fileno())
         except OSError as exc:
             self._abandon_file()
             raise AuditError("write_failed", f"audit write failed: {exc.strerror}") from exc
-        self._size += len(data)
-        self._head = Head(full["seq"], full["hash"])
+        self._head = head
         try:
             self._write_sidecar()
         except OSError as exc:
             raise AuditError("write_failed", f"audit head sidecar write failed: {exc.strerror}") from exc
         return written
+
+    def _write_all(self, data: bytes) -> None:
+        """One ``write()`` of ``data`` (looping only on a short write)."""
+        assert self._file is not None
+        view = memoryview(data)
+        while view:
+            count = self._file.write(view)
+            if not count:
+                raise OSError(errno.EIO, "short write")
+            view = view[count:]
+        self._size += len(data)
 
     def _write_sidecar(self) -> None:
         assert self._head_fd is not None
@@ -323,6 +353,8 @@ class JsonlAuditLog:
 
     def _rotate(self) -> None:
         assert self._file is not None
+        if self.fsync:  # a batch may have written to this file since the last sync
+            os.fdatasync(self._file.fileno())
         self._file.close()
         self._file = None
         files = log_files(self.path)
@@ -373,7 +405,7 @@ class JsonlAuditLog:
             "torn_sha256": "sha256:" + hashlib.sha256(torn).hexdigest() if torn else None,
             "sidecar": sidecar,
         }
-        self._write(body, prefix=prefix)
+        self._write([body], prefix=prefix)
 
     def _append_raw(self, data: bytes) -> None:
         assert self._file is not None

@@ -34,7 +34,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,19 @@ class VerifyReport:
     message: str
     head: Head = GENESIS
     warnings: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as plain JSON data (``securegateway audit verify --json``)."""
+        return {
+            "ok": self.ok,
+            "events": self.events,
+            "files": list(self.files),
+            "first_bad": asdict(self.first_bad) if self.first_bad else None,
+            "torn_tail": self.torn_tail,
+            "message": self.message,
+            "head": {"seq": self.head.seq, "hash": self.head.hash},
+            "warnings": list(self.warnings),
+        }
 
 
 @dataclass(frozen=True)

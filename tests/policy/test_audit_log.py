@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -317,3 +318,40 @@ def test_fsync_mode_writes_the_same_chain(tmp_path: Path) -> None:
         for n in range(5):
             log.append(event("gateway.started", n=n, pad="y" * 100))
     assert verify_log(path).ok
+
+
+def test_append_many_writes_consecutive_links_with_one_sync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "audit.jsonl"
+    with open_log(path, fsync=True) as log:
+        first = log.append(started(0))
+        syncs: list[int] = []
+        real = os.fdatasync
+        monkeypatch.setattr(os, "fdatasync", lambda fd: (syncs.append(fd), real(fd))[1])
+        written = log.append_many([started(n) for n in range(1, 6)])
+    assert len(syncs) == 1
+    assert [e["seq"] for e in written] == [2, 3, 4, 5, 6]
+    assert written[0]["prev_hash"] == first["hash"]
+    assert events(path) == [first, *written]
+    assert read_head(path) == Head(6, written[-1]["hash"])
+    assert verify_log(path).ok
+
+
+def test_append_many_rotates_inside_a_batch_and_keeps_files_under_max_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with open_log(path, max_bytes=1000, fsync=True) as log:
+        written = log.append_many([event("gateway.started", pad="x" * 200) for _ in range(12)])
+    files = log_files(path)
+    assert len(files) > 3
+    assert all(file.stat().st_size <= 1000 for file in files)
+    assert [record for file in files for record in events(file)] == written
+    assert verify_log(path).ok
+
+
+def test_append_many_with_one_malformed_event_writes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with open_log(path) as log:
+        with pytest.raises(AuditError) as error:
+            log.append_many([started(0), {"type": "nope"}])
+        assert error.value.code == "unknown_event_type"
+        assert log.append_many([]) == []
+    assert path.read_bytes() == b""

@@ -359,3 +359,12 @@ def test_an_empty_line_in_the_middle_is_invalid_json(log_path: Path) -> None:
     lines.insert(1, b"")
     write_lines(log_path, lines)
     assert bad(log_path) == ("invalid_json", 2, None)
+
+
+def test_a_report_has_a_plain_json_form(log_path: Path) -> None:
+    write_lines(log_path, read_lines(log_path)[:-1])
+    data = json.loads(json.dumps(verify_log(log_path).to_dict()))
+    assert data["ok"] is False
+    assert data["first_bad"] == {"file": str(log_path), "line": 6, "seq": 6, "event_id": None, "problem": "truncated"}
+    assert data["head"]["seq"] == 5
+    assert data["files"] == [str(log_path)]
