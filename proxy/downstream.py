@@ -99,8 +99,17 @@ def http_app(server: Server[Any], config: GatewayConfig, listen: ListenSpec, aut
         async with manager.run():
             yield
 
+    async def close_sessions() -> None:
+        # Open GET streams would hold uvicorn's graceful shutdown until its timeout; end
+        # the sessions first (the manager keeps no public handle on them in mcp 2.3.0).
+        for transport in list(getattr(manager, "_server_instances", {}).values()):
+            with contextlib.suppress(Exception):
+                await transport.terminate()
+
     endpoint = ModelKeyAuth(StreamableHTTPASGIApp(manager), authenticate)
-    return Starlette(routes=[Route(listen.path, endpoint=endpoint)], lifespan=lifespan)
+    app = Starlette(routes=[Route(listen.path, endpoint=endpoint)], lifespan=lifespan)
+    app.state.close_sessions = close_sessions
+    return app
 
 
 class _Uvicorn(uvicorn.Server):
@@ -145,4 +154,8 @@ async def serve_http(
             task_status.started()
             await done.wait()
         finally:
+            close_sessions = getattr(getattr(app, "state", None), "close_sessions", None)
+            if close_sessions is not None:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                    await close_sessions()
             server.should_exit = True
