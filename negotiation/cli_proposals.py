@@ -20,27 +20,43 @@ from negotiation.review import NegotiationService
 
 __all__ = ["register"]
 
+Handler = Callable[[argparse.Namespace, "NegotiationService"], int]
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
-    """Add ``proposals list|show|approve|reject`` to a CLI's sub-commands."""
+
+def register(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    *,
+    add_common: Callable[[argparse.ArgumentParser], None] | None = None,
+    wrap: Callable[[Handler], Callable[[argparse.Namespace], int]] | None = None,
+) -> argparse.ArgumentParser:
+    """Add ``proposals list|show|approve|reject`` to a CLI's sub-commands.
+
+    Each leaf's ``func`` is ``handler(args, service) -> int``; a caller that builds the
+    service itself passes ``wrap`` (handler -> ``func(args)``), and ``add_common`` to add
+    its own options (such as ``--config``) to every leaf.
+    """
     parser = subparsers.add_parser("proposals", help="review policy proposals made by models")
     commands = parser.add_subparsers(dest="proposals_command", metavar="COMMAND", required=True)
 
-    listing = commands.add_parser("list", help="list proposals, oldest first")
+    def leaf(name: str, help_text: str, handler: Handler) -> argparse.ArgumentParser:
+        p = commands.add_parser(name, help=help_text)
+        if add_common is not None:
+            add_common(p)
+        p.set_defaults(func=wrap(handler) if wrap is not None else handler)
+        return p
+
+    listing = leaf("list", "list proposals, oldest first", _list)
     listing.add_argument("--status", choices=[s.value for s in ProposalStatus], help="only this status")
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    listing.set_defaults(func=_list)
 
-    show = commands.add_parser("show", help="show one proposal: snippet, verdicts, diff against the live policy")
+    show = leaf("show", "show one proposal: snippet, verdicts, diff against the live policy", _show)
     show.add_argument("id")
-    show.set_defaults(func=_show)
 
     for name, func in (("approve", _approve), ("reject", _reject)):
-        decide = commands.add_parser(name, help=f"{name} a pending proposal")
+        decide = leaf(name, f"{name} a pending proposal", func)
         decide.add_argument("id")
         decide.add_argument("--reviewer", required=True, help="who is deciding (recorded and signed)")
         decide.add_argument("--comment", default="", help="why, for the proposer and the audit log")
-        decide.set_defaults(func=func)
     return parser
 
 

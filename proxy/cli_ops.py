@@ -44,11 +44,7 @@ def register(sub: Any, config_arg: ConfigArg, load: LoadConfig) -> None:
     explain.add_argument("--file", type=Path, default=None)
     explain.set_defaults(func=lambda a: _explain(a, load))
 
-    proposals = cli_proposals.register(sub)
-    for action in proposals._subparsers._group_actions[0].choices.values():  # type: ignore[union-attr]
-        config_arg(action)
-        handler = action.get_default("func")
-        action.set_defaults(func=lambda a, h=handler: _with_service(a, load, h))
+    cli_proposals.register(sub, add_common=config_arg, wrap=lambda h: lambda a: _with_service(a, load, h))
 
     def resolve(args: argparse.Namespace) -> Any:
         from proxy.bootstrap import storage_config
