@@ -88,6 +88,11 @@ class AuditWriter:
 
     async def _write(self, batch: list[_Pending]) -> None:
         def write_all() -> list[BaseException | None]:
+            try:  # group commit: the whole batch, one fsync
+                self.sink.append_many([p.event for p in batch])
+                return [None] * len(batch)
+            except Exception:
+                pass  # find out which event failed: one at a time, each its own outcome
             outcomes: list[BaseException | None] = []
             for pending in batch:
                 try:

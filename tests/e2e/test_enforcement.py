@@ -132,7 +132,13 @@ async def test_a_fault_inside_enforcement_denies_with_gateway_error(site: Site, 
                     raise OSError("injected disk failure")
                 return original(event)
 
+            def failing_batch(events: Any) -> Any:
+                if any(e.get("type") == "decision" for e in events):
+                    raise OSError("injected disk failure")
+                return [original(e) for e in events]
+
             monkeypatch.setattr(app.runtime.audit.sink, "append", failing)
+            monkeypatch.setattr(app.runtime.audit.sink, "append_many", failing_batch)
         result = await client.call_tool("search.record", {"note": "must not arrive"})
         assert result.is_error
         assert result.structured_content["reason_code"] == "gateway_error"
