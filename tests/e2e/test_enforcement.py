@@ -126,6 +126,7 @@ async def test_a_fault_inside_enforcement_denies_with_gateway_error(site: Site, 
     async with running(app), connect(site.url, GPT_KEY) as client:
         if fault == "audit":
             original = app.runtime.audit.sink.append
+            original_many = app.runtime.audit.sink.append_many
 
             def failing(event: Any) -> Any:
                 if event.get("type") == "decision":
@@ -135,7 +136,7 @@ async def test_a_fault_inside_enforcement_denies_with_gateway_error(site: Site, 
             def failing_batch(events: Any) -> Any:
                 if any(e.get("type") == "decision" for e in events):
                     raise OSError("injected disk failure")
-                return [original(e) for e in events]
+                return original_many(events)
 
             monkeypatch.setattr(app.runtime.audit.sink, "append", failing)
             monkeypatch.setattr(app.runtime.audit.sink, "append_many", failing_batch)

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import anyio
 import httpx2
@@ -91,7 +90,8 @@ def test_stdio_front_survives_a_garbage_line(tmp_path: Path) -> None:
     site = make_site(tmp_path / "site", listen="stdio")
     env = {**gateway_env(), "SECUREGATEWAY_MODEL_KEY": GPT_KEY}
     init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                       "clientInfo": {"name": "t", "version": "1"}}}
     stdin = "this is not json\n" + json.dumps(init) + "\n"
     out = subprocess.run(cli("run", "--config", str(site.config_path)), input=stdin, env=env, cwd=ROOT,
                          capture_output=True, text=True, timeout=90)
