@@ -22,6 +22,10 @@ from mcp import types
 from mcp.server import Server
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import NotificationOptions
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
+from mcp.shared.subscriptions import ToolsListChanged
+
+MODERN = "2026-07-28"
 
 warnings.filterwarnings("ignore")  # the 2025-era APIs exercised here are deprecated at 2026
 
@@ -31,6 +35,13 @@ Ctx = ServerRequestContext[Any, Any]
 def build(name: str, *, extra_tools: int = 0, page_size: int = 0, marker: str | None = None) -> Server[Any]:
     """A server named ``name``; ``extra_tools`` filler tools; lists paginated by ``page_size``."""
     state: dict[str, Any] = {"dynamic": False, "subscribed": set()}
+    bus = InMemorySubscriptionBus()
+
+    def input_required(params: types.CallToolRequestParams, ask: Any) -> types.InputRequiredResult | None:
+        """2026-era clients get server-to-client requests as an input_required round."""
+        if params.input_responses and "ask" in params.input_responses:
+            return None
+        return types.InputRequiredResult(input_requests={"ask": ask}, request_state="round-1")
 
     def tool(tname: str, description: str, props: dict[str, Any] | None = None, required: list[str] | None = None,
              **extra: Any) -> types.Tool:
@@ -104,6 +115,15 @@ def build(name: str, *, extra_tools: int = 0, page_size: int = 0, marker: str | 
                         f.write("cancelled\n")
                 raise
             return text(f"done {steps}")
+        if n == "sample" and ctx.protocol_version == MODERN:
+            ask = types.CreateMessageRequest(params=types.CreateMessageRequestParams(
+                messages=[types.SamplingMessage(role="user", content=types.TextContent(type="text", text=args["prompt"]))],
+                max_tokens=50))
+            pending = input_required(params, ask)
+            if pending is not None:
+                return pending  # type: ignore[return-value]
+            answer = (params.input_responses or {})["ask"]
+            return text(f"model said: {getattr(answer.content, 'text', answer.content)}")
         if n == "sample":
             res = await ctx.session.create_message(
                 [types.SamplingMessage(role="user", content=types.TextContent(type="text", text=args["prompt"]))],
@@ -131,7 +151,10 @@ def build(name: str, *, extra_tools: int = 0, page_size: int = 0, marker: str | 
             return text(",".join(sorted(os.environ)))
         if n == "add_tool":
             state["dynamic"] = True
-            await ctx.session.send_tool_list_changed()
+            if ctx.protocol_version == MODERN:
+                await bus.publish(ToolsListChanged())
+            else:
+                await ctx.session.send_tool_list_changed()
             return text("added")
         if n == "read_file":
             return text(f"contents of {args['path']}")
@@ -211,6 +234,7 @@ def build(name: str, *, extra_tools: int = 0, page_size: int = 0, marker: str | 
         on_unsubscribe_resource=unsubscribe,
         on_completion=complete,
         on_set_logging_level=set_level,
+        on_subscriptions_listen=ListenHandler(bus),
     )
 
 

@@ -19,7 +19,7 @@ from proxy.errors import ConfigError
 
 UPSTREAM_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
-PROTOCOLS = ("auto", "2025-11-25", "2025-06-18", "2025-03-26")
+PROTOCOLS = ("auto", "2025-11-25", "2025-06-18", "2025-03-26", "2026-07-28")
 
 
 @dataclass(frozen=True)
@@ -338,15 +338,8 @@ class _Reader:
             headers=self.str_map(up, key, "headers"),
             timeout=self.number(up, key, "timeout", 120.0, minimum=0.001),
             connect_timeout=self.number(up, key, "connect_timeout", 30.0, minimum=0.001),
-            protocol=self._protocol(up, key),
+            protocol=self.choice(up, key, "protocol", PROTOCOLS, "auto"),
         )
-
-    def _protocol(self, up: Mapping[str, Any], key: str) -> str:
-        if up.get("protocol") == "2026-07-28":
-            self.err(f"{key}.protocol", "sessionless (2026-07-28) upstreams are not supported yet; the gateway "
-                     "talks to upstreams in the handshake era, which v2 SDK servers also serve")
-            return "auto"
-        return self.choice(up, key, "protocol", PROTOCOLS, "auto")
 
     def policy(self, t: Mapping[str, Any]) -> PolicyConfig:
         self.only(t, "policy", {

@@ -28,10 +28,22 @@ from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.dispatcher import CallOptions, DispatchContext, ProgressFnT
+from mcp.shared.inbound import MCP_METHOD_HEADER, MCP_NAME_HEADER, encode_header_value
 from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
 from mcp.shared.transport_context import TransportContext
-from mcp_types import CONNECTION_CLOSED, INTERNAL_ERROR, REQUEST_TIMEOUT
-from mcp_types.version import LATEST_HANDSHAKE_VERSION
+from mcp_types import (
+    CLIENT_CAPABILITIES_META_KEY,
+    CLIENT_INFO_META_KEY,
+    CONNECTION_CLOSED,
+    INTERNAL_ERROR,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    PROTOCOL_VERSION_META_KEY,
+    REQUEST_TIMEOUT,
+    SERVER_INFO_META_KEY,
+    UNSUPPORTED_PROTOCOL_VERSION,
+)
+from mcp_types.version import LATEST_HANDSHAKE_VERSION, LATEST_MODERN_VERSION
 
 from proxy.config import UpstreamConfig
 
@@ -39,6 +51,11 @@ log = structlog.get_logger("securegateway.upstream")
 
 UPSTREAM_UNAVAILABLE = -32003
 """Server-defined JSON-RPC code: the upstream is down or restarting."""
+
+MAX_INPUT_ROUNDS = 10
+"""input_required rounds a modern upstream may ask for in one call before the gateway gives up."""
+NAME_PARAM = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+HANDSHAKE_REFUSED = frozenset({UNSUPPORTED_PROTOCOL_VERSION, METHOD_NOT_FOUND, INVALID_REQUEST})
 
 OnUpstreamRequest = Callable[["UpstreamLink", str, Mapping[str, Any] | None], Awaitable[dict[str, Any]]]
 OnUpstreamNotify = Callable[["UpstreamLink", str, Mapping[str, Any] | None], Awaitable[None]]
@@ -63,6 +80,10 @@ class UpstreamInfo:
     capabilities: dict[str, Any] = field(default_factory=dict)
     server_info: dict[str, Any] = field(default_factory=dict)
     instructions: str | None = None
+
+    @property
+    def modern(self) -> bool:
+        return self.protocol_version == LATEST_MODERN_VERSION
 
 
 class UpstreamLink:
@@ -126,6 +147,8 @@ class UpstreamLink:
         if self._headers:
             opts["headers"] = self._headers
         try:
+            if self.info is not None and self.info.modern:
+                return await self._modern_request(disp, method, params, opts)
             return await disp.send_raw_request(method, params, opts)
         except MCPError as exc:
             if exc.code == CONNECTION_CLOSED:
@@ -137,6 +160,67 @@ class UpstreamLink:
                     REQUEST_TIMEOUT, f"upstream `{self.name}` did not answer `{method}` within {opts['timeout']:g}s"
                 ) from None
             raise
+
+    async def _modern_request(
+        self,
+        disp: JSONRPCDispatcher[TransportContext],
+        method: str,
+        params: Mapping[str, Any] | None,
+        opts: CallOptions,
+    ) -> dict[str, Any]:
+        """A 2026-era call: envelope and routing headers on every request; input_required
+        rounds are answered by the downstream client and the call retried."""
+        body = dict(params or {})
+        for _ in range(MAX_INPUT_ROUNDS + 1):
+            result = await disp.send_raw_request(method, self._envelope(body), self._modern_opts(method, body, opts))
+            if result.get("resultType") != "input_required":
+                return result
+            responses: dict[str, Any] = {}
+            for key, ask in (result.get("inputRequests") or {}).items():
+                responses[key] = await self._on_request(self, str(ask.get("method")), ask.get("params"))
+            body = {k: v for k, v in body.items() if k not in ("inputResponses", "requestState")}
+            if responses:
+                body["inputResponses"] = responses
+            if result.get("requestState") is not None:
+                body["requestState"] = result["requestState"]
+        raise MCPError(INTERNAL_ERROR, f"upstream `{self.name}` asked for input more than {MAX_INPUT_ROUNDS} times")
+
+    def _envelope(self, params: Mapping[str, Any] | None) -> dict[str, Any]:
+        out = dict(params or {})
+        meta = dict(out.get("_meta") or {})
+        meta[PROTOCOL_VERSION_META_KEY] = LATEST_MODERN_VERSION
+        meta[CLIENT_CAPABILITIES_META_KEY] = dict(self._hello.capabilities)
+        meta[CLIENT_INFO_META_KEY] = dict(self._hello.client_info)
+        out["_meta"] = meta
+        return out
+
+    def _modern_opts(self, method: str, params: Mapping[str, Any], opts: CallOptions) -> CallOptions:
+        if self.config.transport != "http":
+            return opts
+        headers = {"mcp-protocol-version": LATEST_MODERN_VERSION, MCP_METHOD_HEADER: method}
+        name_key = NAME_PARAM.get(method)
+        if name_key and isinstance(params.get(name_key), str):
+            headers[MCP_NAME_HEADER] = encode_header_value(params[name_key])
+        return {**opts, "headers": headers}
+
+    async def _listen(self, disp: JSONRPCDispatcher[TransportContext]) -> None:
+        """Modern upstreams announce list changes only on a subscriptions/listen stream."""
+        caps = self.info.capabilities if self.info else {}
+        wanted = {
+            "toolsListChanged": bool((caps.get("tools") or {}).get("listChanged")),
+            "promptsListChanged": bool((caps.get("prompts") or {}).get("listChanged")),
+            "resourcesListChanged": bool((caps.get("resources") or {}).get("listChanged")),
+        }
+        if not any(wanted.values()):
+            return
+        params = {"notifications": {k: v for k, v in wanted.items() if v}}
+        opts: CallOptions = {"request_id": f"listen-{self.generation}"}
+        try:
+            await disp.send_raw_request(
+                "subscriptions/listen", self._envelope(params), self._modern_opts("subscriptions/listen", params, opts)
+            )
+        except MCPError as exc:
+            log.warning("upstream refused subscriptions/listen", upstream=self.name, error=exc.message)
 
     async def notify(self, method: str, params: Mapping[str, Any] | None) -> None:
         disp = self._dispatcher
@@ -169,6 +253,8 @@ class UpstreamLink:
                         backoff = self._backoff_initial
                         log.info("upstream connected", upstream=self.name,
                                  protocol=self.info.protocol_version, generation=self.generation)
+                        if self.info.modern:
+                            tg.start_soon(self._listen, disp)
                         if not started:
                             started = True
                             task_status.started()
@@ -220,11 +306,41 @@ class UpstreamLink:
     async def _dispatch_notify(
         self, dctx: DispatchContext[TransportContext], method: str, params: Mapping[str, Any] | None
     ) -> None:
-        if method == "notifications/progress":
-            return  # delivered through the per-request on_progress callback instead
+        if method in ("notifications/progress", "notifications/subscriptions/acknowledged"):
+            return  # progress goes through the per-request callback; the ack is ours alone
         await self._on_notify(self, method, params)
 
     async def _handshake(self, disp: JSONRPCDispatcher[TransportContext]) -> UpstreamInfo:
+        """Pin the upstream's era once: the handshake era when it accepts ``initialize``
+        (most transparent for every client), else the sessionless era via ``server/discover``."""
+        if self.config.protocol == LATEST_MODERN_VERSION:
+            return await self._discover(disp)
+        try:
+            return await self._initialize(disp)
+        except MCPError as exc:
+            if self.config.protocol != "auto" or exc.code not in HANDSHAKE_REFUSED:
+                raise
+            log.info("upstream refused initialize; trying server/discover", upstream=self.name, error=exc.message)
+            return await self._discover(disp)
+
+    async def _discover(self, disp: JSONRPCDispatcher[TransportContext]) -> UpstreamInfo:
+        result = await disp.send_raw_request(
+            "server/discover", self._envelope(None),
+            {"cancel_on_abandon": False, **self._modern_opts("server/discover", {}, {})},
+        )
+        supported = result.get("supportedVersions") or []
+        if LATEST_MODERN_VERSION not in supported:
+            raise MCPError(UNSUPPORTED_PROTOCOL_VERSION, f"upstream supports none of our versions: {supported}")
+        self._headers = {"mcp-protocol-version": LATEST_MODERN_VERSION} if self.config.transport == "http" else {}
+        meta = result.get("_meta") or {}
+        return UpstreamInfo(
+            protocol_version=LATEST_MODERN_VERSION,
+            capabilities=dict(result.get("capabilities") or {}),
+            server_info=dict(meta.get(SERVER_INFO_META_KEY) or {}),
+            instructions=result.get("instructions"),
+        )
+
+    async def _initialize(self, disp: JSONRPCDispatcher[TransportContext]) -> UpstreamInfo:
         requested = self.config.protocol if self.config.protocol.startswith("2025") else LATEST_HANDSHAKE_VERSION
         result = await disp.send_raw_request(
             "initialize",

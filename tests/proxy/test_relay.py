@@ -342,3 +342,51 @@ async def test_forged_request_state_is_refused(tmp_path: Path) -> None:
     async with running(gw), httpx2.AsyncClient() as http:
         reply = await http.post(url, json=body, headers=headers)
         assert "was not issued by this gateway" in reply.text
+
+
+@pytest.mark.parametrize("client_mode", ["legacy", "2026-07-28"])
+@pytest.mark.parametrize("upstream_era", ["2025-11-25", "2026-07-28"])
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+async def test_any_client_era_works_against_any_upstream_era(
+    tmp_path: Path, http_upstream_factory: Any, client_mode: str, upstream_era: str, transport: str
+) -> None:
+    if transport == "stdio":
+        upstream = stdio_up("search", protocol=upstream_era)
+    else:
+        upstream = {"name": "search", "url": http_upstream_factory("search"), "protocol": upstream_era}
+    gw, url = make_gateway(tmp_path, [upstream])
+
+    async def sampling(ctx: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+        return types.CreateMessageResult(
+            role="assistant", content=types.TextContent(type="text", text="answer"), model="m"
+        )
+
+    progress: list[float] = []
+
+    async def on_progress(p: float, t: float | None, m: str | None) -> None:
+        progress.append(p)
+
+    async with running(gw), connect(url, mode=client_mode, sampling_callback=sampling) as client:
+        assert client.protocol_version == ("2026-07-28" if client_mode != "legacy" else "2025-11-25")
+        assert (await client.call_tool("search.echo", {"text": "e"})).structured_content["text"] == "e"
+        (session,) = gw.sessions
+        assert session.links["search"].info.protocol_version == upstream_era
+        assert (await client.call_tool("search.sample", {"prompt": "p"})).content[0].text == "model said: answer"
+        await client.call_tool("search.slow", {"steps": 2}, progress_callback=on_progress)
+        assert progress == [1, 2]
+        assert (await client.read_resource("search://item/3")).contents[0].text == "search resource search://item/3"
+
+
+async def test_a_sessionless_upstream_announces_list_changes_through_subscriptions_listen(tmp_path: Path) -> None:
+    gw, url = make_gateway(tmp_path, [stdio_up("search", protocol="2026-07-28")])
+    changed = anyio.Event()
+
+    async def on_message(message: Any) -> None:
+        if isinstance(message, types.ToolListChangedNotification):
+            changed.set()
+
+    async with running(gw), connect(url, message_handler=on_message) as client:
+        await client.call_tool("search.add_tool", {})
+        with anyio.fail_after(10):
+            await changed.wait()
+        assert "search.dynamic" in [t.name for t in (await client.list_tools()).tools]
