@@ -116,9 +116,9 @@ def build(name: str, *, extra_tools: int = 0, page_size: int = 0, marker: str | 
                 raise
             return text(f"done {steps}")
         if n == "sample" and ctx.protocol_version == MODERN:
+            prompt = types.TextContent(type="text", text=args["prompt"])
             ask = types.CreateMessageRequest(params=types.CreateMessageRequestParams(
-                messages=[types.SamplingMessage(role="user", content=types.TextContent(type="text", text=args["prompt"]))],
-                max_tokens=50))
+                messages=[types.SamplingMessage(role="user", content=prompt)], max_tokens=50))
             pending = input_required(params, ask)
             if pending is not None:
                 return pending  # type: ignore[return-value]
