@@ -242,12 +242,30 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--name", default="test")
     parser.add_argument("--http", metavar="HOST:PORT", help="serve Streamable HTTP instead of stdio")
+    parser.add_argument("--sse", metavar="HOST:PORT", help="serve the legacy HTTP+SSE transport at /sse")
     parser.add_argument("--tools", type=int, default=0, help="extra filler tools")
     parser.add_argument("--page-size", type=int, default=0)
     parser.add_argument("--marker", help="file to append `cancelled` to when a call is cancelled")
     args = parser.parse_args(argv)
     server = build(args.name, extra_tools=args.tools, page_size=args.page_size, marker=args.marker)
-    if args.http:
+    if args.sse:
+        import uvicorn
+        from mcp.server.sse import SseServerTransport
+        from starlette.applications import Starlette
+        from starlette.responses import Response
+        from starlette.routing import Mount, Route
+
+        transport = SseServerTransport("/messages/")
+
+        async def sse(request: Any) -> Response:
+            async with transport.connect_sse(request.scope, request.receive, request._send) as (read, write):
+                await server.run(read, write, server.create_initialization_options())
+            return Response()
+
+        host, _, port = args.sse.rpartition(":")
+        app = Starlette(routes=[Route("/sse", sse), Mount("/messages/", app=transport.handle_post_message)])
+        uvicorn.run(app, host=host, port=int(port), log_level="warning")
+    elif args.http:
         import uvicorn
 
         host, _, port = args.http.rpartition(":")

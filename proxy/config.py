@@ -48,6 +48,7 @@ class UpstreamConfig:
     timeout: float = 120.0
     connect_timeout: float = 30.0
     protocol: str = "auto"
+    sse: bool = False  # the legacy HTTP+SSE transport (2024-11-05) instead of Streamable HTTP
 
     @property
     def transport(self) -> str:
@@ -297,7 +298,7 @@ class _Reader:
     def upstream(self, up: Mapping[str, Any], key: str, separator: str) -> UpstreamConfig | None:
         self.only(up, key, {
             "name", "command", "env", "env_passthrough", "cwd", "url", "headers", "timeout",
-            "connect_timeout", "protocol",
+            "connect_timeout", "protocol", "transport",
         })
         name = up.get("name")
         if not isinstance(name, str) or not UPSTREAM_NAME.match(name):
@@ -316,7 +317,7 @@ class _Reader:
                 self.err(f"{key}.command", "expected a non-empty list of strings (argv; no shell)")
                 return None
             command = tuple(cmd)
-            for k in ("headers",):
+            for k in ("headers", "transport"):
                 if k in up:
                     self.err(f"{key}.{k}", "only applies to url upstreams")
         url = None
@@ -339,6 +340,7 @@ class _Reader:
             timeout=self.number(up, key, "timeout", 120.0, minimum=0.001),
             connect_timeout=self.number(up, key, "connect_timeout", 30.0, minimum=0.001),
             protocol=self.choice(up, key, "protocol", PROTOCOLS, "auto"),
+            sse=self.choice(up, key, "transport", ("streamable-http", "sse"), "streamable-http") == "sse",
         )
 
     def policy(self, t: Mapping[str, Any]) -> PolicyConfig:

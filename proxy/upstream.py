@@ -24,6 +24,7 @@ import anyio
 import anyio.abc
 import structlog
 from mcp import MCPError, StdioServerParameters
+from mcp.client.sse import sse_client
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
@@ -372,6 +373,10 @@ class UpstreamLink:
                 command=cfg.command[0], args=list(cfg.command[1:]), env=env, cwd=cfg.cwd
             )
             async with stdio_client(params, errlog=sys.stderr) as streams:
+                yield streams
+        elif cfg.sse:
+            assert cfg.url is not None
+            async with sse_client(cfg.url, headers=dict(cfg.headers), timeout=cfg.connect_timeout) as streams:
                 yield streams
         else:
             assert cfg.url is not None

@@ -390,3 +390,21 @@ async def test_a_sessionless_upstream_announces_list_changes_through_subscriptio
         with anyio.fail_after(10):
             await changed.wait()
         assert "search.dynamic" in [t.name for t in (await client.list_tools()).tools]
+
+
+async def test_a_legacy_http_sse_upstream_is_relayed(tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.conftest import free_port, wait_port
+
+    port = free_port()
+    proc = subprocess.Popen(server_cmd("legacy", "--sse", f"127.0.0.1:{port}"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        await anyio.to_thread.run_sync(wait_port, port)
+        gw, url = make_gateway(tmp_path, [{"name": "legacy", "url": f"http://127.0.0.1:{port}/sse", "transport": "sse"}])
+        async with running(gw), connect(url) as client:
+            assert (await client.call_tool("legacy.echo", {"text": "old"})).structured_content["server"] == "legacy"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
