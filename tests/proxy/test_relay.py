@@ -402,7 +402,8 @@ async def test_a_legacy_http_sse_upstream_is_relayed(tmp_path: Path) -> None:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         await anyio.to_thread.run_sync(wait_port, port)
-        gw, url = make_gateway(tmp_path, [{"name": "legacy", "url": f"http://127.0.0.1:{port}/sse", "transport": "sse"}])
+        upstream = {"name": "legacy", "url": f"http://127.0.0.1:{port}/sse", "transport": "sse"}
+        gw, url = make_gateway(tmp_path, [upstream])
         async with running(gw), connect(url) as client:
             assert (await client.call_tool("legacy.echo", {"text": "old"})).structured_content["server"] == "legacy"
     finally:
