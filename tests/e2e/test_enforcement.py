@@ -220,3 +220,13 @@ async def test_explain_reproduces_the_logged_trace(site: Site) -> None:
     shown = subprocess.run(cli("audit", "show", decision_id, "--config", str(site.config_path)), env=env,
                            cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0 and decision_id in shown.stdout
+
+
+async def test_a_wire_separator_other_than_dot_still_uses_dotted_names_in_policy(tmp_path: Path) -> None:
+    site = make_site(tmp_path / "sep", gateway='separator = "__"')
+    async with running(site.app()), connect(site.url, GPT_KEY) as client:
+        names = {t.name for t in (await client.list_tools()).tools}
+        assert "search__echo" in names and "search.echo" not in names
+        allowed = await client.call_tool("search__echo", {"text": "ok"})
+        assert not allowed.is_error and allowed.meta[DECISION]["tool"] == "search.echo"
+        assert (await client.call_tool("calendar__add", {"a": 1, "b": 1})).is_error
