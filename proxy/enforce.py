@@ -75,9 +75,10 @@ class Enforcer:
             log.exception("evaluation failed", tool=call.qualified, session=call.session.id)
             decision = self._error(call, view, f"evaluation failed: {_one_line(exc)}")
         latency_ms = (time.perf_counter() - started) * 1000
+        data = decision.to_dict()
         try:
             await self._audit(self._build_event(
-                decision=decision.to_dict(),
+                decision=data,
                 session_id=call.session.id,
                 server=call.server,
                 tool=call.tool,
@@ -89,12 +90,13 @@ class Enforcer:
         except Exception as exc:  # an unrecorded decision is never acted on
             log.exception("audit write failed", tool=call.qualified, decision_id=decision.decision_id)
             decision = self._error(call, view, f"audit log unavailable: {_one_line(exc)}")
+            data = decision.to_dict()
         if not decision.allowed:
-            return denial_result(decision, self._visibility)
+            return denial_result(decision, self._visibility, data)
         result = await call_next(call)
         result = await self._scan(call, decision, result)
         meta = dict(result.get("_meta") or {})
-        meta[DECISION_META_KEY] = decision_view(decision, self._visibility)
+        meta[DECISION_META_KEY] = decision_view(data, self._visibility)
         return {**result, "_meta": meta}
 
     def _decide(self, call: ToolCall, view: PolicyView) -> Decision:
@@ -165,19 +167,18 @@ class Enforcer:
         return {**result, "_meta": meta}
 
 
-def decision_view(decision: Decision, visibility: str) -> dict[str, Any]:
-    """The decision as the model sees it; operators always get all of it in the audit log."""
-    data = decision.to_dict()
+def decision_view(data: Mapping[str, Any], visibility: str) -> dict[str, Any]:
+    """The decision (its ``to_dict()``) as the model sees it; the audit log always has all of it."""
     if visibility == "summary":
-        data["rule_trace"] = [t for t in data.get("rule_trace", []) if t.get("matched")]
-    elif visibility == "none":
-        data["rule_trace"] = []
-    return data
+        return {**data, "rule_trace": [t for t in data.get("rule_trace", []) if t.get("matched")]}
+    if visibility == "none":
+        return {**data, "rule_trace": []}
+    return dict(data)
 
 
-def denial_result(decision: Decision, visibility: str) -> ToolResult:
+def denial_result(decision: Decision, visibility: str, data: Mapping[str, Any] | None = None) -> ToolResult:
     """A refused call as a tool result: readable text for the model, the decision as structured data."""
-    view = decision_view(decision, visibility)
+    view = decision_view(data if data is not None else decision.to_dict(), visibility)
     lines = [f"Denied: {decision.reason}"]
     lines += [f"- {sentence}" for sentence in decision.reasoning]
     counterfactual = decision.counterfactual
