@@ -13,19 +13,24 @@ rules:
   - id: no-web
     model: "*"
     deny_tools: [search.web]
+  - id: short-queries
+    model: gpt-4o
+    allow_tools: [search.*]
+    when:
+      q: {max_length: 2}
 """
 KEYS = 'models:\n  gpt-4o:\n    key: k-123456789\n    tools: ["search.*"]\n    can_propose: true\n'
 
 
 def denied():
     policy, keys = load_policy_text(POLICY), load_model_keys_text(KEYS)
-    return evaluate(CallRequest(model="gpt-4o", server="search", tool="web", arguments={}), policy, keys)
+    return evaluate(CallRequest(model="gpt-4o", server="search", tool="web", arguments={"q": "long"}), policy, keys)
 
 
 def test_full_visibility_shows_every_rule_considered() -> None:
     decision = denied()
     assert {t["rule_id"] for t in decision_view(decision.to_dict(), "full")["rule_trace"]} == {
-        "allow-search", "no-web"}
+        "allow-search", "no-web", "short-queries"}
 
 
 def test_summary_shows_only_matched_rules_and_none_hides_the_trace() -> None:
