@@ -236,6 +236,8 @@ class App:
                     interval=config.policy.watch_interval,
                 ))
                 tg.start_soon(self._expire_pending)
+                if config.tools_list == "hide":
+                    tg.start_soon(self._announce_policy_changes)
                 await tg.start(self._serve, tg.cancel_scope)
                 task_status.started()
         finally:
@@ -247,6 +249,21 @@ class App:
     ) -> None:
         await self.gateway.run(task_status=task_status)
         scope.cancel()  # stdio: the client closed stdin, so the gateway's job is done
+
+    async def _announce_policy_changes(self) -> None:
+        """Which tools a model may see follows the policy: tell clients when it changes."""
+        seen = self.runtime.live.current.version
+        while True:
+            await anyio.sleep(self.runtime.config.policy.watch_interval)
+            version = self.runtime.live.current.version
+            if version == seen:
+                continue
+            seen = version
+            for session in list(self.gateway.sessions):
+                try:
+                    await session.channel.notify("notifications/tools/list_changed", None)
+                except Exception:  # a client that went away must not stop the others hearing
+                    log.debug("list_changed not delivered", session=session.id)
 
     async def _expire_pending(self) -> None:
         while True:

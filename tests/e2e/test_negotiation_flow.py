@@ -33,7 +33,16 @@ def admin_url(site: Site) -> str:
 
 
 async def test_denied_call_then_auto_approved_proposal_allows_it_without_restart(site: Site) -> None:
-    async with running(site.app()), connect(site.url, GPT_KEY) as client:
+    from mcp import types
+
+    changed = anyio.Event()
+
+    async def on_message(message: Any) -> None:
+        if isinstance(message, types.ToolListChangedNotification):
+            changed.set()
+
+    async with running(site.app()), connect(site.url, GPT_KEY, message_handler=on_message) as client:
+        assert "calendar.add" not in {t.name for t in (await client.list_tools()).tools}
         denied = await client.call_tool("calendar.add", {"a": 2, "b": 3})
         assert denied.is_error and denied.structured_content["reason_code"] == "default_deny"
         suggestion = denied.structured_content["counterfactual"]["suggested_rule"]
@@ -45,6 +54,9 @@ async def test_denied_call_then_auto_approved_proposal_allows_it_without_restart
         assert proposed.structured_content["status"] == "approved", text_of(proposed)
         allowed = await client.call_tool("calendar.add", {"a": 2, "b": 3})
         assert not allowed.is_error and text_of(allowed) == "5"
+        with anyio.fail_after(10):
+            await changed.wait()  # the tool became visible to this model
+        assert "calendar.add" in {t.name for t in (await client.list_tools()).tools}
         assert allowed.meta["io.securegateway/decision"]["policy_digest"] != denied.structured_content[
             "policy_digest"]
     merged = events(site, "proposal.merged")
