@@ -230,3 +230,17 @@ async def test_a_wire_separator_other_than_dot_still_uses_dotted_names_in_policy
         allowed = await client.call_tool("search__echo", {"text": "ok"})
         assert not allowed.is_error and allowed.meta[DECISION]["tool"] == "search.echo"
         assert (await client.call_tool("calendar__add", {"a": 1, "b": 1})).is_error
+
+
+async def test_the_clients_credentials_never_reach_an_upstream(tmp_path: Path, http_upstream_factory: Any) -> None:
+    from tests.conftest import server_cmd
+
+    url = http_upstream_factory("search")
+    site = make_site(tmp_path / "creds", upstreams=[("calendar", server_cmd("calendar"))])
+    search = f'[[upstreams]]\nname = "search"\nurl = "{url}"\nheaders = {{ X-Upstream = "configured" }}\n\n'
+    text = site.config_path.read_text().replace("[policy]", search + "[policy]")
+    site.config_path.write_text(text)
+    async with running(site.app()), connect(site.url, GPT_KEY) as client:
+        seen = text_of(await client.call_tool("search.headers", {}))
+    assert "'x-upstream': 'configured'" in seen
+    assert GPT_KEY not in seen and "authorization" not in seen.lower()
