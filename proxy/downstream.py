@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
+import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -35,10 +37,74 @@ Authenticate = Callable[[str | None], Any]
 """Maps a presented model key (or None) to an identity; returns None when refused."""
 
 
-async def serve_stdio(server: Server[Any]) -> None:
+OVERSIZED_METHOD = "securegateway/message_too_large"
+"""Stand-in for a stdio request over the size limit; the relay answers it with a clear error."""
+_ID = re.compile(rb'"id"\s*:\s*(-?\d{1,20}|"(?:[^"\\]|\\.){0,200}")')
+
+
+async def serve_stdio(server: Server[Any], *, max_message_bytes: int) -> None:
     """Serve one client over this process's stdin/stdout until it closes stdin."""
-    async with stdio_server() as (read, write):
+    stdin = CappedLines(anyio.wrap_file(sys.stdin.buffer), max_message_bytes)
+    async with stdio_server(stdin=stdin) as (read, write):  # type: ignore[arg-type]
         await server.run(read, write, server.create_initialization_options())
+
+
+class CappedLines:
+    """stdin as lines of at most ``limit`` bytes, never holding a longer one in memory.
+
+    An oversized request is replaced by a small ``securegateway/message_too_large`` request
+    with the same id, which the relay answers with a JSON-RPC error naming the limit; an
+    oversized notification (no id to answer) is dropped with a warning.
+    """
+
+    def __init__(self, raw: Any, limit: int) -> None:
+        self._raw = raw
+        self._limit = limit
+        self._buf = bytearray()
+        self._scanned = 0
+        self._dropped = 0
+        self._prefix = b""
+        self._eof = False
+
+    def __aiter__(self) -> CappedLines:
+        return self
+
+    async def __anext__(self) -> str:
+        while True:
+            nl = self._buf.find(b"\n", self._scanned)
+            if nl >= 0:
+                line = bytes(self._buf[:nl])
+                del self._buf[: nl + 1]
+                self._scanned = 0
+                if self._dropped or len(line) > self._limit:
+                    return self._stand_in(self._prefix or line[:4096], self._dropped + len(line))
+                return line.decode("utf-8", "replace")
+            self._scanned = len(self._buf)
+            if len(self._buf) > self._limit:
+                if not self._dropped:
+                    self._prefix = bytes(self._buf[:4096])
+                self._dropped += len(self._buf)
+                self._buf.clear()
+                self._scanned = 0
+            if self._eof:
+                if self._buf or self._dropped:
+                    self._buf += b"\n"
+                    continue
+                raise StopAsyncIteration
+            chunk = await self._raw.read(1 << 16)
+            if not chunk:
+                self._eof = True
+            self._buf += chunk
+
+    def _stand_in(self, prefix: bytes, size: int) -> str:
+        self._dropped, self._prefix = 0, b""
+        match = _ID.search(prefix)
+        log.warning("oversized message refused", bytes=size, limit=self._limit, answered=match is not None)
+        if match is None:
+            return "\n"  # a notification or garbage: nothing to answer
+        request = {"jsonrpc": "2.0", "id": json.loads(match.group(1)), "method": OVERSIZED_METHOD,
+                   "params": {"bytes": size, "limit": self._limit}}
+        return json.dumps(request)
 
 
 def security_settings(config: GatewayConfig, listen: ListenSpec) -> TransportSecuritySettings:

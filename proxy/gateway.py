@@ -72,7 +72,7 @@ class Gateway:
             try:
                 if listen.kind == "stdio":
                     task_status.started()
-                    await serve_stdio(self.server)
+                    await serve_stdio(self.server, max_message_bytes=self.config.max_message_bytes)
                 else:
                     app = http_app(self.server, self.config, listen, self._authenticate)
                     await tg.start(serve_http, app, listen)

@@ -23,6 +23,7 @@ from mcp_types import INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from proxy.catalog import LISTS
+from proxy.downstream import OVERSIZED_METHOD
 from proxy.intercept import CallNext, ToolCall, ToolResult
 from proxy.mrtr import InputBridge
 from proxy.session import DownstreamSession
@@ -87,6 +88,13 @@ class Relay:
             return await self._notification(ctx, call_next)
         if method == "initialize":
             return await self._initialize(ctx, call_next)
+        if method == OVERSIZED_METHOD:
+            params = ctx.params or {}
+            raise MCPError(
+                INVALID_REQUEST,
+                f"message of {params.get('bytes')} bytes exceeds the gateway's limit of {params.get('limit')} bytes "
+                "(gateway.max_message_bytes)",
+            )
         if method in ("ping", "server/discover"):
             return await call_next(ctx) if method == "ping" else await self._discover(ctx)
         session = await self._session(ctx)

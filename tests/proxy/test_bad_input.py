@@ -99,3 +99,36 @@ def test_stdio_front_survives_a_garbage_line(tmp_path: Path) -> None:
     assert any(r.get("id") == 1 and "result" in r for r in replies), out.stdout + out.stderr
     assert out.returncode == 0
     assert os.path.exists(site.audit_path)
+
+
+def test_stdio_front_refuses_an_oversized_message_by_id_and_keeps_serving(tmp_path: Path) -> None:
+    from tests.e2e.conftest import GPT_KEY, cli, make_site
+
+    site = make_site(tmp_path / "site", listen="stdio", gateway="max_message_bytes = 1048576")
+    env = {**gateway_env(), "SECUREGATEWAY_MODEL_KEY": GPT_KEY}
+    frames = [
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+         "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+         "params": {"name": "search.echo", "arguments": {"text": "x" * (2 * 2**20)}}},
+        {"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+         "params": {"name": "search.echo", "arguments": {"text": "ok"}}},
+    ]
+    proc = subprocess.Popen(cli("run", "--config", str(site.config_path)), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=ROOT, text=True)
+    replies: dict[object, dict] = {}
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write("".join(json.dumps(f) + "\n" for f in frames))
+        proc.stdin.flush()
+        for line in proc.stdout:  # the client keeps stdin open until its answers arrive
+            reply = json.loads(line)
+            replies[reply.get("id")] = reply
+            if {2, 3} <= replies.keys():
+                break
+    finally:
+        proc.kill()
+        proc.wait()
+    assert "exceeds the gateway's limit of 1048576 bytes" in replies[2]["error"]["message"]
+    assert replies[3]["result"]["content"][0]["text"] == "ok"
