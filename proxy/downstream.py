@@ -91,7 +91,7 @@ class CappedLines:
                     self._buf += b"\n"
                     continue
                 raise StopAsyncIteration
-            chunk = await self._raw.read(1 << 16)
+            chunk = await self._raw.read1(1 << 16)  # what is there now: a pipe may not fill 64 KiB
             if not chunk:
                 self._eof = True
             self._buf += chunk
