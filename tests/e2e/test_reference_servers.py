@@ -8,23 +8,22 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from mcp import Client, StdioServerParameters
 from mcp import types as mt
 
 from tests.conftest import ROOT, connect, gateway_env, running
 from tests.e2e.conftest import GPT_KEY, Site, make_site, text_of
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.npm]
 
 DECISION = "io.securegateway/decision"
 NODE_BIN = ROOT / ".ci" / "node" / "node_modules" / ".bin"
-INSPECTOR = "@modelcontextprotocol/inspector@2.12.0"
 EVERYTHING_POLICY = "rules:\n  - id: everything\n    model: gpt-4o\n    allow_tools: [search.*]\n"
 # Tools server-everything 2026.8.31 registers for every client, whatever its capabilities.
 EVERYTHING_TOOLS = {
@@ -172,13 +171,34 @@ async def test_filesystem_reads_are_confined_by_policy_before_they_reach_the_ser
             denied = await client.call_tool("calendar.read_text_file", {"path": path})
             assert denied.is_error, path
             assert denied.structured_content["allowed"] is False, path
-            assert denied.structured_content["reason_code"], path
+            assert denied.structured_content["reason_code"] == "default_deny", path
+            (trace,) = denied.structured_content["rule_trace"]
+            assert trace["rule_id"] == "files-only" and trace["failed"].startswith("path under "), path
             assert "outside-secret" not in text_of(denied) and "root:" not in text_of(denied)
         write = await client.call_tool("calendar.write_file", {"path": str(files / "x"), "content": "no"})
         assert write.is_error and write.structured_content["reason_code"] == "default_deny"
     assert not (files / "x").exists()
 
 
-def test_the_mcp_inspector_cli_lists_tools_through_the_stdio_front(tmp_path: Path) -> None:
+def test_the_mcp_inspector_cli_lists_and_calls_tools_through_the_stdio_front(tmp_path: Path) -> None:
     """A foreign, non-Python client: the Inspector CLI spawns the gateway's stdio front."""
-    ...
+    inspector = reference_server("mcp-inspector")
+    site = make_site(tmp_path / "site", listen="stdio", policy=EVERYTHING_POLICY,
+                     upstreams=[("search", [reference_server("mcp-server-everything"), "stdio"])])
+    gateway = [sys.executable, "-m", "proxy.cli", "run", "-c", str(site.config_path)]
+    env_args = ["-e", f"SECUREGATEWAY_MODEL_KEY={GPT_KEY}", "-e", f"PYTHONPATH={gateway_env()['PYTHONPATH']}"]
+
+    def inspect(*method: str) -> dict[str, Any]:
+        # above the Inspector's 15 s default for a cold start on a loaded box; a front that
+        # never answers `initialize` still fails here rather than hanging the suite
+        argv = [inspector, "--cli", "--connect-timeout", "30000", *env_args, "--cwd", str(ROOT), *method]
+        done = subprocess.run([*argv, "--", *gateway],
+                              capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+    names = {t["name"] for t in inspect("--method", "tools/list")["tools"]}
+    assert {"propose_policy", "search.echo", "search.get-env"} <= names
+    called = inspect("--method", "tools/call", "--tool-name", "search.echo", "--tool-arg", "message=from-node")
+    assert called["content"] == [{"type": "text", "text": "Echo: from-node"}]
+    assert called["_meta"][DECISION]["allowed"] is True
