@@ -342,11 +342,23 @@ def load_policy(path: str | Path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Poli
 
 
 def dump_policy_yaml(policy: Policy) -> str:
-    """The policy as YAML in canonical rule order; loading it gives back the same digest."""
+    """The policy as YAML in canonical rule order; loading it gives back the same digest.
+
+    Non-ASCII text is written as-is when that round-trips; PyYAML mangles a few characters
+    (NEL, line and paragraph separators) in plain and single-quoted scalars, so when the
+    readable form would not load back identically the dump escapes all non-ASCII instead.
+    """
     canonical = policy.canonical()
     document: dict[str, Any] = {"rules": canonical["rules"]}
     if canonical["settings"]:
         document["settings"] = canonical["settings"]
-    return yaml.safe_dump(
-        document, sort_keys=False, allow_unicode=True, default_flow_style=False, width=1 << 16
-    )
+    for readable in (True, False):
+        text = yaml.safe_dump(
+            document, sort_keys=False, allow_unicode=readable, default_flow_style=False, width=1 << 16
+        )
+        try:
+            if load_policy_text(text, max_bytes=max(DEFAULT_MAX_BYTES, 4 * len(text))).digest == policy.digest:
+                return text
+        except PolicyError:
+            continue
+    raise PolicyError("the policy cannot be written as YAML that loads back identically")
