@@ -75,7 +75,7 @@ _PHRASES: tuple[_Phrase, ...] = (
     _phrase("you_are_now", ("now",), r"you(?:\s+are|\s*'re|\s*’re)\s+now\b"),
     _phrase(
         "system_prompt",
-        ("system",),
+        ("system", "developer"),
         r"(?:system|developer)\s*(?:prompt|message|instructions)",
     ),
     _phrase(
@@ -176,10 +176,10 @@ _SEP = "\n\x00\n"
 class _Batch:
     """Many strings scanned as one text; offsets map back to (string index, local offset)."""
 
-    def __init__(self, paths: list[str], texts: list[str]) -> None:
+    def __init__(self, paths: list[str], texts: list[str], text: str) -> None:
         self.paths = paths
         self.texts = texts
-        self.text = texts[0] if len(texts) == 1 else _SEP.join(texts)
+        self.text = text
         self.starts: list[int] = []
         cursor = 0
         for text in texts:
@@ -254,29 +254,62 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
+_SCALARS = (int, float, bool, type(None))
+
+
 def _strings(value: Any, path: str) -> tuple[list[str], list[str]]:
     """Paths and texts of every non-empty string in ``value``, in document order (iterative)."""
     paths: list[str] = []
     texts: list[str] = []
+    if type(value) is dict:  # the usual arguments object: flat, strings and numbers
+        prefix = f"{path}." if path else ""
+        for key, item in value.items():
+            kind = type(item)
+            if kind is str:
+                if item:
+                    paths.append(f"{prefix}{key}")
+                    texts.append(item)
+            elif kind not in _SCALARS:
+                paths.clear()
+                texts.clear()
+                break  # nested: walk it in document order below
+        else:
+            return paths, texts
     stack: list[tuple[Any, str]] = [(value, path)]
     seen: set[int] = set()
     while stack:
         current, where = stack.pop()
-        if type(current) is str or isinstance(current, str):
+        kind = type(current)
+        if kind is str:
             if current:
                 paths.append(where)
                 texts.append(current)
+        elif kind in _SCALARS:
+            continue
+        elif isinstance(current, str):
+            if current:
+                paths.append(where)
+                texts.append(str(current))
         elif isinstance(current, Mapping):
             if id(current) in seen:
                 continue
             seen.add(id(current))
-            stack.extend([(item, _join(where, str(key))) for key, item in current.items()][::-1])
+            prefix = f"{where}." if where else ""
+            entries = [(item, f"{prefix}{key}") for key, item in current.items()]
+            entries.reverse()
+            stack.extend(entries)
         elif isinstance(current, list | tuple):
             if id(current) in seen:
                 continue
             seen.add(id(current))
-            stack.extend([(item, f"{where}[{index}]") for index, item in enumerate(current)][::-1])
+            stack.extend([(current[index], f"{where}[{index}]") for index in range(len(current) - 1, -1, -1)])
     return paths, texts
+
+
+# Any anchor of any phrase, for rejecting short clean texts in one C-level search. Long texts
+# use the per-phrase ``in`` tests instead: a substring search beats an alternation there.
+_ANY_ANCHOR = re.compile("|".join(re.escape(anchor) for phrase in _PHRASES for anchor in phrase.anchors))
+_QUICK_LIMIT = 4096
 
 
 def scan_value(value: Any, path: str = "") -> tuple[Finding, ...]:
@@ -288,7 +321,15 @@ def scan_value(value: Any, path: str = "") -> tuple[Finding, ...]:
     paths, texts = _strings(value, path)
     if not texts:
         return ()
-    batch = _Batch(paths, texts)
+    text = texts[0] if len(texts) == 1 else _SEP.join(texts)
+    if (
+        len(text) <= _QUICK_LIMIT
+        and text.isascii()
+        and _ANY_ANCHOR.search(text.lower()) is None
+        and not find_secrets(text)
+    ):
+        return ()  # the common case: short, plain, nothing to report
+    batch = _Batch(paths, texts, text)
     batch.scan()
     findings = [finding for per_string in batch.findings for finding in per_string]
     return tuple(findings[:MAX_FINDINGS])

@@ -76,7 +76,16 @@ def _utc(now: datetime | None) -> datetime:
 class _RuleOutcomes:
     """What the candidate rules said, gathered in one pass."""
 
-    __slots__ = ("allow_hits", "deny_hits", "erroring_deny", "errors", "near_misses", "risk_capped", "trace")
+    __slots__ = (
+        "allow_hits",
+        "deny_hits",
+        "erroring_deny",
+        "errors",
+        "matched",
+        "near_misses",
+        "risk_capped",
+        "trace",
+    )
 
     def __init__(self) -> None:
         self.trace: list[TraceEntry] = []
@@ -86,6 +95,7 @@ class _RuleOutcomes:
         self.risk_capped: list[Rule] = []
         self.near_misses: list[tuple[Rule, str]] = []
         self.errors: list[str] = []
+        self.matched: list[str] = []  # ids of rules with a matching trace entry, in trace order
 
 
 def _conditions(
@@ -139,10 +149,12 @@ def _consider(
         if allows:
             trace.append(TraceEntry(rule.id, "allow", False, failed.text, f"error: {error}"))
         return
+    hit = False
     if denies:
         if failed is None:
             trace.append(candidate.denied)
             out.deny_hits.append(rule)
+            hit = True
         else:
             trace.append(failed.deny_failed)
     if allows:
@@ -156,6 +168,9 @@ def _consider(
         else:
             trace.append(candidate.allowed)
             out.allow_hits.append(rule)
+            hit = True
+    if hit:
+        out.matched.append(rule.id)
 
 
 def _evaluate(
@@ -175,10 +190,10 @@ def _evaluate(
     findings = scan_value(arguments, "arguments")
     schema = check_arguments(request.input_schema, arguments)
     session_score = session.score(now.timestamp()) if session is not None else 0.0
-    factors: tuple[RiskFactor, ...] = finding_factors(findings) + schema.factors()
+    factors: tuple[RiskFactor, ...] = (finding_factors(findings) if findings else ()) + schema.factors()
     if session_score >= _SESSION_FLOOR:
         factors += (RiskFactor("session", session_score, f"session risk {session_score:.2f}"),)
-    risk = combine(factor.weight for factor in factors)
+    risk = combine([factor.weight for factor in factors]) if factors else 0.0
 
     # 2-3. Identity, scope and rules.
     identity = keys.get(model)
@@ -241,7 +256,7 @@ def _evaluate(
         deny_kind=DENY_KINDS[code],
         model=model,
         tool=tool,
-        matched_rules=tuple(dict.fromkeys(entry.rule_id for entry in out.trace if entry.matched)),
+        matched_rules=tuple(out.matched),
         rule_trace=tuple(out.trace),
         risk_score=risk,
         risk_factors=factors,

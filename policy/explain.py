@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 from .canonical import canonical_json
@@ -61,7 +62,11 @@ def render_reason(template: str, *, model: str, tool: str, arguments: Mapping[st
 
 
 def _pattern_for(rule: Rule, tool: str, allow: bool) -> str:
-    patterns = rule.allow_tools if allow else rule.deny_tools
+    return _first_match(rule.allow_tools if allow else rule.deny_tools, tool)
+
+
+@lru_cache(maxsize=4096)
+def _first_match(patterns: tuple[str, ...], tool: str) -> str:
     return next((pattern for pattern in patterns if tool_matches(pattern, tool)), tool)
 
 
