@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from policy.redact import digest, redact
+from policy.secrets import find_secrets
 
 __all__ = [
     "DECISION_FIELDS",
@@ -201,6 +202,27 @@ def redacted_payload(payload: Mapping[str, Any], *, root: str = "") -> dict[str,
     return {**result.value, "masked": list(result.masked_paths)}
 
 
+MAX_STRING_BYTES = 16384
+"""Longer argument strings are stored as a length and digest only (``arguments_digest`` still
+covers the original): an audit line should not copy a multi-megabyte payload."""
+
+
+def clip_strings(value: Any, limit: int, depth: int = 0) -> Any:
+    """``value`` with every string longer than ``limit`` characters replaced by a marker."""
+    if isinstance(value, str):
+        if len(value) <= limit:
+            return value
+        return f"[clipped: {len(value)} chars, {digest(value)}]"
+    if depth > 64:
+        return value
+    if isinstance(value, Mapping):
+        return {k: clip_strings(v, limit, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [clip_strings(v, limit, depth + 1) for v in value]
+    return value
+
+
+
 def decision_event(
     *,
     decision: Mapping[str, Any],
@@ -211,6 +233,7 @@ def decision_event(
     latency_ms: float,
     policy_version: int | None,
     request: Mapping[str, Any] | None = None,
+    max_string_bytes: int = MAX_STRING_BYTES,
 ) -> dict[str, Any]:
     """The ``decision`` event for one tools/call, allowed or denied.
 
@@ -222,9 +245,15 @@ def decision_event(
     """
     extra = dict(request or {})
     extra.pop("arguments", None)
-    arguments_view = redact(arguments, root="arguments")
-    decision_view = redact(dict(decision), root="decision", sensitive_keys=frozenset())
-    masked = [*arguments_view.masked_paths, *decision_view.masked_paths]
+    arguments_view = redact(clip_strings(arguments, max_string_bytes), root="arguments")
+    masked = list(arguments_view.masked_paths)
+    decision_value: Any = dict(decision)
+    if masked or find_secrets(json.dumps(decision_value, default=str)):
+        # One scan of the whole decision is cheap; walking it string by string is not, so
+        # that is done only when something in it (or in the arguments) needs masking.
+        decision_view = redact(decision_value, root="decision", sensitive_keys=frozenset())
+        decision_value = decision_view.value
+        masked.extend(decision_view.masked_paths)
     payload: dict[str, Any] = {
         "decision_id": decision.get("decision_id") or extra.get("decision_id") or new_event_id(),
         "model": decision.get("model") or extra.get("model"),
@@ -234,13 +263,14 @@ def decision_event(
         "arguments": arguments_view.value,
         "arguments_digest": digest(arguments),
         "masked": masked,
-        "decision": decision_view.value,
+        "decision": decision_value,
         "policy_digest": decision.get("policy_digest") or extra.get("policy_digest"),
         "policy_version": policy_version,
         "latency_ms": latency_ms,
     }
     if extra:
-        request_view = redact(extra, root="request")
+        request_view = redact(clip_strings(extra, max_string_bytes), root="request")
         payload["request"] = request_view.value
         masked.extend(request_view.masked_paths)
     return event("decision", **payload)
+
