@@ -9,9 +9,12 @@ answered with 401 before any MCP processing.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import os
 import re
+import stat
 import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -44,9 +47,55 @@ _ID = re.compile(rb'"id"\s*:\s*(-?\d{1,20}|"(?:[^"\\]|\\.){0,200}")')
 
 async def serve_stdio(server: Server[Any], *, max_message_bytes: int) -> None:
     """Serve one client over this process's stdin/stdout until it closes stdin."""
-    stdin = CappedLines(anyio.wrap_file(sys.stdin.buffer), max_message_bytes)
-    async with stdio_server(stdin=stdin) as (read, write):  # type: ignore[arg-type]
+    pipes = await _pipes()
+    if pipes is None:  # a regular file or other non-pipe: the SDK's thread-backed files
+        stdin = CappedLines(anyio.wrap_file(sys.stdin.buffer), max_message_bytes)
+        async with stdio_server(stdin=stdin) as (read, write):  # type: ignore[arg-type]
+            await server.run(read, write, server.create_initialization_options())
+        return
+    reader, writer = pipes
+    async with stdio_server(stdin=CappedLines(reader, max_message_bytes), stdout=writer) as (read, write):  # type: ignore[arg-type]
         await server.run(read, write, server.create_initialization_options())
+
+
+class _PipeReader:
+    def __init__(self, stream: asyncio.StreamReader) -> None:
+        self._stream = stream
+
+    async def read1(self, n: int) -> bytes:
+        return await self._stream.read(n)
+
+
+class _PipeWriter:
+    """Text-file face of a non-blocking stdout pipe (what ``stdio_server`` writes to)."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+
+    async def write(self, text: str) -> None:
+        self._writer.write(text.encode("utf-8"))
+
+    async def flush(self) -> None:
+        await self._writer.drain()
+
+
+async def _pipes() -> tuple[_PipeReader, _PipeWriter] | None:
+    """stdin/stdout as event-loop pipes: no worker-thread hop per message (asyncio only)."""
+    try:
+        loop = asyncio.get_running_loop()
+        for fd in (0, 1):
+            mode = os.fstat(fd).st_mode
+            if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)):
+                return None
+        reader = asyncio.StreamReader(limit=2**20)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                     os.fdopen(0, "rb", buffering=0, closefd=False))
+        transport, protocol = await loop.connect_write_pipe(
+            asyncio.streams.FlowControlMixin, os.fdopen(1, "wb", buffering=0, closefd=False)
+        )
+        return _PipeReader(reader), _PipeWriter(asyncio.StreamWriter(transport, protocol, None, loop))
+    except (RuntimeError, OSError, ValueError):
+        return None
 
 
 class CappedLines:

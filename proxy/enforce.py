@@ -127,9 +127,15 @@ class Enforcer:
     async def _scan(self, call: ToolCall, decision: Decision, result: ToolResult) -> ToolResult:
         if self._result_scan == "off":
             return result
-        findings = scan_value(
-            {"content": result.get("content"), "structuredContent": result.get("structuredContent")}
-        )
+        content = result.get("content")
+        findings = scan_value(content, "content")
+        structured = result.get("structuredContent")
+        if structured is not None:
+            # Structured results usually repeat the text content verbatim: scan only what is new.
+            seen = {c.get("text") for c in content or () if isinstance(c, Mapping)}
+            fresh = [s for s in _strings(structured) if s not in seen]
+            if fresh:
+                findings += scan_value(fresh, "structuredContent")
         if not findings:
             return result
         if call.session.risk is not None:
@@ -193,6 +199,18 @@ def denial_result(decision: Decision, visibility: str, data: Mapping[str, Any] |
         lines.append("A policy proposal cannot allow this call; an operator must change it.")
     lines.append(f"Decision id: {decision.decision_id}")
     return {"content": [{"type": "text", "text": "\n".join(lines)}], "structuredContent": view, "isError": True}
+
+
+def _strings(value: Any, depth: int = 0) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if depth > 64:
+        return []
+    if isinstance(value, Mapping):
+        return [s for v in value.values() for s in _strings(v, depth + 1)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v, depth + 1)]
+    return []
 
 
 def _blocked(call: ToolCall, why: str) -> ToolResult:
