@@ -1,0 +1,117 @@
+"""Globs, argument lookup, path normalisation and condition predicates."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from policy import Condition
+from policy.match import (
+    MISSING,
+    ConditionError,
+    compile_condition,
+    glob_regex,
+    json_equal,
+    literal_prefix,
+    lookup,
+    normalize_path,
+)
+
+
+@pytest.mark.parametrize(
+    ("path", "normal"),
+    [
+        ("/srv/docs", "/srv/docs"),
+        ("/srv/docs/", "/srv/docs"),
+        ("/srv/./docs//a", "/srv/docs/a"),
+        ("/srv/docs/../../../../etc", "/etc"),
+        ("//srv/docs", "/srv/docs"),
+        ("///srv", "/srv"),
+        ("/", "/"),
+        ("/srv/.hidden/x", "/srv/.hidden/x"),
+    ],
+)
+def test_paths_are_normalised_posix_style_and_never_climb_above_root(path: str, normal: str) -> None:
+    assert normalize_path(path) == normal
+
+
+def test_lookup_follows_dotted_paths_into_objects_and_lists() -> None:
+    arguments = {"a": {"b": [10, {"c": "deep"}]}, "x": "s"}
+    assert lookup(arguments, ("a", "b", "1", "c")) == "deep"
+    assert lookup(arguments, ("a", "b", "0")) == 10
+    assert lookup(arguments, ("a", "b", "5")) is MISSING
+    assert lookup(arguments, ("x", "y")) is MISSING
+    assert lookup(arguments, ("nope",)) is MISSING
+
+
+def test_json_equality_keeps_booleans_apart_from_numbers() -> None:
+    assert json_equal(1, 1.0)
+    assert not json_equal(True, 1)
+    assert not json_equal(0, False)
+    assert json_equal(None, None)
+    assert not json_equal("1", 1)
+    assert not json_equal([1], [1])  # only scalars compare
+
+
+def test_glob_translation_and_literal_prefix() -> None:
+    assert glob_regex("cal.*") == r"cal\..*"
+    assert glob_regex("a**b?") == "a.*b."
+    assert literal_prefix("calendar.list_*") == "calendar.list_"
+    assert literal_prefix("*.delete") == ""
+    assert literal_prefix("exact.name") == "exact.name"
+
+
+def holds(op: str, value: Any, argument: Any) -> bool:
+    return compile_condition(Condition("a", op, value))({"a": argument})
+
+
+@pytest.mark.parametrize(
+    ("op", "value", "argument", "expected"),
+    [
+        ("under", "/srv", "/srv/x", True),
+        ("under", "/srv", "/srvx", False),
+        ("under", "/", "/anything", True),
+        ("under", "/srv/", "/srv/x", True),
+        ("under", "/srv", "/srv/x\x00/../../etc", False),
+        ("regex", "a+", "aaa", True),
+        ("regex", "a+", "aab", False),
+        ("not_regex", "a+", "aab", True),
+        ("one_of", ("x", 2), 2.0, True),
+        ("one_of", ("x", 1), True, False),
+        ("min", 3, 3, True),
+        ("max", 3, 3.5, False),
+        ("max_length", 2, "ab", True),
+        ("max_length", 2, [1, 2, 3], False),
+        ("max_length", 1, {"k": 1}, True),
+        ("equals", "x", "x", True),
+        ("equals", None, None, True),
+    ],
+)
+def test_condition_predicates(op: str, value: Any, argument: Any, expected: bool) -> None:
+    assert holds(op, value, argument) is expected
+
+
+@pytest.mark.parametrize(
+    ("op", "value", "argument", "message"),
+    [
+        ("min", 1, "1", "expected a number, got string"),
+        ("max", 1, True, "expected a number, got boolean"),
+        ("max_length", 1, 5, "expected a string, array or object, got number"),
+        ("regex", "a", None, "expected a string, got null"),
+        ("under", "/srv", "srv/x", "relative path `srv/x` cannot be checked against a root"),
+        ("regex", "(", "x", "invalid regex: missing ), unterminated subpattern at position 0"),
+        ("frobnicate", 1, "x", "unknown condition `frobnicate`"),
+    ],
+)
+def test_conditions_that_cannot_be_judged_raise_condition_error(
+    op: str, value: Any, argument: Any, message: str
+) -> None:
+    with pytest.raises(ConditionError) as caught:
+        holds(op, value, argument)
+    assert str(caught.value) == message
+
+
+def test_a_missing_argument_makes_any_condition_false_without_error() -> None:
+    for op, value in [("under", "/srv"), ("min", 1), ("regex", "a"), ("not_regex", "a"), ("equals", None)]:
+        assert compile_condition(Condition("x.y", op, value))({"x": {}}) is False
