@@ -131,6 +131,9 @@ class Catalog:
         if kind.namespaced:
             items = [{**item, kind.key: self.qualify(upstream, str(item.get(kind.key, "")))} for item in raw]
             if kind.method == "tools/list":
+                prefix = self.qualify(upstream, "")
+                for name in [n for n in self._tools if n.startswith(prefix)]:
+                    del self._tools[name]  # a tool the upstream no longer lists is unknown again
                 for item in items:
                     self._tools[item["name"]] = item
             return items
