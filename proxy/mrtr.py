@@ -23,9 +23,22 @@ from typing import Any
 import anyio
 import anyio.abc
 from mcp import MCPError
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
+from mcp.shared.subscriptions import (
+    PromptsListChanged,
+    ResourcesListChanged,
+    ResourceUpdated,
+    ServerEvent,
+    ToolsListChanged,
+)
 from mcp_types import INVALID_PARAMS, INVALID_REQUEST
 
 ResultFn = Callable[[], Awaitable[dict[str, Any]]]
+_EVENTS: dict[str, Callable[[], ServerEvent]] = {
+    "notifications/tools/list_changed": ToolsListChanged,
+    "notifications/prompts/list_changed": PromptsListChanged,
+    "notifications/resources/list_changed": ResourcesListChanged,
+}
 
 
 @dataclass
@@ -59,6 +72,10 @@ class InputBridge:
         self._key = secrets.token_bytes(32)
         self._running: dict[str, _Continuation] = {}
         self.task_group: anyio.abc.TaskGroup | None = None
+        # Change notifications reach a sessionless client only on its subscriptions/listen
+        # streams; one bus per identity, so no client hears about another's upstreams.
+        self.bus = InMemorySubscriptionBus()
+        self.listen = ListenHandler(self.bus)
 
     # ---- ClientChannel ---------------------------------------------------------------------------
 
@@ -66,7 +83,12 @@ class InputBridge:
         raise MCPError(INVALID_REQUEST, f"the client cannot receive `{method}` outside a tools/call")
 
     async def notify(self, method: str, params: Mapping[str, Any] | None, opts: Any = None) -> None:
-        return None  # change notifications reach 2026 clients only through subscriptions/listen
+        event = _EVENTS.get(method)
+        if event is not None:
+            await self.bus.publish(event())
+        elif method == "notifications/resources/updated" and isinstance((params or {}).get("uri"), str):
+            await self.bus.publish(ResourceUpdated(uri=str((params or {})["uri"])))
+        # other notifications (logging outside a request) have no channel at this era
 
     async def ask(self, upstream: str, method: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
         """An upstream wants client input: park it on that upstream's running call."""

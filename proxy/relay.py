@@ -19,7 +19,7 @@ import structlog
 from mcp import MCPError
 from mcp.server.context import ServerRequestContext
 from mcp.shared.dispatcher import ProgressFnT
-from mcp_types import INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND
+from mcp_types import INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, SubscriptionsListenRequestParams
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from proxy.catalog import LISTS
@@ -80,6 +80,7 @@ class Relay:
             "resources/unsubscribe": self._by_uri,
             "completion/complete": self._complete,
             "logging/setLevel": self._fan_out,
+            "subscriptions/listen": self._listen,
         }
 
     async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: Any) -> Any:
@@ -267,6 +268,15 @@ class Relay:
             for link in serving:
                 tg.start_soon(_forward, link, ctx, ctx.params)
         return {}
+
+    async def _listen(self, session: DownstreamSession, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
+        """A sessionless client's change stream, fed by this identity's upstream notifications."""
+        bridge = session.channel
+        if not isinstance(bridge, InputBridge):
+            raise MCPError(METHOD_NOT_FOUND, "Method not found", data=ctx.method)
+        params = SubscriptionsListenRequestParams.model_validate(ctx.params or {}, by_name=False)
+        result = await bridge.listen(ctx, params)
+        return result.model_dump(by_alias=True, mode="json", exclude_none=True)
 
     async def _unknown(self, session: DownstreamSession, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
         """A method the gateway does not route: with one upstream it is passed through as is."""

@@ -409,3 +409,17 @@ async def test_a_legacy_http_sse_upstream_is_relayed(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+async def test_a_sessionless_client_hears_list_changes_on_its_subscriptions_listen_stream(tmp_path: Path) -> None:
+    from mcp.shared.subscriptions import ToolsListChanged
+
+    gw, url = make_gateway(tmp_path, [stdio_up("search")])
+    async with running(gw), connect(url, mode="2026-07-28") as client:
+        assert "search.dynamic" not in [t.name for t in (await client.list_tools()).tools]
+        async with client.listen(tools_list_changed=True) as subscription:
+            await client.call_tool("search.add_tool", {})
+            with anyio.fail_after(10):
+                event = await subscription.__anext__()
+            assert isinstance(event, ToolsListChanged)
+        assert "search.dynamic" in [t.name for t in (await client.list_tools(cache_mode="refresh")).tools]
