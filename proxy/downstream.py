@@ -24,6 +24,8 @@ import anyio.abc
 import structlog
 import uvicorn
 from mcp.server import Server
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
 from mcp.server.stdio import stdio_server
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
@@ -199,6 +201,10 @@ class ModelKeyAuth:
             await send({"type": "http.response.body", "body": body})
             return
         scope.setdefault("state", {})[IDENTITY_STATE_KEY] = identity
+        # The SDK binds each HTTP session to the principal that opened it: another model's
+        # key cannot ride a session id it learned (it gets 404, as for an unknown session).
+        principal = str(getattr(identity, "model_id", identity))
+        scope["user"] = AuthenticatedUser(AccessToken(token="model-key", client_id=principal, scopes=[]))
         await self.app(scope, receive, send)
 
 

@@ -244,3 +244,20 @@ async def test_the_clients_credentials_never_reach_an_upstream(tmp_path: Path, h
         seen = text_of(await client.call_tool("search.headers", {}))
     assert "'x-upstream': 'configured'" in seen
     assert GPT_KEY not in seen and "authorization" not in seen.lower()
+
+
+async def test_an_http_session_cannot_be_used_with_another_models_key(site: Site) -> None:
+    accept = {"Accept": "application/json, text/event-stream"}
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}}
+    async with running(site.app()), httpx2.AsyncClient() as http:
+        opened = await http.post(site.url, json=init, headers={**accept, "Authorization": f"Bearer {GPT_KEY}"})
+        assert opened.status_code == 200
+        session = {**accept, "Mcp-Session-Id": opened.headers["mcp-session-id"], "MCP-Protocol-Version": "2025-11-25"}
+        await http.post(site.url, json={"jsonrpc": "2.0", "method": "notifications/initialized"},
+                        headers={**session, "Authorization": f"Bearer {GPT_KEY}"})
+        stolen = await http.post(site.url, json=listing, headers={**session, "Authorization": f"Bearer {CLAUDE_KEY}"})
+        assert stolen.status_code == 404
+        own = await http.post(site.url, json=listing, headers={**session, "Authorization": f"Bearer {GPT_KEY}"})
+        assert own.status_code == 200 and "search.echo" in own.text
