@@ -120,10 +120,10 @@ class Relay:
         connection = _connection(ctx)
         if connection is not None and SESSION_KEY in connection.state:
             raise MCPError(INVALID_REQUEST, "`initialize` was already received on this connection")
+        result = await call_next(ctx)  # the SDK validates and negotiates first: nothing starts for a bad one
         session = await self._host.open_session(ctx, hello)
         if connection is not None:
             connection.state[SESSION_KEY] = session
-        result = await call_next(ctx)
         if isinstance(result, dict):
             result["capabilities"] = self._capabilities(session)
             server_info, instructions = self._host.server_identity(session)
