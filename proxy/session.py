@@ -99,7 +99,9 @@ class DownstreamSession:
         ask = getattr(self.channel, "ask", None)
         if ask is not None:  # a sessionless client: the request becomes an input_required round
             return await ask(link.name, method, params)
-        return await self.channel.send_raw_request(method, params)
+        # bounded: a client that never answers (or never opened its GET stream) must not
+        # leave the upstream's request hanging for ever
+        return await self.channel.send_raw_request(method, params, {"timeout": link.config.timeout})
 
     async def _upstream_notify(self, link: UpstreamLink, method: str, params: Mapping[str, Any] | None) -> None:
         methods = CHANGED.get(method)
