@@ -6,10 +6,12 @@ every call and of every result, so the common case is cheap:
 
 * hidden characters are all non-ASCII, so ``str.isascii()`` (a C loop) skips that check for
   most strings; otherwise a single character-class search finds whether any is present;
-* each injection pattern has literal anchors, tested with ``in`` on the lower-cased text (a
-  fast substring search) before its regular expression runs, and the expression runs on the
-  lower-cased text so its literal prefix is searched in C too;
-* secrets come from :mod:`policy.secrets`, whose patterns are built the same way;
+* each injection pattern is split into branches that each start with a literal, and each
+  branch is searched over the lower-cased text from the literal's rarest letter (see
+  :class:`policy.secrets.LiteralSearch`), so CPython's fast literal-prefix search does the
+  work instead of trying a leading alternation at every position;
+* secrets come from :mod:`policy.secrets`, whose patterns are searched the same way, over
+  the same lower-cased text;
 * all strings of one value are joined and each detector makes one pass over the joined
   text, so the fixed cost of a pass is paid once per value, not once per string.
 
@@ -25,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .secrets import SecretHit, find_secrets
+from .secrets import LiteralSearch, SecretHit, find_secrets
 
 __all__ = ["Finding", "describe_findings", "scan_text", "scan_value"]
 
@@ -50,13 +52,28 @@ class Finding:
 @dataclass(frozen=True, slots=True)
 class _Phrase:
     kind: str
-    anchors: tuple[str, ...]
+    # The branches of ``lowered``, each starting with a literal anchor no other branch starts
+    # with, so the leftmost branch match is the match of ``lowered``. CPython runs a leading
+    # alternation at every position (~10 ms/MB); each branch alone is a fast literal search.
+    branches: tuple[LiteralSearch, ...]
+    words: tuple[str, ...]  # one of them occurs in text.lower() when the phrase matches
+    anchors: tuple[LiteralSearch, ...]  # the words, searched from their rarest letter
     lowered: re.Pattern[str]  # runs over text.lower()
     fallback: re.Pattern[str]  # runs case-insensitively when lower() changes offsets
 
+    def anchored(self, lowered: str) -> bool:
+        return any(anchor.present(lowered) for anchor in self.anchors)
 
-def _phrase(kind: str, anchors: tuple[str, ...], pattern: str) -> _Phrase:
-    return _Phrase(kind, anchors, re.compile(pattern), re.compile(pattern, re.IGNORECASE))
+
+def _phrase(kind: str, words: tuple[str, ...], branches: tuple[tuple[str, str], ...], pattern: str) -> _Phrase:
+    return _Phrase(
+        kind,
+        tuple(LiteralSearch.of(literal, rest) for literal, rest in branches),
+        words,
+        tuple(LiteralSearch.of(word) for word in words),
+        re.compile(pattern),
+        re.compile(pattern, re.IGNORECASE),
+    )
 
 
 _PREVIOUS = (
@@ -66,22 +83,29 @@ _PREVIOUS = (
 _DIRECTIVES = (
     r"(?:instructions?|prompts?|directions?|directives?|rules|guidelines|messages?|context|commands?)"
 )
+_IGNORE_VERBS = ("ignore", "disregard", "forget", "override", "bypass")
+_SYSTEM_NOUNS = r"\s*(?:prompt|message|instructions)"
+_YOU_ARE = r"(?:\s+are|\s*'re|\s*’re)\s+now\b"
+_CHAT_TOKENS = r"(?:im_start|im_end|system|endoftext|start_header_id)\|>"
 _PHRASES: tuple[_Phrase, ...] = (
     _phrase(
         "ignore_previous_instructions",
-        ("ignore", "disregard", "forget", "override", "bypass"),
-        rf"(?:ignore|disregard|forget|override|bypass)\s+{_PREVIOUS}\s+{_DIRECTIVES}",
+        _IGNORE_VERBS,
+        tuple((verb, rf"\s+{_PREVIOUS}\s+{_DIRECTIVES}") for verb in _IGNORE_VERBS),
+        rf"(?:{'|'.join(_IGNORE_VERBS)})\s+{_PREVIOUS}\s+{_DIRECTIVES}",
     ),
-    _phrase("you_are_now", ("now",), r"you(?:\s+are|\s*'re|\s*’re)\s+now\b"),
+    _phrase("you_are_now", ("now",), (("you", _YOU_ARE),), f"you{_YOU_ARE}"),
     _phrase(
         "system_prompt",
         ("system", "developer"),
-        r"(?:system|developer)\s*(?:prompt|message|instructions)",
+        (("system", _SYSTEM_NOUNS), ("developer", _SYSTEM_NOUNS)),
+        rf"(?:system|developer){_SYSTEM_NOUNS}",
     ),
     _phrase(
         "chat_template_token",
         ("<|", "[inst]", "<<sys>>"),
-        r"<\|(?:im_start|im_end|system|endoftext|start_header_id)\|>|\[inst\]|<<sys>>",
+        (("<|", _CHAT_TOKENS), ("[inst]", ""), ("<<sys>>", "")),
+        rf"<\|{_CHAT_TOKENS}|\[inst\]|<<sys>>",
     ),
 )
 
@@ -132,10 +156,7 @@ def _phrases(
 ) -> list[Finding]:
     found: list[Finding] = []
     for phrase in _PHRASES:
-        for anchor in phrase.anchors:
-            if anchor in lowered:
-                break
-        else:
+        if not phrase.anchored(lowered):
             continue
         match = phrase.lowered.search(lowered) if same_offsets else phrase.fallback.search(text)
         if match is not None:
@@ -194,39 +215,54 @@ class _Batch:
     def end_of(self, index: int) -> int:
         return self.starts[index] + len(self.texts[index])
 
-    def first_per_string(self, pattern: re.Pattern[str], haystack: str) -> list[tuple[int, int, int]]:
-        """(string index, local start, local end) of the first match in each string."""
+    def first_per_string(self, branches: Sequence[LiteralSearch], haystack: str) -> list[tuple[int, int, int]]:
+        """(string index, local start, local end) of the first match in each string.
+
+        A match is the leftmost of any branch's; branches never match at the same start.
+        """
         out: list[tuple[int, int, int]] = []
+        live = [branch for branch in branches if branch.may_occur(haystack)]
+        # Each branch's next (start, end) at or after `position`, kept until passed, so a
+        # branch that no longer matches is searched to the end once, not once per string.
+        pending: list[tuple[int, int] | None] = [(-1, -1)] * len(live)
         position = 0
         while True:
-            match = pattern.search(haystack, position)
-            if match is None:
+            first: tuple[int, int] | None = None
+            for slot, branch in enumerate(live):
+                span = pending[slot]
+                if span is not None and span[0] < position:
+                    match = branch.pattern.search(haystack, position + branch.skip)
+                    span = pending[slot] = None if match is None else (match.start() - branch.skip, match.end())
+                if span is not None and (first is None or span[0] < first[0]):
+                    first = span
+            if first is None:
                 return out
-            index = self.locate(match.start())
+            start, end = first
+            index = self.locate(start)
             base = self.starts[index]
-            if match.start() < self.end_of(index):
-                out.append((index, match.start() - base, min(match.end(), self.end_of(index)) - base))
+            if start < self.end_of(index):
+                out.append((index, start - base, min(end, self.end_of(index)) - base))
             if index + 1 >= len(self.texts):
                 return out
             position = self.starts[index + 1]
 
     def scan(self) -> None:
         text = self.text
-        for hit in find_secrets(text):
+        lowered = text.lower()
+        for hit in find_secrets(text, lowered=lowered):
             index = self.locate(hit.start)
             base, end = self.starts[index], self.end_of(index)
             if hit.start < end:
                 self.secrets[index].append(SecretHit(hit.kind, hit.start - base, min(hit.end, end) - base))
-        lowered = text.lower()
         same_offsets = len(lowered) == len(text)
         for phrase in _PHRASES:
-            for anchor in phrase.anchors:
-                if anchor in lowered:
-                    break
+            if same_offsets:
+                branches, haystack = phrase.branches, lowered
+            elif phrase.anchored(lowered):
+                branches, haystack = (LiteralSearch(phrase.fallback, 0, ()),), text
             else:
                 continue
-            pattern, haystack = (phrase.lowered, lowered) if same_offsets else (phrase.fallback, text)
-            for index, start, end in self.first_per_string(pattern, haystack):
+            for index, start, end in self.first_per_string(branches, haystack):
                 excerpt = _excerpt(self.texts[index], start, end, self.secrets[index])
                 self.findings[index].append(
                     Finding("prompt_injection", phrase.kind, self.paths[index], excerpt)
@@ -234,7 +270,7 @@ class _Batch:
         if not text.isascii() and _ANY_HIDDEN.search(text) is not None:
             hidden_in: set[int] = set()
             for kind, pattern in _HIDDEN_KINDS:
-                for index, start, end in self.first_per_string(pattern, text):
+                for index, start, end in self.first_per_string((LiteralSearch(pattern, 0, ()),), text):
                     hidden_in.add(index)
                     excerpt = _excerpt(self.texts[index], start, end, self.secrets[index])
                     self.findings[index].append(Finding("hidden_unicode", kind, self.paths[index], excerpt))
@@ -307,8 +343,8 @@ def _strings(value: Any, path: str) -> tuple[list[str], list[str]]:
 
 
 # Any anchor of any phrase, for rejecting short clean texts in one C-level search. Long texts
-# use the per-phrase ``in`` tests instead: a substring search beats an alternation there.
-_ANY_ANCHOR = re.compile("|".join(re.escape(anchor) for phrase in _PHRASES for anchor in phrase.anchors))
+# use the per-branch literal searches instead, which beat an alternation there.
+_ANY_ANCHOR = re.compile("|".join(re.escape(word) for phrase in _PHRASES for word in phrase.words))
 _QUICK_LIMIT = 4096
 
 
