@@ -31,6 +31,7 @@ Nothing in this module raises for any input text.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 __all__ = ["SECRET_KINDS", "SecretHit", "find_secrets", "mask_secrets"]
@@ -99,6 +100,18 @@ class LiteralSearch:
     def present(self, text: str) -> bool:
         """Whether the expression matches anywhere in ``text``."""
         return self.may_occur(text) and self.pattern.search(text) is not None
+
+    def matches(self, text: str) -> Iterator[tuple[int, re.Match[str]]]:
+        """``(start, match)`` for each match that ``finditer`` over the plain expression finds."""
+        if not self.may_occur(text):
+            return
+        search, skip = self.pattern.search, self.skip
+        position = 0
+        # Not finditer: a match may start (at its rare character) `skip` characters before
+        # the previous one ends, where finditer over the plain expression would not look.
+        while (match := search(text, position)) is not None:
+            yield match.start() - skip, match
+            position = match.end() + skip
 
 
 @dataclass(frozen=True)
@@ -232,18 +245,8 @@ def find_secrets(text: str, *, lowered: str | None = None) -> list[SecretHit]:
         return []
     found: list[tuple[int, int, int, str]] = []
     for priority, scanner in enumerate(_SCANNERS):
-        haystack = lowered if scanner.lowered else text
-        literal = scanner.search
-        if not literal.may_occur(haystack):
-            continue
-        search, skip = literal.pattern.search, literal.skip
-        position = 0
-        # Not finditer: the next match may start (at its rare character) `skip` characters
-        # before the previous one ends, which is a match finditer over the plain pattern
-        # would not have seen.
-        while (match := search(haystack, position)) is not None:
-            start, end = match.start() - skip, match.end()
-            position = end + skip
+        for start, match in scanner.search.matches(lowered if scanner.lowered else text):
+            end = match.end()
             kind = scanner.kinds[0]
             if len(scanner.kinds) > 1:
                 kind = next(name for name in scanner.kinds if match.group(name) is not None)

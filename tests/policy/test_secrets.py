@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 import policy.secrets as secrets_module
-from policy.secrets import SECRET_KINDS, SecretHit, find_secrets, mask_secrets
+from policy.secrets import SECRET_KINDS, LiteralSearch, SecretHit, find_secrets, mask_secrets
 
 # Fake credentials with the right shape; none of them is live.
 AWS = "AKIAIOSFODNN7EXAMPLE"
@@ -210,3 +212,22 @@ def test_the_short_text_screen_never_hides_a_secret(text: str, monkeypatch: pyte
     assert screened
     monkeypatch.setattr(secrets_module, "_SCREEN_BELOW", 0)
     assert find_secrets(f"see: {text}") == screened
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "eyJ(?<![a-z]eyJ)[a-z.]{3,9}+",
+        "token[=:][a-z]{2,8}+",
+        "sk-[a-z]{3}+(?![a-z])",
+        "ab(?:c|yz)",
+        "yab[a-z]",  # a match may end inside the next candidate literal
+        "-----BEGIN[A-Z ]{0,5}",
+    ],
+)
+@given(st.text(alphabet="eyJtokn=:sk-abcyz.-BEGIN ", max_size=120))
+@example("yabyabc token=abtoken=cd sk-abcsk-abc eyJab.eyJab.")
+def test_searching_from_the_rarest_character_finds_what_finditer_finds(source: str, text: str) -> None:
+    literal = LiteralSearch.build(source)
+    plain = [(match.start(), match.group()) for match in re.finditer(source, text)]
+    assert [(start, text[start : match.end()]) for start, match in literal.matches(text)] == plain
