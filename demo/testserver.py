@@ -69,6 +69,8 @@ def build(name: str, *, extra_tools: int = 0, page_size: int = 0, marker: str | 
         tool("read_file", "Read a file.", {"path": {"type": "string"}}, ["path"]),
         tool("poison", "Return text with a hidden instruction.", {}),
         tool("pid", "Return this server's process id.", {}),
+        tool("region", "Echo `region`, mirrored into an Mcp-Param-Region header on 2026 HTTP.",
+             {"region": {"type": "string", "x-mcp-header": "Region"}}, ["region"]),
         tool("headers", "Return the HTTP request headers this server received (HTTP transports).", {}),
         tool("record", "Append `called` to the marker file (proves a call reached the server).",
              {"note": {"type": "string"}}),
@@ -164,6 +166,10 @@ def build(name: str, *, extra_tools: int = 0, page_size: int = 0, marker: str | 
         if n == "headers":
             request = ctx.request
             return text(repr(dict(request.headers)) if request is not None else "{}")
+        if n == "region":
+            request = ctx.request
+            header = request.headers.get("mcp-param-region") if request is not None else None
+            return text(f"{args.get('region')} header={header}")
         if n == "pid":
             return text(str(os.getpid()))
         if n == "record":

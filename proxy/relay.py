@@ -296,9 +296,10 @@ async def forward_tool_call(call: ToolCall) -> ToolResult:
     if isinstance(bridge, InputBridge):
         rounds: dict[str, Any] = {k: params.pop(k) for k in ("inputResponses", "requestState") if k in params}
         return await bridge.call(
-            link.name, rounds, lambda: link.request("tools/call", params, on_progress=call.progress)
+            link.name, rounds,
+            lambda: link.request("tools/call", params, on_progress=call.progress, input_schema=call.input_schema),
         )
-    return await link.request("tools/call", params, on_progress=call.progress)
+    return await link.request("tools/call", params, on_progress=call.progress, input_schema=call.input_schema)
 
 
 async def _forward(

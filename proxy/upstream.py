@@ -29,7 +29,13 @@ from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.dispatcher import CallOptions, DispatchContext, ProgressFnT
-from mcp.shared.inbound import MCP_METHOD_HEADER, MCP_NAME_HEADER, encode_header_value
+from mcp.shared.inbound import (
+    MCP_METHOD_HEADER,
+    MCP_NAME_HEADER,
+    encode_header_value,
+    mcp_param_headers,
+    x_mcp_header_map,
+)
 from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
 from mcp.shared.transport_context import TransportContext
 from mcp_types import (
@@ -136,8 +142,12 @@ class UpstreamLink:
         *,
         on_progress: ProgressFn | None = None,
         timeout: float | None = None,
+        input_schema: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Send one request upstream and return the raw result dict; raise MCPError on failure."""
+        """Send one request upstream and return the raw result dict; raise MCPError on failure.
+
+        ``input_schema`` (for tools/call) lets a sessionless HTTP upstream get the
+        ``Mcp-Param-*`` headers its ``x-mcp-header`` annotations ask for."""
         disp = self._dispatcher
         if disp is None:
             why = f": {self.last_error}" if self.last_error else ""
@@ -149,7 +159,7 @@ class UpstreamLink:
             opts["headers"] = self._headers
         try:
             if self.info is not None and self.info.modern:
-                return await self._modern_request(disp, method, params, opts)
+                return await self._modern_request(disp, method, params, opts, input_schema)
             return await disp.send_raw_request(method, params, opts)
         except MCPError as exc:
             if exc.code == CONNECTION_CLOSED:
@@ -168,12 +178,14 @@ class UpstreamLink:
         method: str,
         params: Mapping[str, Any] | None,
         opts: CallOptions,
+        input_schema: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """A 2026-era call: envelope and routing headers on every request; input_required
         rounds are answered by the downstream client and the call retried."""
         body = dict(params or {})
         for _ in range(MAX_INPUT_ROUNDS + 1):
-            result = await disp.send_raw_request(method, self._envelope(body), self._modern_opts(method, body, opts))
+            call_opts = self._modern_opts(method, body, opts, input_schema)
+            result = await disp.send_raw_request(method, self._envelope(body), call_opts)
             if result.get("resultType") != "input_required":
                 return result
             responses: dict[str, Any] = {}
@@ -195,13 +207,19 @@ class UpstreamLink:
         out["_meta"] = meta
         return out
 
-    def _modern_opts(self, method: str, params: Mapping[str, Any], opts: CallOptions) -> CallOptions:
+    def _modern_opts(
+        self, method: str, params: Mapping[str, Any], opts: CallOptions, input_schema: Mapping[str, Any] | None = None
+    ) -> CallOptions:
         if self.config.transport != "http":
             return opts
         headers = {"mcp-protocol-version": LATEST_MODERN_VERSION, MCP_METHOD_HEADER: method}
         name_key = NAME_PARAM.get(method)
         if name_key and isinstance(params.get(name_key), str):
+            # the upstream's own name (the gateway's prefix is already gone from the body)
             headers[MCP_NAME_HEADER] = encode_header_value(params[name_key])
+        arguments = params.get("arguments")
+        if method == "tools/call" and input_schema and isinstance(arguments, Mapping):
+            headers.update(mcp_param_headers(x_mcp_header_map(input_schema), arguments))
         return {**opts, "headers": headers}
 
     async def _listen(self, disp: JSONRPCDispatcher[TransportContext]) -> None:

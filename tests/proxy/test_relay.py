@@ -423,3 +423,15 @@ async def test_a_sessionless_client_hears_list_changes_on_its_subscriptions_list
                 event = await subscription.__anext__()
             assert isinstance(event, ToolsListChanged)
         assert "search.dynamic" in [t.name for t in (await client.list_tools(cache_mode="refresh")).tools]
+
+
+async def test_a_sessionless_http_upstream_gets_its_routing_and_param_headers(
+    tmp_path: Path, http_upstream_factory: Any
+) -> None:
+    upstream = {"name": "search", "url": http_upstream_factory("search"), "protocol": "2026-07-28"}
+    gw, url = make_gateway(tmp_path, [upstream])
+    async with running(gw), connect(url) as client:
+        names = [t.name for t in (await client.list_tools()).tools]
+        assert "search.region" in names  # listed by a 2026 upstream that validates x-mcp-header
+        result = await client.call_tool("search.region", {"region": "eu-west"})
+        assert result.content[0].text == "eu-west header=eu-west"
