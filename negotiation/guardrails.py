@@ -53,6 +53,7 @@ REJECTING_CODES: frozenset[str] = frozenset(
         "empty_snippet",
         "unknown_model",
         "beyond_key_scope",
+        "too_many_pending",
     }
 )
 
@@ -78,6 +79,7 @@ class GuardrailConfig:
     max_session_risk: float = 0.5
     max_snippet_bytes: int = 65536
     pending_ttl_hours: float = 72
+    max_pending_per_model: int = 20  # a model cannot flood reviewers (or the store)
 
     def __post_init__(self) -> None:
         if self.max_snippet_bytes <= 0:

@@ -180,6 +180,13 @@ class NegotiationService:
             )
         if problems:
             return Assessment("rejected", tuple(Verdict("bad_arguments", False, p) for p in problems))
+        waiting = sum(1 for p in self.store.list(ProposalStatus.PENDING) if p.model_id == proposal.model_id)
+        if waiting >= self.config.max_pending_per_model:
+            return Assessment("rejected", (Verdict(
+                "too_many_pending", False,
+                f"`{proposal.model_id}` already has {waiting} proposals waiting for review "
+                f"(limit {self.config.max_pending_per_model})",
+            ),))
         return assess(
             text,
             proposer=identity,

@@ -116,6 +116,7 @@ def open_runtime(config: GatewayConfig) -> Runtime:
             max_session_risk=n.max_session_risk,
             max_snippet_bytes=n.max_snippet_bytes,
             pending_ttl_hours=n.pending_ttl_hours,
+            max_pending_per_model=n.max_pending_per_model,
         ),
         audit=audit.record_sync,
         known_tools=lambda: sorted(runtime_tools),

@@ -93,6 +93,7 @@ class NegotiationConfig:
     max_session_risk: float = 0.5
     max_snippet_bytes: int = 65536
     pending_ttl_hours: float = 72.0
+    max_pending_per_model: int = 20
 
 
 @dataclass(frozen=True)
@@ -380,7 +381,7 @@ class _Reader:
         self.only(t, n, {
             "enabled", "store", "auto_approve", "read_only_tools", "sensitive_tools",
             "envelope_same_model_only", "max_expiry_hours", "max_session_risk", "max_snippet_bytes",
-            "pending_ttl_hours",
+            "pending_ttl_hours", "max_pending_per_model",
         })
         f: Callable[..., Any] = self.number
         return NegotiationConfig(
@@ -394,4 +395,5 @@ class _Reader:
             max_session_risk=f(t, n, "max_session_risk", 0.5, minimum=0.0, maximum=1.0),
             max_snippet_bytes=self.integer(t, n, "max_snippet_bytes", 65536, minimum=64),
             pending_ttl_hours=f(t, n, "pending_ttl_hours", 72.0, minimum=0.0),
+            max_pending_per_model=self.integer(t, n, "max_pending_per_model", 20, minimum=1),
         )

@@ -322,3 +322,14 @@ def test_a_review_comment_with_a_lone_surrogate_is_stored_escaped(tmp_path: Path
     rejected = world.service.reject(outcome.proposal_id, reviewer="bob", comment="no \ud800")
 
     assert world.store.get(outcome.proposal_id).comment == rejected.comment == "no \\ud800"
+
+
+def test_a_model_cannot_flood_reviewers_with_pending_proposals(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    world = make_world(tmp_path)
+    world.service.config = replace(world.service.config, max_pending_per_model=2)
+    outcomes = [world.service.propose("gpt-4o", WIDE, f"attempt {i}") for i in range(3)]
+    assert [o.status for o in outcomes] == ["pending", "pending", "rejected"]
+    assert [v.code for v in outcomes[2].verdicts] == ["too_many_pending"]
+    assert len(world.service.list("pending")) == 2
