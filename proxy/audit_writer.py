@@ -46,10 +46,6 @@ class AuditWriter:
         self._send: MemoryObjectSendStream[_Pending] | None = None
         self._receive: MemoryObjectReceiveStream[_Pending] | None = None
 
-    @property
-    def path(self) -> Path:
-        return self.sink.path
-
     decision_event = staticmethod(decision_event)
 
     async def record(self, item: Mapping[str, Any]) -> None:

@@ -67,7 +67,7 @@ def _audit_verify(args: argparse.Namespace, load: LoadConfig) -> int:
 
     report = verify_log(_audit_path(args, load, args.file))
     if args.json:
-        print(json.dumps(report.to_dict() if hasattr(report, "to_dict") else report.__dict__, default=str, indent=2))
+        print(json.dumps(report.to_dict(), default=str, indent=2))
     else:
         print(report.message)
     return 0 if report.ok else 1

@@ -22,7 +22,7 @@ from proxy.config import GatewayConfig
 from proxy.downstream import IDENTITY_STATE_KEY, http_app, serve_http, serve_stdio
 from proxy.intercept import CallNext, Interceptor, compose
 from proxy.mrtr import InputBridge
-from proxy.relay import LocalTool, Relay, forward_tool_call
+from proxy.relay import LocalTool, Relay, connection_of, forward_tool_call
 from proxy.session import DownstreamSession
 from proxy.upstream import ClientHello
 
@@ -90,7 +90,7 @@ class Gateway:
     # ---- SessionHost (used by the relay) ---------------------------------------------------------
 
     async def open_session(self, ctx: ServerRequestContext[Any, Any], hello: ClientHello) -> DownstreamSession:
-        connection = getattr(ctx.session, "_connection", None)
+        connection = connection_of(ctx)
         if connection is None:
             raise RuntimeError("the SDK no longer exposes the connection on the request session")
         session = DownstreamSession(self.config, hello, connection, identity=self._identity(ctx))

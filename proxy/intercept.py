@@ -8,7 +8,7 @@ forwards the call to its upstream (or serves a gateway-local tool).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from mcp.shared.dispatcher import ProgressFnT
@@ -34,7 +34,6 @@ class ToolCall:
     link: UpstreamLink | None = None
     input_schema: Mapping[str, Any] | None = None
     progress: ProgressFnT | None = None
-    annotations: dict[str, Any] = field(default_factory=dict)  # per-call scratch for interceptors
 
     @property
     def qualified(self) -> str:

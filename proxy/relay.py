@@ -117,7 +117,7 @@ class Relay:
             capabilities=params.get("capabilities") or {},
             protocol_version=str(params.get("protocolVersion") or ""),
         )
-        connection = _connection(ctx)
+        connection = connection_of(ctx)
         if connection is not None and SESSION_KEY in connection.state:
             raise MCPError(INVALID_REQUEST, "`initialize` was already received on this connection")
         result = await call_next(ctx)  # the SDK validates and negotiates first: nothing starts for a bad one
@@ -167,8 +167,7 @@ class Relay:
         return caps
 
     async def _session(self, ctx: ServerRequestContext[Any, Any]) -> DownstreamSession:
-        connection = _connection(ctx)
-        session = connection.state.get(SESSION_KEY) if connection is not None else None
+        session = _attached(ctx)
         if session is not None:
             return session
         if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
@@ -178,8 +177,7 @@ class Relay:
     async def _notification(self, ctx: ServerRequestContext[Any, Any], call_next: Any) -> None:
         await call_next(ctx)
         if ctx.method == "notifications/roots/list_changed":
-            connection = _connection(ctx)
-            session = connection.state.get(SESSION_KEY) if connection is not None else None
+            session = _attached(ctx)
             if session is not None:
                 for link in session.ready_links:
                     await link.notify(ctx.method, _strip_envelope(ctx.params))
@@ -347,7 +345,13 @@ def _complete_for_modern(method: str, result: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _connection(ctx: ServerRequestContext[Any, Any]) -> Any:
+def _attached(ctx: ServerRequestContext[Any, Any]) -> DownstreamSession | None:
+    """The session ``initialize`` attached to this connection, if any."""
+    connection = connection_of(ctx)
+    return connection.state.get(SESSION_KEY) if connection is not None else None
+
+
+def connection_of(ctx: ServerRequestContext[Any, Any]) -> Any:
     # ServerRequestContext carries the per-request ServerSession; the per-connection
     # object (with its `state` scratch and `exit_stack`) is its `_connection`. Pinned to
     # mcp==2.3.0; covered by the relay's end-to-end tests.

@@ -122,16 +122,10 @@ class UpstreamLink:
         self.info: UpstreamInfo | None = None
         self.last_error: str | None = None
         self.generation = 0
-        self._ready = anyio.Event()
 
     @property
     def ready(self) -> bool:
         return self._dispatcher is not None
-
-    async def wait_ready(self, timeout: float) -> bool:
-        with anyio.move_on_after(timeout):
-            await self._ready.wait()
-        return self.ready
 
     # ---- calls -----------------------------------------------------------------------------------
 
@@ -268,7 +262,6 @@ class UpstreamLink:
                         self._dispatcher = disp
                         self.generation += 1
                         self.last_error = None
-                        self._ready.set()
                         backoff = self._backoff_initial
                         log.info("upstream connected", upstream=self.name,
                                  protocol=self.info.protocol_version, generation=self.generation)
@@ -300,8 +293,6 @@ class UpstreamLink:
     def _mark_down(self, why: str | None) -> None:
         self._dispatcher = None
         self.last_error = why
-        if self._ready.is_set():
-            self._ready = anyio.Event()
 
     async def _serve(
         self,
