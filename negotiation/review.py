@@ -288,6 +288,20 @@ class NegotiationService:
         sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
         return f"{text[:_EXCERPT_CHARS]}\n# [truncated: {size} bytes, sha256 {sha}]\n"
 
+    def vet_suggestion(self, model_id: str, rule: Mapping[str, Any], *, session_risk: float = 0.0) -> Any:
+        """What proposing ``rule`` (a denial's suggestion) would lead to; see ``negotiation.suggest``."""
+        from negotiation.suggest import vet_suggestion
+
+        return vet_suggestion(
+            rule,
+            model_id=model_id,
+            live=self.live.current.policy,
+            keys=self._keys(),
+            config=self.config,
+            session_risk=session_risk,
+            now=self._clock(),
+        )
+
     # -- reviewing -------------------------------------------------------------------------
 
     def get(self, proposal_id: str) -> Proposal:
@@ -498,7 +512,7 @@ class NegotiationService:
     def _abort(self, proposal: Proposal, exc: Exception) -> NoReturn:
         """The merge's intent could not be audited: nothing was committed. The proposal is
         closed as rejected so that no later recovery merges it behind everyone's back."""
-        verdict = _audit_down(exc)
+        verdict = _audit_down(exc, "merge")
         aborted = proposal.advance(ProposalStatus.REJECTED, at=self._clock())
         self.store.update(replace(aborted, verdicts=(*aborted.verdicts, verdict)), expected=ProposalStatus.APPROVED)
         raise NegotiationError(verdict.message, code="audit_unavailable") from exc
@@ -526,11 +540,11 @@ class NegotiationService:
         self._audit(event, {**proposal.to_dict(), **extra})
 
 
-def _audit_down(exc: BaseException) -> Verdict:
+def _audit_down(exc: BaseException, what: str = "approval") -> Verdict:
     return Verdict(
         "audit_unavailable",
         False,
-        f"the approval could not be audited ({type(exc).__name__}), so nothing was merged; propose again later",
+        f"the {what} could not be audited ({type(exc).__name__}), so nothing was merged; propose again later",
     )
 
 
