@@ -37,6 +37,7 @@ from typing import Any, Literal
 
 from negotiation.merge import DiffEntry, MergeResult, effects, is_literal, merge
 from policy import KeyRing, ModelIdentity, Policy, PolicyError, PolicyLoadError, Rule, load_policy_text, tool_matches
+from policy.model import format_timestamp
 from policy.yaml_safe import Node, parse_yaml
 
 __all__ = [
@@ -312,6 +313,7 @@ def assess(
             verdicts.append(Verdict("already_expired", True, f"rule `{rule.id}` has expired already; it is not merged"))
             continue
         found = _rule_verdicts(rule, raw, proposer, keys, known, config, now, replaces=same is not None)
+        found.extend(_live_limit_verdicts(rule, live, proposer.model_id, now))
         cover = None if same is not None or any(not v.ok for v in found if v.code in _FIELD_CODES) else (
             covering_rule(rule, live, proposer.model_id, now)
         )
@@ -495,6 +497,38 @@ def _rule_verdicts(
                     False,
                     f"{where}: condition `{condition.arg} {condition.op}` runs a model-written regular "
                     "expression on every matching call; a reviewer must check it",
+                )
+            )
+    return out
+
+
+def _live_limit_verdicts(rule: Rule, live: Policy, proposer: str, now: datetime) -> list[Verdict]:
+    """An added grant may not loosen the limits the operator put on the same tool for the
+    proposer: where a live rule grants an overlapping tool only under conditions, a risk
+    ceiling or until an expiry, the new rule must keep at least those (an envelope grant is
+    sound either way; this keeps operator conditions from being talked around at all)."""
+    out: list[Verdict] = []
+    for live_rule in live.rules:
+        if not live_rule.allow_tools or not (proposer in live_rule.models or "*" in live_rule.models):
+            continue
+        if live_rule.expires is not None and live_rule.expires <= now:
+            continue  # a lapsed rule limits nothing any more
+        if not (live_rule.when or live_rule.max_risk is not None or live_rule.expires is not None):
+            continue
+        if not any(globs_overlap(p, q) for p in rule.allow_tools for q in live_rule.allow_tools):
+            continue
+        dropped = [c.to_text() for c in live_rule.when if c not in rule.when]
+        if live_rule.max_risk is not None and (rule.max_risk is None or rule.max_risk > live_rule.max_risk):
+            dropped.append(f"max_risk {live_rule.max_risk:g}")
+        if live_rule.expires is not None and (rule.expires is None or rule.expires > live_rule.expires):
+            dropped.append(f"expiry {format_timestamp(live_rule.expires)}")
+        if dropped:
+            out.append(
+                Verdict(
+                    "drops_live_limits",
+                    False,
+                    f"rule `{rule.id}` would grant what rule {live_rule.id} grants only with "
+                    f"{', '.join(f'`{d}`' for d in dropped)}; keep those limits or ask a reviewer",
                 )
             )
     return out

@@ -230,3 +230,50 @@ def test_a_rule_field_the_guardrails_do_not_know_sends_the_proposal_to_review(
     unsupported = [v for v in outcome.verdicts if v.code == "unsupported_field"]
     assert unsupported and "`allow_prompts`" in unsupported[0].message
     assert unsupported_fields(_FutureRule.build(models=["a"]), frozenset()) == []
+
+
+LIMITED = """\
+rules:
+  - id: docs-only
+    model: gpt-4o
+    allow_tools: [fs.read]
+    when: {path: {under: /srv/docs}}
+  - id: capped
+    model: gpt-4o
+    allow_tools: [search.query]
+    max_risk: 0.2
+"""
+
+
+@pytest.mark.parametrize(
+    ("rule", "dropped"),
+    [
+        ("allow_tools: [fs.read]", "path under /srv/docs"),
+        ("allow_tools: ['fs.*']", "path under /srv/docs"),
+        ("allow_tools: [search.query]", "max_risk 0.2"),
+        ("allow_tools: [search.query]\n    max_risk: 0.5", "max_risk 0.2"),
+    ],
+)
+def test_a_grant_that_drops_the_operators_limits_on_the_same_tool_waits(
+    tmp_path: Path, rule: str, dropped: str
+) -> None:
+    world = make_world(tmp_path, policy=LIMITED)
+    snippet = f"rules:\n  - model: gpt-4o\n    {rule}\n    expires: {in_hours(2)}\n"
+
+    outcome = world.service.propose("gpt-4o", snippet, "same tool, fewer limits")
+
+    assert outcome.status == "pending"
+    limits = [v for v in outcome.verdicts if v.code == "drops_live_limits"]
+    assert limits and f"`{dropped}`" in limits[0].message
+
+
+def test_a_grant_that_keeps_the_operators_limits_is_auto_approved(tmp_path: Path) -> None:
+    world = make_world(tmp_path, policy=LIMITED)
+    snippet = (
+        "rules:\n  - model: gpt-4o\n    allow_tools: [fs.read]\n"
+        f"    when: {{path: {{under: /srv/docs}}, n: {{max: 3}}}}\n    expires: {in_hours(2)}\n"
+    )
+
+    outcome = world.service.propose("gpt-4o", snippet, "narrower still")
+
+    assert outcome.status == "approved", outcome.verdicts
