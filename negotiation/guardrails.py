@@ -73,6 +73,8 @@ REJECTING_CODES: frozenset[str] = frozenset(
         "beyond_key_scope",
         "too_many_pending",
         "rate_limited",
+        "secret_in_snippet",
+        "audit_unavailable",
     }
 )
 

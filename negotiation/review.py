@@ -160,8 +160,10 @@ class NegotiationService:
             oversized = len(text.encode("utf-8")) > self.config.max_snippet_bytes
             assessment = self._assess(proposal, text if oversized else stored_text, problems, risk, now)
             verdicts = assessment.verdicts + text_verdicts(text, reason)
-            if text_masked and assessment.status != "rejected":
-                masked = "the snippet holds a secret; it was masked and needs a reviewer"
+            if text_masked:
+                # A policy is no place for a credential, and the masked text may no longer
+                # load: refuse it, keeping only the masked copy.
+                masked = "the snippet holds a secret; policies must not carry credentials (stored masked)"
                 verdicts += (Verdict("secret_in_snippet", False, masked),)
             assessment = replace(assessment, verdicts=verdicts, status=status_of(verdicts))
             proposal = replace(proposal, verdicts=assessment.verdicts, diff=assessment.diff)
