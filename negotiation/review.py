@@ -240,8 +240,10 @@ class NegotiationService:
             session_risk=risk,
             original_digest=original_digest(text, reason),
         )
-        if verdict.code != "rate_limited":
-            self.store.add(proposal)
+        window = timedelta(minutes=self.config.refused_window_minutes)
+        recent = self.store.count(model_id, ProposalStatus.REJECTED, since=now - window)
+        if verdict.code != "rate_limited" and recent < self.config.max_refused_per_window:
+            self.store.add(proposal)  # past the limit: audited (small), not stored
         self._emit("proposal.rejected", proposal, size=size)
         return self._outcome(proposal, Assessment("rejected", (verdict,)))
 

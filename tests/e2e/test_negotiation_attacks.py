@@ -320,7 +320,7 @@ async def test_case_11_refused_proposals_store_only_a_digest_and_are_rate_limite
         assert codes == ["model_not_authorized"] * 6  # never authorised: refused unread every time
     rows = sqlite3.connect(site.root / "state" / "proposals.db").execute("SELECT yaml, justification FROM proposals")
     stored = rows.fetchall()
-    assert stored and all(len(y) < 200 and len(j) < 50 for y, j in stored)
+    assert len(stored) == 3 and all(len(y) < 200 and len(j) < 50 for y, j in stored)
     rejected = events(site, "proposal.rejected")
     assert len(rejected) == 6 and all(len(json.dumps(e)) < 2_000 for e in rejected)
     assert all(e["size"] > 64_000 for e in rejected)
