@@ -277,3 +277,12 @@ def test_a_grant_that_keeps_the_operators_limits_is_auto_approved(tmp_path: Path
     outcome = world.service.propose("gpt-4o", snippet, "narrower still")
 
     assert outcome.status == "approved", outcome.verdicts
+
+
+def test_a_snippet_with_more_rules_than_the_cap_is_refused(tmp_path: Path) -> None:
+    world = make_world(tmp_path, config=replace(CONFIG, max_snippet_rules=5))
+    rules = "".join(f"  - model: gpt-4o\n    deny_tools: [fs.x{i}]\n" for i in range(6))
+
+    outcome = world.service.propose("gpt-4o", "rules:\n" + rules, "many")
+
+    assert outcome.status == "rejected" and [v.code for v in outcome.verdicts] == ["too_many_rules"]
