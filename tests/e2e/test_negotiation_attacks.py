@@ -289,10 +289,15 @@ async def test_case_09_a_backtracking_regex_is_refused_or_harmless(tmp_path: Pat
 
 
 async def test_case_10_reconnecting_does_not_reset_a_models_risk(tmp_path: Path) -> None:
-    site = attack_site(tmp_path / "s", "rules: []\n", negotiation="max_session_risk = 0.3")
+    policy = (
+        "settings: {deny_risk_above: 0.3}\nrules:\n"
+        "  - id: list\n    model: gpt-4o\n    allow_tools: [calendar.list_events]\n"
+    )
+    site = attack_site(tmp_path / "s", policy, negotiation="max_session_risk = 0.3")
     snippet = f"rules:\n  - model: gpt-4o\n    allow_tools: [search.echo]\n    expires: {at(1)}\n"
     async with running(site.app()):
         async with connect(site.url, GPT_KEY) as client:
+            assert not (await client.call_tool("calendar.list_events", {})).is_error
             for _ in range(4):
                 await denied(client, "calendar.echo", {"text": INJECTION})
             first = await propose(client, snippet)
@@ -301,6 +306,9 @@ async def test_case_10_reconnecting_does_not_reset_a_models_risk(tmp_path: Path)
             second = await propose(again, snippet)
             assert second["status"] == "pending" and "session_risk_high" in failing(second)
             await denied(again, "search.echo", {"text": "x"})
+            # deny_risk_above reads the same identity risk: a clean call is still too risky.
+            clean = await denied(again, "calendar.list_events", {})
+            assert clean["reason_code"] == "risk_threshold"
 
 
 # 11 ----------------------------------------------------------------------------------------
