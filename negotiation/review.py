@@ -159,7 +159,7 @@ class NegotiationService:
             # The stored (redacted) text is what is judged, shown and merged: one text.
             oversized = len(text.encode("utf-8")) > self.config.max_snippet_bytes
             assessment = self._assess(proposal, text if oversized else stored_text, problems, risk, now)
-            verdicts = assessment.verdicts + text_verdicts(text, reason)
+            verdicts = assessment.verdicts + text_verdicts(stored_text if oversized else text, reason)
             if text_masked:
                 # A policy is no place for a credential, and the masked text may no longer
                 # load: refuse it, keeping only the masked copy.
