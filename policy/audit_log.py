@@ -48,6 +48,7 @@ from policy.audit_event import (
     format_ts,
     jsonable,
     new_event_id,
+    scrub_event,
 )
 
 __all__ = ["GENESIS", "HEAD_SCHEMA", "AuditSink", "Head", "JsonlAuditLog", "head_path", "log_files", "read_head"]
@@ -292,7 +293,8 @@ class JsonlAuditLog:
         body.setdefault("event_id", new_event_id())
         if body["schema"] != SCHEMA:
             raise AuditError("reserved_field", f"unsupported schema `{body['schema']}`")
-        return body
+        # Whatever built the event, no secret the scanners know reaches the file.
+        return scrub_event(body)
 
     def _write(self, bodies: Sequence[dict[str, Any]], prefix: bytes = b"") -> list[dict[str, Any]]:
         head = self._head
