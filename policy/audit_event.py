@@ -71,6 +71,8 @@ EVENT_TYPES: frozenset[str] = frozenset(
         # Written by the log itself when it reopens after a crash or finds its head sidecar
         # disagreeing with the file; see docs/audit.md.
         "audit.recovered",
+        # A signed (seq, hash) of the event before it; see policy.audit_checkpoint.
+        "audit.checkpoint",
     }
 )
 
@@ -94,6 +96,7 @@ DECISION_FIELDS = (
 _REQUIRED_PAYLOAD: dict[str, tuple[str, ...]] = {
     "decision": DECISION_FIELDS,
     "audit.recovered": ("reason", "torn_bytes", "torn_sha256", "sidecar"),
+    "audit.checkpoint": ("checkpoint",),
 }
 
 _HASH = re.compile(r"sha256:[0-9a-f]{64}")
