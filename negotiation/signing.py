@@ -201,8 +201,8 @@ def _make_key_dir(directory: Path) -> None:
 def generate_ed25519_keypair(private_path: Path, public_path: Path) -> str:
     """Create a new key pair as two PEM files and return its key id.
 
-    Missing directories are created with mode 0700. Refuses (``key_exists``) if either file exists: overwriting a private key would orphan
-    every contract it signed.
+    Missing directories are created with mode 0700. Refuses (``key_exists``) if either file
+    exists: overwriting a private key would orphan every contract it signed.
     """
     for path in (private_path, public_path):
         if path.exists():

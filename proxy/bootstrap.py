@@ -75,6 +75,7 @@ def storage_config(config: GatewayConfig) -> PolicyStorageConfig:
         public_key=p.public_key,
         hmac_secret_env=p.hmac_secret_env,
         require_signature=p.require_signature,
+        high_water_file=p.high_water_file,
     )
 
 
