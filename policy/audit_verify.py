@@ -407,12 +407,13 @@ def verify_log(
                 )
         else:
             failure = _tail_failure(walk, recorded, "head sidecar", "head_mismatch", Path(path))
-            if failure is None and verifier is not None and isinstance(record, HeadRecord):
-                failure = _signed_head_failure(walk, record, verifier, Path(path))
             if failure is None and walk.head.seq - recorded.seq > 1:
                 walk.warnings.append(f"head sidecar is {walk.head.seq - recorded.seq} events behind the log")
     if failure is None and checkpoints:
+        # Before the sidecar's signature: the checkpoint file can say exactly what is missing.
         failure = _checkpoint_file_failure(walk, checkpoints, verifier, Path(path))
+    if failure is None and verifier is not None and isinstance(record, HeadRecord):
+        failure = _signed_head_failure(walk, record, verifier, Path(path))
     if failure is None and anchor is not None:
         failure = _tail_failure(walk, Head(*anchor), "anchor", "anchor_mismatch", Path(path))
     checkpointed = walk.checkpointed

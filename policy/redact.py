@@ -100,15 +100,17 @@ class Redacted:
     hidden: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
 
-def find_text_secrets(text: str) -> list[SecretHit]:
-    """Every secret in ``text`` or in a decoded view of it, as spans of ``text``; merged, ordered."""
+def _text_hits(text: str) -> tuple[list[SecretHit], list[str]]:
+    """Merged hits (spans of ``text``) and the secrets' text as found, plain and decoded."""
     hits = find_secrets(text)
+    found = [text[hit.start : hit.end] for hit in hits]
     for view in decoded_views(text):
         for hit in find_secrets(view.text):
             start, end = view.original_span(hit.start, hit.end)
             hits.append(SecretHit(hit.kind, start, end))
+            found += [view.text[hit.start : hit.end], text[start:end]]
     if len(hits) < 2:
-        return hits
+        return hits, found
     hits.sort(key=lambda hit: (hit.start, -hit.end))
     merged: list[SecretHit] = []
     for hit in hits:
@@ -117,7 +119,12 @@ def find_text_secrets(text: str) -> list[SecretHit]:
                 merged[-1] = SecretHit(merged[-1].kind, merged[-1].start, hit.end)
             continue
         merged.append(hit)
-    return merged
+    return merged, [text[hit.start : hit.end] for hit in merged] + found
+
+
+def find_text_secrets(text: str) -> list[SecretHit]:
+    """Every secret in ``text`` or in a decoded view of it, as spans of ``text``; merged, ordered."""
+    return _text_hits(text)[0]
 
 
 def contains_secret(text: str) -> bool:
@@ -130,7 +137,10 @@ def mask_text(text: str) -> tuple[str, tuple[str, ...]]:
 
     Returns the masked text and the sorted kinds found (empty when nothing was masked).
     """
-    hits = find_text_secrets(text)
+    return _mask(text, find_text_secrets(text))
+
+
+def _mask(text: str, hits: list[SecretHit]) -> tuple[str, tuple[str, ...]]:
     if not hits:
         return text, ()
     parts: list[str] = []
@@ -332,10 +342,14 @@ class _Walker:
 
     def walk(self, value: Any, path: str, depth: int) -> Any:
         if isinstance(value, str):
-            masked, kinds = mask_text(value)
-            if kinds:
-                self.masked.append(path)
-            return masked
+            hits, found = _text_hits(value)
+            if not hits:
+                return value
+            self.masked.append(path)
+            # Another part of the record may quote the secret cut short or half-masked (an
+            # excerpt window, a message length cap): scrub hides any 12-character run of it.
+            self.hidden.extend(found)
+            return _mask(value, hits)[0]
         if value is None or isinstance(value, bool | int):
             return value
         if isinstance(value, float):
@@ -358,8 +372,10 @@ class _Walker:
         # Sorted so that masked_paths does not depend on insertion order.
         for raw_key in sorted(value, key=str):
             key = str(raw_key)
-            safe_key, kinds = mask_text(key)
+            key_hits, key_found = _text_hits(key)
+            safe_key, kinds = _mask(key, key_hits)
             if kinds:
+                self.hidden.extend(key_found)
                 while safe_key in out:  # two keys masked to the same text stay distinct
                     safe_key += "'"
             # The path names the masked key: a secret used as a key must not leak through it.
