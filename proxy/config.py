@@ -34,7 +34,10 @@ class ListenSpec:
 
     @property
     def url(self) -> str:
-        return "stdio" if self.kind == "stdio" else f"http://{self.host}:{self.port}{self.path}"
+        if self.kind == "stdio":
+            return "stdio"
+        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
+        return f"http://{host}:{self.port}{self.path}"
 
     @property
     def loopback(self) -> bool:
