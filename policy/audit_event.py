@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from policy.redact import contains_secret, digest, mask_text, redact, scrub
+from policy.redact import digest, mask_text, redact, scrub, value_contains_secret
 
 __all__ = [
     "DECISION_FIELDS",
@@ -235,11 +235,11 @@ def _mask_strings(value: Any, path: str, masked: list[str], depth: int = 0) -> A
 def scrub_event(body: dict[str, Any]) -> dict[str, Any]:
     """``body`` (plain JSON data) with every secret left in any payload string masked.
 
-    The last line of defence, run by the log on every event whatever built it: one scan of
-    the serialised event decides whether any string needs masking, so a clean event costs
-    one pass. Paths of what it masked are added to ``masked``.
+    The last line of defence, run by the log on every event whatever built it: one walk of
+    its strings decides whether any needs masking, so a clean event costs one pass. Paths of
+    what it masked are added to ``masked``.
     """
-    if not contains_secret(canonical_event(body)):
+    if not any(value_contains_secret(value) for key, value in body.items() if key not in ENVELOPE_FIELDS):
         return body
     masked: list[str] = []
     out = {
@@ -302,7 +302,7 @@ def decision_event(
     hidden = arguments_view.hidden + (request_view.hidden if request_view else ())
     arguments_value: Any = arguments_view.value
     decision_value: Any = dict(decision)
-    if masked or contains_secret(json.dumps(decision_value, default=str)):
+    if masked or value_contains_secret(decision_value):
         # One scan of the whole decision is cheap; walking it string by string is not, so
         # that is done only when something in it (or in the arguments) needs masking.
         decision_view = redact(decision_value, root="decision", sensitive_keys=frozenset())

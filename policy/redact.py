@@ -58,6 +58,7 @@ __all__ = [
     "redact",
     "redact_text",
     "scrub",
+    "value_contains_secret",
 ]
 
 REDACTED = "[REDACTED]"
@@ -130,6 +131,26 @@ def find_text_secrets(text: str) -> list[SecretHit]:
 def contains_secret(text: str) -> bool:
     """Whether :func:`mask_text` would change ``text``."""
     return bool(find_text_secrets(text))
+
+
+def value_contains_secret(value: Any, depth: int = 0) -> bool:
+    """Whether any string (or key) inside ``value`` holds a secret, plain or encoded.
+
+    Walks the strings rather than scanning a serialisation of ``value``: JSON escaping would
+    give every string with a quote or a newline backslashes to decode, for nothing.
+    """
+    if isinstance(value, str):
+        return contains_secret(value)
+    if depth > MAX_DEPTH:
+        return False
+    if isinstance(value, Mapping):
+        return any(
+            (isinstance(key, str) and contains_secret(key)) or value_contains_secret(item, depth + 1)
+            for key, item in value.items()
+        )
+    if isinstance(value, list | tuple):
+        return any(value_contains_secret(item, depth + 1) for item in value)
+    return False
 
 
 def mask_text(text: str) -> tuple[str, tuple[str, ...]]:
