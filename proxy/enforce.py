@@ -55,9 +55,9 @@ __all__ = [
 
 DECISION_META_KEY = "io.securegateway/decision"
 SCAN_META_KEY = "io.securegateway/result_scan"
-POLICY_DENIED = -32003
+POLICY_DENIED = -32010
 """JSON-RPC error code of a policy denial of a non-tool request (``data`` holds the decision)."""
-RESULT_BLOCKED = -32004
+RESULT_BLOCKED = -32011
 """JSON-RPC error code of an upstream payload withheld by ``result_scan = "block"``."""
 
 AuditFn = Callable[[dict[str, Any]], Awaitable[None]]
