@@ -196,6 +196,7 @@ class App:
             authenticate=self._authenticate,
             visible=self._visible,
             on_session=self._on_session,
+            access=enforcer,
         )
 
     def _authenticate(self, key: str | None) -> ModelIdentity | None:
