@@ -37,7 +37,7 @@ from negotiation.tool import PROPOSE_POLICY_TOOL, handle_propose
 from policy import KeyRing, ModelIdentity, PolicyError, SessionRisk, could_allow, load_model_keys
 from policy.audit_event import AuditError
 from proxy.audit_writer import AuditWriter, open_audit_log
-from proxy.config import GatewayConfig
+from proxy.config import GatewayConfig, exposure_warnings
 from proxy.downstream import serve_http
 from proxy.enforce import Enforcer, PolicyView
 from proxy.errors import ConfigError, IdentityError
@@ -79,6 +79,7 @@ def storage_config(config: GatewayConfig) -> PolicyStorageConfig:
         public_key=p.public_key,
         hmac_secret_env=p.hmac_secret_env,
         require_signature=p.require_signature,
+        high_water_file=p.high_water_file,
     )
 
 
@@ -196,6 +197,7 @@ class App:
             authenticate=self._authenticate,
             visible=self._visible,
             on_session=self._on_session,
+            access=enforcer,
         )
 
     def _authenticate(self, key: str | None) -> ModelIdentity | None:
@@ -226,6 +228,8 @@ class App:
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         rt, config = self.runtime, self.runtime.config
+        for exposure in exposure_warnings(config):
+            log.warning("listener reachable from other machines", detail=exposure)
         rt.audit.record_sync("gateway.started", {
             "listen": config.listen.url, "upstreams": [u.name for u in config.upstreams],
             "policy_version": rt.live.current.version, "policy_digest": rt.live.current.policy.digest,
@@ -238,9 +242,15 @@ class App:
                     log.warning("admin API disabled: set the admin key", variable=config.admin.key_env,
                                 listen=config.admin.listen.url)
                 elif config.admin.listen is not None:
-                    from proxy.admin import build_admin_app
+                    from proxy.admin import admin_allowed_hosts, build_admin_app
 
-                    admin_app = build_admin_app(rt.service, admin_key, live=rt.live)
+                    a = config.admin
+                    assert a.listen is not None
+                    admin_app = build_admin_app(
+                        rt.service, admin_key, live=rt.live,
+                        allowed_hosts=admin_allowed_hosts(a.listen.host, a.listen.port, a.allowed_hosts),
+                        allowed_origins=a.allowed_origins,
+                    )
                     await tg.start(serve_http, admin_app, config.admin.listen)
                 tg.start_soon(partial(
                     watch_policy_file, rt.repo, rt.live, on_event=rt.audit.record_sync,

@@ -200,12 +200,12 @@ def test_globs_overlap_exactly_when_some_name_matches_both(a: str, b: str, overl
 
 @dataclass(frozen=True)
 class _FutureRule(Rule):
-    allow_prompts: tuple[str, ...] = ()
+    ask_tools: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         body = super().to_dict()
-        if self.allow_prompts:
-            body["allow_prompts"] = list(self.allow_prompts)
+        if self.ask_tools:
+            body["ask_tools"] = list(self.ask_tools)
         return body
 
 
@@ -217,7 +217,7 @@ def test_a_rule_field_the_guardrails_do_not_know_sends_the_proposal_to_review(
 
     def with_future_field(text: str, source: str, **kwargs: Any) -> Policy:
         loaded = real(text, source, **kwargs)
-        rules = [_FutureRule(**{f.name: getattr(r, f.name) for f in fields(r)}, allow_prompts=("p.*",))
+        rules = [_FutureRule(**{f.name: getattr(r, f.name) for f in fields(r)}, ask_tools=("p.*",))
                  for r in loaded.rules]
         return Policy.from_rules(rules)
 
@@ -228,8 +228,19 @@ def test_a_rule_field_the_guardrails_do_not_know_sends_the_proposal_to_review(
 
     assert outcome.status == "pending"
     unsupported = [v for v in outcome.verdicts if v.code == "unsupported_field"]
-    assert unsupported and "`allow_prompts`" in unsupported[0].message
+    assert unsupported and "`ask_tools`" in unsupported[0].message
     assert unsupported_fields(_FutureRule.build(models=["a"]), frozenset()) == []
+
+
+@pytest.mark.parametrize("field", ["allow_prompts", "allow_resources", "deny_prompts", "deny_resources"])
+def test_prompt_and_resource_rules_are_not_auto_approved(tmp_path: Path, field: str) -> None:
+    world = make_world(tmp_path)
+    snippet = f"rules:\n  - model: gpt-4o\n    {field}: [\"search.*\"]\n    expires: {in_hours(2)}\n"
+
+    outcome = world.service.propose("gpt-4o", snippet, "prompts too")
+
+    assert outcome.status == "pending"
+    assert any(v.code == "unsupported_field" and f"`{field}`" in v.message for v in outcome.verdicts)
 
 
 LIMITED = """\
