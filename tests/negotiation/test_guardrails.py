@@ -297,3 +297,25 @@ def test_a_snippet_with_more_rules_than_the_cap_is_refused(tmp_path: Path) -> No
     outcome = world.service.propose("gpt-4o", "rules:\n" + rules, "many")
 
     assert outcome.status == "rejected" and [v.code for v in outcome.verdicts] == ["too_many_rules"]
+
+
+def test_without_a_linear_regex_engine_a_model_written_regex_waits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(guardrails, "linear_regex_engine", lambda: False)
+    world = make_world(tmp_path)
+    snippet = 'rules:\n  - model: gpt-4o\n    deny_tools: [docs.read]\n    when: {text: {regex: "(a+)+b"}}\n'
+
+    outcome = world.service.propose("gpt-4o", snippet, "self-restriction")
+
+    assert outcome.status == "pending" and "unsafe_condition" in {v.code for v in outcome.verdicts}
+
+
+def test_an_overlong_model_written_regex_waits_even_on_a_linear_engine(tmp_path: Path) -> None:
+    world = make_world(tmp_path)
+    pattern = "a" * 300
+    snippet = f'rules:\n  - model: gpt-4o\n    deny_tools: [docs.read]\n    when: {{text: {{regex: "{pattern}"}}}}\n'
+
+    outcome = world.service.propose("gpt-4o", snippet, "self-restriction")
+
+    assert outcome.status == "pending" and "unsafe_condition" in {v.code for v in outcome.verdicts}
