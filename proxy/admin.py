@@ -36,6 +36,7 @@ from negotiation import (
     Proposal,
     ProposalStatus,
 )
+from negotiation.text_safety import reviewer_view
 from policy import dump_policy_yaml
 
 __all__ = ["ADMIN_KEY_HEADER", "LOOPBACK_HOST_PATTERNS", "admin_allowed_hosts", "build_admin_app"]
@@ -177,7 +178,7 @@ def build_admin_app(
             raise _HttpError(400, "bad_request", f"unknown status `{raw}`; one of: {statuses}") from None
         await call(service.expire_pending)
         proposals = await call(service.list, status)
-        return JSONResponse({"proposals": [p.to_dict() for p in proposals]})
+        return JSONResponse({"proposals": [reviewer_view(p.to_dict()) for p in proposals]})
 
     async def show_proposal(request: Request) -> JSONResponse:
         proposal_id = request.path_params["proposal_id"]
@@ -187,7 +188,7 @@ def build_admin_app(
         if proposal.status is ProposalStatus.PENDING:
             try:
                 current = await call(service.current_diff, proposal_id)
-                detail["current_diff"] = [d.to_dict() for d in current]
+                detail["current_diff"] = reviewer_view([d.to_dict() for d in current])
             except NegotiationError as exc:
                 detail["current_diff_error"] = {"code": exc.code, "error": exc.message}
         return JSONResponse(detail)
@@ -234,7 +235,10 @@ def build_admin_app(
 def _detail(proposal: Proposal) -> dict[str, Any]:
     """A proposal as reviewers read it; ``snippet`` and ``proposer`` name what the YAML and
     the model id are."""
-    return {**proposal.to_dict(), "snippet": proposal.yaml, "proposer": proposal.model_id}
+    # Every string escaped: bidi overrides and invisible characters show as <U+XXXX>.
+    data = {**proposal.to_dict(), "snippet": proposal.yaml, "proposer": proposal.model_id}
+    view: dict[str, Any] = reviewer_view(data)
+    return view
 
 
 async def _json_body(request: Request, limit: int) -> dict[str, Any]:

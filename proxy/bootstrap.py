@@ -22,7 +22,9 @@ import structlog
 
 from negotiation import (
     GuardrailConfig,
+    IdentityRiskStore,
     LivePolicy,
+    MemoryIdentityRiskStore,
     NegotiationService,
     PolicyRepository,
     SqliteProposalStore,
@@ -41,6 +43,7 @@ from proxy.enforce import Enforcer, PolicyView
 from proxy.errors import ConfigError, IdentityError
 from proxy.gateway import Gateway
 from proxy.session import DownstreamSession
+from proxy.suggestions import SuggestionVetting
 
 log = structlog.get_logger("securegateway.bootstrap")
 
@@ -56,6 +59,7 @@ class Runtime:
     audit: AuditWriter
     service: NegotiationService
     known_tools: set[str] = field(default_factory=set)
+    risk: IdentityRiskStore = field(default_factory=MemoryIdentityRiskStore)
 
     def view(self) -> PolicyView:
         active = self.live.current
@@ -118,6 +122,8 @@ def open_runtime(config: GatewayConfig) -> Runtime:
             max_snippet_bytes=n.max_snippet_bytes,
             pending_ttl_hours=n.pending_ttl_hours,
             max_pending_per_model=n.max_pending_per_model,
+            max_refused_per_window=n.max_refused_per_window,
+            refused_window_minutes=n.refused_window_minutes,
         ),
         audit=audit.record_sync,
         known_tools=lambda: sorted(runtime_tools),
@@ -181,21 +187,25 @@ class App:
             result_scan=config.result_scan,
         )
         local = {"propose_policy": ProposePolicy(runtime.service)} if config.negotiation.enabled else {}
+        vetting = [SuggestionVetting(runtime.service)] if config.negotiation.enabled else []
         self.gateway = Gateway(
             config,
-            interceptors=[enforcer],
+            interceptors=[*vetting, enforcer],
             local_tools=local,
             stdio_identity=stdio_identity,
             authenticate=self._authenticate,
             visible=self._visible,
             on_session=self._on_session,
+            access=enforcer,
         )
 
     def _authenticate(self, key: str | None) -> ModelIdentity | None:
         return self.runtime.keys.authenticate(key) if key else None
 
     def _on_session(self, session: DownstreamSession) -> None:
-        session.risk = SessionRisk()
+        # Risk belongs to the model identity, not the connection: a reconnect changes nothing.
+        model_id = getattr(session.identity, "model_id", None)
+        session.risk = self.runtime.risk.for_identity(model_id) if isinstance(model_id, str) else SessionRisk()
 
     def _visible(self, session: DownstreamSession, tool: Mapping[str, Any]) -> bool:
         target = session.catalog.split(tool.get("name"))

@@ -135,6 +135,7 @@ def _explain(args: argparse.Namespace, load: LoadConfig) -> int:
             tool=str(logged.get("tool")),
             arguments=logged.get("arguments") or {},
             input_schema=request.get("input_schema"),
+            kind=str(request.get("kind") or "tool"),
         ),
         policy, keys, now=when, decision_id=args.decision_id,
     )

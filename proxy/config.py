@@ -121,6 +121,8 @@ class NegotiationConfig:
     max_snippet_bytes: int = 65536
     pending_ttl_hours: float = 72.0
     max_pending_per_model: int = 20
+    max_refused_per_window: int = 20
+    refused_window_minutes: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -447,7 +449,7 @@ class _Reader:
         self.only(t, n, {
             "enabled", "store", "auto_approve", "read_only_tools", "sensitive_tools",
             "envelope_same_model_only", "max_expiry_hours", "max_session_risk", "max_snippet_bytes",
-            "pending_ttl_hours", "max_pending_per_model",
+            "pending_ttl_hours", "max_pending_per_model", "max_refused_per_window", "refused_window_minutes",
         })
         f: Callable[..., Any] = self.number
         return NegotiationConfig(
@@ -462,4 +464,6 @@ class _Reader:
             max_snippet_bytes=self.integer(t, n, "max_snippet_bytes", 65536, minimum=64),
             pending_ttl_hours=f(t, n, "pending_ttl_hours", 72.0, minimum=0.0),
             max_pending_per_model=self.integer(t, n, "max_pending_per_model", 20, minimum=1),
+            max_refused_per_window=self.integer(t, n, "max_refused_per_window", 20, minimum=1),
+            refused_window_minutes=f(t, n, "refused_window_minutes", 60.0, minimum=0.0),
         )
