@@ -385,7 +385,9 @@ class Relay:
         """A method the gateway does not route: with one upstream it is passed through as is."""
         if len(session.links) == 1:
             (link,) = session.links.values()
-            return await _forward(link, ctx, ctx.params)
+            decision_id = await self._decide(session, ctx.method, "method", link.name, ctx.method, {})
+            result = await _forward(link, ctx, ctx.params)
+            return await self._screened(session, ctx.method, link.name, ctx.method, result, decision_id)
         raise MCPError(METHOD_NOT_FOUND, "Method not found", data=ctx.method)
 
 
