@@ -78,6 +78,8 @@ def decisions(site: Site, **match: Any) -> list[dict[str, Any]]:
 async def test_case1_resource_of_an_upstream_outside_the_key_scope_is_denied_and_audited(tmp_path: Path) -> None:
     site = hostile_site(tmp_path / "s")
     async with running(site.app()), connect(site.url, CAL_KEY) as client:
+        assert not any(p.name.startswith("vault.") for p in (await client.list_prompts()).prompts)
+        assert not any(str(r.uri).startswith("raw://") for r in (await client.list_resources()).resources)
         with pytest.raises(MCPError) as denied:
             await client.read_resource("raw://secrets/db")
         assert denied.value.code == POLICY_DENIED
@@ -99,6 +101,8 @@ async def test_case1_resource_of_an_upstream_outside_the_key_scope_is_denied_and
 async def test_case1_in_scope_prompts_and_resources_are_read_and_audited_as_allowed(tmp_path: Path) -> None:
     site = hostile_site(tmp_path / "s", gateway='result_scan = "off"')
     async with running(site.app()), connect(site.url, OPS_KEY) as client:
+        assert "vault.greet" in {p.name for p in (await client.list_prompts()).prompts}
+        assert "raw://secrets/db" in {str(r.uri) for r in (await client.list_resources()).resources}
         contents = await client.read_resource("raw://public/readme")
         assert contents.contents[0].text == "just a readme"
         prompt = await client.get_prompt("vault.greet")
