@@ -372,6 +372,24 @@ async def test_case7_prompt_resource_and_sampling_payloads_are_blocked_and_audit
     assert AWS_KEY not in site.audit_path.read_text()
 
 
+async def test_case7_a_sessionless_client_gets_no_injected_input_request_either(tmp_path: Path) -> None:
+    """For a 2026 client the upstream's sampling request would become an input_required round."""
+    site = hostile_site(tmp_path / "s", gateway='result_scan = "block"')
+    asked: list[Any] = []
+
+    async def sampling(ctx: Any, params: Any) -> Any:
+        asked.append(params)
+        return mcp_types.CreateMessageResult(
+            role="assistant", content=mcp_types.TextContent(type="text", text="ok"), model="m")
+
+    async with running(site.app()), connect(site.url, OPS_KEY, mode="auto", sampling_callback=sampling) as client:
+        assert client.protocol_version == "2026-07-28"
+        asked_result = await client.call_tool("vault.ask_sampling", {})
+        assert "client request refused" in text_of(asked_result)
+    assert asked == []
+    assert [e["method"] for e in audit(site, "result.flagged")] == ["sampling/createMessage"]
+
+
 async def test_case7_flag_mode_passes_payloads_and_audits_them(tmp_path: Path) -> None:
     site = hostile_site(tmp_path / "s", gateway='result_scan = "flag"')
     async with running(site.app()), connect(site.url, OPS_KEY) as client:
