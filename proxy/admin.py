@@ -4,7 +4,7 @@ Every route needs ``X-Admin-Key`` (compared in constant time). Bodies are JSON, 
 size before they are read whole. The negotiation service is synchronous and takes a lock,
 so each call runs in a worker thread. Errors are JSON with a stable ``code``::
 
-    401 unauthorized    400 bad_request / invalid_yaml    404 not_found
+    401 unauthorized    400 bad_request / invalid_yaml    404 not_found / unknown_key
     409 invalid_state / merge_conflict / policy_conflict    413 too_large
 """
 
@@ -30,6 +30,8 @@ from negotiation import (
     ProposalStatus,
 )
 from policy import dump_policy_yaml
+from proxy.dry_run import DryRunError
+from proxy.operator import OperatorView
 
 __all__ = ["ADMIN_KEY_HEADER", "build_admin_app"]
 
@@ -63,9 +65,11 @@ def build_admin_app(
     *,
     live: LivePolicy,
     max_body_bytes: int | None = None,
+    operator: OperatorView | None = None,
 ) -> Starlette:
     """The admin API as a Starlette app. ``max_body_bytes`` defaults to four times the
-    guardrails' snippet cap (JSON escaping can double a snippet) plus 16 KiB."""
+    guardrails' snippet cap (JSON escaping can double a snippet) plus 16 KiB. ``operator``
+    enables the dry-run, impact, metrics and console routes."""
     if not admin_key:
         raise ValueError("the admin API needs a non-empty admin key")
     expected = admin_key.encode("utf-8")
@@ -157,8 +161,33 @@ def build_admin_app(
             }
         )
 
+    # ---- operator routes: dry-run decisions and impact replay (proxy/operator.py) ----
+
+    def operating() -> OperatorView:
+        if operator is None:
+            raise _HttpError(404, "not_found", "this admin API has no operator view")
+        return operator
+
+    async def evaluate_call(request: Request) -> JSONResponse:
+        view = operating()
+        body = await _json_body(request, limit)
+        try:
+            dry = view.request(body)
+        except DryRunError as exc:
+            raise _HttpError(404 if exc.code == "unknown_key" else 400, exc.code, str(exc)) from None
+        decision = await call(view.evaluate, dry)
+        return JSONResponse(decision.to_dict())
+
+    async def proposal_impact(request: Request) -> JSONResponse:
+        view = operating()
+        proposal: Proposal = await call(service.get, request.path_params["proposal_id"])
+        impact = await call(view.impact, proposal)
+        return JSONResponse({"proposal_id": proposal.id, "status": proposal.status.value, **impact.to_dict()})
+
     return Starlette(
         routes=[
+            Route("/api/evaluate", guarded(evaluate_call), methods=["POST"]),
+            Route("/api/proposals/{proposal_id}/impact", guarded(proposal_impact), methods=["GET"]),
             Route("/api/propose_policy", guarded(propose), methods=["POST"]),
             Route("/api/proposals", guarded(list_proposals), methods=["GET"]),
             Route("/api/proposals/{proposal_id}", guarded(show_proposal), methods=["GET"]),

@@ -56,6 +56,7 @@ class Runtime:
     audit: AuditWriter
     service: NegotiationService
     known_tools: set[str] = field(default_factory=set)
+    tool_definitions: dict[str, Mapping[str, Any]] = field(default_factory=dict)  # dotted name -> last seen
 
     def view(self) -> PolicyView:
         active = self.live.current
@@ -203,6 +204,7 @@ class App:
         link, name = target
         dotted = f"{link.name}.{name}"
         self.runtime.known_tools.add(dotted)
+        self.runtime.tool_definitions[dotted] = tool
         if self.runtime.config.tools_list == "show":
             return True
         model_id = getattr(session.identity, "model_id", None)
@@ -229,8 +231,9 @@ class App:
                                 listen=config.admin.listen.url)
                 elif config.admin.listen is not None:
                     from proxy.admin import build_admin_app
+                    from proxy.operator import for_app
 
-                    admin_app = build_admin_app(rt.service, admin_key, live=rt.live)
+                    admin_app = build_admin_app(rt.service, admin_key, live=rt.live, operator=for_app(self))
                     await tg.start(serve_http, admin_app, config.admin.listen)
                 tg.start_soon(partial(
                     watch_policy_file, rt.repo, rt.live, on_event=rt.audit.record_sync,
