@@ -19,7 +19,7 @@ from typing import Any
 import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from negotiation import (
@@ -184,8 +184,22 @@ def build_admin_app(
         impact = await call(view.impact, proposal)
         return JSONResponse({"proposal_id": proposal.id, "status": proposal.status.value, **impact.to_dict()})
 
+    async def metrics(request: Request) -> Response:
+        # Prometheus sends the key as a bearer token (`authorization: {credentials: ...}`).
+        bearer = request.headers.get("authorization", "").removeprefix("Bearer ").encode("utf-8")
+        given = request.headers.get(ADMIN_KEY_HEADER, "").encode("utf-8")
+        if not (hmac.compare_digest(given, expected) or hmac.compare_digest(bearer, expected)):
+            return _error(401, "unauthorized", "unauthorized")
+        if operator is None or operator.metrics is None:
+            return _error(404, "not_found", "metrics are not enabled on this admin API")
+        from proxy.metrics import CONTENT_TYPE_LATEST
+
+        body = await call(operator.metrics.render)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
     return Starlette(
         routes=[
+            Route("/metrics", metrics, methods=["GET"]),
             Route("/api/evaluate", guarded(evaluate_call), methods=["POST"]),
             Route("/api/proposals/{proposal_id}/impact", guarded(proposal_impact), methods=["GET"]),
             Route("/api/propose_policy", guarded(propose), methods=["POST"]),

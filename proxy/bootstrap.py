@@ -40,6 +40,7 @@ from proxy.downstream import serve_http
 from proxy.enforce import Enforcer, PolicyView
 from proxy.errors import ConfigError, IdentityError
 from proxy.gateway import Gateway
+from proxy.metrics import GatewayMetrics
 from proxy.session import DownstreamSession
 
 log = structlog.get_logger("securegateway.bootstrap")
@@ -173,9 +174,10 @@ class App:
     def __init__(self, runtime: Runtime, *, stdio_identity: ModelIdentity | None) -> None:
         self.runtime = runtime
         config = runtime.config
+        self.metrics = GatewayMetrics(models=runtime.keys.identities, upstreams=[u.name for u in config.upstreams])
         enforcer = Enforcer(
             runtime.view,
-            runtime.audit.record,
+            self.metrics.observe_audit(runtime.audit.record),
             build_event=runtime.audit.decision_event,
             trace_visibility=config.trace_visibility,
             result_scan=config.result_scan,
@@ -183,13 +185,14 @@ class App:
         local = {"propose_policy": ProposePolicy(runtime.service)} if config.negotiation.enabled else {}
         self.gateway = Gateway(
             config,
-            interceptors=[enforcer],
+            interceptors=[self.metrics.interceptor, enforcer],
             local_tools=local,
             stdio_identity=stdio_identity,
             authenticate=self._authenticate,
             visible=self._visible,
             on_session=self._on_session,
         )
+        self.metrics.watch(self)
 
     def _authenticate(self, key: str | None) -> ModelIdentity | None:
         return self.runtime.keys.authenticate(key) if key else None
