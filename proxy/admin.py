@@ -20,7 +20,7 @@ import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from negotiation import (
     LivePolicy,
@@ -197,8 +197,15 @@ def build_admin_app(
         body = await call(operator.metrics.render)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
+    consoles = []
+    if operator is not None:
+        from proxy.console import build_console
+
+        consoles.append(Mount("/console", app=build_console(service, admin_key, operator)))
+
     return Starlette(
         routes=[
+            *consoles,
             Route("/metrics", metrics, methods=["GET"]),
             Route("/api/evaluate", guarded(evaluate_call), methods=["POST"]),
             Route("/api/proposals/{proposal_id}/impact", guarded(proposal_impact), methods=["GET"]),
