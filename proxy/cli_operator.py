@@ -184,3 +184,55 @@ def proposals_impact(args: argparse.Namespace, service: Any, load: LoadConfig) -
     for note in impact.notes:
         print(f"  note: {note}")
     return 0
+
+
+# ---- init [--from PATH] ------------------------------------------------------------------------------
+
+
+def add_init(sub: Any) -> None:
+    init = sub.add_parser(
+        "init", help="put the gateway in front of the MCP servers of Claude Desktop, Cursor or VS Code",
+        description="read a client configuration and write gateway.toml, policies.yaml and model_keys.yaml",
+    )
+    init.add_argument("--from", dest="source", type=Path, default=None,
+                      help="the client configuration (default: the first found at the usual places)")
+    init.add_argument("--dir", type=Path, default=Path("."), help="where to write the files (default: .)")
+    init.add_argument("--model", default="assistant", help="the model id for the generated key (default: assistant)")
+    init.add_argument("--rewrite", action="store_true",
+                      help="point the client configuration at the gateway (a backup is kept)")
+    init.add_argument("--force", action="store_true", help="overwrite existing gateway files")
+    init.add_argument("--no-probe", action="store_true", help="do not start the servers to list their tools")
+    init.set_defaults(func=run_init)
+
+
+def run_init(args: argparse.Namespace) -> int:
+    import anyio
+
+    from proxy import onboard
+
+    client = onboard.read_client_config(args.source) if args.source else onboard.detect()
+    tools: dict[str, Any] = {}
+    if not args.no_probe:
+        tools = anyio.run(onboard.probe_tools, client.servers)
+    plan = onboard.plan_init(client, tools, model_id=args.model, gateway_command=onboard.gateway_command(),
+                             out_dir=args.dir)
+    written = onboard.write_plan(plan, args.dir, force=args.force)
+    names = ", ".join(s.name for s in client.servers)
+    print(f"imported {len(client.servers)} server(s) from {client.path} ({client.kind}): {names}")
+    print("wrote " + ", ".join(str(p) for p in written))
+    print(f"model `{plan.model_id}` has key {plan.model_key} (in model_keys.yaml and the client entry)")
+    if plan.secrets:
+        print("secrets kept out of the gateway's files (they stay in the client's configuration):")
+        for server, variable in plan.secrets:
+            print(f"  - {server}: {variable}")
+    for note in plan.notes:
+        print(f"note: {note}")
+    snippet = json.dumps(onboard.client_snippet(client, plan), indent=2, ensure_ascii=False)
+    if args.rewrite:
+        backup = onboard.apply_rewrite(client, plan)
+        print(f"rewrote {client.path} to start the gateway (backup: {backup})")
+    else:
+        print(f"put this entry in {client.path} in place of the imported servers (or rerun with --rewrite):")
+        print(snippet)
+    print(f"check the starter policy: securegateway policy test --config {args.dir / 'gateway.toml'}")
+    return 0

@@ -62,6 +62,7 @@ def register(sub: Any, config_arg: ConfigArg, load: LoadConfig) -> None:
 
     cli_policy.register(sub, add_common=config_arg, resolve=resolve)
     cli_operator.add_policy_test(sub.choices["policy"], config_arg, load)
+    cli_operator.add_init(sub)
 
 
 def _audit_path(args: argparse.Namespace, load: LoadConfig, explicit: Path | None) -> Path:
