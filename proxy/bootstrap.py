@@ -68,6 +68,7 @@ def storage_config(config: GatewayConfig) -> PolicyStorageConfig:
     p = config.policy
     if p.file is None:
         raise ConfigError(f"{config.path.name}: policy.file: required (the policies.yaml to enforce)")
+    seed_policy(config)
     assert p.state_dir is not None
     return PolicyStorageConfig(
         policy_path=p.file,
@@ -78,6 +79,23 @@ def storage_config(config: GatewayConfig) -> PolicyStorageConfig:
         hmac_secret_env=p.hmac_secret_env,
         require_signature=p.require_signature,
     )
+
+
+def seed_policy(config: GatewayConfig) -> None:
+    """First run: copy ``[policy] seed`` to ``[policy] file`` when the live file does not exist,
+    so the shipped policy stays untouched while merged proposals rewrite the live copy."""
+    p = config.policy
+    if p.seed is None or p.file is None or p.file.exists():
+        return
+    try:
+        text = p.seed.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{config.path.name}: policy.seed: {p.seed}: file not found") from None
+    p.file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.file.with_name(p.file.name + ".seed.tmp")
+    tmp.write_bytes(text)
+    os.replace(tmp, p.file)
+    log.warning("seeded the live policy", policy=str(p.file), seed=str(p.seed))
 
 
 def open_runtime(config: GatewayConfig) -> Runtime:

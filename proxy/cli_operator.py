@@ -34,7 +34,10 @@ def _keys(config: GatewayConfig) -> Any:
 
 def _live_policy(config: GatewayConfig, explicit: Path | None) -> Any:
     from policy import load_policy
+    from proxy.bootstrap import seed_policy
 
+    if explicit is None:
+        seed_policy(config)
     path = explicit or config.policy.file
     if path is None:
         raise SystemExit(_fail(f"{config.path.name}: policy.file: required (or pass --policy)"))
@@ -128,6 +131,8 @@ def policy_test(args: argparse.Namespace, load: LoadConfig) -> int:
         policy = _live_policy(config, args.policy)
         keys = _keys(config)
         files = list(args.files) or (find_test_files(policy_path) if policy_path else [])
+        if not files and args.policy is None and config.policy.seed is not None:
+            files = find_test_files(config.policy.seed)  # kept beside the shipped policy
         if not files:
             return _fail(f"no policy tests: put *.tests.yaml beside {policy_path}")
         suites = suites_from(files)

@@ -66,6 +66,7 @@ class PolicyConfig:
     hmac_secret_env: str = "SECUREGATEWAY_HMAC_KEY"
     require_signature: bool = False
     watch_interval: float = 1.0
+    seed: Path | None = None  # copied to ``file`` when that does not exist yet (the demo's first run)
 
 
 @dataclass(frozen=True)
@@ -347,7 +348,7 @@ class _Reader:
     def policy(self, t: Mapping[str, Any]) -> PolicyConfig:
         self.only(t, "policy", {
             "file", "model_keys", "state_dir", "algorithm", "signing_key", "public_key",
-            "hmac_secret_env", "require_signature", "watch_interval",
+            "hmac_secret_env", "require_signature", "watch_interval", "seed",
         })
         return PolicyConfig(
             file=self.path_(t, "policy", "file", None),
@@ -359,6 +360,7 @@ class _Reader:
             hmac_secret_env=self.string(t, "policy", "hmac_secret_env", "SECUREGATEWAY_HMAC_KEY"),
             require_signature=self.flag(t, "policy", "require_signature", False),
             watch_interval=self.number(t, "policy", "watch_interval", 1.0, minimum=0.05),
+            seed=self.path_(t, "policy", "seed", None),
         )
 
     def audit(self, t: Mapping[str, Any]) -> AuditConfig:
