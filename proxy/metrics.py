@@ -73,8 +73,11 @@ class GatewayMetrics:
             "securegateway_result_scan_findings", "suspicious findings in tool results, by code and action",
             ["code", "action"], registry=r,
         )
-        for upstream in (*self._upstreams, GATEWAY_UPSTREAM):
-            self.in_flight.labels(upstream)  # present from the first scrape, at 0
+        # Label children resolved once per label set: ``.labels()`` costs about a microsecond.
+        self._per_upstream: dict[str, tuple[Any, Any]] = {}
+        self._decision_children: dict[tuple[str, str, str, str], Any] = {}
+        for upstream in (*self._upstreams, GATEWAY_UPSTREAM, OTHER):
+            self._per_upstream[upstream] = (self.in_flight.labels(upstream), self.call_latency.labels(upstream))
 
     # ---- bounded labels ----------------------------------------------------------------------
 
@@ -90,15 +93,14 @@ class GatewayMetrics:
 
     async def interceptor(self, call: ToolCall, call_next: CallNext) -> ToolResult:
         """Outermost in the tools/call chain: end-to-end latency and in-flight calls."""
-        upstream = self.upstream_label(call.server)
+        gauge, latency = self._per_upstream[self.upstream_label(call.server)]
         started = time.perf_counter()
-        gauge = self.in_flight.labels(upstream)
         gauge.inc()
         try:
             return await call_next(call)
         finally:
             gauge.dec()
-            self.call_latency.labels(upstream).observe(time.perf_counter() - started)
+            latency.observe(time.perf_counter() - started)
 
     def observe_audit(self, audit: AuditFn) -> AuditFn:
         """Wrap the enforcer's audit function: what is written is what is counted."""
@@ -130,10 +132,12 @@ class GatewayMetrics:
 
     def _decision(self, item: Mapping[str, Any], *, allowed: bool, reason_code: object) -> None:
         reason = reason_code if isinstance(reason_code, str) and reason_code in _REASONS else OTHER
-        self.decisions.labels(
-            "allow" if allowed else "deny", reason, self.model_label(item.get("model")),
-            self.upstream_label(item.get("server")),
-        ).inc()
+        key = ("allow" if allowed else "deny", reason, self.model_label(item.get("model")),
+               self.upstream_label(item.get("server")))
+        child = self._decision_children.get(key)
+        if child is None:
+            child = self._decision_children[key] = self.decisions.labels(*key)
+        child.inc()
 
     def watch(self, app: App) -> None:
         """Read upstream health and proposals from ``app`` at scrape time."""
