@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, urlencode
 
 import anyio.to_thread
 import jinja2
+import structlog
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -32,6 +33,8 @@ from proxy.console.text import show, show_json
 from proxy.operator import OperatorView
 
 __all__ = ["CSP", "build_console"]
+
+log = structlog.get_logger("securegateway.console")
 
 CSP = (
     "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
@@ -67,8 +70,9 @@ def build_console(
 ) -> Starlette:
     expected = admin_key.encode("utf-8")
     store = sessions or Sessions()
+    # An audit line missing a field renders empty rather than failing the page.
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(_TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined,
+        loader=jinja2.FileSystemLoader(_TEMPLATES), autoescape=True, undefined=jinja2.ChainableUndefined,
     )
     env.filters["show"] = show
     env.filters["json"] = show_json
@@ -103,6 +107,9 @@ def build_console(
                 return await handler(request, session)
             except _Refused as exc:
                 return refused(exc.status, exc.message)
+            except Exception:  # page boundary: a broken page is a logged 500 with the same headers
+                log.exception("console page failed", path=request.url.path)
+                return refused(500, "the console could not render this page; see the gateway log")
 
         return endpoint
 

@@ -114,3 +114,59 @@ def test_show_escapes_markup_and_every_hidden_character_class() -> None:
     for char in hidden:
         assert char not in rendered and f"\\u{{{ord(char):04X}}}" in rendered
     assert str(show("line\n\ttab é 日本")) == "line\n\ttab é 日本"
+
+
+async def test_decisions_search_detail_policy_chain_and_tools_pages(tmp_path: Path, monkeypatch: Any) -> None:
+    import re
+
+    async with console_site(tmp_path / "site", monkeypatch) as console, httpx2.AsyncClient() as http, \
+            connect(console.site.url, GPT_KEY) as mcp:
+        base = console.base
+        await mcp.list_tools()
+        assert not (await mcp.call_tool("search.echo", {"text": "hello", "api_token": "ghp_" + "x1" * 18})).is_error
+        denied = await mcp.call_tool("calendar.add", {"a": 1, "b": 2})
+        await mcp.call_tool("propose_policy", {
+            "yaml": f"rules:\n  - model: gpt-4o\n    allow_tools: [search.echo]\n    expires: {soon()}\n",
+            "justification": "narrow"})
+        csrf = await signed_in(http, base)
+        assert csrf
+        everything = (await http.get(f"{base}/console/decisions")).text
+        only_denied = (await http.get(f"{base}/console/decisions", params={"outcome": "deny"})).text
+        by_reason = (await http.get(f"{base}/console/decisions", params={"reason": "allowed", "tool": "echo"})).text
+        future = (await http.get(f"{base}/console/decisions", params={"since": "2999-01-01"})).text
+        bad_since = await http.get(f"{base}/console/decisions", params={"since": "yesterday"})
+        assert "search.echo" in everything and "calendar.add" in everything
+        assert "calendar.add" in only_denied and "search.echo" not in only_denied
+        assert "search.echo" in by_reason and "calendar.add" not in by_reason
+        assert "0 decision(s)" in future
+        assert bad_since.status_code == 400 and "`since` must be an ISO date" in bad_since.text
+
+        decision_id = denied.structured_content["decision_id"]
+        detail = (await http.get(f"{base}/console/decisions/{decision_id}")).text
+        assert "DENY (default_deny)" in detail and "Explained again under the live policy" in detail
+        secret_id = re.search(r'/console/decisions/([0-9a-f]{32})">[^<]+</a></td>\s*<td>gpt-4o</td>\s*<td>search.echo',
+                              everything)
+        assert secret_id
+        secret_page = (await http.get(f"{base}/console/decisions/{secret_id.group(1)}")).text
+        assert "x1x1x1x1" not in secret_page and "arguments.api_token" in secret_page  # the audit log's redaction
+        assert (await http.get(f"{base}/console/decisions/nope")).status_code == 404
+
+        policy = (await http.get(f"{base}/console/policy")).text
+        digests = re.findall(r'<option value="(sha256:[0-9a-f]{64})"', policy)
+        assert "policy verify" in policy and 'id="version">v2' in policy and len(set(digests)) == 2
+        old, new = sorted(set(digests), key=digests.index)[::-1][:2]
+        diff = (await http.get(f"{base}/console/policy", params={"a": old, "b": new})).text
+        assert 'id="version-diff"' in diff and "search.echo" in diff
+        missing = await http.get(f"{base}/console/policy", params={"a": "sha256:" + "0" * 64, "b": new})
+        assert missing.status_code == 404
+        audited = (await http.get(f"{base}/console/policy", params={"verify": "audit"})).text
+        assert re.search(r'id="audit">[^<]*ok', audited, re.IGNORECASE), audited
+        tools = (await http.get(f"{base}/console/tools")).text
+        assert "search.echo" in tools and "calendar.add" in tools
+        assert (await http.get(f"{base}/console/proposals", params={"status": "bogus"})).status_code == 400
+
+
+def soon() -> str:
+    from datetime import UTC, datetime, timedelta
+
+    return (datetime.now(UTC) + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
