@@ -14,6 +14,7 @@ import functools
 import hmac
 import json
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 import anyio.to_thread
@@ -180,8 +181,15 @@ def build_admin_app(
 
     async def proposal_impact(request: Request) -> JSONResponse:
         view = operating()
+        limit, days = request.query_params.get("limit", "10000"), request.query_params.get("days", "7")
+        try:
+            calls, window = int(limit), timedelta(days=float(days))
+        except (ValueError, OverflowError):
+            raise _HttpError(400, "bad_request", "`limit` must be an integer and `days` a number") from None
+        if not 0 < calls <= 1_000_000 or not timedelta(0) < window <= timedelta(days=3650):
+            raise _HttpError(400, "bad_request", "`limit` must be 1..1000000 and `days` within (0, 3650]")
         proposal: Proposal = await call(service.get, request.path_params["proposal_id"])
-        impact = await call(view.impact, proposal)
+        impact = await call(view.impact, proposal, limit=calls, window=window)
         return JSONResponse({"proposal_id": proposal.id, "status": proposal.status.value, **impact.to_dict()})
 
     async def metrics(request: Request) -> Response:

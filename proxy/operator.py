@@ -65,11 +65,11 @@ class OperatorView:
     def evaluate(self, request: DryRunRequest) -> Decision:
         return dry_run(request, self.live.current.policy, self.keys(), upstreams=self.upstreams, now=self.clock())
 
-    def impact(self, proposal: Proposal) -> Impact:
+    def impact(self, proposal: Proposal, *, limit: int | None = None, window: timedelta | None = None) -> Impact:
         """Replay the recent audit log with and without ``proposal`` (``MergeConflictError``)."""
         return proposal_impact(
-            proposal, self.live.current.policy, self.keys(), self.audit_path,
-            now=self.clock(), limit=self.impact_limit, window=self.impact_window,
+            proposal, self.live.current.policy, self.keys(), self.audit_path, now=self.clock(),
+            limit=limit or self.impact_limit, window=window or self.impact_window,
         )
 
 

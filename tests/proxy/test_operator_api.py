@@ -102,6 +102,11 @@ async def test_impact_of_a_pending_proposal_counts_the_calls_it_would_newly_allo
         proposal_id = proposed.structured_content["proposal_id"]
         impact = await http.get(f"/api/proposals/{proposal_id}/impact")
         missing = await http.get("/api/proposals/prop_000000000000/impact")
+        newest = (await http.get(f"/api/proposals/{proposal_id}/impact", params={"limit": "2"})).json()
+        assert (newest["considered"], newest["newly_allowed"]) == (2, 1)  # the allowed echo and one denial
+        for params in ({"limit": "0"}, {"limit": "x"}, {"days": "-1"}, {"days": "nan"}, {"days": "1e309"}):
+            bad = await http.get(f"/api/proposals/{proposal_id}/impact", params=params)
+            assert (bad.status_code, bad.json()["code"]) == (400, "bad_request"), params
     assert impact.status_code == 200, impact.text
     body = impact.json()
     assert body["proposal_id"] == proposal_id and body["status"] == "pending"
