@@ -16,13 +16,15 @@ from typing import TYPE_CHECKING, Any
 from negotiation import LivePolicy, PolicyRepository, Proposal
 from negotiation.impact import DEFAULT_LIMIT, DEFAULT_WINDOW, Impact, proposal_impact
 from policy import Decision, KeyRing
+from policy.testing import TestSuite
+from proxy.config import GatewayConfig
 from proxy.dry_run import DryRunRequest, dry_run, parse_request
 
 if TYPE_CHECKING:
     from proxy.bootstrap import App
     from proxy.metrics import GatewayMetrics
 
-__all__ = ["OperatorView", "for_app"]
+__all__ = ["OperatorView", "for_app", "operator_test_suites"]
 
 
 def _utcnow() -> datetime:
@@ -118,3 +120,21 @@ def _definition(app: App, dotted: str) -> Mapping[str, Any] | None:
         if found is not None:
             return found
     return app.runtime.tool_definitions.get(dotted)
+
+
+def operator_test_suites(config: GatewayConfig) -> tuple[TestSuite, ...]:
+    """The operator's policy tests (``*.tests.yaml`` beside the live policy, else beside its
+    seed), loaded once at start-up for the ``breaks_policy_tests`` guardrail. A file that does
+    not load stops start-up with its located errors, like a bad policy."""
+    from policy import PolicyError
+    from policy.testing import find_test_files, load_policy_tests
+    from proxy.errors import ConfigError
+
+    p = config.policy
+    files = find_test_files(p.file) if p.file is not None else []
+    if not files and p.seed is not None:
+        files = find_test_files(p.seed)
+    try:
+        return tuple(load_policy_tests(path) for path in files)
+    except PolicyError as exc:
+        raise ConfigError(str(exc)) from None
