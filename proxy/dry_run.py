@@ -2,10 +2,10 @@
 
 ``POST /api/evaluate`` and ``securegateway explain --model/--tool`` both come here. The call
 is evaluated exactly as the enforcer does it (same engine, same live policy and key ring,
-the tool's ``inputSchema`` when the gateway has seen the tool), with two deliberate
-differences: nothing is forwarded, and no session's risk is read or changed (the answer is
-the one a fresh session would get). A dry run is not a decision that happened, so it is not
-written to the audit log.
+the tool's ``inputSchema`` when the gateway has seen the tool, the risk the model's identity
+carries into every session), with one deliberate difference: nothing is forwarded, so no
+risk is recorded (the answer is the one the model's next call would get). A dry run is not a
+decision that happened, so it is not written to the audit log.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from policy import CallRequest, Decision, KeyRing, Policy, evaluate
+from policy import CallRequest, Decision, KeyRing, Policy, SessionRisk, evaluate
 
 __all__ = ["DryRunError", "DryRunRequest", "dry_run", "parse_request", "split_tool"]
 
@@ -79,8 +79,10 @@ def dry_run(
     *,
     upstreams: Iterable[str] = (),
     now: datetime | None = None,
+    session: SessionRisk | None = None,
 ) -> Decision:
-    """The decision ``tools/call`` would get from a fresh session; never raises."""
+    """The decision ``tools/call`` would get in a new session carrying ``session`` (the
+    identity's risk; read, never updated); never raises."""
     server, tool = split_tool(request.tool, upstreams)
     call = CallRequest(request.model, server, tool, request.arguments, request.input_schema)
-    return evaluate(call, policy, keys, now=now)
+    return evaluate(call, policy, keys, now=now, session=session)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from negotiation import LivePolicy, PolicyRepository, Proposal
 from negotiation.impact import DEFAULT_LIMIT, DEFAULT_WINDOW, Impact, proposal_impact
-from policy import Decision, KeyRing
+from policy import Decision, KeyRing, SessionRisk
 from policy.testing import TestSuite
 from proxy.config import GatewayConfig
 from proxy.dry_run import DryRunRequest, dry_run, parse_request
@@ -39,6 +39,10 @@ def _no_tools() -> list[dict[str, Any]]:
     return []
 
 
+def _no_risk(model_id: str) -> SessionRisk | None:
+    return None
+
+
 @dataclass(frozen=True)
 class OperatorView:
     """The live state behind the operator's routes. Callables are read at request time."""
@@ -54,6 +58,11 @@ class OperatorView:
     impact_limit: int = DEFAULT_LIMIT
     impact_window: timedelta = DEFAULT_WINDOW
     clock: Callable[[], datetime] = field(default=_utcnow)
+    # ``NegotiationService.vet_suggestion`` when negotiation is on: a denial's suggested rule
+    # is completed and reviewed as the tools/call chain does (proxy/suggestions.py).
+    vet: Callable[..., Any] | None = None
+    # The risk the model's identity carries into any session (read, never updated here).
+    risk: Callable[[str], SessionRisk | None] = _no_risk
 
     def request(self, body: Mapping[str, Any]) -> DryRunRequest:
         """Parse a dry-run body (``DryRunError`` on bad input), filling in the tool's schema."""
@@ -65,7 +74,24 @@ class OperatorView:
         return request
 
     def evaluate(self, request: DryRunRequest) -> Decision:
-        return dry_run(request, self.live.current.policy, self.keys(), upstreams=self.upstreams, now=self.clock())
+        keys = self.keys()
+        session = self.risk(request.model) if keys.get(request.model) is not None else None
+        return dry_run(request, self.live.current.policy, keys, upstreams=self.upstreams, now=self.clock(),
+                       session=session)
+
+    def decide(self, request: DryRunRequest) -> dict[str, Any]:
+        """The decision JSON a fresh session's tools/call would carry, suggestion vetting included."""
+        data = self.evaluate(request).to_dict()
+        counterfactual = data.get("counterfactual")
+        if self.vet is None or data["allowed"] or not isinstance(counterfactual, dict):
+            return data
+        rule = counterfactual.get("suggested_rule")
+        if not isinstance(rule, Mapping):
+            return data
+        review = self.vet(request.model, rule, session_risk=0.0)
+        if review is not None:
+            data["counterfactual"] = {**counterfactual, "suggested_rule": dict(review.rule), "review": review.to_dict()}
+        return data
 
     def impact(self, proposal: Proposal, *, limit: int | None = None, window: timedelta | None = None) -> Impact:
         """Replay the recent audit log with and without ``proposal`` (``MergeConflictError``)."""
@@ -105,6 +131,8 @@ def for_app(app: App) -> OperatorView:
         tool_schema=tool_schema,
         tools=tools,
         metrics=getattr(app, "metrics", None),
+        vet=rt.service.vet_suggestion if config.negotiation.enabled else None,
+        risk=rt.risk.for_identity,
     )
 
 

@@ -56,8 +56,9 @@ async def test_metrics_count_decisions_latency_scans_restarts_and_proposals(tmp_
         assert (await gpt.call_tool("calendar.add", {"a": 1, "b": 2})).is_error
         poisoned = await gpt.call_tool("search.poison", {})
         assert "io.securegateway/result_scan" in (poisoned.meta or {})
-        await gpt.call_tool("propose_policy", {
+        proposed = await gpt.call_tool("propose_policy", {
             "yaml": "rules:\n  - model: gpt-4o\n    allow_tools: [calendar.nothing]\n", "justification": "x"})
+        stored_status = proposed.structured_content["status"]
         with pytest.raises(Exception, match="closed the connection"):
             await gpt.call_tool("calendar.crash", {})  # a protocol fault, not a denial
         with anyio.fail_after(20):  # the link reconnects; a later call succeeds
@@ -90,7 +91,9 @@ async def test_metrics_count_decisions_latency_scans_restarts_and_proposals(tmp_
     assert value(parsed, "securegateway_audit_write_seconds_count") >= 8
     assert value(parsed, "securegateway_audit_write_failures_total") == 0
     assert sum(v for (name, labels), v in parsed.items() if name == "securegateway_result_scan_findings_total") >= 1
-    assert value(parsed, "securegateway_proposals", status="pending") == 1
+    stored = {"approved": "merged"}.get(stored_status, stored_status)
+    assert value(parsed, "securegateway_proposals", status=stored) == 1
+    assert sum(v for (name, _), v in parsed.items() if name == "securegateway_proposals") == 1
     assert value(parsed, "securegateway_upstream_up", upstream="calendar") == 1
     assert value(parsed, "securegateway_upstream_restarts_total", upstream="calendar") >= 1
     labels = {dict(labels).get("model") for (name, labels), _ in parsed.items() if name == decisions}

@@ -70,8 +70,9 @@ async def test_posts_without_the_csrf_token_or_from_another_origin_are_refused(
         no_origin = await http.post(approve, data={**form, "csrf": csrf})
         rebinding = await http.get(f"{base}/console/proposals", headers={"Host": "evil.example:80"})
         as_json = await http.post(approve, json={**form, "csrf": csrf}, headers={"Origin": base})
-        for response in (missing, wrong, elsewhere, no_origin, rebinding):
+        for response in (missing, wrong, elsewhere, no_origin):
             assert response.status_code == 403, response.text
+        assert rebinding.status_code == 421  # the admin listener's Host guard answers first
         assert as_json.status_code == 415
         page = await http.get(f"{base}/console/proposals/{pid}")
         assert 'id="status">pending' in page.text  # nothing above changed it
@@ -123,11 +124,12 @@ async def test_decisions_search_detail_policy_chain_and_tools_pages(tmp_path: Pa
             connect(console.site.url, GPT_KEY) as mcp:
         base = console.base
         await mcp.list_tools()
-        assert not (await mcp.call_tool("search.echo", {"text": "hello", "api_token": "ghp_" + "x1" * 18})).is_error
-        denied = await mcp.call_tool("calendar.add", {"a": 1, "b": 2})
-        await mcp.call_tool("propose_policy", {
-            "yaml": f"rules:\n  - model: gpt-4o\n    allow_tools: [search.echo]\n    expires: {soon()}\n",
+        proposed = await mcp.call_tool("propose_policy", {  # before the secret raises the identity's risk
+            "yaml": f"rules:\n  - model: gpt-4o\n    allow_tools: [calendar.add]\n    expires: {soon()}\n",
             "justification": "narrow"})
+        assert proposed.structured_content["status"] == "approved"
+        assert not (await mcp.call_tool("search.echo", {"text": "hello", "api_token": "ghp_" + "x1" * 18})).is_error
+        denied = await mcp.call_tool("calendar.create_event", {"title": "x"})
         csrf = await signed_in(http, base)
         assert csrf
         everything = (await http.get(f"{base}/console/decisions")).text
@@ -135,9 +137,9 @@ async def test_decisions_search_detail_policy_chain_and_tools_pages(tmp_path: Pa
         by_reason = (await http.get(f"{base}/console/decisions", params={"reason": "allowed", "tool": "echo"})).text
         future = (await http.get(f"{base}/console/decisions", params={"since": "2999-01-01"})).text
         bad_since = await http.get(f"{base}/console/decisions", params={"since": "yesterday"})
-        assert "search.echo" in everything and "calendar.add" in everything
-        assert "calendar.add" in only_denied and "search.echo" not in only_denied
-        assert "search.echo" in by_reason and "calendar.add" not in by_reason
+        assert "search.echo" in everything and "calendar.create_event" in everything
+        assert "calendar.create_event" in only_denied and "search.echo" not in only_denied
+        assert "search.echo" in by_reason and "calendar.create_event" not in by_reason
         assert "0 decision(s)" in future
         assert bad_since.status_code == 400 and "`since` must be an ISO date" in bad_since.text
 
@@ -153,10 +155,11 @@ async def test_decisions_search_detail_policy_chain_and_tools_pages(tmp_path: Pa
 
         policy = (await http.get(f"{base}/console/policy")).text
         digests = re.findall(r'<option value="(sha256:[0-9a-f]{64})"', policy)
-        assert "policy verify" in policy and 'id="version">v2' in policy and len(set(digests)) == 2
+        assert "policy verify" in policy and 'id="version">v2' in policy
+        assert len(set(digests)) == 2, digests
         old, new = sorted(set(digests), key=digests.index)[::-1][:2]
         diff = (await http.get(f"{base}/console/policy", params={"a": old, "b": new})).text
-        assert 'id="version-diff"' in diff and "search.echo" in diff
+        assert 'id="version-diff"' in diff and "+  - calendar.add" in diff
         missing = await http.get(f"{base}/console/policy", params={"a": "sha256:" + "0" * 64, "b": new})
         assert missing.status_code == 404
         audited = (await http.get(f"{base}/console/policy", params={"verify": "audit"})).text
