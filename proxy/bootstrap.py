@@ -105,6 +105,8 @@ def seed_policy(config: GatewayConfig) -> None:
 
 def open_runtime(config: GatewayConfig) -> Runtime:
     """Load keys, policy, audit log and proposal store; raise ConfigError naming what is wrong."""
+    from proxy.operator import operator_test_suites
+
     p = config.policy
     if p.model_keys is None:
         raise ConfigError(f"{config.path.name}: policy.model_keys: required (the model_keys.yaml of known models)")
@@ -144,6 +146,7 @@ def open_runtime(config: GatewayConfig) -> Runtime:
             max_pending_per_model=n.max_pending_per_model,
             max_refused_per_window=n.max_refused_per_window,
             refused_window_minutes=n.refused_window_minutes,
+            policy_tests=operator_test_suites(config),
         ),
         audit=audit.record_sync,
         known_tools=lambda: sorted(runtime_tools),
