@@ -42,6 +42,7 @@ from proxy.downstream import serve_http
 from proxy.enforce import Enforcer, PolicyView
 from proxy.errors import ConfigError, IdentityError
 from proxy.gateway import Gateway
+from proxy.metrics import GatewayMetrics
 from proxy.session import DownstreamSession
 from proxy.suggestions import SuggestionVetting
 
@@ -60,6 +61,7 @@ class Runtime:
     service: NegotiationService
     known_tools: set[str] = field(default_factory=set)
     risk: IdentityRiskStore = field(default_factory=MemoryIdentityRiskStore)
+    tool_definitions: dict[str, Mapping[str, Any]] = field(default_factory=dict)  # dotted name -> last seen
 
     def view(self) -> PolicyView:
         active = self.live.current
@@ -70,6 +72,7 @@ def storage_config(config: GatewayConfig) -> PolicyStorageConfig:
     p = config.policy
     if p.file is None:
         raise ConfigError(f"{config.path.name}: policy.file: required (the policies.yaml to enforce)")
+    seed_policy(config)
     assert p.state_dir is not None
     return PolicyStorageConfig(
         policy_path=p.file,
@@ -83,8 +86,27 @@ def storage_config(config: GatewayConfig) -> PolicyStorageConfig:
     )
 
 
+def seed_policy(config: GatewayConfig) -> None:
+    """First run: copy ``[policy] seed`` to ``[policy] file`` when the live file does not exist,
+    so the shipped policy stays untouched while merged proposals rewrite the live copy."""
+    p = config.policy
+    if p.seed is None or p.file is None or p.file.exists():
+        return
+    try:
+        text = p.seed.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{config.path.name}: policy.seed: {p.seed}: file not found") from None
+    p.file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.file.with_name(p.file.name + ".seed.tmp")
+    tmp.write_bytes(text)
+    os.replace(tmp, p.file)
+    log.warning("seeded the live policy", policy=str(p.file), seed=str(p.seed))
+
+
 def open_runtime(config: GatewayConfig) -> Runtime:
     """Load keys, policy, audit log and proposal store; raise ConfigError naming what is wrong."""
+    from proxy.operator import operator_test_suites
+
     p = config.policy
     if p.model_keys is None:
         raise ConfigError(f"{config.path.name}: policy.model_keys: required (the model_keys.yaml of known models)")
@@ -124,6 +146,7 @@ def open_runtime(config: GatewayConfig) -> Runtime:
             max_pending_per_model=n.max_pending_per_model,
             max_refused_per_window=n.max_refused_per_window,
             refused_window_minutes=n.refused_window_minutes,
+            policy_tests=operator_test_suites(config),
         ),
         audit=audit.record_sync,
         known_tools=lambda: sorted(runtime_tools),
@@ -179,9 +202,10 @@ class App:
     def __init__(self, runtime: Runtime, *, stdio_identity: ModelIdentity | None) -> None:
         self.runtime = runtime
         config = runtime.config
+        self.metrics = GatewayMetrics(models=runtime.keys.identities, upstreams=[u.name for u in config.upstreams])
         enforcer = Enforcer(
             runtime.view,
-            runtime.audit.record,
+            self.metrics.observe_audit(runtime.audit.record),
             build_event=runtime.audit.decision_event,
             trace_visibility=config.trace_visibility,
             result_scan=config.result_scan,
@@ -190,7 +214,7 @@ class App:
         vetting = [SuggestionVetting(runtime.service)] if config.negotiation.enabled else []
         self.gateway = Gateway(
             config,
-            interceptors=[*vetting, enforcer],
+            interceptors=[self.metrics.interceptor, *vetting, enforcer],
             local_tools=local,
             stdio_identity=stdio_identity,
             authenticate=self._authenticate,
@@ -198,6 +222,7 @@ class App:
             on_session=self._on_session,
             access=enforcer,
         )
+        self.metrics.watch(self)
 
     def _authenticate(self, key: str | None) -> ModelIdentity | None:
         return self.runtime.keys.authenticate(key) if key else None
@@ -214,6 +239,7 @@ class App:
         link, name = target
         dotted = f"{link.name}.{name}"
         self.runtime.known_tools.add(dotted)
+        self.runtime.tool_definitions[dotted] = tool
         if self.runtime.config.tools_list == "show":
             return True
         model_id = getattr(session.identity, "model_id", None)
@@ -242,13 +268,14 @@ class App:
                                 listen=config.admin.listen.url)
                 elif config.admin.listen is not None:
                     from proxy.admin import admin_allowed_hosts, build_admin_app
+                    from proxy.operator import for_app
 
                     a = config.admin
                     assert a.listen is not None
                     admin_app = build_admin_app(
                         rt.service, admin_key, live=rt.live,
                         allowed_hosts=admin_allowed_hosts(a.listen.host, a.listen.port, a.allowed_hosts),
-                        allowed_origins=a.allowed_origins,
+                        allowed_origins=a.allowed_origins, operator=for_app(self),
                     )
                     await tg.start(serve_http, admin_app, config.admin.listen)
                 tg.start_soon(partial(

@@ -81,6 +81,7 @@ class PolicyConfig:
     require_signature: bool = False
     watch_interval: float = 1.0
     high_water_file: Path | None = None
+    seed: Path | None = None  # copied to ``file`` when that does not exist yet (the demo's first run)
 
 
 AUDIT_SIGNING = ("auto", "policy", "hmac", "off")
@@ -393,7 +394,7 @@ class _Reader:
     def policy(self, t: Mapping[str, Any]) -> PolicyConfig:
         self.only(t, "policy", {
             "file", "model_keys", "state_dir", "algorithm", "signing_key", "public_key",
-            "hmac_secret_env", "require_signature", "watch_interval", "high_water_file",
+            "hmac_secret_env", "require_signature", "watch_interval", "high_water_file", "seed",
         })
         return PolicyConfig(
             file=self.path_(t, "policy", "file", None),
@@ -406,6 +407,7 @@ class _Reader:
             require_signature=self.flag(t, "policy", "require_signature", False),
             watch_interval=self.number(t, "policy", "watch_interval", 1.0, minimum=0.05),
             high_water_file=self.path_(t, "policy", "high_water_file", None),
+            seed=self.path_(t, "policy", "seed", None),
         )
 
     def audit(self, t: Mapping[str, Any]) -> AuditConfig:
