@@ -29,8 +29,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from policy.detect.secrets import find_secrets
 from policy.redact import digest, redact
-from policy.secrets import find_secrets
 
 __all__ = [
     "DECISION_FIELDS",

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from .detectors import Finding
+from .detect.finding import Finding
 from .risk import RiskFactor
 
 __all__ = [

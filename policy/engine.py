@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .decision import DENY_KINDS, Decision, TraceEntry, gateway_error_decision, new_decision_id, one_line
-from .detectors import describe_findings, scan_value
+from .detect import describe_findings, scan_value
 from .explain import counterfactual, render_reason, risk_sentence, rules_sentence, session_sentence
 from .index import CompiledCondition, CompiledRule
 from .keys import KeyRing

@@ -13,10 +13,10 @@ from typing import Any
 
 from .canonical import canonical_json
 from .decision import Counterfactual, one_line
+from .detect.secrets import mask_secrets
 from .match import MISSING, lookup, tool_matches
 from .model import Rule
 from .risk import RiskFactor, risk_label
-from .secrets import mask_secrets
 
 __all__ = [
     "counterfactual",

@@ -10,7 +10,7 @@ Rules, applied while walking nested dicts and lists (the input is never mutated)
   type; a key is sensitive when its normalised form (lower case, ``-`` ``_`` ``.`` and spaces
   removed) equals or ends with a normalised name of ``sensitive_keys``
   (``DB_PASSWORD`` -> ``dbpassword`` ends with ``password``);
-* every other string, and every dict key, goes through :func:`policy.secrets.mask_secrets`;
+* every other string, and every dict key, goes through :func:`policy.detect.secrets.mask_secrets`;
 * a container nested deeper than ``MAX_DEPTH`` is replaced by ``"[TRUNCATED:depth]"``;
 * a value with no JSON form becomes a marker (``"[UNSERIALIZABLE:bytes]"``,
   ``"[NONFINITE:nan]"``), so the copy always serialises as strict JSON.
@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from policy.secrets import mask_secrets
+from policy.detect.secrets import mask_secrets
 
 __all__ = ["DEFAULT_SENSITIVE_KEYS", "MAX_DEPTH", "REDACTED", "Redacted", "digest", "normalise_key", "redact"]
 

@@ -1,0 +1,75 @@
+"""Fold text into the one form the injection rules are written against.
+
+Attackers dodge literal rules with spelling that a model still reads the same way: upper
+case, fullwidth and other compatibility forms (``ｉｇｎｏｒｅ``), look-alike letters from
+other scripts (Cyrillic ``іgnоrе``), invisible characters inside words (``ig\\u200bnore``),
+text spelled in Unicode tag characters, leetspeak (``1gn0r3``) and spaced-out letters
+(``i g n o r e``). :func:`fold` undoes all of these:
+
+* ASCII text (the common case) is only lower-cased and leet-translated -- two C loops;
+* other text is stripped of invisible characters, NFKC-normalised (fullwidth, ligatures,
+  circled and mathematical letters become plain letters) and case-folded;
+* a string mixing Latin with Cyrillic or Greek letters gets a second *view* with the
+  look-alikes mapped to Latin (pure Russian or Greek text keeps its own letters, so its
+  own-language rules still match);
+* text hidden in tag characters is decoded into a further view.
+
+Views are joined with :data:`VIEW_SEP` (never matched by any rule), so one search covers
+them all. Offsets in the folded text do not map back to the original; findings quote the
+folded text.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+__all__ = ["INVISIBLE", "VIEW_SEP", "despace", "fold"]
+
+VIEW_SEP = "\n\x00\n"
+
+# Format and other zero-width characters that render as nothing (Unicode Cf / default
+# ignorables), variation selectors and tag characters: removed before matching.
+INVISIBLE = re.compile(
+    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
+    "\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\U0001d173-\U0001d17a\U000e0000-\U000e0fff]"
+)
+_TAG_TEXT = re.compile("[\U000e0020-\U000e007e]{2,}")
+_LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"})
+_CYRILLIC_GREEK = re.compile("[\u0370-\u03ff\u0400-\u04ff]")
+_LATIN = re.compile("[a-z]")
+# Look-alikes that a reader takes for Latin letters (after case folding).
+_CONFUSABLES = str.maketrans({
+    "а": "a", "в": "b", "е": "e", "ё": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p",
+    "с": "c", "т": "t", "у": "y", "х": "x", "ѕ": "s", "і": "i", "ї": "i", "ј": "j", "ԁ": "d",
+    "һ": "h", "ӏ": "l", "ԛ": "q", "ԝ": "w", "ɡ": "g", "ɑ": "a", "ı": "i",
+    "α": "a", "β": "b", "ε": "e", "η": "n", "ι": "i", "κ": "k", "ν": "v", "ο": "o", "ρ": "p",
+    "τ": "t", "υ": "u", "χ": "x", "γ": "y", "ω": "w",
+})  # fmt: skip
+# Four or more single letters each followed by one separator: "i g n o r e", "s.y.s.t.e.m".
+_SPACED = re.compile(r"(?<![^\W\d_])(?:[^\W\d_][ .\-_*|/·]){3,}[^\W\d_](?![^\W\d_])")
+_SEPARATORS = re.compile(r"[ .\-_*|/·]")
+
+
+def fold(text: str) -> str:
+    """``text`` lower-cased, normalised and de-obfuscated, with any extra views appended."""
+    if text.isascii():
+        return text.lower().translate(_LEET)
+    hidden = _TAG_TEXT.findall(text)
+    plain = unicodedata.normalize("NFKC", INVISIBLE.sub("", text)).casefold()
+    views = [plain.translate(_LEET)]
+    if _CYRILLIC_GREEK.search(plain) is not None and _LATIN.search(plain) is not None:
+        views.append(plain.translate(_CONFUSABLES).translate(_LEET))
+    if hidden:
+        decoded = "".join(chr(ord(char) - 0xE0000) for run in hidden for char in run)
+        views.append(decoded.lower().translate(_LEET))
+    return views[0] if len(views) == 1 else VIEW_SEP.join(views)
+
+
+def despace(folded: str) -> str:
+    """``folded`` with spaced-out letter runs joined (``i g n o r e`` -> ``ignore``).
+
+    Costly on large text (a regex at every position), so the scanner calls it only on
+    strings where a spaced-out keyword was seen.
+    """
+    return _SPACED.sub(lambda match: _SEPARATORS.sub("", match.group()), folded)
