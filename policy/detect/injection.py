@@ -47,8 +47,7 @@ import ahocorasick_rs
 
 __all__ = ["RULES", "InjectionHit", "Rule", "find_injections", "spaced_anchor_seen"]
 
-_BEFORE = 160  # how far before an anchor a rule's match may start
-_AFTER = 320  # and how far after it may end
+_AFTER = 320  # how far past its anchor a rule's match may end
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +58,9 @@ class Rule:
     severity: str  # "high" or "medium"
     anchors: tuple[str, ...]
     pattern: re.Pattern[str]
+    # 0: a match starts at its anchor (one ``match`` call per anchor occurrence); otherwise
+    # how far before the anchor a match may start (a bounded ``search``).
+    back: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,25 +86,28 @@ def _alt(words: Iterable[str]) -> str:
     return "(?:" + "|".join(sorted({re.escape(w) for w in words}, key=len, reverse=True)) + ")"
 
 
-_W = r"[\W_]+"
-_GAP = r"(?:[\w'’]+[\W_]+){0,5}?"
+# Separators between words: at most one line break (code spread over lines is no sentence).
+_W = r"(?=[\W_])(?:[^\w\n]|_)*+\n?(?:[^\w\n]|_)*+"
+_GAP = rf"(?:[\w'’]+{_W}){{0,5}}?"
 
 # ---- ignore previous instructions ------------------------------------------------------------------
 
 _EN_VERBS = tuple(
     v for base in ("ignore", "disregard", "forget", "override", "bypass", "discard", "abandon") for v in _typos(base)
 ) + ("ignoring", "disregarding", "forgetting", "stop following", "do not follow", "don't follow",
-     "pay no attention to", "no longer follow", "neglect", "overrule")  # fmt: skip
+     "pay no attention to", "no longer follow", "neglect", "overrule", "disreguard", "dissregard", "ingnore",
+     "ignnore", "iggnore", "ignorre")  # fmt: skip
 _EN_PRIOR = (
     "previous", "previus", "prevous", "pervious", "prior", "above", "earlier", "preceding", "former",
     "foregoing", "system", "original", "initial", "old", "existing", "developer", "all", "any", "every",
-    "your",
+    "your", "the user's", "user's", "the user", "my",
 )  # fmt: skip
 _EN_OBJECTS = tuple(
     v for base in ("instruction", "instructions") for v in _typos(base)
 ) + ("prompt", "prompts", "direction", "directions", "directive", "directives", "rules", "guidelines",
      "guidance", "messages", "context", "commands", "orders", "constraints", "guardrails", "programming",
-     "restrictions", "policies", "policy", "safety", "filters", "settings", "task", "tasks", "conversation")  # fmt: skip
+     "restrictions", "policies", "policy", "safety", "filters", "settings", "task", "tasks", "conversation",
+     "request", "requests", "question", "questions", "query", "input")  # fmt: skip
 
 _IGNORE_EN = (
     rf"\b{_alt(_EN_VERBS)}{_W}{_GAP}{_alt(_EN_PRIOR)}{_W}{_GAP}{_alt(_EN_OBJECTS)}\b"
@@ -127,15 +132,17 @@ _IGNORE_EU = (
 )
 _CJK_IGNORE = "忽略|无视|無視|忘记|忘記|忘掉|忽视|忽視|不要理会|不要理會|跳过|跳過|無効|破棄|忘れ|従わない|放弃|放棄"
 _CJK_OBJECT = "指令|指示|说明|說明|规则|規則|提示词|提示詞|命令|设定|設定|要求|约束|ルール|プロンプト|制約|限制"
-_IGNORE_CJK = rf"(?:{_CJK_IGNORE})[^。\n]{{0,24}}?(?:{_CJK_OBJECT})|(?:{_CJK_OBJECT})[^。\n]{{0,24}}?(?:{_CJK_IGNORE})"
+_IGNORE_CJK = rf"(?:{_CJK_IGNORE})[^。\n]{{0,24}}?(?:{_CJK_OBJECT})"
+_CJK_OBJECT_FIRST = rf"(?:{_CJK_OBJECT})[^。\n]{{0,24}}?(?:{_CJK_IGNORE})"
 _IGNORE_ANCHORS = (
     _EN_VERBS
-    + ("ignorier", "vergiss", "vergessen", "missacht", "übergehe", "verwirf", "oublie", "néglige", "tenez pas",
+    + ("ignorier", "vergiss", "vergessen", "missacht", "übergehe", "verwirf", "oublie", "néglige", "ne tenez pas",
        "ignora", "ignori", "olvid", "omit", "descart", "esqueça", "esqueca", "esquecer", "desconsider",
        "dimentic", "trascura", "non seguire", "no sigas", "игнор", "проигнор", "забудь", "забудьте",
        "не обращай", "отбрось", "отмени")
     + tuple(_CJK_IGNORE.split("|"))
 )  # fmt: skip
+_CJK_OBJECT_ANCHORS = tuple(_CJK_OBJECT.split("|"))
 
 # ---- chat templates and blocks -----------------------------------------------------------------------
 
@@ -146,7 +153,7 @@ _CHAT_ANCHORS = (
     "<end_of_turn>", "<s>[", "</tool_result", "</function_results", "</tool_output", "</tool_response",
     "</function_result", "</result>", "</output>", "</search_results", "</document", "</context",
     "</user_query", "</untrusted", "<|", "###", "\n\nhuman:", "\n\nassistant:", "[system]", "[/system]",
-    "{{#system", "<system_message", "(system_message)", "system_message)", "[system message]", "##system",
+    "{{#system", "<system_message", "(system_message)", "[system message]", "##system",
 )  # fmt: skip
 _CHAT = (
     r"<\|(?:im_start|im_end|im_sep|system|user|assistant|endoftext|eot_id|start_header_id|end_header_id|"
@@ -161,19 +168,19 @@ _CHAT = (
     r"|\(system_message\)"
 )
 _BLOCK_ANCHORS = (
-    "<important", "<system", "<information", "<instruction", "<admin", "<hidden", "<secret", "<prompt",
-    "<override", "<directive", "<assistant_instructions", "[important", "important instruction",
+    "<important", "<system", "<information", "<instruction", "<override", "<admin_override",
+    "<assistant_instructions", "[important", "important instruction",
     "important message", "important notice", "important note", "important!", "important:", "**important",
     "wichtige anweisung", "instructions importantes", "instrucciones importantes", "instruções importantes",
     "istruzioni importanti", "重要指示", "重要指令", "重要な指示", "важные инструкции", "важная инструкция",
     "system override", "admin override", "priority override", "system notice", "system alert",
 )  # fmt: skip
 _BLOCK = (
-    r"<(?:important|system|information|instructions?|admin|hidden|secret|prompt|override|directive|"
-    r"assistant_instructions)(?:\s[^>]{0,80})?>"
+    r"<(?:important|system|information|instructions?|system_instructions|assistant_instructions|override|"
+    r"admin_override)(?:\s[^>]{0,80})?>"
     r"|\[(?:important|system)(?:\s+(?:note|message|instructions?|notice))?\]"
     r"|important\W{1,6}(?:instructions?|messages?|notice|note)\b[^\n]{0,60}?"
-    r"(?:\b(?:ai|assistant|agent|model|llm|claude|gpt|chatbot|you)\b|:)"
+    r"\b(?:ai|assistant|agent|model|llm|claude|gpt|chatbot|you\s+must|you\s+should)\b"
     r"|\*\*\s*important[^*\n]{0,40}\*\*[^\n]{0,80}?\b(?:ai|assistant|agent|model|llm|you must|ignore|instead)\b"
     r"|important\s*[!:]+\s*(?:(?:ai|assistant|agent|model|llm)s?\b|you\s+(?:must|should|need\s+to|have\s+to)\b|"
     r"ignore|disregard|before\s+(?:you|responding|answering)|do\s+not\s+(?:tell|inform|reveal))"
@@ -220,7 +227,7 @@ _DIRECTIVE = (
     rf"|\b{_AI_ANY}\W+(?:(?:reading|processing|viewing|parsing|summari[sz]ing)\s+(?:this|these)\s+\w+\W+)?"
     rf"{_MODAL}{_ADVERBS}{_NARROW}"
     rf"|\b(?:attention|note|message|instructions?|notice|dear|hey|hi)\W+(?:to\s+|for\s+)?(?:the\s+|any\s+|all\s+)?{_AI_ANY}\b"
-    rf"\W+[^.\n]{{0,60}}?\b(?:you|must|should|please|ignore|send|do|don't|stop|instead|now|always|never)\b"
+    rf"\W+[^.\n]{{0,60}}?\b(?:you|must|should|please|ignore|send|do|don't|stop|instead|now|always|never|use|only)\b"
     r"|\bif\s+you\s+are\s+(?:an?\s+)?(?:ai|a\.i\.|assistant|agent|llm|language\s+model|chatbot|bot|automated)\b"
     r"|\b(?:if\s+you're|as)\s+an?\s+(?:ai|llm|language\s+model|assistant)\b[^.\n]{0,40}?\b(?:you\s+)?(?:must|should|need)\b"
     r"|\bwhen\s+you\s+(?:read|see|process)\s+this\b[^.\n]{0,40}?\b(?:you\s+)?(?:must|should|need|have|will)\b"
@@ -247,25 +254,28 @@ _NEW_ANCHORS = (
 _NEW = (
     r"\b(?:new|updated|revised|real|actual|true|secret|hidden|additional|override)\s+"
     r"(?:instructions?|tasks?|rules?|directives?|prompts?|objectives?|role|orders|system\s+prompt)\s*(?::|-|are|is|follow)"
-    r"|\bfrom\s+(?:now\s+on|this\s+point(?:\s+on)?)\b[^.\n]{0,30}?\b(?:you|your|always|never|only|respond|answer|act|reply)\b"
+    r"|\bfrom\s+(?:now\s+on|this\s+point(?:\s+on)?),?\s+(?:you\s+(?:are|must|shall|will\s+(?:only|always|never|respond|answer|act|reply|obey))|"
+    r"(?:always|never|only)\s+(?:respond|answer|reply|say|output)|respond|answer|reply|act\s+as|ignore|obey|pretend)\b"
     r"|\b(?:starting\s+now|henceforth)\b[^.\n]{0,30}?\b(?:you|your)\b"
     r"|\byour\s+(?:new|only|real|actual|true|next|primary)\s+(?:task|job|goal|objective|instructions?|role|purpose|mission)\b"
     r"|\byour\s+task\s+is\s+(?:now|to\s+(?:ignore|send|forward|reveal|delete|tell|say|output|write))"
-    r"|neue\W+(?:anweisung|aufgabe)|(?:ab\s+sofort|ab\s+jetzt|von\s+nun\s+an)\b[^.\n]{0,30}?\b(?:du|sie|ihr|antworte)"
-    r"|nouvelles?\W+(?:instructions?|tâche)|(?:à\s+partir\s+de\s+maintenant|désormais)\b[^.\n]{0,30}?\b(?:tu|vous|réponds|répondez)"
-    r"|nuevas?\W+(?:instrucciones|tarea)|(?:a\s+partir\s+de\s+ahora|de\s+ahora\s+en\s+adelante)\b[^.\n]{0,30}?"
-    r"\b(?:tú|tu|eres|usted|responde|debes)"
-    r"|novas?\W+(?:instru[çc][õo]es|tarefa)|a\s+partir\s+de\s+agora\b[^.\n]{0,30}?\b(?:você|voce|tu|responda|deve)"
-    r"|nuov[eo]\W+(?:istruzioni|compito)|d(?:'|a\s+)ora\s+in\s+(?:poi|avanti)\b[^.\n]{0,30}?\b(?:tu|sei|rispondi|devi)"
-    r"|新的?(?:指令|指示|任务|任務)|从现在(?:开始|起)|從現在開始|新し?たな?(?:指示|タスク)|(?:これからは|今後は|今から)[^。\n]{0,20}?"
+    r"|neue\W+(?:anweisung|aufgabe)|(?:ab\s+sofort|ab\s+jetzt|von\s+nun\s+an),?\s+(?:bist\s+du|musst\s+du|antwortest\s+du|antworte|ignoriere)\b"
+    r"|nouvelles?\W+(?:instructions?|tâche)|(?:à\s+partir\s+de\s+maintenant|désormais),?\s+(?:tu|vous)\s+"
+    r"(?:es|êtes|dois|devez|réponds|répondez|ignores?|ignorez|obéis|obéissez)\b"
+    r"|nuevas?\W+(?:instrucciones|tarea)|(?:a\s+partir\s+de\s+ahora|de\s+ahora\s+en\s+adelante),?\s+"
+    r"(?:eres|debes|responde|responderás|ignora|obedece)\b"
+    r"|novas?\W+(?:instru[çc][õo]es|tarefa)|a\s+partir\s+de\s+agora,?\s+(?:(?:você|voce)\s+(?:é|e|deve)|responda|ignore)\b"
+    r"|nuov[eo]\W+(?:istruzioni|compito)|d(?:'|a\s+)ora\s+in\s+(?:poi|avanti),?\s+(?:sei|rispondi|devi|ignora)\b"
+    r"|新的?(?:指令|指示|任务|任務)|从现在(?:开始|起)|從現在開始|新(?:しい|たな)(?:指示|タスク)|(?:これからは|今後は|今から)[^。\n]{0,20}?"
     r"(?:あなた|君|お前|回答|答え)"
     r"|нов(?:ые|ая|ое)\W+(?:инструкци|задани|задач)|(?:с\s+этого\s+момента|отныне)\b[^.\n]{0,30}?"
     r"\b(?:ты|вы|отвечай|отвечайте)|теперь\s+ты\b"
 )
 _ROLE_ANCHORS = (
-    "you are now", "you're now", "you are no longer", "pretend", "act as", "roleplay", "role-play", "role play",
-    "jailbreak", "jailbroken", "dan mode", "developer mode", "god mode", "do anything now", "unrestricted",
-    "unfiltered", "no restrictions", "without restrictions", "without any restrictions", "no longer bound",
+    "you are now", "you're now", "you’re now", "you are no longer", "pretend", "act as", "behave as", "respond as",
+    "jailbreak", "jailbroken", "dan mode", "developer mode", "god mode", "do anything now", "no restrictions",
+    "no filters", "no guidelines", "no limits", "no censorship", "no rules", "without filters", "without guidelines",
+    "without limits", "without censorship", "without rules", "without any",  "without restrictions", "without any restrictions", "no longer bound",
     "du bist jetzt", "du bist nun", "tu es maintenant", "vous êtes maintenant", "ahora eres", "agora você é",
     "agora voce e", "ora sei", "你现在是", "你現在是", "あなたは今", "今からあなたは", "ты теперь", "теперь ты",
 )  # fmt: skip
@@ -278,7 +288,7 @@ _ROLE = (
     r"\b(?:no|without|unrestricted|unfiltered|any|evil|dan|admin|root|jailbr)"
     r"|\b(?:act|behave|respond)\s+as\s+(?:if\s+you\s+(?:are|were|have)|an?\s+(?:unrestricted|unfiltered|"
     r"uncensored|evil|jailbroken)|dan\b)"
-    r"|\b(?:jailbreak|jailbroken|dan\s+mode|developer\s+mode\s+(?:enabled|on|activated)|god\s+mode|"
+    r"|\b(?:jailbreak|jailbroken|dan\s+mode|developer\s+mode\s+(?:is\s+now\s+)?(?:enabled|activated)|god\s+mode\s+(?:enabled|activated|on)|"
     r"do\s+anything\s+now)\b"
     r"|\b(?:no|without(?:\s+any)?)\s+(?:restrictions|filters|guidelines|limits|censorship|rules)\b[^.\n]{0,40}?"
     r"\b(?:you|from\s+now|respond|answer|answer\s+as)\b"
@@ -288,10 +298,10 @@ _ROLE = (
 )
 _CONCEAL_ANCHORS = tuple(
     f"{neg} {verb}"
-    for neg in ("not", "n't", "n’t", "never")
-    for verb in ("tell", "inform", "mention", "reveal", "notify", "alert", "show", "disclose", "say", "let the")
+    for neg in ("do not", "don't", "don’t", "never", "must not", "should not", "shouldn't")
+    for verb in ("tell", "inform", "mention", "reveal", "notify", "alert", "show", "disclose", "say", "let the", "ever")
 ) + (
-    "secret from", "hidden from", "the user must not", "the user should not", "user does not need",
+    "keep this", "keep it", "hide this", "hide it", "the user must not", "the user should not", "user does not need",
     "without telling", "without informing", "without asking", "without notifying", "without alerting",
     "without letting", "without the user", "sans informer", "sans prévenir", "sans le dire", "sin decir",
     "sin informar", "sem informar", "sem avisar", "senza dire", "senza informare", "ohne den benutzer",
@@ -315,9 +325,9 @@ _CONCEAL = (
     r"|\b(?:ohne\s+den|nicht\s+dem)\s+(?:benutzer|nutzer)|不要(?:告诉|告訴|让)用户|不要讓用戶"
     r"|ユーザーに(?:伝えない|は言わない|知らせ(?:ない|ず))|не\s+(?:говори|сообщай)(?:те)?\s+пользовател|пользователю\s+не\s+(?:говори|сообщай)"
 )
-_SYSTEM_PROMPT_ANCHORS = ("system prompt", "system message", "initial instructions", "hidden instructions",
-                          "original instructions", "developer message", "developer instructions",
-                          "instructions above", "initial prompt", "системный промпт", "系统提示", "システムプロンプト")  # fmt: skip
+_SYSTEM_PROMPT_ANCHORS = ("reveal", "print", "output", "show", "repeat", "display", "leak", "dump", "tell me", "give me",
+                          "write out", "share", "disclose", "what is", "what are", "what was", "what were",
+                          "покажи", "выведи", "раскрой", "输出", "显示", "泄露", "告诉我", "システムプロンプトを")  # fmt: skip
 _SYSTEM_PROMPT = (
     r"\b(?:reveal|print|output|show|repeat|display|leak|dump|tell\s+me|give\s+me|write\s+out|share|disclose|"
     r"what\s+(?:is|are|was|were))\s+(?:me\s+)?(?:your|the|all|my)?\s*(?:full\s+|entire\s+|exact\s+|original\s+|complete\s+)?"
@@ -325,34 +335,35 @@ _SYSTEM_PROMPT = (
     r"original\s+instructions|developer\s+(?:message|instructions|prompt)|instructions\s+above|initial\s+prompt)"
     r"|(?:покажи|выведи|раскрой)\s+(?:свой\s+)?системный\s+промпт|(?:输出|显示|泄露|告诉我)(?:你的)?系统提示|システムプロンプトを(?:表示|出力|教え)"
 )
-_EXFIL_ANCHORS = (
-    "id_rsa", "id_ed25519", "id_ecdsa", "id_dsa", ".ssh/", ".aws/credentials", "/.env", " .env", "`.env",
-    "/etc/passwd", "/etc/shadow", ".netrc", ".npmrc", ".pypirc", ".git-credentials", "mcp.json",
-    "claude_desktop_config", ".kube/config", ".docker/config", "exfiltrat", "![",
-    "to http", "to ftp", "at http", "into http", "to this url", "to the following", "to this address",
-    "to this endpoint", "to this webhook",
-    "contents to", "content to", "credentials to", "conversation to", "history to", "secrets to", "keys to",
-    "tokens to", "passwords to", "password to", "key to", "data to", "files to", "everything to", "all of it to",
+_PATH_ANCHORS = (
+    ".ssh/", ".aws/credentials", ".netrc", ".npmrc", ".pypirc", ".git-credentials", ".kube/config",
+    ".docker/config.json", ".cursor/mcp.json", "/etc/passwd", "/etc/shadow", "claude_desktop_config.json",
+    "mcp.json", "exfiltrat", "![", "read the .env", "read .env", "cat .env", "contents of the .env",
+    "contents of .env", "include the .env", "the .env file", "your .env",
 )  # fmt: skip
-_EXFIL = (
-    r"(?:~|\$home|/home/\w+|/users/\w+)?/?\.ssh/(?:id_[a-z0-9]+|authorized_keys)\b"
-    r"|(?:~|\$home|/home/\w+|/users/\w+)/?(?:\.aws/credentials|\.netrc|\.npmrc|\.pypirc|\.git-credentials|"
-    r"\.kube/config|\.docker/config\.json|\.cursor/mcp\.json)"
-    r"|/etc/(?:passwd|shadow)\b|claude_desktop_config\.json|\bmcp\.json\b"
-    r"|\b(?:read|cat|open|include|attach|pass|send|get|load|extract|copy|upload)\s+(?:the\s+)?(?:contents?\s+of\s+)?"
-    r"(?:the\s+|your\s+|user's\s+)?[`~./\w\-]{0,40}\.env\b"
-    r"|\b(?:send|forward|email|e-mail|mail|upload|post|transmit|exfiltrate|leak|copy|share|submit|report|log)\b"
-    r"[^.\n]{0,80}?\b(?:to|at|into)\s+(?:https?|ftp)://"
-    r"|\b(?:send|forward|email|e-mail|mail|upload|post|transmit|exfiltrate|leak|copy|share|submit)\b[^.\n]{0,80}?"
-    r"\bto\s+(?:this|the\s+following)\s+(?:url|address|endpoint|webhook|server|email)"
-    r"|\b(?:contents?|credentials|conversation|chat\s+history|history|secrets|keys|tokens|passwords?|api\s+keys?|"
-    r"data|files|everything|all\s+of\s+it)\s+to\s+[\w.+\-]+@[\w\-]+\.[a-z]{2,}"
-    r"|\bexfiltrat\w*"
+_PATHS = (
+    r"\.ssh/(?:id_[a-z0-9]+|authorized_keys)\b|\.aws/credentials|\.netrc\b|\.npmrc\b|\.pypirc\b|\.git-credentials"
+    r"|\.kube/config\b|\.docker/config\.json|\.cursor/mcp\.json|/etc/(?:passwd|shadow)\b|claude_desktop_config\.json"
+    r"|mcp\.json\b|exfiltrat\w*"
     r"|!\[[^\]\n]{0,80}\]\(https?://[^)\s]{1,200}[?&][\w\-]{1,30}=(?:\{|\$|<|\[)"
+    r"|(?:read|cat|include)\s+(?:the\s+)?\.env\b|contents\s+of\s+(?:the\s+)?\.env\b|(?:the|your)\s+\.env(?:\s+file)?\b"
+)
+_SEND_ANCHORS = ("to http", "to ftp", "at http", "into http", "to this url", "to the following", "to this address",
+                 "to this endpoint", "to this webhook")  # fmt: skip
+_SEND = (
+    r"\b(?:send|forward|email|e-mail|mail|upload|post|transmit|exfiltrate|leak|copy|share|submit|report|log)\b"
+    r"[^.\n]{0,80}?\b(?:to|at|into)\s+(?:(?:https?|ftp)://|(?:this|the\s+following)\s+(?:url|address|endpoint|webhook|server|email))"
+)
+_MAIL_ANCHORS = ("send", "forward", "email", "e-mail", "mail", "upload", "transmit", "leak", "copy", "share", "submit")
+_MAIL = (
+    r"\b(?:send|forward|email|e-mail|mail|upload|transmit|leak|copy|share|submit)\b[^.\n]{0,80}?"
+    r"\b(?:contents?|credentials|conversation|chat\s+history|history|secrets|keys|tokens|passwords?|api\s+keys?|"
+    r"data|files|everything|all\s+of\s+it)\b[^.\n@]{0,40}?\bto\s+[\w.+\-]+@[\w\-]+\.[a-z]{2,}"
 )
 
 RULES: tuple[Rule, ...] = (
     Rule("ignore_previous_instructions", "high", _IGNORE_ANCHORS, re.compile(f"{_IGNORE_EN}|{_IGNORE_EU}|{_IGNORE_CJK}")),
+    Rule("ignore_previous_instructions", "high", _CJK_OBJECT_ANCHORS, re.compile(_CJK_OBJECT_FIRST)),
     Rule("chat_template_token", "high", _CHAT_ANCHORS, re.compile(_CHAT)),
     Rule("instruction_block", "high", _BLOCK_ANCHORS, re.compile(_BLOCK)),
     Rule("new_instructions", "high", _NEW_ANCHORS, re.compile(_NEW)),
@@ -360,7 +371,9 @@ RULES: tuple[Rule, ...] = (
     Rule("role_override", "high", _ROLE_ANCHORS, re.compile(_ROLE)),
     Rule("conceal_from_user", "high", _CONCEAL_ANCHORS, re.compile(_CONCEAL)),
     Rule("system_prompt_exfiltration", "medium", _SYSTEM_PROMPT_ANCHORS, re.compile(_SYSTEM_PROMPT)),
-    Rule("exfiltration", "medium", _EXFIL_ANCHORS, re.compile(_EXFIL)),
+    Rule("exfiltration", "medium", _PATH_ANCHORS, re.compile(_PATHS)),
+    Rule("exfiltration", "medium", _SEND_ANCHORS, re.compile(_SEND), back=100),
+    Rule("exfiltration", "medium", _MAIL_ANCHORS, re.compile(_MAIL)),
 )
 
 # Spaced-out spellings of the words attacks most often obfuscate: seeing one makes the
@@ -383,16 +396,29 @@ for _anchor, _rules in _by_anchor.items():
     _ANCHOR_TEXT.append(_anchor)
     _ANCHOR_RULES.append(tuple(sorted(_rules)))
 _SPACED_INDEX = frozenset(i for i, a in enumerate(_ANCHOR_TEXT) if a in SPACED_ANCHORS)
-_AUTOMATON = ahocorasick_rs.AhoCorasick(_ANCHOR_TEXT)
-_BYTES_AUTOMATON = ahocorasick_rs.BytesAhoCorasick([a.encode() for a in _ANCHOR_TEXT])
+_AUTOMATON = ahocorasick_rs.BytesAhoCorasick([a.encode() for a in _ANCHOR_TEXT])
 ANCHORS: tuple[str, ...] = tuple(_ANCHOR_TEXT)
 
 
 def anchor_hits(folded: str) -> list[tuple[int, int, int]]:
-    """``(anchor index, start, end)`` of every anchor occurrence in ``folded`` (overlapping)."""
-    if folded.isascii():
-        return _BYTES_AUTOMATON.find_matches_as_indexes(folded.encode(), overlapping=True)
-    return _AUTOMATON.find_matches_as_indexes(folded, overlapping=True)
+    """``(anchor index, start, end)`` of every anchor occurrence in ``folded`` (overlapping).
+
+    The automaton runs over UTF-8 bytes: its ``str`` interface costs ~15 ms per MB of
+    non-ASCII text, the bytes one ~1.5 ms. Byte offsets of the (usually few) hits are
+    mapped back to character offsets by decoding the stretches between them.
+    """
+    data = folded.encode()
+    hits: list[tuple[int, int, int]] = _AUTOMATON.find_matches_as_indexes(data, overlapping=True)
+    if not hits or len(data) == len(folded):
+        return hits
+    offsets = sorted({offset for _, start, end in hits for offset in (start, end)})
+    chars: dict[int, int] = {}
+    position = previous = 0
+    for offset in offsets:
+        position += len(data[previous:offset].decode("utf-8", "replace"))
+        chars[offset] = position
+        previous = offset
+    return [(index, chars[start], chars[end]) for index, start, end in hits]
 
 
 def spaced_anchor_seen(hits: Sequence[tuple[int, int, int]]) -> bool:
@@ -402,26 +428,26 @@ def spaced_anchor_seen(hits: Sequence[tuple[int, int, int]]) -> bool:
 def find_injections(
     folded: str, hits: Sequence[tuple[int, int, int]], bounds: tuple[int, int] | None = None
 ) -> list[InjectionHit]:
-    """Each rule's first match verified in a window around one of its anchors in ``hits``.
+    """Each kind's first match, verified at (or just before) one of its anchors in ``hits``.
 
-    ``bounds`` keeps every window inside one string of a joined text.
+    ``bounds`` keeps every match inside one string of a joined text. A rule whose matches
+    start at their anchor costs one anchored ``match`` per occurrence, so the work grows
+    with the number of anchor occurrences, not with the length of the text.
     """
     floor, ceiling = bounds if bounds is not None else (0, len(folded))
     found: list[InjectionHit] = []
-    done: set[int] = set()
-    window: dict[int, tuple[int, int]] = {}  # the last window searched per rule
+    done: set[str] = set()
     for anchor, start, end in hits:
         for rule_index in _ANCHOR_RULES[anchor]:
-            if rule_index in done:
-                continue
-            lo, hi = max(floor, start - _BEFORE), min(ceiling, end + _AFTER)
-            last = window.get(rule_index)
-            if last is not None and last[0] <= lo and hi <= last[1]:
-                continue
-            window[rule_index] = (lo, hi)
             rule = RULES[rule_index]
-            match = rule.pattern.search(folded, lo, hi)
+            if rule.kind in done:
+                continue
+            hi = min(ceiling, end + _AFTER)
+            if rule.back:
+                match = rule.pattern.search(folded, max(floor, start - rule.back), hi)
+            else:
+                match = rule.pattern.match(folded, start, hi)
             if match is not None:
                 found.append(InjectionHit(rule.kind, rule.severity, match.start(), match.end()))
-                done.add(rule_index)
+                done.add(rule.kind)
     return found

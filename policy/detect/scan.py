@@ -141,6 +141,8 @@ def _starts(texts: Sequence[str]) -> list[int]:
 
 
 def _per_string(spans: Sequence[tuple[int, int, int]], starts: Sequence[int]) -> dict[int, list[tuple[int, int, int]]]:
+    if len(starts) == 1:
+        return {0: list(spans)}
     grouped: dict[int, list[tuple[int, int, int]]] = {}
     for item in spans:
         grouped.setdefault(bisect_right(starts, item[1]) - 1, []).append(item)

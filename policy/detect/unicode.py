@@ -44,8 +44,7 @@ CANDIDATES = re.compile(
     "[\u180e\u200b-\u200d\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff\ufe00-\ufe0f"
     "\U000e0000-\U000e007f\U000e0100-\U000e01ef]"
 )
-_ZERO_WIDTH_RUN = re.compile("[\u200b-\u200d\u2060\ufeff\u180e]{3,}")
-_VS_RUN = re.compile("[\ufe00-\ufe0f\U000e0100-\U000e01ef]{2,}")
+_ZERO_WIDTH_CHARS = frozenset("\u200b\u200c\u200d\u2060\ufeff\u180e")
 _RTL = re.compile("[\u0590-\u08ff\ufb1d-\ufdff\ufe70-\ufefc]")
 _JOINING_SCRIPTS = re.compile(
     "[\u0600-\u06ff\u0750-\u077f\u08a0-\u08ff\ufb50-\ufdff\ufe70-\ufeff\u0900-\u0dff\u0f00-\u0fff\u1000-\u109f]"
@@ -86,21 +85,37 @@ def _flag_tags(text: str) -> list[tuple[int, int]]:
     return spans
 
 
+def _runs(positions: list[tuple[int, str]]) -> set[int]:
+    """Indexes inside runs of 3+ zero-width characters or 2+ variation selectors."""
+    inside: set[int] = set()
+    group: list[int] = []
+    family = ""
+    for index, char in [*positions, (-2, "")]:
+        kind = "vs" if ("\ufe00" <= char <= "\ufe0f" or char >= "\U000e0100") else (
+            "zw" if char in _ZERO_WIDTH_CHARS else ""
+        )
+        if group and kind == family and index == group[-1] + 1:
+            group.append(index)
+            continue
+        if family and len(group) >= (2 if family == "vs" else 3):
+            inside.update(group)
+        group, family = ([index], kind) if kind else ([], "")
+    return inside
+
+
 def hidden_spans(text: str) -> list[tuple[str, int, int]]:
     """``(kind, start, end)`` of every smuggling character (or run) in ``text``, by position."""
     if CANDIDATES.search(text) is None:
         return []
+    positions = [(match.start(), match.group()) for match in CANDIDATES.finditer(text)]
     found: list[tuple[str, int, int]] = []
     flags = _flag_tags(text) if _BLACK_FLAG in text else []
     in_flag = {index for lo, hi in flags for index in range(lo, hi)}
-    runs = {index for m in _ZERO_WIDTH_RUN.finditer(text) for index in range(m.start(), m.end())}
-    runs |= {index for m in _VS_RUN.finditer(text) for index in range(m.start(), m.end())}
-    rtl = _RTL.search(text) is not None
+    runs = _runs(positions)
+    rtl = any(char in _ISOLATES for _, char in positions) and _RTL.search(text) is not None
     depth = 0
     isolate_at: list[int] = []
-    for match in CANDIDATES.finditer(text):
-        index = match.start()
-        char = match.group()
+    for index, char in positions:
         before = text[index - 1] if index > 0 else ""
         after = text[index + 1] if index + 1 < len(text) else ""
         kind: str | None = None
