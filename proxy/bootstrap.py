@@ -40,7 +40,11 @@ from proxy.downstream import serve_http
 from proxy.enforce import Enforcer, PolicyView
 from proxy.errors import ConfigError, IdentityError
 from proxy.gateway import Gateway
+from proxy.quarantine import Quarantine
 from proxy.session import DownstreamSession
+from proxy.taint import MemoryTaintStore, Taint
+from proxy.tool_guard import ToolGuard
+from proxy.tool_store import SqliteToolStore, ToolRecord
 
 log = structlog.get_logger("securegateway.bootstrap")
 
@@ -56,6 +60,7 @@ class Runtime:
     audit: AuditWriter
     service: NegotiationService
     known_tools: set[str] = field(default_factory=set)
+    guard: ToolGuard | None = None
 
     def view(self) -> PolicyView:
         active = self.live.current
@@ -124,7 +129,15 @@ def open_runtime(config: GatewayConfig) -> Runtime:
     recovered = service.recover()
     if recovered:
         log.warning("recovered proposals approved before a restart", proposals=[pr.id for pr in recovered])
-    return Runtime(config, keys, repo, live, audit, service, runtime_tools)
+    guard = open_guard(config, audit=audit.record_sync)
+    return Runtime(config, keys, repo, live, audit, service, runtime_tools, guard)
+
+
+def open_guard(config: GatewayConfig, *, audit: Any = None) -> ToolGuard:
+    """The tool guard on ``[detectors] store`` (default ``<state_dir>/tools.db``)."""
+    assert config.policy.state_dir is not None
+    path = config.detectors.store or config.policy.state_dir / "tools.db"
+    return ToolGuard(SqliteToolStore(path), config.detectors, audit=audit)
 
 
 def _ensure_signing_key(config: GatewayConfig) -> None:
@@ -180,9 +193,25 @@ class App:
             result_scan=config.result_scan,
         )
         local = {"propose_policy": ProposePolicy(runtime.service)} if config.negotiation.enabled else {}
+        # Outermost first: a suspended tool is refused before anything else looks at the
+        # call; taint sees the enforcer's result scan on the way back.
+        interceptors: list[Any] = []
+        if runtime.guard is not None:
+            interceptors.append(Quarantine(
+                runtime.guard, runtime.view, runtime.audit.record,
+                build_event=runtime.audit.decision_event, trace_visibility=config.trace_visibility,
+            ))  # fmt: skip
+            runtime.guard.subscribe(self._tools_changed)
+        if config.detectors.taint:
+            interceptors.append(Taint(
+                MemoryTaintStore(), runtime.view, runtime.audit.record, build_event=runtime.audit.decision_event,
+                window_s=config.detectors.taint_window_s, sink_tools=config.detectors.sink_tools,
+                trace_visibility=config.trace_visibility,
+            ))  # fmt: skip
+        interceptors.append(enforcer)
         self.gateway = Gateway(
             config,
-            interceptors=[enforcer],
+            interceptors=interceptors,
             local_tools=local,
             stdio_identity=stdio_identity,
             authenticate=self._authenticate,
@@ -195,6 +224,25 @@ class App:
 
     def _on_session(self, session: DownstreamSession) -> None:
         session.risk = SessionRisk()
+        session.catalog.guard = self.runtime.guard
+
+    def _tools_changed(self, record: ToolRecord) -> None:
+        """A tool was suspended or released: every client's tool list may differ now."""
+        try:
+            tg = self.gateway.task_group
+        except RuntimeError:
+            return  # not serving yet: clients list fresh anyway
+        tg.start_soon(self._announce_tools, record.kind)
+
+    async def _announce_tools(self, kind: str) -> None:
+        note = {
+            "prompt": "notifications/prompts/list_changed", "resource_template": "notifications/resources/list_changed",
+        }.get(kind, "notifications/tools/list_changed")  # fmt: skip
+        for session in list(self.gateway.sessions):
+            try:
+                await session.channel.notify(note, None)
+            except Exception:  # a client that went away must not stop the others hearing
+                log.debug("list_changed not delivered", session=session.id)
 
     def _visible(self, session: DownstreamSession, tool: Mapping[str, Any]) -> bool:
         target = session.catalog.split(tool.get("name"))
@@ -230,7 +278,7 @@ class App:
                 elif config.admin.listen is not None:
                     from proxy.admin import build_admin_app
 
-                    admin_app = build_admin_app(rt.service, admin_key, live=rt.live)
+                    admin_app = build_admin_app(rt.service, admin_key, live=rt.live, guard=rt.guard)
                     await tg.start(serve_http, admin_app, config.admin.listen)
                 tg.start_soon(partial(
                     watch_policy_file, rt.repo, rt.live, on_event=rt.audit.record_sync,

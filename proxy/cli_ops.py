@@ -53,6 +53,10 @@ def register(sub: Any, config_arg: ConfigArg, load: LoadConfig) -> None:
 
     cli_policy.register(sub, add_common=config_arg, resolve=resolve)
 
+    from proxy import cli_tools
+
+    cli_tools.register(sub, config_arg, load)
+
 
 def _audit_path(args: argparse.Namespace, load: LoadConfig, explicit: Path | None) -> Path:
     if explicit is not None:
