@@ -127,7 +127,11 @@ class ToolGuard:
             updated_at=self._clock(),
         )  # fmt: skip
         event: str | None = None
-        if flagged and self.config.tool_scan == "quarantine" and not released:
+        rug_pull = self.config.tool_pinning != "off" and pinned is not None and pinned != digest
+        if rug_pull and not released:  # changed after it was trusted; findings ride along
+            diff = _diff(previous.pinned_definition if previous else None, definition)
+            record, event = base.with_(status="changed", diff=diff), "tool.changed"
+        elif flagged and self.config.tool_scan == "quarantine" and not released:
             record, event = base.with_(status="quarantined"), "tool.quarantined"
         elif self.config.tool_pinning == "off":
             record = base
@@ -137,14 +141,16 @@ class ToolGuard:
                 record, event = base.with_(status="unapproved", diff=_diff(None, definition)), "tool.unapproved"
             else:
                 record, event = base.with_(pinned_digest=digest, pinned_definition=dict(definition)), "tool.pinned"
-        elif pinned != digest and not released:
-            diff = _diff(previous.pinned_definition if previous else None, definition)
-            record, event = base.with_(status="changed", diff=diff), "tool.changed"
         else:
             record = base
             if flagged and not released:
                 event = "tool.flagged"
         self._save(record, event, previous)
+        if flagged and not released and event != "tool.flagged" and not record.suspended:
+            self._audit("tool.flagged", {  # tool_scan = "flag": listed, but on the record
+                "tool": key, "kind": kind, "status": record.status, "digest": digest,
+                "findings": [{k: f[k] for k in ("code", "kind", "path", "severity")} for f in found],
+            })  # fmt: skip
         return record
 
     def suspended(self, key: str) -> ToolRecord | None:
