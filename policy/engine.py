@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .decision import DENY_KINDS, Decision, TraceEntry, gateway_error_decision, new_decision_id, one_line
-from .detect import describe_findings, scan_value
+from .detect import Finding, describe_findings, scan_value
 from .explain import counterfactual, render_reason, risk_sentence, rules_sentence, session_sentence
 from .index import CompiledCondition, CompiledRule
 from .keys import KeyRing
@@ -205,6 +205,7 @@ def _evaluate(
     # 4-6. The first applicable reason decides.
     limit = policy.settings.deny_risk_above
     risk_limit: float | None = None
+    denying: list[Finding] = []
     if identity is None:
         code = "unknown_model"
     elif not in_scope:
@@ -223,10 +224,18 @@ def _evaluate(
     elif limit is not None and risk > limit:
         code = "risk_threshold"
         risk_limit = limit
+    elif (denying := _denying_findings(findings, policy.settings.tolerate_findings)):
+        # detect helper: a high-severity injection or private key denies unless tolerated
+        code = "suspicious_arguments"
     else:
         code = "allowed"
 
     reason = _reason(code, model, tool, arguments, out, schema.messages, risk, risk_limit)
+    if code == "suspicious_arguments":
+        reason = one_line("arguments contain " + "; ".join(
+            f"{'a private key' if f.code == 'secret' else 'an injection pattern'} ({f.kind}) at {f.path}"
+            for f in denying[:3]
+        ))  # fmt: skip
     reasoning = [
         rules_sentence(
             code=code,
@@ -276,6 +285,18 @@ def _evaluate(
         ),
         findings=findings,
     )
+
+
+_DENYING_CODES = frozenset({"prompt_injection", "secret"})
+
+
+def _denying_findings(findings: tuple[Finding, ...], tolerated: tuple[str, ...]) -> list[Finding]:
+    """High-severity injection and private-key findings the policy does not tolerate."""
+    return [
+        f for f in findings
+        if f.severity == "high" and f.code in _DENYING_CODES
+        and f.code not in tolerated and f"{f.code}:{f.kind}" not in tolerated
+    ]  # fmt: skip
 
 
 def _with_message(prefix: str, rule: Rule, model: str, tool: str, arguments: Mapping[str, Any]) -> str:

@@ -159,6 +159,11 @@ def counterfactual(
     if code == "risk_threshold":
         limit = risk_limit if risk_limit is not None else 0.0
         return Counterfactual(f"allowed if the risk score ({risk:.2f}) were at most {limit:g}")
+    if code == "suspicious_arguments":
+        return Counterfactual(
+            "allowed without the flagged content in the arguments, or if the policy's "
+            "`settings.tolerate_findings` listed it (an operator change; docs/detection.md)"
+        )
     # default_deny
     if near_misses:
         rule, why = near_misses[0]

@@ -34,7 +34,7 @@ RULE_KEYS = (
     "max_risk",
 )
 TOP_KEYS = ("rules", "settings")
-SETTINGS_KEYS = ("deny_risk_above",)
+SETTINGS_KEYS = ("deny_risk_above", "tolerate_findings")
 RULE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}")
 
 
@@ -286,7 +286,16 @@ def _settings(issues: Issues, node: Node) -> PolicySettings:
     threshold = None
     if "deny_risk_above" in node.value:
         threshold = _fraction(issues, node.value["deny_risk_above"], ("settings", "deny_risk_above"))
-    return PolicySettings(deny_risk_above=threshold)
+    tolerate: tuple[str, ...] = ()
+    if "tolerate_findings" in node.value:
+        item = node.value["tolerate_findings"]
+        value = plain(item)
+        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+            issues.add(item, key_path("settings", "tolerate_findings"),
+                       "expected a list of finding codes such as `secret` or `prompt_injection:role_override`")
+        else:
+            tolerate = tuple(value)
+    return PolicySettings(deny_risk_above=threshold, tolerate_findings=tolerate)
 
 
 def load_policy_text(text: str, source: str = "<string>", *, max_bytes: int = DEFAULT_MAX_BYTES) -> Policy:

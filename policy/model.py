@@ -72,9 +72,15 @@ class PolicySettings:
     """Policy-wide settings; ``deny_risk_above`` denies any call whose risk score exceeds it."""
 
     deny_risk_above: float | None = None
+    # Findings that do not deny a call by themselves: a code (`secret`) or `code:kind`
+    # (`prompt_injection:chat_template_token`). See docs/detection.md.
+    tolerate_findings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {} if self.deny_risk_above is None else {"deny_risk_above": self.deny_risk_above}
+        out: dict[str, Any] = {} if self.deny_risk_above is None else {"deny_risk_above": self.deny_risk_above}
+        if self.tolerate_findings:
+            out["tolerate_findings"] = list(self.tolerate_findings)
+        return out
 
 
 def format_timestamp(moment: datetime) -> str:

@@ -24,6 +24,7 @@ from policy import (
     evaluate,
     gateway_error_decision,
     scan_value,
+    strip_hidden,
 )
 from proxy.intercept import CallNext, ToolCall, ToolResult
 
@@ -159,6 +160,14 @@ class Enforcer:
             return _blocked(call, "the tool result contained " + ", ".join(sorted({f.code for f in findings})))
         meta = dict(result.get("_meta") or {})
         meta[SCAN_META_KEY] = summary
+        if any(f.code == "hidden_unicode" for f in findings):
+            # detect helper: hidden-Unicode payloads are removed by default (legitimate
+            # ZWJ/ZWNJ/LRM/flag uses are kept); injections are flagged in _meta.
+            result = {**result, "content": [
+                {**item, "text": strip_hidden(item["text"])}
+                if isinstance(item, Mapping) and isinstance(item.get("text"), str) else item
+                for item in result.get("content") or []
+            ]}  # fmt: skip
         if self._result_scan == "redact":
             flagged = {f.path.split(".", 1)[0] for f in findings}
             content = [
