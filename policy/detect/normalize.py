@@ -59,7 +59,9 @@ def fold(text: str) -> str:
     """``text`` lower-cased, normalised and de-obfuscated, with any extra views appended."""
     if text.isascii():
         return _leet(text.lower())
-    hidden = _TAG_TEXT.findall(text) if max(text) >= "\U000e0000" else []
+    # Tag characters are U+E0000..E007F, F3 A0 80..81 in UTF-8: a byte search finds them
+    # far faster than max() or a regex over the str.
+    hidden = _TAG_TEXT.findall(text) if b"\xf3\xa0" in text.encode("utf-8", "surrogatepass") else []
     visible = INVISIBLE.sub("", text)
     if not unicodedata.is_normalized("NFKC", visible):  # a quick check; most text already is
         visible = unicodedata.normalize("NFKC", visible)

@@ -149,15 +149,17 @@ def _per_string(spans: Sequence[tuple[int, int, int]], starts: Sequence[int]) ->
     return grouped
 
 
-def _folded_secrets(folded: str, original: str, hits: Sequence[SecretHit]) -> list[SecretHit]:
-    """Where the original's secrets (and any the folded text shows itself) sit in ``folded``."""
-    found = list(find_secrets(folded))
+def _folded_secrets(folded: str, original: str, hits: Sequence[SecretHit], lo: int, hi: int) -> list[SecretHit]:
+    """Secrets in ``folded[lo:hi]`` (offsets relative to ``lo``): the original's, located by
+    value, and any the folded text shows itself. Only the window is searched."""
+    window = folded[lo:hi]
+    found = list(find_secrets(window))
     for hit in hits:
         value = fold(original[hit.start : hit.end])
-        at = folded.find(value) if value else -1
+        at = window.find(value) if value else -1
         while at >= 0:
             found.append(SecretHit(hit.kind, at, at + len(value)))
-            at = folded.find(value, at + len(value))
+            at = window.find(value, at + len(value))
     found.sort(key=lambda item: item.start)
     return found
 
@@ -170,7 +172,7 @@ class _Scan:
         self.starts = _starts(texts)
         self.findings: list[list[Finding]] = [[] for _ in texts]
         self.secrets: list[list[SecretHit]] = [[] for _ in texts]
-        for hit in find_secrets(text, lowered=lowered):
+        for hit in find_secrets(text, lowered=lowered or None):
             index = bisect_right(self.starts, hit.start) - 1
             base, end = self.starts[index], self.starts[index] + len(texts[index])
             if hit.start < end:
@@ -198,11 +200,12 @@ class _Scan:
         self, index: int, folded: str, lo: int, hi: int, kind: str, severity: str, start: int, end: int, same: bool
     ) -> None:
         if same:  # ASCII: folded offsets are the original's, so quote the original
-            text, secrets = self.texts[index], self.secrets[index]
-        else:
-            text = folded[lo:hi]
-            secrets = _folded_secrets(text, self.texts[index], self.secrets[index])
-        excerpt = _excerpt(text, start - lo, end - lo, secrets)
+            excerpt = _excerpt(self.texts[index], start - lo, end - lo, self.secrets[index])
+        else:  # quote the folded text around the match, secrets masked (a secret may overhang)
+            w_lo, w_hi = max(lo, start - 4 * _CONTEXT), min(hi, end + 8 * _CONTEXT)
+            secrets = _folded_secrets(folded, self.texts[index], self.secrets[index], w_lo, w_hi)
+            excerpt = _excerpt(folded[w_lo:w_hi], start - w_lo, end - w_lo, secrets)
+            excerpt = ("…" if w_lo > lo and not excerpt.startswith("…") else "") + excerpt
         self.findings[index].append(Finding("prompt_injection", kind, self.paths[index], excerpt, severity))
 
     def hidden(self) -> None:
@@ -243,7 +246,7 @@ def scan_value(value: Any, path: str = "") -> tuple[Finding, ...]:
         return ()
     text = texts[0] if len(texts) == 1 else SEP.join(texts)
     plain = text.isascii()
-    lowered = text.lower()
+    lowered = text.lower() if plain else ""  # find_secrets lowers its ASCII copy of other text
     if plain:
         folded, fold_starts = fold(lowered), None
         if len(text) <= _QUICK_LIMIT and not anchor_hits(folded) and not find_secrets(text, lowered=lowered):
