@@ -9,7 +9,7 @@ Errors (see :mod:`policy.errors`)::
     └── PolicyLoadError   (.errors: tuple[LoadIssue, ...])
 """
 
-from .decision import Counterfactual, Decision, TraceEntry, gateway_error_decision
+from .decision import Counterfactual, Decision, TraceEntry, gateway_error_decision, unknown_tool_decision
 from .detect import Finding, describe_findings, scan_definition, scan_value, strip_hidden
 from .engine import could_allow, evaluate
 from .errors import LoadIssue, PolicyError, PolicyLoadError
@@ -49,4 +49,5 @@ __all__ = [
     "scan_value",
     "strip_hidden",
     "tool_matches",
+    "unknown_tool_decision",
 ]

@@ -22,7 +22,9 @@ import structlog
 
 from negotiation import (
     GuardrailConfig,
+    IdentityRiskStore,
     LivePolicy,
+    MemoryIdentityRiskStore,
     NegotiationService,
     PolicyRepository,
     SqliteProposalStore,
@@ -35,13 +37,14 @@ from negotiation.tool import PROPOSE_POLICY_TOOL, handle_propose
 from policy import KeyRing, ModelIdentity, PolicyError, SessionRisk, could_allow, load_model_keys
 from policy.audit_event import AuditError
 from proxy.audit_writer import AuditWriter, open_audit_log
-from proxy.config import GatewayConfig
+from proxy.config import GatewayConfig, exposure_warnings
 from proxy.downstream import serve_http
 from proxy.enforce import Enforcer, PolicyView
 from proxy.errors import ConfigError, IdentityError
 from proxy.gateway import Gateway
 from proxy.quarantine import Quarantine
 from proxy.session import DownstreamSession
+from proxy.suggestions import SuggestionVetting
 from proxy.taint import MemoryTaintStore, Taint
 from proxy.tool_guard import ToolGuard
 from proxy.tool_store import SqliteToolStore, ToolRecord
@@ -60,6 +63,7 @@ class Runtime:
     audit: AuditWriter
     service: NegotiationService
     known_tools: set[str] = field(default_factory=set)
+    risk: IdentityRiskStore = field(default_factory=MemoryIdentityRiskStore)
     guard: ToolGuard | None = None
 
     def view(self) -> PolicyView:
@@ -80,6 +84,7 @@ def storage_config(config: GatewayConfig) -> PolicyStorageConfig:
         public_key=p.public_key,
         hmac_secret_env=p.hmac_secret_env,
         require_signature=p.require_signature,
+        high_water_file=p.high_water_file,
     )
 
 
@@ -122,6 +127,8 @@ def open_runtime(config: GatewayConfig) -> Runtime:
             max_snippet_bytes=n.max_snippet_bytes,
             pending_ttl_hours=n.pending_ttl_hours,
             max_pending_per_model=n.max_pending_per_model,
+            max_refused_per_window=n.max_refused_per_window,
+            refused_window_minutes=n.refused_window_minutes,
         ),
         audit=audit.record_sync,
         known_tools=lambda: sorted(runtime_tools),
@@ -130,7 +137,7 @@ def open_runtime(config: GatewayConfig) -> Runtime:
     if recovered:
         log.warning("recovered proposals approved before a restart", proposals=[pr.id for pr in recovered])
     guard = open_guard(config, audit=audit.record_sync)
-    return Runtime(config, keys, repo, live, audit, service, runtime_tools, guard)
+    return Runtime(config, keys, repo, live, audit, service, runtime_tools, guard=guard)
 
 
 def open_guard(config: GatewayConfig, *, audit: Any = None) -> ToolGuard:
@@ -208,6 +215,8 @@ class App:
                 window_s=config.detectors.taint_window_s, sink_tools=config.detectors.sink_tools,
                 trace_visibility=config.trace_visibility,
             ))  # fmt: skip
+        if config.negotiation.enabled:
+            interceptors.append(SuggestionVetting(runtime.service))
         interceptors.append(enforcer)
         self.gateway = Gateway(
             config,
@@ -217,13 +226,16 @@ class App:
             authenticate=self._authenticate,
             visible=self._visible,
             on_session=self._on_session,
+            access=enforcer,
         )
 
     def _authenticate(self, key: str | None) -> ModelIdentity | None:
         return self.runtime.keys.authenticate(key) if key else None
 
     def _on_session(self, session: DownstreamSession) -> None:
-        session.risk = SessionRisk()
+        # Risk belongs to the model identity, not the connection: a reconnect changes nothing.
+        model_id = getattr(session.identity, "model_id", None)
+        session.risk = self.runtime.risk.for_identity(model_id) if isinstance(model_id, str) else SessionRisk()
         session.catalog.guard = self.runtime.guard
 
     def _tools_changed(self, record: ToolRecord) -> None:
@@ -264,6 +276,8 @@ class App:
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         rt, config = self.runtime, self.runtime.config
+        for exposure in exposure_warnings(config):
+            log.warning("listener reachable from other machines", detail=exposure)
         rt.audit.record_sync("gateway.started", {
             "listen": config.listen.url, "upstreams": [u.name for u in config.upstreams],
             "policy_version": rt.live.current.version, "policy_digest": rt.live.current.policy.digest,
@@ -276,9 +290,15 @@ class App:
                     log.warning("admin API disabled: set the admin key", variable=config.admin.key_env,
                                 listen=config.admin.listen.url)
                 elif config.admin.listen is not None:
-                    from proxy.admin import build_admin_app
+                    from proxy.admin import admin_allowed_hosts, build_admin_app
 
-                    admin_app = build_admin_app(rt.service, admin_key, live=rt.live, guard=rt.guard)
+                    a = config.admin
+                    assert a.listen is not None
+                    admin_app = build_admin_app(
+                        rt.service, admin_key, live=rt.live,
+                        allowed_hosts=admin_allowed_hosts(a.listen.host, a.listen.port, a.allowed_hosts),
+                        allowed_origins=a.allowed_origins, guard=rt.guard,
+                    )
                     await tg.start(serve_http, admin_app, config.admin.listen)
                 tg.start_soon(partial(
                     watch_policy_file, rt.repo, rt.live, on_event=rt.audit.record_sync,

@@ -68,7 +68,7 @@ class Quarantine:
             ))  # fmt: skip
         except Exception:  # the call is refused either way; the failure is logged
             log.exception("audit write failed", tool=call.qualified, decision_id=decision.decision_id)
-        return denial_result(decision, self._visibility, data)
+        return denial_result(decision, self._visibility, policy=self._current().policy)
 
 
 def refusal(call: ToolCall, record: ToolRecord, policy_digest: str) -> Decision:

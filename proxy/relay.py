@@ -6,6 +6,13 @@ upstream's raw result: relayed messages are never re-modelled. Only what must
 change is changed: names are namespaced, lists are merged and paginated, the
 ``initialize`` answer describes the merged server, and ``tools/call`` runs
 through the interceptor chain (policy enforcement) before it is forwarded.
+
+Every other request that reaches an upstream's data - ``prompts/get``,
+``resources/read``, ``resources/subscribe``/``unsubscribe``, ``completion/complete`` -
+is decided by the host's :class:`AccessGate` first (identity, key scope, rules, audit),
+and what the upstream answers (or asks of the client) is screened by it before the
+client sees it. A request id already in flight on the connection is refused with
+``-32600``; the request that holds the id keeps it.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from proxy.catalog import LISTS
 from proxy.downstream import OVERSIZED_METHOD
+from proxy.enforce import POLICY_DENIED, RESULT_BLOCKED, Verdict
 from proxy.intercept import CallNext, ToolCall, ToolResult
 from proxy.mrtr import InputBridge
 from proxy.session import DownstreamSession
@@ -32,6 +40,7 @@ from proxy.upstream import ClientHello, UpstreamLink
 log = structlog.get_logger("securegateway.relay")
 
 SESSION_KEY = "securegateway.session"
+IN_FLIGHT_KEY = "securegateway.in_flight"
 ENVELOPE_PREFIX = "io.modelcontextprotocol/"
 CACHEABLE = frozenset({"tools/list", "prompts/list", "resources/list", "resources/templates/list", "resources/read"})
 
@@ -44,6 +53,22 @@ class LocalTool(Protocol):
     definition: Mapping[str, Any]
 
     async def __call__(self, session: DownstreamSession, arguments: Mapping[str, Any]) -> ToolResult: ...
+
+
+class AccessGate(Protocol):
+    """The decision point for everything but tools/call (which runs the interceptor chain)."""
+
+    async def authorize(
+        self, session: DownstreamSession, *, method: str, kind: str, server: str, name: str,
+        arguments: Mapping[str, Any],
+    ) -> Verdict: ...
+
+    async def unknown_tool(self, session: DownstreamSession, name: str) -> Verdict: ...
+
+    async def screen(
+        self, session: DownstreamSession, *, method: str, server: str, target: str, payload: Any,
+        decision_id: str | None = None,
+    ) -> Any: ...
 
 
 class SessionHost(Protocol):
@@ -61,6 +86,9 @@ class SessionHost(Protocol):
     def tool_chain(self) -> CallNext: ...
 
     def server_identity(self, session: DownstreamSession) -> tuple[dict[str, Any], str | None]: ...
+
+    @property
+    def access(self) -> AccessGate | None: ...
 
 
 class Relay:
@@ -99,11 +127,12 @@ class Relay:
         if method in ("ping", "server/discover"):
             return await call_next(ctx) if method == "ping" else await self._discover(ctx)
         session = await self._session(ctx)
-        handler = self._routes.get(method)
-        if handler is None:
-            result = await self._unknown(session, ctx)
-        else:
-            result = await handler(session, ctx)
+        with _claim_id(ctx):
+            handler = self._routes.get(method)
+            if handler is None:
+                result = await self._unknown(session, ctx)
+            else:
+                result = await handler(session, ctx)
         if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
             result = _complete_for_modern(method, result)
         return result
@@ -122,6 +151,7 @@ class Relay:
             raise MCPError(INVALID_REQUEST, "`initialize` was already received on this connection")
         result = await call_next(ctx)  # the SDK validates and negotiates first: nothing starts for a bad one
         session = await self._host.open_session(ctx, hello)
+        self._attach_screen(session)
         if connection is not None:
             connection.state[SESSION_KEY] = session
         if isinstance(result, dict):
@@ -171,8 +201,56 @@ class Relay:
         if session is not None:
             return session
         if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
-            return await self._host.modern_session(ctx)
+            return self._attach_screen(await self._host.modern_session(ctx))
         raise MCPError(INVALID_REQUEST, "the session is not initialized: send `initialize` first")
+
+    def _attach_screen(self, session: DownstreamSession) -> DownstreamSession:
+        """Upstream -> client requests (sampling, elicitation) pass the same result scan."""
+        gate = self._host.access
+        if gate is not None and session.screen is None:
+
+            async def screen(upstream: str, method: str, params: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+                outcome = await gate.screen(session, method=method, server=upstream, target=method, payload=params)
+                if outcome.payload is None and outcome.findings:
+                    codes = ", ".join(sorted({f.code for f in outcome.findings}))
+                    raise MCPError(
+                        RESULT_BLOCKED, f"the gateway withheld `{method}` from the client: it contained {codes}"
+                    )
+                return params if not outcome.findings else outcome.payload
+
+            session.screen = screen
+        return session
+
+    async def _decide(
+        self, session: DownstreamSession, method: str, kind: str, server: str, name: str, arguments: Any
+    ) -> str | None:
+        """Ask the gate; raise the JSON-RPC denial (decision in ``data``) or return the decision id."""
+        gate = self._host.access
+        if gate is None:
+            return None
+        args = dict(arguments) if isinstance(arguments, Mapping) else {}
+        verdict = await gate.authorize(session, method=method, kind=kind, server=server, name=name, arguments=args)
+        if not verdict.allowed:
+            reason = verdict.view.get("reason", "denied by policy")
+            raise MCPError(POLICY_DENIED, f"denied: {reason}", data=verdict.view)
+        return verdict.decision.decision_id
+
+    async def _screened(
+        self, session: DownstreamSession, method: str, server: str, target: str, result: dict[str, Any],
+        decision_id: str | None,
+    ) -> dict[str, Any]:
+        gate = self._host.access
+        if gate is None:
+            return result
+        outcome = await gate.screen(
+            session, method=method, server=server, target=target, payload=result, decision_id=decision_id
+        )
+        if not outcome.findings:
+            return result
+        if outcome.payload is None:
+            codes = ", ".join(sorted({f.code for f in outcome.findings}))
+            raise MCPError(RESULT_BLOCKED, f"the gateway withheld the `{method}` result: it contained {codes}")
+        return dict(outcome.payload)
 
     async def _notification(self, ctx: ServerRequestContext[Any, Any], call_next: Any) -> None:
         await call_next(ctx)
@@ -211,14 +289,15 @@ class Relay:
             return await local(session, arguments)
         target = session.catalog.split(name)
         if target is None:
-            raise MCPError(INVALID_PARAMS, f"unknown tool `{name}`")
+            await self._unknown_tool(session, name)
+        assert target is not None
         link, tool = target
         definition = session.catalog.tool_definition(name)
         if definition is None and link.ready:
             await session.catalog.merged("tools/list")
             definition = session.catalog.tool_definition(name)
             if definition is None:
-                raise MCPError(INVALID_PARAMS, f"unknown tool `{name}`")
+                await self._unknown_tool(session, name)
         call = ToolCall(
             session=session,
             name=name,
@@ -232,32 +311,58 @@ class Relay:
         )
         return await self._host.tool_chain(call)
 
+    async def _unknown_tool(self, session: DownstreamSession, name: str) -> None:
+        gate = self._host.access
+        data = (await gate.unknown_tool(session, name)).view if gate is not None else None
+        raise MCPError(INVALID_PARAMS, f"unknown tool `{name[:200]}`", data=data)
+
     async def _prompts_get(self, session: DownstreamSession, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
         params = dict(ctx.params or {})
         target = session.catalog.split(params.get("name"))
         if target is None:
-            raise MCPError(INVALID_PARAMS, f"unknown prompt `{params.get('name')}`")
+            raise MCPError(INVALID_PARAMS, f"unknown prompt `{str(params.get('name'))[:200]}`")
         link, params["name"] = target
-        return await _forward(link, ctx, params)
+        decision_id = await self._decide(
+            session, ctx.method, "prompt", link.name, params["name"], params.get("arguments") or {}
+        )
+        result = await _forward(link, ctx, params)
+        return await self._screened(session, ctx.method, link.name, params["name"], result, decision_id)
 
     async def _by_uri(self, session: DownstreamSession, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
-        link = await session.catalog.resource_owner((ctx.params or {}).get("uri"))
-        return await _forward(link, ctx, ctx.params)
+        uri = (ctx.params or {}).get("uri")
+        link = await session.catalog.resource_owner(uri)
+        assert isinstance(uri, str)  # resource_owner refuses anything else
+        decision_id = await self._decide(session, ctx.method, "resource", link.name, uri, {"uri": uri})
+        result = await _forward(link, ctx, ctx.params)
+        if ctx.method != "resources/read":
+            return result
+        return await self._screened(session, ctx.method, link.name, uri, result, decision_id)
 
     async def _complete(self, session: DownstreamSession, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
         params = dict(ctx.params or {})
         ref = dict(params.get("ref") or {})
+        argument = params.get("argument")
+        arguments: dict[str, Any] = {}
+        if isinstance(argument, Mapping) and isinstance(argument.get("name"), str):
+            arguments[argument["name"]] = argument.get("value")
         if ref.get("type") == "ref/prompt":
             target = session.catalog.split(ref.get("name"))
             if target is None:
-                raise MCPError(INVALID_PARAMS, f"unknown prompt `{ref.get('name')}`")
+                raise MCPError(INVALID_PARAMS, f"unknown prompt `{str(ref.get('name'))[:200]}`")
             link, ref["name"] = target
             params["ref"] = ref
+            kind, name = "prompt", ref["name"]
         elif ref.get("type") == "ref/resource":
             link = await session.catalog.resource_owner(ref.get("uri"))
+            kind, name = "resource", str(ref.get("uri"))
+            arguments = {"uri": name}
         else:
             raise MCPError(INVALID_PARAMS, "`ref.type` must be `ref/prompt` or `ref/resource`")
-        return await _forward(link, ctx, params)
+        if not (link.info and "completions" in link.info.capabilities):
+            raise MCPError(METHOD_NOT_FOUND, f"upstream `{link.name}` does not offer completions", data=ctx.method)
+        decision_id = await self._decide(session, ctx.method, kind, link.name, name, arguments)
+        result = await _forward(link, ctx, params)
+        return await self._screened(session, ctx.method, link.name, name, result, decision_id)
 
     async def _fan_out(self, session: DownstreamSession, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
         """logging/setLevel applies to every upstream that logs."""
@@ -343,6 +448,24 @@ def _complete_for_modern(method: str, result: dict[str, Any]) -> dict[str, Any]:
     if method in CACHEABLE and "ttlMs" not in result:
         result = {**result, "ttlMs": 0, "cacheScope": "private"}
     return result
+
+
+@contextlib.contextmanager
+def _claim_id(ctx: ServerRequestContext[Any, Any]) -> Any:
+    """Hold this request's id for the connection while it runs; a second holder gets -32600."""
+    connection = connection_of(ctx)
+    if connection is None or ctx.request_id is None:
+        yield
+        return
+    held: set[Any] = connection.state.setdefault(IN_FLIGHT_KEY, set())
+    key = (type(ctx.request_id).__name__, ctx.request_id)
+    if key in held:
+        raise MCPError(INVALID_REQUEST, f"request id `{str(ctx.request_id)[:80]}` is already in flight on this session")
+    held.add(key)
+    try:
+        yield
+    finally:
+        held.discard(key)
 
 
 def _attached(ctx: ServerRequestContext[Any, Any]) -> DownstreamSession | None:

@@ -139,4 +139,4 @@ class Taint:
             ))  # fmt: skip
         except Exception:
             log.exception("audit write failed", tool=call.qualified, decision_id=decision.decision_id)
-        return denial_result(decision, self._visibility, data)
+        return denial_result(decision, self._visibility, policy=view.policy)
