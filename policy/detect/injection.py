@@ -407,7 +407,7 @@ def anchor_hits(folded: str) -> list[tuple[int, int, int]]:
     non-ASCII text, the bytes one ~1.5 ms. Byte offsets of the (usually few) hits are
     mapped back to character offsets by decoding the stretches between them.
     """
-    data = folded.encode()
+    data = folded.encode("utf-8", "surrogatepass")  # JSON may carry lone surrogates
     hits: list[tuple[int, int, int]] = _AUTOMATON.find_matches_as_indexes(data, overlapping=True)
     if not hits or len(data) == len(folded):
         return hits
@@ -415,7 +415,7 @@ def anchor_hits(folded: str) -> list[tuple[int, int, int]]:
     chars: dict[int, int] = {}
     position = previous = 0
     for offset in offsets:
-        position += len(data[previous:offset].decode("utf-8", "replace"))
+        position += len(data[previous:offset].decode("utf-8", "surrogatepass"))
         chars[offset] = position
         previous = offset
     return [(index, chars[start], chars[end]) for index, start, end in hits]

@@ -81,7 +81,7 @@ def fold(text: str) -> str:
 
 
 def _leet(text: str) -> str:
-    return text.encode().translate(_LEET_BYTES).decode()
+    return text.encode("utf-8", "surrogatepass").translate(_LEET_BYTES).decode("utf-8", "surrogatepass")
 
 
 def despace(folded: str) -> str:
