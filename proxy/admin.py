@@ -41,6 +41,8 @@ from negotiation.text_safety import reviewer_view
 from policy import dump_policy_yaml
 from proxy.dry_run import DryRunError
 from proxy.operator import OperatorView
+from proxy.tool_guard import GuardError, ToolGuard
+from proxy.tool_store import STATUSES, ToolRecord
 
 __all__ = ["ADMIN_KEY_HEADER", "LOOPBACK_HOST_PATTERNS", "admin_allowed_hosts", "build_admin_app"]
 
@@ -124,6 +126,7 @@ def build_admin_app(
     allowed_hosts: Sequence[str] = LOOPBACK_HOST_PATTERNS,
     allowed_origins: Sequence[str] = (),
     operator: OperatorView | None = None,
+    guard: ToolGuard | None = None,
 ) -> Starlette:
     """The admin API as a Starlette app. ``max_body_bytes`` defaults to four times the
     guardrails' snippet cap (JSON escaping can double a snippet) plus 16 KiB.
@@ -269,6 +272,36 @@ def build_admin_app(
         from proxy.console import build_console
 
         consoles.append(Mount("/console", app=build_console(service, admin_key, operator)))
+    # ---- tools: quarantine, pins, releases (proxy/tool_guard.py) ----------------------------------
+
+    def tool_guard() -> ToolGuard:
+        if guard is None:
+            raise _HttpError(404, "not_found", "tool scanning and pinning are off on this gateway")
+        return guard
+
+    async def list_tools(request: Request) -> JSONResponse:
+        status = request.query_params.get("status")
+        if status is not None and status not in STATUSES:
+            raise _HttpError(400, "bad_request", f"unknown status `{status}`; one of: {', '.join(STATUSES)}")
+        records = tool_guard().records()
+        return JSONResponse({"tools": [_tool_summary(r) for r in records if status is None or r.status == status]})
+
+    async def show_tool(request: Request) -> JSONResponse:
+        try:
+            return JSONResponse(tool_guard().get(request.path_params["name"]).to_dict())
+        except GuardError as exc:
+            raise _HttpError(404, exc.code, exc.message) from None
+
+    async def release_tool(request: Request) -> JSONResponse:
+        body = await _json_body(request, limit) if request.headers.get("content-length") not in (None, "0") else {}
+        by = body.get("by", "operator")
+        if not isinstance(by, str) or not by.strip():
+            raise _HttpError(400, "bad_request", "`by` must be a non-empty string")
+        try:
+            record = tool_guard().release(request.path_params["name"], by=f"admin api: {by}")
+        except GuardError as exc:
+            raise _HttpError(404 if exc.code == "not_found" else 409, exc.code, exc.message) from None
+        return JSONResponse(record.to_dict())
 
     origins = [f"http://{host}" for host in allowed_hosts] + list(allowed_origins)
     return Starlette(
@@ -284,8 +317,17 @@ def build_admin_app(
             Route("/api/proposals/{proposal_id}/approve", guarded(decide(service.approve)), methods=["POST"]),
             Route("/api/proposals/{proposal_id}/reject", guarded(decide(service.reject)), methods=["POST"]),
             Route("/api/policy", guarded(show_policy), methods=["GET"]),
+            Route("/api/tools", guarded(list_tools), methods=["GET"]),
+            Route("/api/tools/{name:path}/release", guarded(release_tool), methods=["POST"]),
+            Route("/api/tools/{name:path}", guarded(show_tool), methods=["GET"]),
         ]
     )
+
+
+def _tool_summary(record: ToolRecord) -> dict[str, Any]:
+    summary = record.to_dict()
+    del summary["definition"]
+    return summary
 
 
 def _detail(proposal: Proposal) -> dict[str, Any]:

@@ -43,8 +43,12 @@ from proxy.enforce import Enforcer, PolicyView
 from proxy.errors import ConfigError, IdentityError
 from proxy.gateway import Gateway
 from proxy.metrics import GatewayMetrics
+from proxy.quarantine import Quarantine
 from proxy.session import DownstreamSession
 from proxy.suggestions import SuggestionVetting
+from proxy.taint import MemoryTaintStore, Taint
+from proxy.tool_guard import ToolGuard
+from proxy.tool_store import SqliteToolStore, ToolRecord
 
 log = structlog.get_logger("securegateway.bootstrap")
 
@@ -62,6 +66,7 @@ class Runtime:
     known_tools: set[str] = field(default_factory=set)
     risk: IdentityRiskStore = field(default_factory=MemoryIdentityRiskStore)
     tool_definitions: dict[str, Mapping[str, Any]] = field(default_factory=dict)  # dotted name -> last seen
+    guard: ToolGuard | None = None
 
     def view(self) -> PolicyView:
         active = self.live.current
@@ -154,7 +159,15 @@ def open_runtime(config: GatewayConfig) -> Runtime:
     recovered = service.recover()
     if recovered:
         log.warning("recovered proposals approved before a restart", proposals=[pr.id for pr in recovered])
-    return Runtime(config, keys, repo, live, audit, service, runtime_tools)
+    guard = open_guard(config, audit=audit.record_sync)
+    return Runtime(config, keys, repo, live, audit, service, runtime_tools, guard=guard)
+
+
+def open_guard(config: GatewayConfig, *, audit: Any = None) -> ToolGuard:
+    """The tool guard on ``[detectors] store`` (default ``<state_dir>/tools.db``)."""
+    assert config.policy.state_dir is not None
+    path = config.detectors.store or config.policy.state_dir / "tools.db"
+    return ToolGuard(SqliteToolStore(path), config.detectors, audit=audit)
 
 
 def _ensure_signing_key(config: GatewayConfig) -> None:
@@ -211,10 +224,27 @@ class App:
             result_scan=config.result_scan,
         )
         local = {"propose_policy": ProposePolicy(runtime.service)} if config.negotiation.enabled else {}
-        vetting = [SuggestionVetting(runtime.service)] if config.negotiation.enabled else []
+        # Outermost first: a suspended tool is refused before anything else looks at the
+        # call; taint sees the enforcer's result scan on the way back.
+        interceptors: list[Any] = []
+        if runtime.guard is not None:
+            interceptors.append(Quarantine(
+                runtime.guard, runtime.view, runtime.audit.record,
+                build_event=runtime.audit.decision_event, trace_visibility=config.trace_visibility,
+            ))  # fmt: skip
+            runtime.guard.subscribe(self._tools_changed)
+        if config.detectors.taint:
+            interceptors.append(Taint(
+                MemoryTaintStore(), runtime.view, runtime.audit.record, build_event=runtime.audit.decision_event,
+                window_s=config.detectors.taint_window_s, sink_tools=config.detectors.sink_tools,
+                trace_visibility=config.trace_visibility,
+            ))  # fmt: skip
+        if config.negotiation.enabled:
+            interceptors.append(SuggestionVetting(runtime.service))
+        interceptors.append(enforcer)
         self.gateway = Gateway(
             config,
-            interceptors=[self.metrics.interceptor, *vetting, enforcer],
+            interceptors=[self.metrics.interceptor, *interceptors],
             local_tools=local,
             stdio_identity=stdio_identity,
             authenticate=self._authenticate,
@@ -231,6 +261,25 @@ class App:
         # Risk belongs to the model identity, not the connection: a reconnect changes nothing.
         model_id = getattr(session.identity, "model_id", None)
         session.risk = self.runtime.risk.for_identity(model_id) if isinstance(model_id, str) else SessionRisk()
+        session.catalog.guard = self.runtime.guard
+
+    def _tools_changed(self, record: ToolRecord) -> None:
+        """A tool was suspended or released: every client's tool list may differ now."""
+        try:
+            tg = self.gateway.task_group
+        except RuntimeError:
+            return  # not serving yet: clients list fresh anyway
+        tg.start_soon(self._announce_tools, record.kind)
+
+    async def _announce_tools(self, kind: str) -> None:
+        note = {
+            "prompt": "notifications/prompts/list_changed", "resource_template": "notifications/resources/list_changed",
+        }.get(kind, "notifications/tools/list_changed")  # fmt: skip
+        for session in list(self.gateway.sessions):
+            try:
+                await session.channel.notify(note, None)
+            except Exception:  # a client that went away must not stop the others hearing
+                log.debug("list_changed not delivered", session=session.id)
 
     def _visible(self, session: DownstreamSession, tool: Mapping[str, Any]) -> bool:
         target = session.catalog.split(tool.get("name"))
@@ -275,7 +324,7 @@ class App:
                     admin_app = build_admin_app(
                         rt.service, admin_key, live=rt.live,
                         allowed_hosts=admin_allowed_hosts(a.listen.host, a.listen.port, a.allowed_hosts),
-                        allowed_origins=a.allowed_origins, operator=for_app(self),
+                        allowed_origins=a.allowed_origins, operator=for_app(self), guard=rt.guard,
                     )
                     await tg.start(serve_http, admin_app, config.admin.listen)
                 tg.start_soon(partial(

@@ -68,6 +68,10 @@ def register(sub: Any, config_arg: ConfigArg, load: LoadConfig) -> None:
     cli_operator.add_policy_test(sub.choices["policy"], config_arg, load)
     cli_operator.add_init(sub)
 
+    from proxy import cli_tools
+
+    cli_tools.register(sub, config_arg, load)
+
 
 def _audit_path(args: argparse.Namespace, load: LoadConfig, explicit: Path | None) -> Path:
     if explicit is not None:
