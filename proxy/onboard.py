@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from policy.secrets import find_secrets
 
 from policy.redact import DEFAULT_SENSITIVE_KEYS, normalise_key
-from policy.secrets import find_secrets
 from proxy.errors import ConfigError
 
 __all__ = [
