@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from .detectors import Finding
+from .detect.finding import Finding
 from .risk import RiskFactor
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "TraceEntry",
     "gateway_error_decision",
     "new_decision_id",
+    "refusal_decision",
     "unknown_tool_decision",
 ]
 
@@ -37,6 +38,12 @@ REASON_CODES: tuple[str, ...] = (
     "risk_threshold",
     "rule_error",
     "gateway_error",
+    # Detection (docs/detection.md): findings that deny, suspended tools, session taint.
+    "suspicious_arguments",
+    "tool_quarantined",
+    "tool_changed",
+    "tool_unapproved",
+    "session_tainted",
     "unknown_tool",
 )
 # deny_kind per reason code: "default" when nothing granted the call, "explicit" when
@@ -51,6 +58,11 @@ DENY_KINDS: dict[str, str | None] = {
     "schema_violation": "explicit",
     "risk_threshold": "explicit",
     "gateway_error": "explicit",
+    "suspicious_arguments": "explicit",
+    "tool_quarantined": "explicit",
+    "tool_changed": "explicit",
+    "tool_unapproved": "explicit",
+    "session_tainted": "explicit",
     "unknown_tool": "default",
 }
 
@@ -201,4 +213,39 @@ def gateway_error_decision(
         counterfactual=Counterfactual(
             "no policy change can allow this: the gateway failed while enforcing; see errors"
         ),
+    )
+
+
+def refusal_decision(
+    *,
+    model: str,
+    tool: str,
+    reason_code: str,
+    reason: str,
+    reasoning: tuple[str, ...],
+    policy_digest: str,
+    findings: tuple[Finding, ...] = (),
+    remedy: str,
+) -> Decision:
+    """A deny made before the rules are consulted (a suspended tool, a tainted session).
+
+    ``remedy`` says who can lift it (an operator, time); no policy proposal can.
+    """
+    return Decision(
+        decision_id=new_decision_id(),
+        allowed=False,
+        reason=one_line(reason),
+        reason_code=reason_code,
+        deny_kind=DENY_KINDS[reason_code],
+        model=model,
+        tool=tool,
+        matched_rules=(),
+        rule_trace=(),
+        risk_score=1.0,
+        risk_factors=(),
+        reasoning=reasoning,
+        errors=(),
+        policy_digest=policy_digest,
+        counterfactual=Counterfactual(remedy),
+        findings=findings,
     )

@@ -34,7 +34,7 @@ from .decision import (
     new_decision_id,
     one_line,
 )
-from .detectors import describe_findings, scan_value
+from .detect import Finding, describe_findings, scan_value
 from .explain import counterfactual, render_reason, risk_sentence, rules_sentence, session_sentence
 from .index import CompiledCondition, CompiledRule
 from .keys import KeyRing
@@ -226,6 +226,7 @@ def _evaluate(
     # 4-6. The first applicable reason decides.
     limit = policy.settings.deny_risk_above
     risk_limit: float | None = None
+    denying: list[Finding] = []
     if identity is None:
         code = "unknown_model"
     elif not in_scope:
@@ -250,10 +251,18 @@ def _evaluate(
     elif limit is not None and risk > limit:
         code = "risk_threshold"
         risk_limit = limit
+    elif (denying := _denying_findings(findings, policy.settings.tolerate_findings)):
+        # detect helper: a high-severity injection or private key denies unless tolerated
+        code = "suspicious_arguments"
     else:
         code = "allowed"
 
     reason = _reason(code, model, tool, arguments, out, schema.messages, risk, risk_limit, kind)
+    if code == "suspicious_arguments":
+        reason = one_line("arguments contain " + "; ".join(
+            f"{'a private key' if f.code == 'secret' else 'an injection pattern'} ({f.kind}) at {f.path}"
+            for f in denying[:3]
+        ))  # fmt: skip
     reasoning = [
         _target_sentence(code, model, tool, kind, request.server, out) if kind != "tool" else rules_sentence(
             code=code,
@@ -311,6 +320,18 @@ def _evaluate(
         findings=findings,
         kind=kind,
     )
+
+
+_DENYING_CODES = frozenset({"prompt_injection", "secret"})
+
+
+def _denying_findings(findings: tuple[Finding, ...], tolerated: tuple[str, ...]) -> list[Finding]:
+    """High-severity injection and private-key findings the policy does not tolerate."""
+    return [
+        f for f in findings
+        if f.severity == "high" and f.code in _DENYING_CODES
+        and f.code not in tolerated and f"{f.code}:{f.kind}" not in tolerated
+    ]  # fmt: skip
 
 
 def _with_message(prefix: str, rule: Rule, model: str, tool: str, arguments: Mapping[str, Any]) -> str:
@@ -400,7 +421,8 @@ def _target_counterfactual(
         )
     grant = None
     if base.suggested_rule is not None:
-        grant = {"model": model, _GRANT_KEY[kind]: [target]}
+        key = _GRANT_KEY.get(kind)
+        grant = {"model": model, key: [target]} if key is not None else None
     text = base.text.replace(f"granted {model} `{target}`", f"granted {model} the {kind} `{target}`")
     return Counterfactual(text, grant, base.remove_rules)
 

@@ -70,8 +70,10 @@ class Condition:
 
 
 # What a request reaches upstream: a tool (tools/call), a prompt (prompts/get, prompt
-# completions) or a resource (resources/read, resources/subscribe, resource completions).
-TARGET_KINDS: tuple[str, ...] = ("tool", "prompt", "resource")
+# completions), a resource (resources/read, resources/subscribe, resource completions), or
+# another method the relay passes through to a single upstream (``method``; no rule names
+# those: the key scope must reach the upstream).
+TARGET_KINDS: tuple[str, ...] = ("tool", "prompt", "resource", "method")
 # The kinds ``settings.require_rules_for`` may name (tools always need a rule).
 RULED_KINDS: dict[str, str] = {"prompts": "prompt", "resources": "resource"}
 
@@ -87,6 +89,9 @@ class PolicySettings:
 
     deny_risk_above: float | None = None
     require_rules_for: tuple[str, ...] = ()
+    # Findings that do not deny a call by themselves: a code (`secret`) or `code:kind`
+    # (`prompt_injection:chat_template_token`). See docs/detection.md.
+    tolerate_findings: tuple[str, ...] = ()
 
     def requires_rules(self, kind: str) -> bool:
         """Whether a request of ``kind`` is denied unless a rule allows it."""
@@ -99,6 +104,8 @@ class PolicySettings:
             out["deny_risk_above"] = self.deny_risk_above
         if self.require_rules_for:
             out["require_rules_for"] = sorted(self.require_rules_for)
+        if self.tolerate_findings:
+            out["tolerate_findings"] = list(self.tolerate_findings)
         return out
 
 
@@ -190,6 +197,8 @@ class Rule:
             return self.allow_prompts, self.deny_prompts
         if kind == "resource":
             return self.allow_resources, self.deny_resources
+        if kind == "method":
+            return (), ()
         return self.allow_tools, self.deny_tools
 
     @property
