@@ -178,6 +178,7 @@ class App:
             build_event=runtime.audit.decision_event,
             trace_visibility=config.trace_visibility,
             result_scan=config.result_scan,
+            decision_meta=config.decision_meta,
         )
         local = {"propose_policy": ProposePolicy(runtime.service)} if config.negotiation.enabled else {}
         self.gateway = Gateway(
@@ -191,7 +192,10 @@ class App:
         )
 
     def _authenticate(self, key: str | None) -> ModelIdentity | None:
-        return self.runtime.keys.authenticate(key) if key else None
+        if not key:  # no key: the configured local model, if any (loopback listeners only)
+            anonymous = self.runtime.config.anonymous_model
+            return self.runtime.keys.get(anonymous) if anonymous else None
+        return self.runtime.keys.authenticate(key)
 
     def _on_session(self, session: DownstreamSession) -> None:
         session.risk = SessionRisk()
@@ -279,7 +283,15 @@ def build(config: GatewayConfig, *, model_key: str | None) -> App:
     """Load everything and check identities up front; raise a GatewayError naming any problem."""
     runtime = open_runtime(config)
     identity = None
-    if config.listen.kind == "stdio":
+    anonymous = config.anonymous_model
+    if anonymous is not None:
+        if runtime.keys.get(anonymous) is None:
+            raise ConfigError(f"{config.path.name}: gateway.anonymous_model: `{anonymous}` is not in model_keys.yaml")
+        log.warning("clients without a model key act as the anonymous model", model=anonymous,
+                    listen=config.listen.url)
+    if config.listen.kind == "stdio" and not model_key and anonymous is not None:
+        identity = runtime.keys.get(anonymous)
+    elif config.listen.kind == "stdio":
         if not model_key:
             raise IdentityError(
                 "a stdio client needs a model key: pass --model-key or set SECUREGATEWAY_MODEL_KEY"

@@ -56,6 +56,7 @@ class Enforcer:
         build_event: Callable[..., dict[str, Any]],
         trace_visibility: str = "full",
         result_scan: str = "flag",
+        decision_meta: str = "full",
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._current = current
@@ -63,6 +64,7 @@ class Enforcer:
         self._build_event = build_event
         self._visibility = trace_visibility
         self._result_scan = result_scan
+        self._compact = decision_meta == "compact"
         self._clock = clock
 
     async def __call__(self, call: ToolCall, call_next: CallNext) -> ToolResult:
@@ -96,7 +98,7 @@ class Enforcer:
         result = await call_next(call)
         result = await self._scan(call, decision, result)
         meta = dict(result.get("_meta") or {})
-        meta[DECISION_META_KEY] = decision_view(data, self._visibility)
+        meta[DECISION_META_KEY] = compact_view(data) if self._compact else decision_view(data, self._visibility)
         return {**result, "_meta": meta}
 
     def _decide(self, call: ToolCall, view: PolicyView) -> Decision:
@@ -180,6 +182,11 @@ def decision_view(data: Mapping[str, Any], visibility: str) -> dict[str, Any]:
     if visibility == "none":
         return {**data, "rule_trace": []}
     return dict(data)
+
+
+def compact_view(data: Mapping[str, Any]) -> dict[str, Any]:
+    """An allowed call's decision in brief (``decision_meta = "compact"``); the audit log has all of it."""
+    return {key: data[key] for key in ("allowed", "reason", "decision_id", "risk_score")}
 
 
 def denial_result(decision: Decision, visibility: str, data: Mapping[str, Any] | None = None) -> ToolResult:

@@ -122,6 +122,8 @@ class Gateway:
         return self._local_tools
 
     async def visible_tools(self, session: DownstreamSession, tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        # an unprefixed upstream's tool named like a gateway tool could never be called
+        tools = [t for t in tools if t.get("name") not in self._local_tools]
         if self._visible is None:
             return tools
         return [t for t in tools if self._visible(session, t)]
