@@ -201,6 +201,9 @@ class App:
         session.risk = SessionRisk()
 
     def _visible(self, session: DownstreamSession, tool: Mapping[str, Any]) -> bool:
+        if tool.get("name") == "propose_policy" and self.runtime.config.negotiation.enabled:
+            # the gateway's own tool: listed to the models that may propose
+            return self.runtime.config.tools_list == "show" or bool(getattr(session.identity, "can_propose", False))
         target = session.catalog.split(tool.get("name"))
         if target is None:
             return False

@@ -19,7 +19,13 @@ import structlog
 from mcp import MCPError
 from mcp.server.context import ServerRequestContext
 from mcp.shared.dispatcher import ProgressFnT
-from mcp_types import INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, SubscriptionsListenRequestParams
+from mcp_types import (
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    SERVER_INFO_META_KEY,
+    SubscriptionsListenRequestParams,
+)
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from proxy.catalog import LISTS
@@ -33,6 +39,11 @@ log = structlog.get_logger("securegateway.relay")
 
 SESSION_KEY = "securegateway.session"
 ENVELOPE_PREFIX = "io.modelcontextprotocol/"
+REQUIRES = {  # the upstream capability without which a method does not exist here
+    "prompts/list": "prompts", "prompts/get": "prompts", "completion/complete": "completions",
+    "resources/list": "resources", "resources/templates/list": "resources", "resources/read": "resources",
+    "resources/subscribe": "resources", "resources/unsubscribe": "resources", "logging/setLevel": "logging",
+}
 CACHEABLE = frozenset({"tools/list", "prompts/list", "resources/list", "resources/templates/list", "resources/read"})
 
 Handler = Callable[[DownstreamSession, ServerRequestContext[Any, Any]], Awaitable[dict[str, Any]]]
@@ -100,12 +111,15 @@ class Relay:
             return await call_next(ctx) if method == "ping" else await self._discover(ctx)
         session = await self._session(ctx)
         handler = self._routes.get(method)
+        needs = REQUIRES.get(method)
+        if needs is not None and not any(lk.info and needs in lk.info.capabilities for lk in session.links.values()):
+            raise MCPError(METHOD_NOT_FOUND, "Method not found", data=method)  # as a server without it answers
         if handler is None:
             result = await self._unknown(session, ctx)
         else:
             result = await handler(session, ctx)
         if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
-            result = _complete_for_modern(method, result)
+            result = _complete_for_modern(method, result, self._host.server_identity(session)[0])
         return result
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -190,8 +204,7 @@ class Relay:
         kind = LISTS[ctx.method]
         items = await session.catalog.merged(ctx.method)
         if ctx.method == "tools/list":
-            items = await self._host.visible_tools(session, items)
-            items = [dict(tool.definition) for tool in self._host.local_tools(session).values()] + items
+            items = await self._host.visible_tools(session, items)  # the gateway's own tools first
         page, next_cursor = session.catalog.page(items, (ctx.params or {}).get("cursor"))
         result: dict[str, Any] = {kind.field: page}
         if next_cursor is not None:
@@ -257,6 +270,8 @@ class Relay:
             link = await session.catalog.resource_owner(ref.get("uri"))
         else:
             raise MCPError(INVALID_PARAMS, "`ref.type` must be `ref/prompt` or `ref/resource`")
+        if link.info is not None and "completions" not in link.info.capabilities:
+            raise MCPError(METHOD_NOT_FOUND, "Method not found", data=ctx.method)
         return await _forward(link, ctx, params)
 
     async def _fan_out(self, session: DownstreamSession, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
@@ -336,12 +351,16 @@ def _strip_envelope(params: Mapping[str, Any] | None) -> Mapping[str, Any] | Non
     return out
 
 
-def _complete_for_modern(method: str, result: dict[str, Any]) -> dict[str, Any]:
-    """A 2026 client needs ``resultType`` (and cache hints on cacheable results)."""
-    if "resultType" not in result:
-        result = {**result, "resultType": "complete"}
+def _complete_for_modern(method: str, result: dict[str, Any], server_info: Mapping[str, Any]) -> dict[str, Any]:
+    """A 2026 client needs ``resultType`` (and cache hints on cacheable results); every result
+    carries the ``serverInfo`` stamp of the server the client sees (an upstream's own stamp
+    names the upstream, not this one, so it is replaced)."""
+    result = {**result, "resultType": result.get("resultType") or "complete"}
     if method in CACHEABLE and "ttlMs" not in result:
-        result = {**result, "ttlMs": 0, "cacheScope": "private"}
+        result.update(ttlMs=0, cacheScope="private")
+    meta = result.get("_meta")
+    if meta is None or isinstance(meta, Mapping):
+        result["_meta"] = {**(meta or {}), SERVER_INFO_META_KEY: dict(server_info)}
     return result
 
 
