@@ -205,7 +205,9 @@ def denial_result(decision: Decision, visibility: str, data: Mapping[str, Any] |
     if decision.reason_code != "gateway_error" and (counterfactual is None or counterfactual.suggested_rule is None):
         lines.append("A policy proposal cannot allow this call; an operator must change it.")
     lines.append(f"Decision id: {decision.decision_id}")
-    return {"content": [{"type": "text", "text": "\n".join(lines)}], "structuredContent": view, "isError": True}
+    # the decision rides in _meta as on allowed calls (a task-augmented denial keeps only _meta)
+    return {"content": [{"type": "text", "text": "\n".join(lines)}], "structuredContent": view, "isError": True,
+            "_meta": {DECISION_META_KEY: view}}
 
 
 def _strings(value: Any, depth: int = 0) -> list[str]:

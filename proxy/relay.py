@@ -33,6 +33,7 @@ from proxy.downstream import OVERSIZED_METHOD
 from proxy.intercept import CallNext, ToolCall, ToolResult
 from proxy.mrtr import InputBridge
 from proxy.session import DownstreamSession
+from proxy.tasks import TASK_METHODS, merged_capability
 from proxy.upstream import ClientHello, UpstreamLink
 
 log = structlog.get_logger("securegateway.relay")
@@ -92,6 +93,7 @@ class Relay:
             "completion/complete": self._complete,
             "logging/setLevel": self._fan_out,
             "subscriptions/listen": self._listen,
+            **{method: self._tasks for method in TASK_METHODS},
         }
 
     async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: Any) -> Any:
@@ -178,6 +180,9 @@ class Relay:
                     caps[simple] = {}
             if isinstance(up.get("experimental"), dict):
                 caps.setdefault("experimental", {}).update(up["experimental"])
+        tasks = merged_capability(list(session.ready_links))
+        if tasks is not None:
+            caps["tasks"] = tasks
         return caps
 
     async def _session(self, ctx: ServerRequestContext[Any, Any]) -> DownstreamSession:
@@ -221,7 +226,7 @@ class Relay:
             raise MCPError(INVALID_PARAMS, "`arguments` must be an object")
         local = self._host.local_tools(session).get(name)
         if local is not None:
-            return await local(session, arguments)
+            return _as_task(session, params, "", await local(session, arguments))
         target = session.catalog.split(name)
         if target is None:
             raise MCPError(INVALID_PARAMS, f"unknown tool `{name}`")
@@ -243,7 +248,13 @@ class Relay:
             input_schema=(definition or {}).get("inputSchema"),
             progress=_progress_relay(ctx),
         )
-        return await self._host.tool_chain(call)
+        return _as_task(session, params, link.name, await self._host.tool_chain(call))
+
+    async def _tasks(self, session: DownstreamSession, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
+        async def forward(link: UpstreamLink, params: Mapping[str, Any]) -> dict[str, Any]:
+            return await _forward(link, ctx, params)
+
+        return await session.tasks.handle(ctx.method, _strip_envelope(ctx.params), session.links, forward)
 
     async def _prompts_get(self, session: DownstreamSession, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
         params = dict(ctx.params or {})
@@ -297,6 +308,19 @@ class Relay:
             (link,) = session.links.values()
             return await _forward(link, ctx, ctx.params)
         raise MCPError(METHOD_NOT_FOUND, "Method not found", data=ctx.method)
+
+
+def _as_task(
+    session: DownstreamSession, params: Mapping[str, Any], upstream: str, result: dict[str, Any]
+) -> dict[str, Any]:
+    """A task-augmented call: remember the upstream's task, or hold the gateway's own answer as one."""
+    task = params.get("task")
+    if not isinstance(task, Mapping) or merged_capability(list(session.ready_links)) is None:
+        return result
+    if isinstance(result.get("task"), Mapping) and upstream:
+        session.tasks.created(upstream, result)
+        return result
+    return session.tasks.finished(result, task.get("ttl"))
 
 
 async def forward_tool_call(call: ToolCall) -> ToolResult:
