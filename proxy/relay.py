@@ -235,8 +235,10 @@ class Relay:
         if definition is None and link.ready:
             await session.catalog.merged("tools/list")
             definition = session.catalog.tool_definition(name)
-            if definition is None:
+            if definition is None and link.config.prefix:
                 raise MCPError(INVALID_PARAMS, f"unknown tool `{name}`")
+            # unprefixed: the gateway stands in for the server, which answers unknown names its own
+            # way; the call is still decided (as `<upstream>.<name>`) before it is forwarded
         call = ToolCall(
             session=session,
             name=name,
