@@ -31,7 +31,6 @@ from mcp import MCPError, StdioServerParameters
 from mcp.client.sse import sse_client
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.dispatcher import CallOptions, DispatchContext, ProgressFnT
 from mcp.shared.inbound import (
     MCP_METHOD_HEADER,
@@ -57,6 +56,7 @@ from mcp_types import (
 from mcp_types.version import LATEST_HANDSHAKE_VERSION, LATEST_MODERN_VERSION
 
 from proxy.config import UpstreamConfig
+from proxy.http_pool import upstream_http_client
 
 log = structlog.get_logger("securegateway.upstream")
 
@@ -423,7 +423,7 @@ class UpstreamLink:
         else:
             assert cfg.url is not None
             async with (
-                create_mcp_http_client(headers=dict(cfg.headers)) as http,
+                upstream_http_client(cfg.headers) as http,
                 streamable_http_client(
                     cfg.url, http_client=http, max_sse_event_size=self._max_message_bytes
                 ) as streams,
