@@ -141,3 +141,19 @@ async def test_compact_decision_meta_carries_the_short_form_on_allowed_calls_and
     events = [json.loads(line) for line in site.audit_path.read_text().splitlines()]
     audited = next(e for e in events if e.get("decision", {}).get("decision_id") == compact["decision_id"])
     assert audited["decision"]["rule_trace"] and audited["decision"]["schema"]
+
+
+async def test_an_unprefixed_name_that_reads_as_another_upstreams_name_is_hidden_not_misrouted(
+    tmp_path: Path,
+) -> None:
+    # separator "_": the unprefixed server's own `add_tool` would read as upstream `add`'s `tool`
+    site = unprefixed(make_site(tmp_path / "site", policy=ONLY_ECHO, gateway='separator = "_"\ntools_list = "show"',
+                                upstreams=[("add", server_cmd("calendar")), ("search", server_cmd("search"))]),
+                      "search")
+    async with running(site.app()), connect(site.url, GPT_KEY) as client:
+        names = {t.name for t in (await client.list_tools()).tools}
+        assert "add_echo" in names and "echo" in names  # add's echo, search's own echo
+        assert "add_tool" not in names  # search's `add_tool`: ambiguous, so hidden
+        assert "add_add_tool" in names  # add's own add_tool, prefixed
+        routed = await client.call_tool("add_echo", {"text": "r"})
+        assert (routed.meta or {})[DECISION]["tool"] == "add.echo"
