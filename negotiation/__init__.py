@@ -3,13 +3,14 @@
 The flow, one module per stage::
 
     tool.py (propose_policy) ─► review.py (NegotiationService) ─► guardrails.py ─► merge.py
-                                      │                                  (verdicts)   (merge, diff)
+                                      │     text_safety.py (scan,        (verdicts,   (add-only merge,
+                                      │     redact, escape)              rule by rule) rule effects)
                                       ├─► store.py (proposals, SQLite) ◄─ proposal.py (status machine)
                                       └─► repository.py (signed versions) ─► live.py (hot swap)
                                               contracts.py, signing.py
 
-``cli_proposals.py`` is the reviewers' command line; the HTTP admin API lives in
-``proxy/admin.py``. Errors: see ``negotiation.errors``.
+``identity_risk.py`` keeps risk per model identity. ``cli_proposals.py`` is the reviewers'
+command line; the HTTP admin API lives in ``proxy/admin.py``. Errors: see ``negotiation.errors``.
 """
 
 from negotiation.cli_policy import PolicyStorageConfig, open_repository
@@ -25,8 +26,9 @@ from negotiation.errors import (
     SigningError,
 )
 from negotiation.guardrails import REJECTING_CODES, Assessment, GuardrailConfig, Verdict, assess
+from negotiation.identity_risk import IdentityRiskStore, MemoryIdentityRiskStore
 from negotiation.live import LivePolicy, watch_policy_file
-from negotiation.merge import DiffEntry, MergeResult, merge, semantic_diff
+from negotiation.merge import DiffEntry, MergeResult, effects, merge
 from negotiation.proposal import TRANSITIONS, Proposal, ProposalStatus, new_proposal_id
 from negotiation.repository import ActivePolicy, ChainReport, PolicyRepository
 from negotiation.review import GUARDRAIL_REVIEWER, NegotiationService, ProposalOutcome
@@ -61,8 +63,10 @@ __all__ = [
     "GuardrailConfig",
     "HmacSigner",
     "HmacVerifier",
+    "IdentityRiskStore",
     "InvalidStateError",
     "LivePolicy",
+    "MemoryIdentityRiskStore",
     "MergeConflictError",
     "MergeResult",
     "NegotiationError",
@@ -82,13 +86,13 @@ __all__ = [
     "Verdict",
     "Verifier",
     "assess",
+    "effects",
     "generate_ed25519_keypair",
     "handle_propose",
     "load_signing",
     "merge",
     "new_proposal_id",
     "open_repository",
-    "semantic_diff",
     "utc_now",
     "watch_policy_file",
 ]

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from negotiation.errors import NegotiationError, SigningError
+from negotiation.high_water import FileHighWaterStore
 from negotiation.repository import PolicyRepository
 from negotiation.signing import generate_ed25519_keypair, load_signing
 from policy import PolicyError, load_policy
@@ -39,6 +40,8 @@ class PolicyStorageConfig:
     public_key: Path | None = None
     hmac_secret_env: str = "SECUREGATEWAY_HMAC_KEY"
     require_signature: bool = False
+    # Where the signed high-water mark lives (default: <state_dir>/policy-high-water.json).
+    high_water_file: Path | None = None
 
 
 def open_repository(cfg: PolicyStorageConfig) -> PolicyRepository:
@@ -61,6 +64,7 @@ def open_repository(cfg: PolicyStorageConfig) -> PolicyRepository:
         signer=signer,
         verifier=verifier,
         require_signature=cfg.require_signature,
+        high_water=FileHighWaterStore(cfg.high_water_file) if cfg.high_water_file is not None else None,
     )
 
 
@@ -91,6 +95,11 @@ def register(
     policy_sub = policy.add_subparsers(dest="policy_command", required=True)
     verify = leaf(policy_sub, "verify", "check every policy version's signature, links and archive", _verify)
     verify.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    verify.add_argument(
+        "--accept-rollback",
+        action="store_true",
+        help="accept the recorded head as the newest version even if a newer one was accepted before",
+    )
     sign = leaf(policy_sub, "sign", "record the policy file as it stands as a version signed by the operator", _sign)
     sign.add_argument("--justification", default=None, help="why this version is being signed")
 
@@ -111,6 +120,16 @@ def _verify(args: argparse.Namespace, cfg: PolicyStorageConfig) -> int:
         repo = open_repository(cfg)
     except NegotiationError as exc:
         return _fail(str(exc), 2)
+    accepted: str | None = None
+    if getattr(args, "accept_rollback", False):
+        try:
+            previous, accepted_head = repo.accept_rollback()
+        except SigningError as exc:
+            return _fail(str(exc), 2)
+        except NegotiationError as exc:
+            return _fail(f"cannot accept the current history: {exc}", 1)
+        before = f"v{previous.version} ({previous.digest})" if previous else "none"
+        accepted = f"accepted v{accepted_head.version} ({accepted_head.digest}) as the newest version; was {before}"
     report = repo.verify_chain()
     problems = list(report.problems)
     try:
@@ -140,11 +159,14 @@ def _verify(args: argparse.Namespace, cfg: PolicyStorageConfig) -> int:
                     "head": head.to_dict() if head else None,
                     "live": live,
                     "problems": problems,
+                    "accepted_rollback": accepted,
                 },
                 indent=2,
             )
         )
         return 0 if ok else 1
+    if accepted:
+        print(accepted)
     checked = "signatures checked" if report.signatures_checked else "signatures NOT checked (no key configured)"
     print(f"policy history: {report.versions} version(s), {checked}")
     if head is not None:

@@ -17,6 +17,7 @@ from typing import Any
 from negotiation.errors import NegotiationError
 from negotiation.proposal import Proposal, ProposalStatus
 from negotiation.review import NegotiationService
+from negotiation.text_safety import escape_invisible, reviewer_view
 
 __all__ = ["register"]
 
@@ -64,14 +65,15 @@ def _list(args: argparse.Namespace, service: NegotiationService) -> int:
     service.expire_pending()
     proposals = service.list(args.status)
     if args.json:
-        print(json.dumps([p.to_dict() for p in proposals], indent=2))
+        print(json.dumps([reviewer_view(p.to_dict()) for p in proposals], indent=2))
         return 0
     if not proposals:
         print("no proposals")
         return 0
     for p in proposals:
         failing = ",".join(v.code for v in p.verdicts if not v.ok) or "-"
-        print(f"{p.id}  {p.status.value:<8}  {p.model_id}  {p.created_at.isoformat(timespec='seconds')}  {failing}")
+        line = f"{p.id}  {p.status.value:<8}  {p.model_id}  {p.created_at.isoformat(timespec='seconds')}  {failing}"
+        print(escape_invisible(line))
     return 0
 
 
@@ -103,7 +105,8 @@ def _print_detail(service: NegotiationService, proposal: Proposal) -> None:
             detail["current_diff"] = [d.to_dict() for d in service.current_diff(proposal.id)]
         except NegotiationError as exc:
             detail["current_diff_error"] = {"code": exc.code, "error": exc.message}
-    print(json.dumps(detail, indent=2))
+    # Every string escaped: bidi overrides and invisible characters show as <U+XXXX>.
+    print(json.dumps(reviewer_view(detail), indent=2))
 
 
 def _guarded(run: Callable[[], None]) -> int:

@@ -1,29 +1,38 @@
-"""Merging a proposed snippet into a policy, and what the merge changes in effect.
+"""Merging a proposed snippet into a policy, and what each merged rule does.
 
-Both functions are pure: same inputs, same answer, nothing read from the outside world but
-the ``now`` passed in. ``merge`` is textual (rule ids); ``semantic_diff`` is behavioural:
-for every model in the key ring (and ``*``) and every probe tool it asks the policy engine
-whether the tool *could* be allowed before and after, and reports the pairs that moved.
+Both functions are pure: same inputs, same answer, nothing read from the outside world.
+
+``merge`` adds the snippet's rules to the live ones. A snippet rule whose id names a live
+rule replaces it in place — the guardrails never auto-approve that (``replaces_rule``), so
+only a reviewer can make it happen. Every rule that is *added* gets an id the gateway
+assigns from the rule's own content (``generated_rule_id``), so a model cannot pick a name
+that collides with a rule an operator writes later, or that reads like an operator's.
+
+``effects`` describes the change rule by rule (what each added rule grants or forbids,
+which live rule a snippet rule would replace) for proposers and reviewers. It is a
+description, not the judgement: the guardrails judge each rule on its own
+(``negotiation.guardrails``), never by comparing effective access before and after.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from policy import KeyRing, Policy, Rule, could_allow
-from policy.match import compile_globs, literal_prefix
+from policy import Policy, Rule
+from policy.match import literal_prefix
+from policy.model import format_timestamp, generated_rule_id
 
-__all__ = ["DiffEntry", "MergeResult", "literal_tools", "merge", "semantic_diff"]
+__all__ = ["DiffEntry", "MergeResult", "assign_id", "effects", "is_literal", "merge"]
 
-Change = Literal["tighter", "equal", "wider"]
+Change = Literal["tighter", "equal", "wider", "replaced"]
+_CHANGES = ("tighter", "equal", "wider", "replaced")
 
 
 @dataclass(frozen=True)
 class MergeResult:
-    """The merged policy, and which snippet rule ids were new or replaced a live rule."""
+    """The merged policy, the ids of the rules added (as assigned) and of live rules replaced."""
 
     policy: Policy
     added: tuple[str, ...]
@@ -32,7 +41,8 @@ class MergeResult:
 
 @dataclass(frozen=True)
 class DiffEntry:
-    """How one (model, tool) pair changes: ``tighter``, ``equal`` or ``wider``."""
+    """What one merged rule does for one (model, tool glob): ``wider`` (a grant), ``tighter``
+    (a deny), ``replaced`` (a live rule swapped for the snippet's)."""
 
     model: str
     tool: str
@@ -45,22 +55,38 @@ class DiffEntry:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DiffEntry:
         change = str(data["change"])
-        if change not in ("tighter", "equal", "wider"):
+        if change not in _CHANGES:
             raise ValueError(f"unknown diff change `{change}`")
         return cls(str(data["model"]), str(data["tool"]), change, str(data["detail"]))  # type: ignore[arg-type]
 
 
-def merge(live: Policy, snippet: Policy) -> MergeResult:
-    """Add the snippet's rules to ``live``; a snippet rule with a live rule's id replaces it
-    in place (so its position among the live rules is kept). Settings stay the live ones."""
-    incoming = {rule.id: rule for rule in snippet.rules}
-    live_ids = {rule.id for rule in live.rules}
-    rules = [incoming.get(rule.id, rule) for rule in live.rules]
-    added = tuple(rule.id for rule in snippet.rules if rule.id not in live_ids)
-    replaced = tuple(rule.id for rule in snippet.rules if rule.id in live_ids)
-    rules.extend(incoming[rule_id] for rule_id in added)
+def assign_id(rule: Rule) -> Rule:
+    """``rule`` under the id the gateway gives an added rule: a hash of its content."""
+    body = {key: value for key, value in rule.to_dict().items() if key != "id"}
+    return replace(rule, id=generated_rule_id(body))
+
+
+def merge(live: Policy, snippet: Policy | Iterable[Rule]) -> MergeResult:
+    """Add the snippet's rules to ``live`` under gateway-assigned ids; a snippet rule with a
+    live rule's id replaces it in place. An added rule identical to a live one is not added
+    twice. Settings stay the live ones."""
+    rules_in = snippet.rules if isinstance(snippet, Policy) else tuple(snippet)
+    live_by_id = {rule.id: rule for rule in live.rules}
+    replacing = {rule.id: rule for rule in rules_in if rule.id in live_by_id}
+    rules = [replacing.get(rule.id, rule) for rule in live.rules]
+    present = {rule.id for rule in rules}
+    added: list[str] = []
+    for rule in rules_in:
+        if rule.id in replacing:
+            continue
+        new = assign_id(rule)
+        if new.id in present:
+            continue  # the same rule, word for word, is already there
+        present.add(new.id)
+        rules.append(new)
+        added.append(new.id)
     merged = Policy.from_rules(tuple(rules), settings=live.settings, source=live.source)
-    return MergeResult(policy=merged, added=added, replaced=replaced)
+    return MergeResult(policy=merged, added=tuple(added), replaced=tuple(replacing))
 
 
 def is_literal(pattern: str) -> bool:
@@ -68,101 +94,29 @@ def is_literal(pattern: str) -> bool:
     return literal_prefix(pattern) == pattern
 
 
-def literal_tools(policy: Policy) -> frozenset[str]:
-    """Every tool a rule names without a wildcard."""
-    return frozenset(
-        pattern for rule in policy.rules for pattern in (*rule.allow_tools, *rule.deny_tools) if is_literal(pattern)
-    )
+def describe_limits(rule: Rule) -> str:
+    """The limits a rule carries, in words: conditions, risk ceiling, expiry."""
+    parts = []
+    if rule.when:
+        parts.append("when " + " and ".join(condition.to_text() for condition in rule.when))
+    if rule.max_risk is not None:
+        parts.append(f"at risk ≤ {rule.max_risk:g}")
+    parts.append(f"until {format_timestamp(rule.expires)}" if rule.expires is not None else "with no expiry")
+    return ", ".join(parts)
 
 
-def semantic_diff(
-    old: Policy,
-    new: Policy,
-    keys: KeyRing,
-    known_tools: Iterable[str],
-    *,
-    now: datetime | None = None,
-) -> tuple[DiffEntry, ...]:
-    """The (model, tool) pairs whose access changes from ``old`` to ``new``; equal pairs are
-    left out.
-
-    The probe set is ``known_tools`` together with every literal tool either policy names;
-    the models are the key ring's plus ``*``. A replaced rule that keeps the same tools but
-    loosens its conditions, risk ceiling or expiry is *wider* for the pairs it allows, even
-    though "could it be allowed" does not change.
-    """
-    tools = sorted(frozenset(known_tools) | literal_tools(old) | literal_tools(new))
-    models = [*sorted(keys.identities), "*"]
-    loosened = _loosened_pairs(old, new, models, tools)
-    entries: list[DiffEntry] = []
-    for model in models:
-        for tool in tools:
-            before = could_allow(old, keys, model, tool, now=now)
-            after = could_allow(new, keys, model, tool, now=now)
-            if after and not before:
-                entries.append(DiffEntry(model, tool, "wider", "newly allowed"))
-            elif before and not after:
-                entries.append(DiffEntry(model, tool, "tighter", "no longer allowed"))
-            elif (model, tool) in loosened and (after or loosened[(model, tool)][1]):
-                entries.append(DiffEntry(model, tool, "wider", loosened[(model, tool)][0]))
-    return tuple(entries)
-
-
-def _applies_to(rule: Rule, model: str) -> bool:
-    return "*" in rule.models or model in rule.models
-
-
-def _matching(patterns: tuple[str, ...], tools: list[str]) -> frozenset[str]:
-    """The probe tools any of ``patterns`` matches."""
-    combined = compile_globs(patterns)
-    return frozenset(t for t in tools if combined.fullmatch(t)) if combined is not None else frozenset()
-
-
-def _loosened_pairs(
-    old: Policy, new: Policy, models: list[str], tools: list[str]
-) -> dict[tuple[str, str], tuple[str, bool]]:
-    """Pairs touched by a replaced rule whose limits got weaker: the reason, and whether it
-    counts even while the pair is denied now (a deny that lapses sooner widens access
-    later, though nothing changes today)."""
-    before = {rule.id: rule for rule in old.rules}
-    pairs: dict[tuple[str, str], tuple[str, bool]] = {}
-    for rule in new.rules:
-        previous = before.get(rule.id)
-        if previous is None or previous == rule:
+def effects(live: Policy, snippet: Iterable[Rule]) -> tuple[DiffEntry, ...]:
+    """What each snippet rule would do if merged into ``live``, rule by rule."""
+    live_ids = {rule.id for rule in live.rules}
+    out: list[DiffEntry] = []
+    for rule in snippet:
+        limits = describe_limits(rule)
+        if rule.id in live_ids:
+            for model in rule.models:
+                out.append(DiffEntry(model, ",".join(rule.allow_tools + rule.deny_tools) or "-", "replaced",
+                                     f"replaces live rule `{rule.id}`"))
             continue
-        allow_reason = _allow_loosened(previous, rule)
-        deny_reason = _deny_loosened(previous, rule)
-        if not (allow_reason or deny_reason):
-            continue
-        allowed = _matching(rule.allow_tools, tools)
-        denied = _matching(previous.deny_tools, tools)
-        for model in models:
-            for tool in allowed | denied:
-                if allow_reason and _applies_to(rule, model) and tool in allowed:
-                    pairs.setdefault((model, tool), (f"rule `{rule.id}`: {allow_reason}", False))
-                if deny_reason and _applies_to(previous, model) and tool in denied:
-                    # Wins over an allow reason: it counts whatever the pair's access today.
-                    pairs[(model, tool)] = (f"rule `{rule.id}`: {deny_reason}", True)
-    return pairs
-
-
-def _allow_loosened(old: Rule, new: Rule) -> str | None:
-    """Why ``new`` grants in more situations than ``old`` did, if it does."""
-    if not set(old.when) <= set(new.when):
-        return "argument conditions loosened"
-    if old.expires is not None and (new.expires is None or new.expires > old.expires):
-        return "expiry extended" if new.expires else "expiry removed"
-    if old.max_risk is not None and (new.max_risk is None or new.max_risk > old.max_risk):
-        return "risk ceiling raised"
-    return None
-
-
-def _deny_loosened(old: Rule, new: Rule) -> str | None:
-    """Why ``new`` forbids in fewer situations than ``old`` did, if it does."""
-    if not old.deny_tools:
-        return None
-    if not set(new.when) <= set(old.when):
-        return "deny narrowed by added conditions"
-    if new.expires is not None and (old.expires is None or new.expires < old.expires):
-        return "deny expires sooner"
-    return None
+        for model in rule.models:
+            out.extend(DiffEntry(model, glob, "wider", f"granted {limits}") for glob in rule.allow_tools)
+            out.extend(DiffEntry(model, glob, "tighter", f"denied {limits}") for glob in rule.deny_tools)
+    return tuple(out)

@@ -5,7 +5,8 @@ store persists it with a compare-and-set on the previous status, so two reviewer
 gateway and a CLI process) cannot both decide the same proposal.
 
     pending ──► approved ──► merged        (auto-approved proposals are stored as
-       │                                    approved and merged at once)
+       │           └──────► rejected        approved and merged at once; rejected when
+       │                                    the merge's intent cannot be audited)
        ├──────► rejected
        └──────► expired
 
@@ -38,7 +39,9 @@ class ProposalStatus(StrEnum):
 
 TRANSITIONS: Mapping[ProposalStatus, frozenset[ProposalStatus]] = {
     ProposalStatus.PENDING: frozenset({ProposalStatus.APPROVED, ProposalStatus.REJECTED, ProposalStatus.EXPIRED}),
-    ProposalStatus.APPROVED: frozenset({ProposalStatus.MERGED}),
+    # approved -> rejected only when the merge is aborted because its intent could not be
+    # audited: nothing was committed, and recovery must not merge it later.
+    ProposalStatus.APPROVED: frozenset({ProposalStatus.MERGED, ProposalStatus.REJECTED}),
     ProposalStatus.REJECTED: frozenset(),
     ProposalStatus.EXPIRED: frozenset(),
     ProposalStatus.MERGED: frozenset(),
@@ -70,6 +73,9 @@ class Proposal:
     # the audit log need no knowledge of the signing module.
     contract: Mapping[str, Any] | None = field(default=None, compare=False)
     session_risk: float = 0.0
+    # The digest of the text exactly as the model sent it (``yaml`` and ``justification``
+    # are stored redacted).
+    original_digest: str | None = None
 
     def advance(
         self,
@@ -111,4 +117,5 @@ class Proposal:
             "decided_at": self.decided_at.isoformat() if self.decided_at else None,
             "contract": dict(self.contract) if self.contract is not None else None,
             "session_risk": self.session_risk,
+            "original_digest": self.original_digest,
         }

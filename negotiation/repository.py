@@ -34,6 +34,13 @@ signer is configured), keeping the operator's text in the archive. With
 ``require_signature`` such an edit is refused (``policy_unsigned``) and nothing is
 recorded: it has to be signed on purpose (``securegateway policy sign``), or a process
 holding the key would vouch for any text someone drops in place.
+
+**No rollback.** The newest version accepted is also remembered outside the history, in a
+signed high-water mark (:mod:`negotiation.high_water`), raised after every commit and load.
+With ``require_signature`` a history whose head is older than the mark (or the same version
+with another digest), or a mark that is unsigned or forged, is refused
+(``policy_rollback`` / ``policy_state_invalid``) by ``load()`` and reported by
+``verify_chain()``; ``accept_rollback()`` is the operator's explicit way past it.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ from negotiation.errors import (
     RepositoryError,
     SigningError,
 )
+from negotiation.high_water import FileHighWaterStore, HighWater, HighWaterStore
 from negotiation.signing import Signer, Verifier
 from policy import Policy, PolicyError, dump_policy_yaml, load_policy_text
 from policy.canonical import canonical_bytes
@@ -101,6 +109,7 @@ class PolicyRepository:
         signer: Signer | None,
         verifier: Verifier | None,
         require_signature: bool = False,
+        high_water: HighWaterStore | None = None,
     ) -> None:
         if require_signature and verifier is None:
             raise SigningError(
@@ -115,6 +124,7 @@ class PolicyRepository:
         self._log = self.state_dir / "contracts.jsonl"
         self._pending = self.state_dir / "pending.json"
         self._archive_dir = self.state_dir / "policies"
+        self._high_water = high_water or FileHighWaterStore(self.state_dir / "policy-high-water.json")
         # Policies already checked against their archive and contract, keyed by the whole
         # contract so that an edited log record misses the cache and is checked afresh.
         self._verified: dict[Contract, Policy] = {}
@@ -156,7 +166,15 @@ class PolicyRepository:
             problem = self._signature_problem(contract, policy)
             if problem is not None:
                 problems.append(f"v{contract.version}: {problem}")
+        try:
+            self._check_rollback(contracts)
+        except PolicyTamperedError as exc:
+            problems.append(str(exc))
         return ChainReport(not problems, len(contracts), tuple(problems), self._verifier is not None)
+
+    def high_water(self) -> HighWater | None:
+        """The highest version recorded as accepted (``PolicyTamperedError`` if unreadable)."""
+        return self._high_water.read()
 
     # -- the locked operations ---------------------------------------------------------------
 
@@ -169,10 +187,12 @@ class PolicyRepository:
         """
         with self._locked():
             contracts = self._recover()
+            self._check_rollback(contracts)
             text, policy = self._read_live()
             head = contracts[-1] if contracts else None
             if head is not None and policy.digest == head.digest:
                 self._check_head(contracts)
+                self._raise_high_water(head)
                 return ActivePolicy(policy, head.version, head)
             if self.require_signature:
                 what = "has no recorded version yet" if head is None else "differs from the signed head"
@@ -255,7 +275,71 @@ class PolicyRepository:
                 write_live=False,
             )
 
+    def accept_rollback(self) -> tuple[HighWater | None, Contract]:
+        """Accept the history's head as the newest version, lowering the high-water mark to it.
+
+        The operator's override for a deliberate rollback (``policy verify --accept-rollback``).
+        The head's links, archive and signature are still checked. Returns the previous mark
+        and the head now accepted.
+        """
+        if self._signer is None:
+            raise SigningError(
+                "accepting a rollback signs the new mark: configure the signing key", code="signer_required"
+            )
+        with self._locked():
+            contracts = self._recover()
+            if not contracts:
+                raise RepositoryError("there is no recorded policy version to accept")
+            self._check_head(contracts)
+            try:
+                previous = self._high_water.read()
+            except PolicyTamperedError:
+                previous = None  # a mark that does not parse is replaced too: that is the point
+            head = contracts[-1]
+            self._high_water.write(HighWater(head.version, head.digest).sign(self._signer))
+            return previous, head
+
     # -- internals ------------------------------------------------------------------------------
+
+    def _check_rollback(self, contracts: list[Contract]) -> None:
+        """With require_signature: refuse a history that ends before the version last accepted."""
+        if not self.require_signature:
+            return
+        mark = self._high_water.read()
+        if mark is None:
+            return  # first start, or an upgrade: the mark is set by this load (trust on first use)
+        assert self._verifier is not None  # require_signature guarantees one
+        if not mark.verifies(self._verifier):
+            raise PolicyTamperedError(
+                f"the policy high-water mark (v{mark.version}) is unsigned or its signature does not verify; "
+                "restore it, or accept the current history with `securegateway policy verify --accept-rollback`",
+                code="policy_state_invalid",
+            )
+        head = contracts[-1] if contracts else None
+        version = head.version if head else 0
+        if version > mark.version or (head is not None and (head.version, head.digest) == (mark.version, mark.digest)):
+            return
+        what = f"ends at v{version} ({head.digest})" if head else "is empty"
+        raise PolicyTamperedError(
+            f"policy rollback refused: the history {what} but v{mark.version} ({mark.digest}) was accepted "
+            "before; restore the newer contracts.jsonl and policy file, or accept this version on purpose "
+            "with `securegateway policy verify --accept-rollback`",
+            code="policy_rollback",
+        )
+
+    def _raise_high_water(self, contract: Contract) -> None:
+        """Record ``contract`` as the newest accepted version if it is newer than the mark."""
+        if self._signer is None:
+            return
+        try:
+            mark = self._high_water.read()
+        except PolicyTamperedError:
+            if self.require_signature:
+                raise
+            mark = None
+        if mark is not None and mark.version >= contract.version:
+            return
+        self._high_water.write(HighWater(contract.version, contract.digest).sign(self._signer))
 
     def _reached(self, step: str) -> None:
         """A named point between two durable writes; tests make it crash to check recovery."""
@@ -309,6 +393,7 @@ class PolicyRepository:
             self._reached("live")
         _remove(self._pending)
         self._verified[contract] = policy
+        self._raise_high_water(contract)
         return ActivePolicy(policy, contract.version, contract)
 
     def _recover(self) -> list[Contract]:

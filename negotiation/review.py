@@ -27,15 +27,16 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 from negotiation.errors import InvalidStateError, MergeConflictError, NegotiationError, RepositoryError
-from negotiation.guardrails import Assessment, GuardrailConfig, Verdict, assess
+from negotiation.guardrails import Assessment, GuardrailConfig, Verdict, assess, status_of
 from negotiation.live import LivePolicy
 from negotiation.merge import DiffEntry
 from negotiation.proposal import Proposal, ProposalStatus, new_proposal_id
 from negotiation.repository import ActivePolicy, PolicyRepository
 from negotiation.store import ProposalStore
+from negotiation.text_safety import original_digest, redact_text, text_verdicts
 from policy import KeyRing, ModelIdentity
 
 __all__ = ["GUARDRAIL_REVIEWER", "NegotiationService", "ProposalOutcome"]
@@ -128,23 +129,41 @@ class NegotiationService:
         ``model_id`` must be the caller's authenticated identity. ``yaml_text`` and
         ``justification`` are taken as received (``object``) because they come straight off
         the wire: a wrong type is a rejected proposal, never an exception.
+
+        Cheap to refuse: a proposer without ``can_propose``, or one over its refusal rate
+        limit, is answered before anything it sent is parsed, and only the digest and size
+        of what it sent are stored and audited. Everything stored or audited is redacted
+        (secrets masked like call arguments; ``original_digest`` keeps the proof).
         """
         with self._lock:
             now = self._clock()
             risk = session_risk if math.isfinite(session_risk) else 1.0  # NaN fails closed
             text, reason, problems = _arguments(yaml_text, justification)
+            refusal = self._refusal(model_id, now)
+            if refusal is not None:
+                return self._refuse_cheaply(model_id, text, reason, refusal, now, risk)
+            stored_text, text_masked = redact_text(self._stored_yaml(text), "yaml")
+            stored_reason, _ = redact_text(reason[:_MAX_JUSTIFICATION], "justification")
             proposal = Proposal(
                 id=new_proposal_id(),
                 model_id=model_id,
-                yaml=self._stored_yaml(text),
-                justification=reason[:_MAX_JUSTIFICATION],
+                yaml=stored_text,
+                justification=stored_reason,
                 status=ProposalStatus.PENDING,
                 created_at=now,
                 expires_at=now + timedelta(hours=self.config.pending_ttl_hours),
                 session_risk=risk,
+                original_digest=original_digest(text, reason),
             )
             self._emit("proposal.proposed", proposal)
-            assessment = self._assess(proposal, text, problems, risk, now)
+            # The stored (redacted) text is what is judged, shown and merged: one text.
+            oversized = len(text.encode("utf-8")) > self.config.max_snippet_bytes
+            assessment = self._assess(proposal, text if oversized else stored_text, problems, risk, now)
+            verdicts = assessment.verdicts + text_verdicts(text, reason)
+            if text_masked and assessment.status != "rejected":
+                masked = "the snippet holds a secret; it was masked and needs a reviewer"
+                verdicts += (Verdict("secret_in_snippet", False, masked),)
+            assessment = replace(assessment, verdicts=verdicts, status=status_of(verdicts))
             proposal = replace(proposal, verdicts=assessment.verdicts, diff=assessment.diff)
             self._emit("proposal.validated", proposal)
             self._emit("proposal.auto_reviewed", proposal, outcome=assessment.status)
@@ -152,15 +171,77 @@ class NegotiationService:
             if assessment.status == "pending":
                 self.store.add(proposal)
                 return self._outcome(proposal, assessment)
-            decided = ProposalStatus.APPROVED if assessment.status == "approved" else ProposalStatus.REJECTED
-            proposal = proposal.advance(decided, at=now, reviewer=GUARDRAIL_REVIEWER)
-            self.store.add(proposal)  # durable before anything is merged
-            if decided is ProposalStatus.REJECTED:
+            if assessment.status == "rejected":
+                proposal = proposal.advance(ProposalStatus.REJECTED, at=now, reviewer=GUARDRAIL_REVIEWER)
+                self.store.add(proposal)
                 self._emit("proposal.rejected", proposal)
                 return self._outcome(proposal, assessment)
-            self._emit("proposal.approved", proposal)
-            merged, active = self._merge(proposal)
-            return self._outcome(merged, assessment, active)
+            proposal = proposal.advance(ProposalStatus.APPROVED, at=now, reviewer=GUARDRAIL_REVIEWER)
+            try:
+                # Intent before effect: the approval is audited before it is stored, and
+                # nothing is stored as approved (so recovery could merge it) unless it was.
+                self._emit("proposal.approved", proposal)
+            except Exception as exc:
+                refused = replace(
+                    proposal, status=ProposalStatus.REJECTED,
+                    verdicts=(*proposal.verdicts, _audit_down(exc)),
+                )
+                self.store.add(refused)
+                return self._outcome(refused, replace(assessment, status="rejected", verdicts=refused.verdicts))
+            self.store.add(proposal)  # durable before anything is merged
+            try:
+                merged, active, note = self._merge(proposal)
+            except NegotiationError as exc:
+                if exc.code != "audit_unavailable":
+                    raise
+                refused = self.store.get(proposal.id)
+                return self._outcome(refused, replace(assessment, status="rejected", verdicts=refused.verdicts))
+            return self._outcome(merged, assessment, active, note)
+
+    def _refusal(self, model_id: str, now: datetime) -> Verdict | None:
+        """Why ``model_id`` is refused before its proposal is even read, if it is."""
+        identity = self._keys().get(model_id)
+        if identity is None or not identity.can_propose:
+            why = "is not a known model" if identity is None else "may not propose policy changes"
+            return Verdict("model_not_authorized", False, f"`{model_id}` {why}")
+        window = timedelta(minutes=self.config.refused_window_minutes)
+        refused = self.store.count(model_id, ProposalStatus.REJECTED, since=now - window)
+        if refused >= self.config.max_refused_per_window:
+            return Verdict(
+                "rate_limited",
+                False,
+                f"`{model_id}` had {refused} proposals refused in the last "
+                f"{self.config.refused_window_minutes:g} minutes (limit {self.config.max_refused_per_window}); "
+                "try again later",
+            )
+        return None
+
+    def _refuse_cheaply(
+        self, model_id: str, text: str, reason: str, verdict: Verdict, now: datetime, risk: float
+    ) -> ProposalOutcome:
+        """Refuse without keeping what was sent: its digest and size stand in for it. A
+        proposer that is not authorised is refused once per window in the store, then only
+        audited (a few hundred bytes each), so refusals cannot fill the disk."""
+        size = len(text.encode("utf-8")) + len(reason.encode("utf-8"))
+        stand_in = f"# [not stored: {size} bytes, {original_digest(text, reason)}]\n"
+        proposal = Proposal(
+            id=new_proposal_id(),
+            model_id=model_id,
+            yaml=stand_in,
+            justification="[not stored]",
+            status=ProposalStatus.REJECTED,
+            created_at=now,
+            expires_at=now,
+            verdicts=(verdict,),
+            reviewer=GUARDRAIL_REVIEWER,
+            decided_at=now,
+            session_risk=risk,
+            original_digest=original_digest(text, reason),
+        )
+        if verdict.code != "rate_limited":
+            self.store.add(proposal)
+        self._emit("proposal.rejected", proposal, size=size)
+        return self._outcome(proposal, Assessment("rejected", (verdict,)))
 
     def _assess(
         self,
@@ -180,7 +261,7 @@ class NegotiationService:
             )
         if problems:
             return Assessment("rejected", tuple(Verdict("bad_arguments", False, p) for p in problems))
-        waiting = sum(1 for p in self.store.list(ProposalStatus.PENDING) if p.model_id == proposal.model_id)
+        waiting = self.store.count(proposal.model_id, ProposalStatus.PENDING)
         if waiting >= self.config.max_pending_per_model:
             return Assessment("rejected", (Verdict(
                 "too_many_pending", False,
@@ -206,6 +287,20 @@ class NegotiationService:
             return text
         sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
         return f"{text[:_EXCERPT_CHARS]}\n# [truncated: {size} bytes, sha256 {sha}]\n"
+
+    def vet_suggestion(self, model_id: str, rule: Mapping[str, Any], *, session_risk: float = 0.0) -> Any:
+        """What proposing ``rule`` (a denial's suggestion) would lead to; see ``negotiation.suggest``."""
+        from negotiation.suggest import vet_suggestion
+
+        return vet_suggestion(
+            rule,
+            model_id=model_id,
+            live=self.live.current.policy,
+            keys=self._keys(),
+            config=self.config,
+            session_risk=session_risk,
+            now=self._clock(),
+        )
 
     # -- reviewing -------------------------------------------------------------------------
 
@@ -241,9 +336,16 @@ class NegotiationService:
                 )
             approved = proposal.advance(ProposalStatus.APPROVED, at=self._clock(), reviewer=reviewer, comment=comment)
             approved = replace(approved, diff=assessment.diff)  # the diff actually applied
+            # Intent before effect: an approval the audit log cannot record is not made.
+            try:
+                self._emit("proposal.approved", approved)
+            except Exception as exc:
+                raise NegotiationError(
+                    f"the approval of `{proposal_id}` could not be audited ({type(exc).__name__}); nothing changed",
+                    code="audit_unavailable",
+                ) from exc
             self.store.update(approved, expected=ProposalStatus.PENDING)
-            self._emit("proposal.approved", approved)
-            merged, _ = self._merge(approved)
+            merged, _, _ = self._merge(approved)
             return merged
 
     def reject(self, proposal_id: str, *, reviewer: str, comment: str = "") -> Proposal:
@@ -304,17 +406,25 @@ class NegotiationService:
             for proposal in self.store.list(ProposalStatus.APPROVED):
                 contract = next((c for c in reversed(self.repo.contracts()) if c.proposal_id == proposal.id), None)
                 if contract is not None:
-                    self._base()  # the crash may also have kept the live swap from happening
+                    active = self._base()  # the crash may also have kept the live swap from happening
                     merged = proposal.advance(ProposalStatus.MERGED, at=self._clock(), contract=contract.to_dict())
-                    self.store.update(merged, expected=ProposalStatus.APPROVED)
+                    # Audited first, stored after: a failure here leaves it approved, to be
+                    # finished (and audited) by the next recovery.
                     self._emit("proposal.merged", merged, version=contract.version, recovered=True)
+                    self._emit("policy.activated", merged, version=contract.version, digest=contract.digest,
+                               recovered=True, live_version=active.version)
+                    self.store.update(merged, expected=ProposalStatus.APPROVED)
                     done.append(merged)
                     continue
                 try:
-                    merged, _ = self._merge(proposal)
+                    merged, _, _ = self._merge(proposal)
                 except MergeConflictError as exc:
                     self._emit("proposal.merge_failed", proposal, code=exc.code, error=exc.message)
                     continue
+                except NegotiationError as exc:
+                    if exc.code != "audit_unavailable":
+                        raise
+                    continue  # closed as rejected: nothing was committed
                 done.append(merged)
             return tuple(done)
 
@@ -327,13 +437,24 @@ class NegotiationService:
             self.live.swap(head)
         return head
 
-    def _merge(self, proposal: Proposal) -> tuple[Proposal, ActivePolicy]:
+    def _merge(self, proposal: Proposal) -> tuple[Proposal, ActivePolicy, Verdict | None]:
         """Commit (and so sign) ``proposal`` on top of the head, swap it live, mark it merged.
 
         The snippet is judged again against the exact base it is merged into, on every
         attempt: whatever the guardrails approved must still be approvable there, and what a
         reviewer approved must still not be refused outright. If another process commits in
         between, the repository refuses (``policy_conflict``) and the merge is redone.
+
+        Intent before effect: ``proposal.merge_intent`` (base version, the digest about to go
+        live) is audited before the commit; if it cannot be, nothing is committed and the
+        error propagates. Once the commit is done the change is live whatever happens next:
+        ``proposal.merged`` and ``policy.activated`` are audited, and only then is the
+        proposal stored as merged. If those events fail, the proposal stays ``approved``
+        and ``recover()`` writes them later; the returned note says so, and the proposer is
+        told the truth — the change is live.
+
+        A proposal that adds nothing (everything already allowed) is marked merged with no
+        new version.
         """
         for attempt in range(_COMMIT_ATTEMPTS):
             base = self._base()
@@ -345,9 +466,23 @@ class NegotiationService:
                     f"proposal `{proposal.id}` no longer applies to policy version {base.version}: "
                     + "; ".join(assessment.reasons)
                 )
+            if assessment.changes_nothing:
+                merged = proposal.advance(ProposalStatus.MERGED, at=self._clock())
+                self._emit("proposal.merged", merged, version=base.version, unchanged=True)
+                self.store.update(merged, expected=ProposalStatus.APPROVED)
+                return merged, base, None
+            new_policy = assessment.merged.policy
+            try:
+                self._emit(
+                    "proposal.merge_intent", proposal,
+                    base_version=base.version, base_digest=base.policy.digest, digest=new_policy.digest,
+                    added_rules=list(assessment.merged.added), replaced_rules=list(assessment.merged.replaced),
+                )
+            except Exception as exc:
+                self._abort(proposal, exc)
             try:
                 active = self.repo.commit(
-                    assessment.merged.policy,
+                    new_policy,
                     proposal_id=proposal.id,
                     justification=proposal.justification,
                     approver=_approver(proposal),
@@ -360,22 +495,42 @@ class NegotiationService:
         self.live.swap(active)
         contract = active.contract.to_dict() if active.contract is not None else None
         merged = proposal.advance(ProposalStatus.MERGED, at=self._clock(), contract=contract)
+        try:
+            self._emit("proposal.merged", merged, version=active.version)
+            self._emit("policy.activated", merged, version=active.version, digest=active.policy.digest)
+        except Exception as exc:  # the change is live: say so, and leave the rest to recovery
+            note = Verdict(
+                "audit_delayed",
+                True,
+                f"the change is live as policy version {active.version}, but its audit events could not be "
+                f"written ({type(exc).__name__}); they are written when the gateway next recovers",
+            )
+            return replace(proposal, contract=contract), active, note
         self.store.update(merged, expected=ProposalStatus.APPROVED)
-        self._emit("proposal.merged", merged, version=active.version)
-        self._emit("policy.activated", merged, version=active.version, digest=active.policy.digest)
-        return merged, active
+        return merged, active, None
+
+    def _abort(self, proposal: Proposal, exc: Exception) -> NoReturn:
+        """The merge's intent could not be audited: nothing was committed. The proposal is
+        closed as rejected so that no later recovery merges it behind everyone's back."""
+        verdict = _audit_down(exc, "merge")
+        aborted = proposal.advance(ProposalStatus.REJECTED, at=self._clock())
+        self.store.update(replace(aborted, verdicts=(*aborted.verdicts, verdict)), expected=ProposalStatus.APPROVED)
+        raise NegotiationError(verdict.message, code="audit_unavailable") from exc
 
     def _outcome(
-        self, proposal: Proposal, assessment: Assessment, active: ActivePolicy | None = None
+        self,
+        proposal: Proposal,
+        assessment: Assessment,
+        active: ActivePolicy | None = None,
+        note: Verdict | None = None,
     ) -> ProposalOutcome:
-        status: Literal["approved", "pending", "rejected"] = (
-            "approved" if proposal.status is ProposalStatus.MERGED else assessment.status
-        )
+        live = proposal.status is ProposalStatus.MERGED or active is not None
+        status: Literal["approved", "pending", "rejected"] = "approved" if live else assessment.status
         return ProposalOutcome(
             status=status,
             proposal_id=proposal.id,
             reasons=assessment.reasons,
-            verdicts=proposal.verdicts,
+            verdicts=proposal.verdicts + ((note,) if note is not None else ()),
             diff=proposal.diff,
             version=active.version if active else None,
             contract=proposal.contract,
@@ -383,6 +538,14 @@ class NegotiationService:
 
     def _emit(self, event: str, proposal: Proposal, **extra: Any) -> None:
         self._audit(event, {**proposal.to_dict(), **extra})
+
+
+def _audit_down(exc: BaseException, what: str = "approval") -> Verdict:
+    return Verdict(
+        "audit_unavailable",
+        False,
+        f"the {what} could not be audited ({type(exc).__name__}), so nothing was merged; propose again later",
+    )
 
 
 def _storable(value: str) -> tuple[str, bool]:

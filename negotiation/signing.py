@@ -190,15 +190,25 @@ def _create_exclusive(path: Path, data: bytes, mode: int) -> None:
         os.close(fd)
 
 
+def _make_key_dir(directory: Path) -> None:
+    """Create ``directory`` (and missing parents) readable by its owner only; leave existing ones."""
+    missing = [d for d in (directory, *directory.parents) if not d.exists()]
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for created in missing:
+        os.chmod(created, 0o700)  # mkdir's mode is narrowed by the umask, never widened: be explicit
+
+
 def generate_ed25519_keypair(private_path: Path, public_path: Path) -> str:
     """Create a new key pair as two PEM files and return its key id.
 
-    Refuses (``key_exists``) if either file exists: overwriting a private key would orphan
-    every contract it signed.
+    Missing directories are created with mode 0700. Refuses (``key_exists``) if either file
+    exists: overwriting a private key would orphan every contract it signed.
     """
     for path in (private_path, public_path):
         if path.exists():
             raise SigningError(f"refusing to overwrite `{path}`", code="key_exists")
+    for path in (private_path, public_path):
+        _make_key_dir(path.parent)
     key = Ed25519PrivateKey.generate()
     private_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()

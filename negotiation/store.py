@@ -36,6 +36,10 @@ class ProposalStore(Protocol):
 
     def list(self, status: ProposalStatus | None = None) -> tuple[Proposal, ...]: ...
 
+    def count(self, model_id: str, status: ProposalStatus, *, since: datetime | None = None) -> int:
+        """How many of ``model_id``'s proposals have ``status`` (created at or after ``since``)."""
+        ...
+
     def update(self, proposal: Proposal, *, expected: ProposalStatus) -> None:
         """Replace the stored proposal if its status is still ``expected``."""
         ...
@@ -63,14 +67,18 @@ CREATE TABLE IF NOT EXISTS proposals (
     comment      TEXT NOT NULL DEFAULT '',
     decided_at   TEXT,
     contract     TEXT,
-    session_risk REAL NOT NULL DEFAULT 0
+    session_risk REAL NOT NULL DEFAULT 0,
+    original_digest TEXT
 );
 CREATE INDEX IF NOT EXISTS proposals_by_status ON proposals (status, expires_at);
+CREATE INDEX IF NOT EXISTS proposals_by_model ON proposals (model_id, status, created_at);
 """
+# Columns added after the first release, for databases created before them.
+_ADDED_COLUMNS = {"original_digest": "TEXT"}
 
 _COLUMNS = (
     "id, model_id, yaml, justification, status, created_at, expires_at, verdicts, diff, "
-    "reviewer, comment, decided_at, contract, session_risk"
+    "reviewer, comment, decided_at, contract, session_risk, original_digest"
 )
 
 
@@ -97,6 +105,7 @@ def _row(p: Proposal) -> tuple[Any, ...]:
         _ts(p.decided_at) if p.decided_at else None,
         json.dumps(dict(p.contract), sort_keys=True) if p.contract is not None else None,
         p.session_risk,
+        p.original_digest,
     )
 
 
@@ -117,6 +126,7 @@ def _proposal(row: sqlite3.Row) -> Proposal:
         decided_at=datetime.fromisoformat(row["decided_at"]) if row["decided_at"] else None,
         contract=contract,
         session_risk=float(row["session_risk"]),
+        original_digest=row["original_digest"],
     )
 
 
@@ -137,12 +147,16 @@ class SqliteProposalStore:
             if str(mode).lower() != "wal":
                 raise RuntimeError(f"sqlite refused WAL mode for `{self.path}` (got {mode})")
             self._conn.execute("PRAGMA synchronous = FULL")
+            existing = {row[1] for row in self._conn.execute("PRAGMA table_info(proposals)")}
+            for name, kind in _ADDED_COLUMNS.items():
+                if existing and name not in existing:
+                    self._conn.execute(f"ALTER TABLE proposals ADD COLUMN {name} {kind}")
             self._conn.executescript(_SCHEMA)
 
     def add(self, proposal: Proposal) -> None:
         with self._lock, _immediate(self._conn):
             self._conn.execute(
-                f"INSERT INTO proposals ({_COLUMNS}) VALUES ({', '.join('?' * 14)})",
+                f"INSERT INTO proposals ({_COLUMNS}) VALUES ({', '.join('?' * 15)})",
                 _row(proposal),
             )
 
@@ -162,6 +176,15 @@ class SqliteProposalStore:
         with self._lock:
             rows = self._conn.execute(query + " ORDER BY created_at, id", params).fetchall()
         return tuple(_proposal(r) for r in rows)
+
+    def count(self, model_id: str, status: ProposalStatus, *, since: datetime | None = None) -> int:
+        query = "SELECT COUNT(*) FROM proposals WHERE model_id = ? AND status = ?"
+        params: tuple[str, ...] = (model_id, ProposalStatus(status).value)
+        if since is not None:
+            query += " AND created_at >= ?"
+            params += (_ts(since),)
+        with self._lock:
+            return int(self._conn.execute(query, params).fetchone()[0])
 
     def update(self, proposal: Proposal, *, expected: ProposalStatus) -> None:
         with self._lock, _immediate(self._conn):
@@ -189,7 +212,7 @@ class SqliteProposalStore:
         cursor = self._conn.execute(
             "UPDATE proposals SET model_id = ?, yaml = ?, justification = ?, status = ?, "
             "created_at = ?, expires_at = ?, verdicts = ?, diff = ?, reviewer = ?, comment = ?, "
-            "decided_at = ?, contract = ?, session_risk = ? WHERE id = ? AND status = ?",
+            "decided_at = ?, contract = ?, session_risk = ?, original_digest = ? WHERE id = ? AND status = ?",
             (*row[1:], proposal.id, ProposalStatus(expected).value),
         )
         if cursor.rowcount != 1:

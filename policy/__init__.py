@@ -9,7 +9,7 @@ Errors (see :mod:`policy.errors`)::
     └── PolicyLoadError   (.errors: tuple[LoadIssue, ...])
 """
 
-from .decision import Counterfactual, Decision, TraceEntry, gateway_error_decision
+from .decision import Counterfactual, Decision, TraceEntry, gateway_error_decision, unknown_tool_decision
 from .detectors import Finding, scan_value
 from .engine import could_allow, evaluate
 from .errors import LoadIssue, PolicyError, PolicyLoadError
@@ -46,4 +46,5 @@ __all__ = [
     "load_policy_text",
     "scan_value",
     "tool_matches",
+    "unknown_tool_decision",
 ]

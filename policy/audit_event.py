@@ -29,8 +29,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from policy.redact import digest, redact
-from policy.secrets import find_secrets
+from policy.redact import digest, mask_text, redact, scrub, value_contains_secret
 
 __all__ = [
     "DECISION_FIELDS",
@@ -48,6 +47,7 @@ __all__ = [
     "jsonable",
     "new_event_id",
     "redacted_payload",
+    "scrub_event",
 ]
 
 SCHEMA = "securegateway.audit/1"
@@ -63,7 +63,9 @@ EVENT_TYPES: frozenset[str] = frozenset(
         "proposal.approved",
         "proposal.rejected",
         "proposal.expired",
+        "proposal.merge_intent",
         "proposal.merged",
+        "proposal.merge_failed",
         "policy.activated",
         "policy.reload_failed",
         "gateway.started",
@@ -71,6 +73,8 @@ EVENT_TYPES: frozenset[str] = frozenset(
         # Written by the log itself when it reopens after a crash or finds its head sidecar
         # disagreeing with the file; see docs/audit.md.
         "audit.recovered",
+        # A signed (seq, hash) of the event before it; see policy.audit_checkpoint.
+        "audit.checkpoint",
     }
 )
 
@@ -94,6 +98,7 @@ DECISION_FIELDS = (
 _REQUIRED_PAYLOAD: dict[str, tuple[str, ...]] = {
     "decision": DECISION_FIELDS,
     "audit.recovered": ("reason", "torn_bytes", "torn_sha256", "sidecar"),
+    "audit.checkpoint": ("checkpoint",),
 }
 
 _HASH = re.compile(r"sha256:[0-9a-f]{64}")
@@ -199,7 +204,55 @@ def redacted_payload(payload: Mapping[str, Any], *, root: str = "") -> dict[str,
     justification, say): ``event("proposal.proposed", **redacted_payload(proposal))``.
     """
     result = redact(dict(payload), root=root)
-    return {**result.value, "masked": list(result.masked_paths)}
+    value = result.value
+    masked = list(result.masked_paths)
+    if result.hidden:  # a value masked by key may be quoted in the free text next to it
+        scrubbed = scrub(value, result.hidden, root=root)
+        value = scrubbed.value
+        masked.extend(path for path in scrubbed.masked_paths if path not in masked)
+    return {**value, "masked": masked}
+
+
+def _mask_strings(value: Any, path: str, masked: list[str], depth: int = 0) -> Any:
+    if isinstance(value, str):
+        out, kinds = mask_text(value)
+        if kinds:
+            masked.append(path)
+        return out
+    if depth > _MAX_NESTING:
+        return value
+    if isinstance(value, dict):
+        out_map: dict[str, Any] = {}
+        for key, item in value.items():
+            safe_key, kinds = mask_text(key)
+            if kinds:
+                masked.append(f"{path}.{safe_key}")
+            out_map[safe_key] = _mask_strings(item, f"{path}.{safe_key}", masked, depth + 1)
+        return out_map
+    if isinstance(value, list):
+        return [_mask_strings(item, f"{path}[{index}]", masked, depth + 1) for index, item in enumerate(value)]
+    return value
+
+
+def scrub_event(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` (plain JSON data) with every secret left in any payload string masked.
+
+    The last line of defence, run by the log on every event whatever built it: one walk of
+    its strings decides whether any needs masking, so a clean event costs one pass. Paths of
+    what it masked are added to ``masked``.
+    """
+    if not any(value_contains_secret(value) for key, value in body.items() if key not in ENVELOPE_FIELDS):
+        return body
+    masked: list[str] = []
+    out = {
+        key: value if key in ENVELOPE_FIELDS else _mask_strings(value, key, masked)
+        for key, value in body.items()
+    }
+    if masked:
+        previous = out.get("masked")
+        known = list(previous) if isinstance(previous, list) else []
+        out["masked"] = known + [path for path in masked if path not in known]
+    return out
 
 
 MAX_STRING_BYTES = 16384
@@ -246,21 +299,31 @@ def decision_event(
     extra = dict(request or {})
     extra.pop("arguments", None)
     arguments_view = redact(clip_strings(arguments, max_string_bytes), root="arguments")
+    request_view = redact(clip_strings(extra, max_string_bytes), root="request") if extra else None
     masked = list(arguments_view.masked_paths)
+    hidden = arguments_view.hidden + (request_view.hidden if request_view else ())
+    arguments_value: Any = arguments_view.value
     decision_value: Any = dict(decision)
-    if masked or find_secrets(json.dumps(decision_value, default=str)):
+    if masked or value_contains_secret(decision_value):
         # One scan of the whole decision is cheap; walking it string by string is not, so
         # that is done only when something in it (or in the arguments) needs masking.
         decision_view = redact(decision_value, root="decision", sensitive_keys=frozenset())
         decision_value = decision_view.value
         masked.extend(decision_view.masked_paths)
+    if hidden:
+        # A value masked by key name (an Authorization header) is quoted again by a schema
+        # violation message, a reason template or a risk factor: hide it there too.
+        decision_scrub = scrub(decision_value, hidden, root="decision")
+        arguments_scrub = scrub(arguments_value, hidden, root="arguments")
+        decision_value, arguments_value = decision_scrub.value, arguments_scrub.value
+        masked.extend(decision_scrub.masked_paths + arguments_scrub.masked_paths)
     payload: dict[str, Any] = {
         "decision_id": decision.get("decision_id") or extra.get("decision_id") or new_event_id(),
         "model": decision.get("model") or extra.get("model"),
         "session": session_id,
         "server": server,
         "tool": tool,
-        "arguments": arguments_view.value,
+        "arguments": arguments_value,
         "arguments_digest": digest(arguments),
         "masked": masked,
         "decision": decision_value,
@@ -268,9 +331,10 @@ def decision_event(
         "policy_version": policy_version,
         "latency_ms": latency_ms,
     }
-    if extra:
-        request_view = redact(clip_strings(extra, max_string_bytes), root="request")
-        payload["request"] = request_view.value
-        masked.extend(request_view.masked_paths)
+    if request_view is not None:
+        request_scrub = scrub(request_view.value, hidden, root="request")
+        payload["request"] = request_scrub.value
+        masked.extend(request_view.masked_paths + request_scrub.masked_paths)
+    payload["masked"] = list(dict.fromkeys(masked))
     return event("decision", **payload)
 

@@ -4,7 +4,8 @@ Files, for ``path = audit.jsonl``::
 
     audit.jsonl.1, audit.jsonl.2, ...   rotated files, a higher number is newer
     audit.jsonl                         the current file
-    audit.jsonl.head                    the head sidecar: seq and hash of the last event
+    audit.jsonl.head                    the head sidecar: seq and hash of the last event, signed
+                                        (a checkpoint) when the log has a signer
     audit.jsonl.lock                    held (flock) by the one writer
 
 Durability: each event is one ``write()`` of its whole line, ``\\n`` included, on an
@@ -17,8 +18,15 @@ complete event of the current file, else of the newest rotated file, else genesi
 last line (no trailing newline, not a complete event) is left untouched; the log appends a
 ``\\n`` to end it and an ``audit.recovered`` event recording its length and sha256, so the
 verifier can tell that fragment from an edit. The same event records a head sidecar that is
-missing, unreadable, or disagrees with the file (events lost from the tail). The writer then
-continues: the gap is evidence in the chain, not a reason to stop auditing.
+missing, unreadable, or disagrees with the file (events lost from the tail), and, when the
+log has a signer, a sidecar that is unsigned or whose signature does not verify (a tail
+cut off and the sidecar rewritten while the gateway was down). The writer then continues:
+the gap is evidence in the chain, not a reason to stop auditing.
+
+Checkpoints (policy.audit_checkpoint): with a ``signer``, the sidecar holds a signed
+checkpoint of the head, an ``audit.checkpoint`` event is appended every
+``checkpoint_every`` events and when the log is closed, and each such event is handed to the
+``sinks`` (a second file, the gateway's log) once it is durable.
 """
 
 from __future__ import annotations
@@ -37,6 +45,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
+from policy.audit_checkpoint import (
+    Checkpoint,
+    CheckpointSigner,
+    CheckpointSink,
+    CheckpointVerifier,
+    sign_checkpoint,
+)
 from policy.audit_event import (
     ENVELOPE_FIELDS,
     EVENT_TYPES,
@@ -48,13 +63,27 @@ from policy.audit_event import (
     format_ts,
     jsonable,
     new_event_id,
+    scrub_event,
 )
 
-__all__ = ["GENESIS", "HEAD_SCHEMA", "AuditSink", "Head", "JsonlAuditLog", "head_path", "log_files", "read_head"]
+__all__ = [
+    "GENESIS",
+    "HEAD_SCHEMA",
+    "SIGNED_HEAD_SCHEMA",
+    "AuditSink",
+    "Head",
+    "HeadRecord",
+    "JsonlAuditLog",
+    "head_path",
+    "log_files",
+    "read_head",
+    "read_head_record",
+]
 
 HEAD_SCHEMA = "securegateway.audit-head/1"
+SIGNED_HEAD_SCHEMA = "securegateway.audit-head/2"
 # The sidecar is one fixed-size record (JSON padded with spaces), rewritten in place.
-_HEAD_SIZE = 160
+_HEAD_SIZE = 512
 _SINK_FIELDS = frozenset({"seq", "ts", "prev_hash", "hash"})
 
 
@@ -97,11 +126,25 @@ def head_path(path: str | os.PathLike[str]) -> Path:
     return Path(f"{os.fspath(path)}.head")
 
 
+@dataclass(frozen=True)
+class HeadRecord:
+    """What the sidecar says: the head, and the checkpoint vouching for it when signed."""
+
+    head: Head
+    checkpoint: Checkpoint | None
+
+
 def read_head(path: str | os.PathLike[str]) -> Head | str | None:
     """The head recorded in the sidecar of the log at ``path``: a Head, None if absent, or why unreadable.
 
     An empty sidecar counts as absent: the writer creates it before its first event.
     """
+    record = read_head_record(path)
+    return record.head if isinstance(record, HeadRecord) else record
+
+
+def read_head_record(path: str | os.PathLike[str]) -> HeadRecord | str | None:
+    """The sidecar's record (its head and signature, if any), None if absent, or why unreadable."""
     try:
         raw = head_path(path).read_bytes()
     except FileNotFoundError:
@@ -110,20 +153,28 @@ def read_head(path: str | os.PathLike[str]) -> Head | str | None:
         return f"head sidecar unreadable: {exc.strerror}"
     if not raw:
         return None
+    checkpoint: Checkpoint | None = None
     try:
         record = json.loads(raw)
-        if record.get("schema") != HEAD_SCHEMA:
+        if record.get("schema") not in (HEAD_SCHEMA, SIGNED_HEAD_SCHEMA):
             raise ValueError
         seq, hash_ = record["seq"], record["hash"]
         if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0 or not isinstance(hash_, str):
             raise ValueError
+        if record["schema"] == SIGNED_HEAD_SCHEMA:
+            checkpoint = Checkpoint.from_dict(record.get("checkpoint"))
+            if checkpoint is None or (checkpoint.seq, checkpoint.hash) != (seq, hash_):
+                raise ValueError
     except (ValueError, AttributeError, KeyError, UnicodeDecodeError):
         return "head sidecar is not a valid head record"
-    return Head(seq, hash_)
+    return HeadRecord(Head(seq, hash_), checkpoint)
 
 
-def _head_record(head: Head) -> bytes:
-    text = json.dumps({"schema": HEAD_SCHEMA, "seq": head.seq, "hash": head.hash}, separators=(",", ":"))
+def _head_record(head: Head, checkpoint: Checkpoint | None = None) -> bytes:
+    record: dict[str, Any] = {"schema": HEAD_SCHEMA, "seq": head.seq, "hash": head.hash}
+    if checkpoint is not None:
+        record = {**record, "schema": SIGNED_HEAD_SCHEMA, "checkpoint": checkpoint.to_dict()}
+    text = json.dumps(record, separators=(",", ":"))
     return text.encode("ascii").ljust(_HEAD_SIZE - 1) + b"\n"
 
 
@@ -206,11 +257,20 @@ class JsonlAuditLog:
         max_bytes: int = 50 * 2**20,
         fsync: bool = True,
         clock: Callable[[], datetime] = _utcnow,
+        signer: CheckpointSigner | None = None,
+        verifier: CheckpointVerifier | None = None,
+        checkpoint_every: int = 1000,
+        sinks: Sequence[CheckpointSink] = (),
     ) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.fsync = fsync
         self._clock = clock
+        self._signer = signer
+        self._verifier = verifier
+        self._checkpoint_every = checkpoint_every
+        self._sinks = tuple(sinks)
+        self._checkpointed = 0
         self._lock = threading.Lock()
         self._file: BinaryIO | None = None
         self._head_fd: int | None = None
@@ -268,6 +328,11 @@ class JsonlAuditLog:
 
     def close(self) -> None:
         with self._lock:
+            active = not self._closed and self._signer is not None and self._file is not None
+            if active and self._head.seq > self._checkpointed:
+                # The last word of a run: a checkpoint a later truncation cannot fake.
+                with contextlib.suppress(AuditError, OSError):
+                    self._write([], checkpoint=True)
             self._closed = True
             self._release()
 
@@ -292,18 +357,43 @@ class JsonlAuditLog:
         body.setdefault("event_id", new_event_id())
         if body["schema"] != SCHEMA:
             raise AuditError("reserved_field", f"unsupported schema `{body['schema']}`")
-        return body
+        # Whatever built the event, no secret the scanners know reaches the file.
+        return scrub_event(body)
 
-    def _write(self, bodies: Sequence[dict[str, Any]], prefix: bytes = b"") -> list[dict[str, Any]]:
+    def _checkpoint_body(self, head: Head) -> dict[str, Any]:
+        assert self._signer is not None
+        checkpoint = sign_checkpoint(self._signer, head.seq, head.hash)
+        return {"schema": SCHEMA, "event_id": new_event_id(), "type": "audit.checkpoint",
+                "checkpoint": checkpoint.to_dict()}
+
+    def _write(
+        self, bodies: Sequence[dict[str, Any]], prefix: bytes = b"", *, checkpoint: bool = False
+    ) -> list[dict[str, Any]]:
         head = self._head
         written: list[dict[str, Any]] = []
         lines: list[bytes] = []
-        for body in bodies:
+        queue = list(bodies)
+        due = self._signer is not None and self._checkpoint_every > 0
+        if self._signer is not None and checkpoint:
+            queue.append(self._checkpoint_body(head))
+        published: list[Checkpoint] = []
+        checkpointed = self._checkpointed
+        index = 0
+        while index < len(queue):
+            body = queue[index]
+            index += 1
             full = {**body, "seq": head.seq + 1, "ts": format_ts(self._clock()), "prev_hash": head.hash}
             full["hash"] = event_hash(full)
             written.append({name: full[name] for name in ENVELOPE_FIELDS} | full)
             lines.append(canonical_event(full).encode("ascii") + b"\n")
             head = Head(full["seq"], full["hash"])
+            if full["type"] == "audit.checkpoint":
+                vouched = Checkpoint.from_dict(full.get("checkpoint"))
+                if vouched is not None:
+                    published.append(vouched)
+                checkpointed = head.seq
+            elif due and index == len(queue) and head.seq - checkpointed >= self._checkpoint_every:
+                queue.append(self._checkpoint_body(head))
         try:
             chunk: list[bytes] = [prefix] if prefix else []
             pending = len(prefix)
@@ -324,11 +414,16 @@ class JsonlAuditLog:
             self._abandon_file()
             raise AuditError("write_failed", f"audit write failed: {exc.strerror}") from exc
         self._head = head
+        self._checkpointed = checkpointed
         try:
             self._write_sidecar()
         except OSError as exc:
             raise AuditError("write_failed", f"audit head sidecar write failed: {exc.strerror}") from exc
-        return written
+        for vouched in published:
+            for sink in self._sinks:
+                with contextlib.suppress(Exception):  # an anchor that fails must not fail the audit write
+                    sink.publish(vouched)
+        return written[: len(bodies)]  # a checkpoint added at the end is the log's own
 
     def _write_all(self, data: bytes) -> None:
         """One ``write()`` of ``data`` (looping only on a short write)."""
@@ -343,7 +438,8 @@ class JsonlAuditLog:
 
     def _write_sidecar(self) -> None:
         assert self._head_fd is not None
-        os.pwrite(self._head_fd, _head_record(self._head), 0)
+        signed = sign_checkpoint(self._signer, self._head.seq, self._head.hash) if self._signer else None
+        os.pwrite(self._head_fd, _head_record(self._head, signed), 0)
         if not self._head_sized:  # drop anything a longer foreign file left past the record
             os.ftruncate(self._head_fd, _HEAD_SIZE)
             self._head_sized = True
@@ -384,9 +480,14 @@ class JsonlAuditLog:
         files = log_files(self.path)
         tail = _scan_tail(files, self.path)
         self._head = tail.head
+        if not self._checkpointed:
+            self._checkpointed = tail.head.seq
         self._open_current()
-        recorded = read_head(self.path)
+        record = read_head_record(self.path)
+        recorded = record.head if isinstance(record, HeadRecord) else record
         reason = _sidecar_disagreement(recorded, tail.head)
+        if reason is None and self._signer is not None and isinstance(record, HeadRecord) and tail.head.seq > 0:
+            reason = self._unvouched(record)
         torn = tail.fragment if tail.fragment and not tail.fragment_is_event else b""
         prefix = b"\n" if tail.fragment else b""
         if reason is None and not torn:
@@ -406,6 +507,14 @@ class JsonlAuditLog:
             "sidecar": sidecar,
         }
         self._write([body], prefix=prefix)
+
+    def _unvouched(self, record: HeadRecord) -> str | None:
+        """Why a sidecar that agrees with the files is not to be trusted, or None."""
+        if record.checkpoint is None:
+            return "head_unsigned"
+        if self._verifier is not None and not record.checkpoint.verify(self._verifier):
+            return "head_forged"
+        return None
 
     def _append_raw(self, data: bytes) -> None:
         assert self._file is not None

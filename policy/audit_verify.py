@@ -20,7 +20,12 @@ Problem codes (``BadEvent.problem``)::
                      reopening that its sidecar was ahead of it (events lost from the tail)
     head_missing     events but no head sidecar (with ``require_head``, the default)
     head_mismatch    the sidecar names a seq whose hash differs, or is unreadable
-    anchor_mismatch  the anchor names a seq whose hash differs
+    anchor_mismatch  the anchor, or a checkpoint from the checkpoint file, names a seq whose hash differs
+    head_unsigned    a verification key is given but the sidecar carries no checkpoint (rewritten by
+                     someone without the key), or the log recorded one on reopening after it had been signed
+    head_forged      the sidecar's checkpoint does not verify with the key, or the log recorded one
+    checkpoint_invalid  an ``audit.checkpoint`` event, or a line of the checkpoint file, whose
+                     signature does not verify or which does not vouch for the event before it
 
 A torn line (a crash mid-write) is not a problem: as the very last line of the current file
 with no trailing newline it sets ``torn_tail``; earlier, it must be followed by the
@@ -38,8 +43,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from policy.audit_checkpoint import Checkpoint, CheckpointVerifier
 from policy.audit_event import GENESIS_HASH, canonical_event, envelope_problem, event_hash
-from policy.audit_log import GENESIS, Head, log_files, read_head
+from policy.audit_log import GENESIS, Head, HeadRecord, log_files, read_head_record
 
 __all__ = ["PROBLEMS", "BadEvent", "VerifyReport", "find_events", "verify_log"]
 
@@ -54,6 +60,9 @@ PROBLEMS = (
     "head_missing",
     "head_mismatch",
     "anchor_mismatch",
+    "head_unsigned",
+    "head_forged",
+    "checkpoint_invalid",
 )
 
 
@@ -80,6 +89,8 @@ class VerifyReport:
     message: str
     head: Head = GENESIS
     warnings: tuple[str, ...] = ()
+    # The last event vouched for by a signed checkpoint (in the log or the sidecar), 0 if none.
+    checkpointed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """The report as plain JSON data (``securegateway audit verify --json``)."""
@@ -91,6 +102,7 @@ class VerifyReport:
             "torn_tail": self.torn_tail,
             "message": self.message,
             "head": {"seq": self.head.seq, "hash": self.head.hash},
+            "checkpointed": self.checkpointed,
             "warnings": list(self.warnings),
         }
 
@@ -160,8 +172,11 @@ class _Seen:
 
 
 class _Walk:
-    def __init__(self, files: list[Path], targets: set[int]) -> None:
+    def __init__(self, files: list[Path], targets: set[int], verifier: CheckpointVerifier | None = None) -> None:
         self.files = files
+        self.verifier = verifier
+        # The last seq a verified checkpoint event vouched for, 0 if none yet.
+        self.checkpointed = 0
         self.lines = _lines(files)
         self.targets = targets
         self.head = Head(0, GENESIS_HASH)
@@ -222,6 +237,8 @@ class _Walk:
             raise _fail(line, "chain_break", f"prev_hash is not the hash of seq {self.head.seq}", event)
         if event["type"] == "audit.recovered":
             self._check_recovered_event(line, event, after_fragment)
+        if event["type"] == "audit.checkpoint":
+            self._check_checkpoint_event(line, event)
         self.head = Head(seq, event["hash"])
         self.events += 1
         if seq in self.targets:
@@ -236,9 +253,31 @@ class _Walk:
             raise _fail(line, "truncated", f"on reopening, {lost} event(s) were missing from the tail", event)
         if reason == "head_mismatch":
             raise _fail(line, "head_mismatch", "on reopening, the head sidecar named a different event", event)
+        if reason == "head_forged":
+            raise _fail(line, "head_forged", "on reopening, the head sidecar's signature did not verify", event)
+        if reason == "head_unsigned":
+            if self.checkpointed:
+                raise _fail(
+                    line,
+                    "head_unsigned",
+                    f"on reopening, the head sidecar was unsigned although seq {self.checkpointed} had been "
+                    f"signed: events after seq {self.checkpointed} may have been cut off",
+                    event,
+                )
+            self.warnings.append(f"head sidecar was unsigned on reopening, at {line.file.name}:{line.number}")
         if reason in ("head_missing", "head_invalid"):
             state = reason.removeprefix("head_")
             self.warnings.append(f"head sidecar was {state} on reopening, at {line.file.name}:{line.number}")
+
+    def _check_checkpoint_event(self, line: _Line, event: dict[str, Any]) -> None:
+        checkpoint = Checkpoint.from_dict(event["checkpoint"])
+        if checkpoint is None or (checkpoint.seq, checkpoint.hash) != (self.head.seq, self.head.hash):
+            raise _fail(line, "checkpoint_invalid", "checkpoint does not vouch for the event before it", event)
+        if self.verifier is not None:
+            if not checkpoint.verify(self.verifier):
+                why = f"checkpoint signature does not verify (key `{checkpoint.key_id}`)"
+                raise _fail(line, "checkpoint_invalid", why, event)
+            self.checkpointed = checkpoint.seq
 
     def _appears_later(self, seq: int) -> bool:
         needle = b'"seq":%d,' % seq
@@ -274,26 +313,77 @@ def _tail_failure(walk: _Walk, head: Head, what: str, mismatch: str, path: Path)
     return None
 
 
+def _signed_head_failure(walk: _Walk, record: HeadRecord, verifier: CheckpointVerifier, path: Path) -> _Failure | None:
+    """With a key: the sidecar must carry a checkpoint of its head that verifies."""
+    if walk.events == 0:
+        return None
+    where = os.fspath(path) + ".head"
+    vouched = f"the last signed checkpoint in the log is seq {walk.checkpointed}" if walk.checkpointed else (
+        "the log holds no signed checkpoint"
+    )
+    gap = (
+        f"the log ends at seq {walk.head.seq} and {vouched}: "
+        f"events after seq {walk.checkpointed} may have been cut off"
+    )
+    if record.checkpoint is None:
+        return _Failure(
+            BadEvent(where, 0, record.head.seq, None, "head_unsigned"),
+            f"head_unsigned: the head sidecar carries no signed checkpoint (rewritten without the key?); {gap}",
+        )
+    if not record.checkpoint.verify(verifier):
+        return _Failure(
+            BadEvent(where, 0, record.head.seq, None, "head_forged"),
+            f"head_forged: the head sidecar's checkpoint does not verify (key `{record.checkpoint.key_id}`); {gap}",
+        )
+    return None
+
+
+def _checkpoint_file_failure(
+    walk: _Walk, checkpoints: list[Checkpoint], verifier: CheckpointVerifier | None, path: Path
+) -> _Failure | None:
+    """Every checkpoint carried off the log must be in it: the newest one names how much is missing."""
+    for checkpoint in checkpoints:
+        if verifier is not None and not checkpoint.verify(verifier):
+            bad = BadEvent(os.fspath(path), 0, checkpoint.seq, None, "checkpoint_invalid")
+            return _Failure(bad, f"checkpoint_invalid: the checkpoint file's seq {checkpoint.seq} does not verify")
+    if not checkpoints:
+        return None
+    newest = max(checkpoints, key=lambda checkpoint: checkpoint.seq)
+    failure = _tail_failure(walk, Head(newest.seq, newest.hash), "checkpoint file", "anchor_mismatch", path)
+    if failure is not None and failure.bad.problem == "truncated":
+        missing = f"events {walk.head.seq + 1} to {newest.seq} are missing"
+        return _Failure(failure.bad, f"{failure.message}: {missing}")
+    return failure
+
+
 def verify_log(
     path: str | os.PathLike[str],
     *,
     anchor: tuple[int, str] | None = None,
     require_head: bool = True,
+    verifier: CheckpointVerifier | None = None,
+    checkpoints: list[Checkpoint] | None = None,
 ) -> VerifyReport:
     """Check the whole chain of the log at ``path``; never raises for log content.
 
     ``anchor`` is a ``(seq, hash)`` recorded outside the log (``JsonlAuditLog.head`` or a
     previous report's ``head``); the log must contain exactly that event. Without it, a
     writer with access to the files could rebuild a consistent chain; see docs/audit.md.
+    ``verifier`` checks the signed checkpoints (sidecar and ``audit.checkpoint`` events), and
+    requires the sidecar to carry one; ``checkpoints`` (from the checkpoint file) must all be
+    in the log.
     """
     # The sidecar is read before the files: it is only ever written after the event it
     # names, so a verifier racing a live writer never sees it ahead of the data.
-    recorded = read_head(path)
+    record = read_head_record(path)
+    recorded = record.head if isinstance(record, HeadRecord) else record
     files = log_files(path)
     targets: set[int] = {recorded.seq} if isinstance(recorded, Head) else set()
     if anchor is not None:
         targets.add(anchor[0])
-    walk = _Walk(files, targets)
+    if checkpoints:
+        targets.add(max(checkpoint.seq for checkpoint in checkpoints))
+    walk = _Walk(files, targets, verifier)
     names = tuple(os.fspath(file) for file in files)
     failure: _Failure | None = None
     try:
@@ -319,8 +409,16 @@ def verify_log(
             failure = _tail_failure(walk, recorded, "head sidecar", "head_mismatch", Path(path))
             if failure is None and walk.head.seq - recorded.seq > 1:
                 walk.warnings.append(f"head sidecar is {walk.head.seq - recorded.seq} events behind the log")
+    if failure is None and checkpoints:
+        # Before the sidecar's signature: the checkpoint file can say exactly what is missing.
+        failure = _checkpoint_file_failure(walk, checkpoints, verifier, Path(path))
+    if failure is None and verifier is not None and isinstance(record, HeadRecord):
+        failure = _signed_head_failure(walk, record, verifier, Path(path))
     if failure is None and anchor is not None:
         failure = _tail_failure(walk, Head(*anchor), "anchor", "anchor_mismatch", Path(path))
+    checkpointed = walk.checkpointed
+    if failure is None and verifier is not None and isinstance(record, HeadRecord) and record.checkpoint:
+        checkpointed = max(checkpointed, record.head.seq)
     if failure is not None:
         return VerifyReport(
             ok=False,
@@ -331,8 +429,11 @@ def verify_log(
             message=failure.message,
             head=walk.head,
             warnings=tuple(walk.warnings),
+            checkpointed=walk.checkpointed,
         )
     message = f"ok: {walk.events} events in {len(files)} file(s), head seq {walk.head.seq}"
+    if verifier is not None:
+        message += f", signed up to seq {checkpointed}"
     if walk.torn_tail:
         message += ", torn last line"
     return VerifyReport(
@@ -344,6 +445,7 @@ def verify_log(
         message=message,
         head=walk.head,
         warnings=tuple(walk.warnings),
+        checkpointed=checkpointed,
     )
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "TraceEntry",
     "gateway_error_decision",
     "new_decision_id",
+    "unknown_tool_decision",
 ]
 
 DECISION_SCHEMA = "securegateway.decision/1"
@@ -36,6 +37,7 @@ REASON_CODES: tuple[str, ...] = (
     "risk_threshold",
     "rule_error",
     "gateway_error",
+    "unknown_tool",
 )
 # deny_kind per reason code: "default" when nothing granted the call, "explicit" when
 # something (a rule, a check, the gateway) refused it.
@@ -49,6 +51,7 @@ DENY_KINDS: dict[str, str | None] = {
     "schema_violation": "explicit",
     "risk_threshold": "explicit",
     "gateway_error": "explicit",
+    "unknown_tool": "default",
 }
 
 
@@ -120,10 +123,11 @@ class Decision:
     policy_digest: str
     counterfactual: Counterfactual | None
     findings: tuple[Finding, ...] = ()
+    kind: str = "tool"  # what ``tool`` names: a tool, a prompt (dotted) or a resource (its URI)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON in the ``securegateway.decision/1`` schema."""
-        return {
+        """Plain JSON in the ``securegateway.decision/1`` schema (``kind`` only when not a tool)."""
+        data = {
             "schema": DECISION_SCHEMA,
             "decision_id": self.decision_id,
             "allowed": self.allowed,
@@ -142,11 +146,36 @@ class Decision:
             "counterfactual": None if self.counterfactual is None else self.counterfactual.to_dict(),
             "findings": [finding.to_dict() for finding in self.findings],
         }
+        if self.kind != "tool":
+            data["kind"] = self.kind
+        return data
 
 
 def one_line(text: str, limit: int = 300) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def unknown_tool_decision(*, model: str, tool: str, policy_digest: str, decision_id: str | None = None) -> Decision:
+    """A tools/call naming no tool any upstream lists: refused, and recorded like any decision."""
+    name = one_line(tool, 200)
+    return Decision(
+        decision_id=decision_id or new_decision_id(),
+        allowed=False,
+        reason=f"unknown tool `{name}`",
+        reason_code="unknown_tool",
+        deny_kind=DENY_KINDS["unknown_tool"],
+        model=model,
+        tool=name,
+        matched_rules=(),
+        rule_trace=(),
+        risk_score=0.0,
+        risk_factors=(),
+        reasoning=(f"No upstream lists a tool named {name}, so nothing was called.",),
+        errors=(),
+        policy_digest=policy_digest,
+        counterfactual=Counterfactual("no policy change can allow this: no upstream serves this tool"),
+    )
 
 
 def gateway_error_decision(

@@ -5,12 +5,14 @@ The procedure, in order (the first that applies decides the reason code):
 1. checks that only describe the call: suspicious patterns in the arguments, the tool's
    ``inputSchema``, the session's risk; together they give the risk score;
 2. the model must be in the model keys file (``unknown_model``) and the tool inside its key
-   scope (``out_of_scope``) - rules can never grant beyond the key;
+   scope (``out_of_scope``) - rules can never grant beyond the key; for a prompt or a
+   resource the scope must reach its upstream (some ``<upstream>.<name>`` lies inside it);
 3. candidate rules come from the compiled index; a matching deny rule wins over any allow
    (``explicit_deny``); a deny rule that cannot be evaluated denies to be safe
    (``rule_error``);
 4. a schema violation denies (``schema_violation``);
-5. without a matching allow rule the call is denied by default (``default_deny``);
+5. without a matching allow rule the call is denied by default (``default_deny``); prompts
+   and resources are allowed by default unless ``settings.require_rules_for`` names them;
 6. the risk score must stay within the allowing rule's ``max_risk`` and the policy's
    ``deny_risk_above`` (``risk_threshold``); otherwise ``allowed``.
 
@@ -23,16 +25,25 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from .decision import DENY_KINDS, Decision, TraceEntry, gateway_error_decision, new_decision_id, one_line
+from .decision import (
+    DENY_KINDS,
+    Counterfactual,
+    Decision,
+    TraceEntry,
+    gateway_error_decision,
+    new_decision_id,
+    one_line,
+)
 from .detectors import describe_findings, scan_value
 from .explain import counterfactual, render_reason, risk_sentence, rules_sentence, session_sentence
 from .index import CompiledCondition, CompiledRule
 from .keys import KeyRing
-from .model import CallRequest, Policy, Rule, format_timestamp
+from .match import glob_reaches
+from .model import TARGET_KINDS, CallRequest, Policy, Rule, format_timestamp
 from .risk import RiskFactor, SessionRisk, combine, finding_factors
 from .schema import check_arguments
 
-__all__ = ["could_allow", "evaluate"]
+__all__ = ["could_allow", "evaluate", "scope_reaches"]
 
 _SESSION_FLOOR = 0.005  # below this the session factor is noise and is left out
 
@@ -125,13 +136,15 @@ def _consider(
     now: datetime,
     risk: float,
     out: _RuleOutcomes,
+    kind: str = "tool",
 ) -> None:
     rule = candidate.rule
-    allows = candidate.allow is not None and candidate.allow.fullmatch(tool) is not None
-    denies = candidate.deny is not None and candidate.deny.fullmatch(tool) is not None
+    allow, deny, mismatch = candidate.patterns(kind)
+    allows = allow is not None and allow.fullmatch(tool) is not None
+    denies = deny is not None and deny.fullmatch(tool) is not None
     trace = out.trace
     if not (allows or denies):
-        trace.append(candidate.mismatch)
+        trace.append(mismatch)
         return
     if rule.expires is not None and now >= rule.expires:
         if denies:
@@ -196,11 +209,19 @@ def _evaluate(
     risk = combine([factor.weight for factor in factors]) if factors else 0.0
 
     # 2-3. Identity, scope and rules.
+    kind = request.kind
+    if kind not in TARGET_KINDS:
+        raise ValueError(f"unknown request kind `{kind}`")
     identity = keys.get(model)
-    in_scope = identity is not None and keys.in_scope(model, tool)
+    if identity is None:
+        in_scope = False
+    elif kind == "tool":
+        in_scope = keys.in_scope(model, tool)
+    else:
+        in_scope = scope_reaches(identity.tools, request.server)
     out = _RuleOutcomes()
-    for candidate in policy.compiled.candidates(model, tool):
-        _consider(candidate, tool, arguments, now, risk, out)
+    for candidate in policy.compiled.candidates(model, tool, kind):
+        _consider(candidate, tool, arguments, now, risk, out, kind)
 
     # 4-6. The first applicable reason decides.
     limit = policy.settings.deny_risk_above
@@ -216,7 +237,13 @@ def _evaluate(
     elif schema.violated:
         code = "schema_violation"
     elif not out.allow_hits and not out.risk_capped:
-        code = "default_deny"
+        if policy.settings.requires_rules(kind):
+            code = "default_deny"
+        elif limit is not None and risk > limit:
+            code = "risk_threshold"
+            risk_limit = limit
+        else:
+            code = "allowed"  # a prompt or resource of an upstream the key scope reaches
     elif not out.allow_hits:
         code = "risk_threshold"
         risk_limit = out.risk_capped[0].max_risk
@@ -226,9 +253,9 @@ def _evaluate(
     else:
         code = "allowed"
 
-    reason = _reason(code, model, tool, arguments, out, schema.messages, risk, risk_limit)
+    reason = _reason(code, model, tool, arguments, out, schema.messages, risk, risk_limit, kind)
     reasoning = [
-        rules_sentence(
+        _target_sentence(code, model, tool, kind, request.server, out) if kind != "tool" else rules_sentence(
             code=code,
             model=model,
             tool=tool,
@@ -263,18 +290,26 @@ def _evaluate(
         reasoning=tuple(reasoning),
         errors=tuple(errors),
         policy_digest=policy.digest,
-        counterfactual=counterfactual(
-            code=code,
-            model=model,
-            tool=tool,
-            risk=risk,
-            risk_limit=risk_limit,
-            allow_hits=out.allow_hits,
-            deny_hits=out.deny_hits,
-            erroring_deny=out.erroring_deny,
-            near_misses=out.near_misses,
+        counterfactual=_target_counterfactual(
+            counterfactual(
+                code=code,
+                model=model,
+                tool=tool,
+                risk=risk,
+                risk_limit=risk_limit,
+                allow_hits=out.allow_hits,
+                deny_hits=out.deny_hits,
+                erroring_deny=out.erroring_deny,
+                near_misses=out.near_misses,
+            ),
+            kind,
+            code,
+            model,
+            tool,
+            request.server,
         ),
         findings=findings,
+        kind=kind,
     )
 
 
@@ -293,13 +328,21 @@ def _reason(
     schema_messages: tuple[str, ...],
     risk: float,
     risk_limit: float | None,
+    kind: str = "tool",
 ) -> str:
     if code == "allowed":
+        if not out.allow_hits:
+            return one_line(
+                f"allowed: the {kind} `{tool}` belongs to an upstream inside model `{model}`'s key scope "
+                f"and settings.require_rules_for does not list {kind}s"
+            )
         rule = out.allow_hits[0]
         return _with_message(f"allowed by rule {rule.id}", rule, model, tool, arguments)
     if code == "unknown_model":
         return one_line(f"model `{model}` is not in the model keys file")
     if code == "out_of_scope":
+        if kind != "tool":
+            return one_line(f"the {kind} `{tool}` belongs to an upstream outside model `{model}`'s key scope")
         return one_line(f"`{tool}` is outside model `{model}`'s key scope")
     if code == "explicit_deny":
         rule = out.deny_hits[0]
@@ -310,7 +353,56 @@ def _reason(
         return one_line(f"arguments violate the input schema of `{tool}`: {schema_messages[0]}")
     if code == "risk_threshold":
         return f"risk score {risk:.2f} is above the limit {risk_limit if risk_limit is not None else 0.0:g}"
+    if kind != "tool":
+        return one_line(f"no rule allows model `{model}` to read the {kind} `{tool}`")
     return one_line(f"no rule allows model `{model}` to call `{tool}`")
+
+
+def scope_reaches(scope: tuple[str, ...], server: str) -> bool:
+    """Whether a key scope (tool globs) reaches the upstream ``server``: some tool of it is inside."""
+    return any(glob_reaches(pattern, f"{server}.") for pattern in scope)
+
+
+_GRANT_KEY = {"prompt": "allow_prompts", "resource": "allow_resources"}
+
+
+def _target_sentence(code: str, model: str, target: str, kind: str, server: str, out: _RuleOutcomes) -> str:
+    """The rules sentence for a prompt or resource."""
+    if code == "unknown_model":
+        return f"Model {model} has no entry in the model keys file, so it may read nothing."
+    if code == "out_of_scope":
+        return f"Upstream {server} is outside model {model}'s key scope, so none of its {kind}s may be read."
+    if out.deny_hits:
+        return f"Rule {out.deny_hits[0].id} denies model {model} the {kind} {target}."
+    if out.erroring_deny:
+        return f"Deny rule {out.erroring_deny[0]} could not be evaluated, so the request is denied to be safe."
+    if out.allow_hits:
+        return f"Model {model} may read the {kind} {target} by rule {out.allow_hits[0].id}."
+    if code == "default_deny":
+        sentence = f"No rule allows model {model} the {kind} {target}, and settings.require_rules_for lists {kind}s."
+        if out.near_misses:
+            rule, why = out.near_misses[0]
+            sentence += f" Rule {rule.id} would, but {why}."
+        return sentence
+    return f"No rule names the {kind} {target}; {kind}s of upstreams inside the key scope are readable by default."
+
+
+def _target_counterfactual(
+    base: Counterfactual | None, kind: str, code: str, model: str, target: str, server: str
+) -> Counterfactual | None:
+    """The tool-worded counterfactual, re-worded for a prompt or resource (its grant uses the right list)."""
+    if base is None or kind == "tool":
+        return base
+    if code == "out_of_scope":
+        return Counterfactual(
+            f"no policy change can allow this: the operator must widen model `{model}`'s key scope "
+            f"to reach upstream `{server}`"
+        )
+    grant = None
+    if base.suggested_rule is not None:
+        grant = {"model": model, _GRANT_KEY[kind]: [target]}
+    text = base.text.replace(f"granted {model} `{target}`", f"granted {model} the {kind} `{target}`")
+    return Counterfactual(text, grant, base.remove_rules)
 
 
 def could_allow(

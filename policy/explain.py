@@ -160,9 +160,37 @@ def counterfactual(
         limit = risk_limit if risk_limit is not None else 0.0
         return Counterfactual(f"allowed if the risk score ({risk:.2f}) were at most {limit:g}")
     # default_deny
-    if near_misses:
-        rule, why = near_misses[0]
+    return _near_miss_counterfactual(model, tool, grant, near_misses)
+
+
+def _kept_limits(rule: Rule, model: str, tool: str) -> dict[str, Any]:
+    """A grant of ``tool`` to ``model`` that keeps ``rule``'s conditions and risk ceiling."""
+    body = {key: value for key, value in rule.to_dict().items() if key in ("when", "max_risk")}
+    return {"model": model, "allow_tools": [tool], **body}
+
+
+def _near_miss_counterfactual(
+    model: str, tool: str, grant: dict[str, Any], near_misses: Sequence[tuple[Rule, str]]
+) -> Counterfactual:
+    """Default deny. A rule that would have allowed the call but for one of its limits is the
+    operator's word on this tool: the suggestion never drops a condition or risk ceiling.
+
+    - a condition failed: no rule is suggested (one keeping the condition would not help, one
+      without it would undo the operator); the text names the condition;
+    - the rule expired: the suggested grant keeps its conditions and ``max_risk``;
+    - no near miss: a plain grant of this one tool.
+    """
+    if not near_misses:
+        return Counterfactual(f"allowed if a rule granted {model} `{tool}`", grant)
+    failed = [(rule, why) for rule, why in near_misses if not why.startswith("it expired")]
+    if failed:
+        rule, why = failed[0]
         return Counterfactual(
-            f"allowed if rule `{rule.id}` applied (now {why}), or if a rule granted {model} `{tool}`", grant
+            f"rule `{rule.id}` allows `{tool}` only within its limits and {why}; "
+            "no proposal is suggested, since one without that condition would undo the operator's limit "
+            "(an operator can change the rule)"
         )
-    return Counterfactual(f"allowed if a rule granted {model} `{tool}`", grant)
+    rule, why = near_misses[0]
+    kept = _kept_limits(rule, model, tool)
+    limits = " with its conditions and risk ceiling kept" if len(kept) > 2 else ""
+    return Counterfactual(f"allowed if rule `{rule.id}` applied (now {why}), or if a new grant{limits} did", kept)

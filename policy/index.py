@@ -1,6 +1,7 @@
 """Rules compiled into an index, so a call only looks at the rules that could concern it.
 
-Rules are bucketed by model id (plus one bucket for ``"*"``), and inside a bucket by tool:
+Rules are bucketed by target kind (tool, prompt, resource), by model id (plus one bucket for
+``"*"``), and inside a bucket by target name:
 exact tool names in a dict, globs by their literal prefix (the text before the first
 wildcard). A lookup probes the exact dict once and the prefix dict once per distinct prefix
 length, so its cost does not grow with the number of rules. The candidate list for a
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from .decision import TraceEntry
 from .match import ConditionCheck, compile_condition, compile_globs, literal_prefix
+from .model import TARGET_KINDS
 
 if TYPE_CHECKING:
     from .model import Condition, Rule
@@ -52,6 +54,14 @@ class CompiledRule:
     allow_expired: TraceEntry
     deny_expired: TraceEntry
     mismatch: TraceEntry
+    # prompt and resource globs: kind -> (allow, deny, mismatch entry); tools use the fields above
+    others: dict[str, tuple[re.Pattern[str] | None, re.Pattern[str] | None, TraceEntry]]
+
+    def patterns(self, kind: str) -> tuple[re.Pattern[str] | None, re.Pattern[str] | None, TraceEntry]:
+        """(allow, deny, mismatch entry) for targets of ``kind``."""
+        if kind == "tool":
+            return self.allow, self.deny, self.mismatch
+        return self.others.get(kind) or (None, None, self.mismatch)
 
 
 def _compile_condition(rule_id: str, condition: Condition) -> CompiledCondition:
@@ -66,6 +76,15 @@ def _compile_condition(rule_id: str, condition: Condition) -> CompiledCondition:
 
 def _compile_rule(rule: Rule, position: int) -> CompiledRule:
     allow = compile_globs(rule.allow_tools)
+    others = {}
+    for kind in ("prompt", "resource"):
+        allows, denies = rule.patterns(kind)
+        if allows or denies:
+            others[kind] = (
+                compile_globs(allows),
+                compile_globs(denies),
+                TraceEntry(rule.id, "allow" if allows else "deny", False, None, f"{kind} mismatch"),
+            )
     return CompiledRule(
         rule=rule,
         position=position,
@@ -77,6 +96,7 @@ def _compile_rule(rule: Rule, position: int) -> CompiledRule:
         allow_expired=TraceEntry(rule.id, "allow", False, None, "expired"),
         deny_expired=TraceEntry(rule.id, "deny", False, None, "expired"),
         mismatch=TraceEntry(rule.id, "allow" if allow is not None else "deny", False, None, "tool mismatch"),
+        others=others,
     )
 
 
@@ -116,36 +136,45 @@ class CompiledPolicy:
 
     def __init__(self, rules: tuple[CompiledRule, ...]) -> None:
         self.rules = rules
-        self._by_model: dict[str, _ToolIndex] = {}
-        self._any_model = _ToolIndex()
+        # kind -> (per-model indexes, the "*" index)
+        self._kinds: dict[str, tuple[dict[str, _ToolIndex], _ToolIndex]] = {}
         for compiled in rules:
             rule = compiled.rule
-            indexes = [
-                self._any_model if model == "*" else self._by_model.setdefault(model, _ToolIndex())
-                for model in dict.fromkeys(rule.models)
-            ]
-            for pattern in (*rule.allow_tools, *rule.deny_tools):
-                for index in indexes:
-                    index.add(pattern, compiled.position)
-        self._any_model.seal()
-        for index in self._by_model.values():
-            index.seal()
-        self._cache: dict[tuple[str, str], tuple[CompiledRule, ...]] = {}
+            for kind in TARGET_KINDS:
+                allows, denies = rule.patterns(kind)
+                if not (allows or denies):
+                    continue
+                by_model, any_model = self._kinds.setdefault(kind, ({}, _ToolIndex()))
+                indexes = [
+                    any_model if model == "*" else by_model.setdefault(model, _ToolIndex())
+                    for model in dict.fromkeys(rule.models)
+                ]
+                for pattern in (*allows, *denies):
+                    for index in indexes:
+                        index.add(pattern, compiled.position)
+        for by_model, any_model in self._kinds.values():
+            any_model.seal()
+            for index in by_model.values():
+                index.seal()
+        self._cache: dict[tuple[str, str, str], tuple[CompiledRule, ...]] = {}
 
-    def candidates(self, model: str, tool: str) -> tuple[CompiledRule, ...]:
-        """Rules naming ``model`` (or ``*``) with a tool glob whose literal part fits ``tool``.
+    def candidates(self, model: str, tool: str, kind: str = "tool") -> tuple[CompiledRule, ...]:
+        """Rules naming ``model`` (or ``*``) with a ``kind`` glob whose literal part fits ``tool``.
 
         Ordered by rule id. A candidate may still miss on the full glob; the engine checks.
         """
-        key = (model, tool)
+        key = (kind, model, tool)
         cached = self._cache.get(key)
         if cached is not None:
             return cached
         positions: set[int] = set()
-        self._any_model.collect(tool, positions)
-        specific = self._by_model.get(model)
-        if specific is not None:
-            specific.collect(tool, positions)
+        indexes = self._kinds.get(kind)
+        if indexes is not None:
+            by_model, any_model = indexes
+            any_model.collect(tool, positions)
+            specific = by_model.get(model)
+            if specific is not None:
+                specific.collect(tool, positions)
         found = tuple(self.rules[position] for position in sorted(positions))
         if len(self._cache) >= _CACHE_LIMIT:
             self._cache.clear()  # rare: more distinct (model, tool) pairs than the limit

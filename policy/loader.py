@@ -17,7 +17,8 @@ from typing import Any
 import yaml
 
 from .errors import PolicyError
-from .model import CONDITION_OPS, Condition, Policy, PolicySettings, Rule
+from .match import ConditionError, compile_regex
+from .model import CONDITION_OPS, RULED_KINDS, Condition, Policy, PolicySettings, Rule
 from .yaml_safe import DEFAULT_MAX_BYTES, Issues, Node, key_path, parse_yaml, plain, read_capped
 
 __all__ = ["dump_policy_yaml", "load_policy", "load_policy_text", "parse_expires"]
@@ -28,13 +29,25 @@ RULE_KEYS = (
     "model",
     "allow_tools",
     "deny_tools",
+    "allow_prompts",
+    "deny_prompts",
+    "allow_resources",
+    "deny_resources",
     "when",
     "reason",
     "expires",
     "max_risk",
 )
 TOP_KEYS = ("rules", "settings")
-SETTINGS_KEYS = ("deny_risk_above",)
+SETTINGS_KEYS = ("deny_risk_above", "require_rules_for")
+TARGET_LISTS = {
+    "allow_tools": "tool globs",
+    "deny_tools": "tool globs",
+    "allow_prompts": "prompt globs",
+    "deny_prompts": "prompt globs",
+    "allow_resources": "resource URI globs",
+    "deny_resources": "resource URI globs",
+}
 RULE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}")
 
 
@@ -145,14 +158,14 @@ def _condition_value(issues: Issues, op: str, node: Node, path: tuple[str | int,
             issues.add(node, where, f"expected an absolute path such as `/srv/docs`, got `{value}`")
             return False, None
         return True, value
-    # regex / not_regex
+    # regex / not_regex: compiled by RE2 here, so a pattern it refuses never loads
     if not isinstance(value, str):
         issues.add(node, where, f"expected a regular expression string, got {type_name(value)}")
         return False, None
     try:
-        re.compile(value)
-    except re.error as exc:
-        issues.add(node, where, f"invalid regex `{value}`: {exc}")
+        compile_regex(value)
+    except ConditionError as exc:
+        issues.add(node, where, f"invalid regex `{value[:200]}`: {str(exc).removeprefix('invalid regex: ')}")
         return False, None
     return True, value
 
@@ -231,18 +244,17 @@ def _rule(issues: Issues, node: Node, index: int) -> Rule | None:
                 f"expected a model id or a list of them, got {type_name(plain(model_node))}",
             )
 
-    allow = (
-        string_list(issues, entries["allow_tools"], (*path, "allow_tools"), "tool globs")
-        if "allow_tools" in entries
-        else ()
-    )
-    deny = (
-        string_list(issues, entries["deny_tools"], (*path, "deny_tools"), "tool globs")
-        if "deny_tools" in entries
-        else ()
-    )
-    if "allow_tools" not in entries and "deny_tools" not in entries:
-        issues.add(node, key_path(*path), "a rule needs `allow_tools` or `deny_tools`")
+    targets = {
+        key: string_list(issues, entries[key], (*path, key), what) if key in entries else ()
+        for key, what in TARGET_LISTS.items()
+    }
+    if not any(key in entries for key in TARGET_LISTS):
+        issues.add(
+            node,
+            key_path(*path),
+            "a rule needs `allow_tools` or `deny_tools` (or `allow_prompts`, `deny_prompts`, "
+            "`allow_resources`, `deny_resources`)",
+        )
 
     when = _conditions(issues, entries["when"], (*path, "when")) if "when" in entries else ()
 
@@ -256,11 +268,11 @@ def _rule(issues: Issues, node: Node, index: int) -> Rule | None:
     max_risk = None
     if "max_risk" in entries:
         max_risk = _fraction(issues, entries["max_risk"], (*path, "max_risk"))
-        if "allow_tools" not in entries:
+        if not any(key.startswith("allow_") and key in entries for key in TARGET_LISTS):
             issues.add(
                 entries["max_risk"],
                 key_path(*path, "max_risk"),
-                "`max_risk` only applies to rules with `allow_tools`",
+                "`max_risk` only applies to rules with `allow_tools` (or `allow_prompts`, `allow_resources`)",
             )
 
     if len(issues.items) > before:
@@ -269,8 +281,12 @@ def _rule(issues: Issues, node: Node, index: int) -> Rule | None:
         id=rule_id,
         description=description,
         models=models,
-        allow_tools=allow,
-        deny_tools=deny,
+        allow_tools=targets["allow_tools"],
+        deny_tools=targets["deny_tools"],
+        allow_prompts=targets["allow_prompts"],
+        deny_prompts=targets["deny_prompts"],
+        allow_resources=targets["allow_resources"],
+        deny_resources=targets["deny_resources"],
         when=when,
         reason=reason,
         expires=expires,
@@ -286,7 +302,18 @@ def _settings(issues: Issues, node: Node) -> PolicySettings:
     threshold = None
     if "deny_risk_above" in node.value:
         threshold = _fraction(issues, node.value["deny_risk_above"], ("settings", "deny_risk_above"))
-    return PolicySettings(deny_risk_above=threshold)
+    required: tuple[str, ...] = ()
+    if "require_rules_for" in node.value:
+        listed = string_list(issues, node.value["require_rules_for"], ("settings", "require_rules_for"), "kinds")
+        for index, name in enumerate(listed):
+            if name not in RULED_KINDS:
+                issues.add(
+                    node.value["require_rules_for"].value[index],
+                    key_path("settings", "require_rules_for", index),
+                    f"expected `prompts` or `resources`, got `{name}`",
+                )
+        required = tuple(sorted({name for name in listed if name in RULED_KINDS}))
+    return PolicySettings(deny_risk_above=threshold, require_rules_for=required)
 
 
 def load_policy_text(text: str, source: str = "<string>", *, max_bytes: int = DEFAULT_MAX_BYTES) -> Policy:

@@ -7,7 +7,18 @@ everything else is literal and case-sensitive. There are no character classes.
 A compiled condition is a predicate over the call's arguments. It returns False when the
 condition does not hold or its argument is absent, and raises :class:`ConditionError` when
 the argument has a type the condition cannot judge (for a deny rule the engine then denies
-conservatively).
+conservatively). Every operator judges exactly one family of JSON types; a present value of
+any other type is a :class:`ConditionError`, never "does not match", so a deny condition
+cannot be dodged by sending ``["shutdown"]`` where ``"shutdown"`` is checked:
+
+* ``equals`` / ``one_of``: the JSON type of the operand(s) (number covers int and float;
+  ``true`` is not ``1``); ``null`` compares only with ``null``;
+* ``min`` / ``max``: numbers; ``max_length``: strings, arrays, objects;
+* ``under``, ``regex``, ``not_regex``: strings.
+
+Regular expressions run on Google RE2 (linear time in the input, no backtracking, no
+look-around or back-references), with ``.`` matching newlines, and must match the *whole*
+value (``fullmatch``): ``.*forbidden.*`` is a "contains" check that a newline cannot dodge.
 """
 
 from __future__ import annotations
@@ -19,6 +30,8 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+import re2
+
 if TYPE_CHECKING:
     from .model import Condition
 
@@ -28,6 +41,8 @@ __all__ = [
     "ConditionError",
     "compile_condition",
     "compile_globs",
+    "compile_regex",
+    "glob_reaches",
     "glob_regex",
     "json_equal",
     "literal_prefix",
@@ -162,11 +177,19 @@ def _wrong_type(expected: str, value: Any) -> ConditionError:
 
 def _predicate(op: str, operand: Any) -> Callable[[Any], bool]:
     """The test for one present argument value."""
-    if op == "equals":
-        return lambda value: json_equal(value, operand)
-    if op == "one_of":
-        options = tuple(operand)
-        return lambda value: any(json_equal(value, option) for option in options)
+    if op in ("equals", "one_of"):
+        options = tuple(operand) if op == "one_of" else (operand,)
+        if not options:
+            raise ConditionError("`one_of` needs at least one value")
+        judged = frozenset(_type_name(option) for option in options)
+        expected = " or ".join(sorted(judged))
+
+        def same(value: Any) -> bool:
+            if _type_name(value) not in judged:
+                raise _wrong_type(expected, value)
+            return any(json_equal(value, option) for option in options)
+
+        return same
     if op in ("min", "max"):
         if not _is_number(operand) or math.isnan(operand):
             raise ConditionError(f"`{op}` needs a number")
@@ -205,10 +228,7 @@ def _predicate(op: str, operand: Any) -> Callable[[Any], bool]:
 
         return inside
     if op in ("regex", "not_regex"):
-        try:
-            compiled = re.compile(operand)
-        except (re.error, TypeError) as exc:
-            raise ConditionError(f"invalid regex: {exc}") from None
+        compiled = compile_regex(operand)
         want = op == "regex"
 
         def full_match(value: Any) -> bool:
@@ -218,6 +238,67 @@ def _predicate(op: str, operand: Any) -> Callable[[Any], bool]:
 
         return full_match
     raise ConditionError(f"unknown condition `{op}`")
+
+
+def _regex_options() -> Any:
+    options = re2.Options()
+    options.dot_nl = True  # `.` matches newlines: a "contains" check cannot be dodged with one
+    options.log_errors = False
+    return options
+
+
+_RE2_OPTIONS = _regex_options()
+
+
+def compile_regex(pattern: Any) -> Any:
+    """A policy pattern compiled by RE2 (``.`` matches newlines); ConditionError when RE2 refuses it."""
+    if not isinstance(pattern, str):
+        raise ConditionError(f"a regular expression must be a string, got {_type_name(pattern)}")
+    try:
+        return re2.compile(pattern, _RE2_OPTIONS)
+    except re2.error as exc:
+        detail = exc.args[0] if exc.args else exc
+        if isinstance(detail, bytes):
+            detail = detail.decode("utf-8", "replace")
+        raise ConditionError(f"invalid regex: RE2 cannot compile it: {detail}") from None
+    except (TypeError, ValueError) as exc:
+        raise ConditionError(f"invalid regex: RE2 cannot compile it: {exc}") from None
+
+
+def glob_reaches(pattern: str, prefix: str) -> bool:
+    """Whether the glob ``pattern`` fully matches some string that starts with ``prefix``.
+
+    Used to ask whether a key scope such as ``cal*`` or ``calendar.list_*`` reaches the
+    upstream ``calendar`` (some ``calendar.<name>`` lies inside it). Runs the glob as a set
+    of positions over ``prefix``; whatever part of the glob is left can always be completed.
+    """
+    states = {0}
+
+    def close(found: set[int]) -> set[int]:
+        out = set(found)
+        stack = list(found)
+        while stack:
+            position = stack.pop()
+            if position < len(pattern) and pattern[position] == "*" and position + 1 not in out:
+                out.add(position + 1)
+                stack.append(position + 1)
+        return out
+
+    states = close(states)
+    for char in prefix:
+        following: set[int] = set()
+        for position in states:
+            if position >= len(pattern):
+                continue
+            token = pattern[position]
+            if token == "*":
+                following.add(position)
+            elif token == "?" or token == char:
+                following.add(position + 1)
+        states = close(following)
+        if not states:
+            return False
+    return True
 
 
 def compile_condition(condition: Condition) -> ConditionCheck:

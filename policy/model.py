@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONDITION_OPS",
+    "RULED_KINDS",
+    "TARGET_KINDS",
     "CallRequest",
     "Condition",
     "Policy",
@@ -67,14 +69,37 @@ class Condition:
         return list(self.value) if isinstance(self.value, tuple) else self.value
 
 
+# What a request reaches upstream: a tool (tools/call), a prompt (prompts/get, prompt
+# completions) or a resource (resources/read, resources/subscribe, resource completions).
+TARGET_KINDS: tuple[str, ...] = ("tool", "prompt", "resource")
+# The kinds ``settings.require_rules_for`` may name (tools always need a rule).
+RULED_KINDS: dict[str, str] = {"prompts": "prompt", "resources": "resource"}
+
+
 @dataclass(frozen=True)
 class PolicySettings:
-    """Policy-wide settings; ``deny_risk_above`` denies any call whose risk score exceeds it."""
+    """Policy-wide settings.
+
+    ``deny_risk_above`` denies any call whose risk score exceeds it. ``require_rules_for``
+    lists ``prompts`` and/or ``resources``: those then need an allowing rule, as tools do;
+    otherwise a model may read the prompts and resources of any upstream its key scope reaches.
+    """
 
     deny_risk_above: float | None = None
+    require_rules_for: tuple[str, ...] = ()
+
+    def requires_rules(self, kind: str) -> bool:
+        """Whether a request of ``kind`` is denied unless a rule allows it."""
+        return kind == "tool" or any(RULED_KINDS[name] == kind for name in self.require_rules_for)
 
     def to_dict(self) -> dict[str, Any]:
-        return {} if self.deny_risk_above is None else {"deny_risk_above": self.deny_risk_above}
+        # Only what is set, so policies written before a setting existed keep their digests.
+        out: dict[str, Any] = {}
+        if self.deny_risk_above is not None:
+            out["deny_risk_above"] = self.deny_risk_above
+        if self.require_rules_for:
+            out["require_rules_for"] = sorted(self.require_rules_for)
+        return out
 
 
 def format_timestamp(moment: datetime) -> str:
@@ -92,15 +117,27 @@ def _rule_body(
     reason: str | None,
     expires: datetime | None,
     max_risk: float | None,
+    allow_prompts: tuple[str, ...] = (),
+    deny_prompts: tuple[str, ...] = (),
+    allow_resources: tuple[str, ...] = (),
+    deny_resources: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     body: dict[str, Any] = {}
     if description is not None:
         body["description"] = description
     body["model"] = models[0] if len(models) == 1 else list(models)
-    if allow_tools:
-        body["allow_tools"] = list(allow_tools)
-    if deny_tools:
-        body["deny_tools"] = list(deny_tools)
+    # Each list only when non-empty: rules written before prompts and resources could be
+    # named keep their canonical form (and so their generated ids and the policy digest).
+    for key, patterns in (
+        ("allow_tools", allow_tools),
+        ("deny_tools", deny_tools),
+        ("allow_prompts", allow_prompts),
+        ("deny_prompts", deny_prompts),
+        ("allow_resources", allow_resources),
+        ("deny_resources", deny_resources),
+    ):
+        if patterns:
+            body[key] = list(patterns)
     if when:
         conditions: dict[str, dict[str, Any]] = {}
         for condition in when:
@@ -125,10 +162,12 @@ def generated_rule_id(body: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class Rule:
-    """One policy rule. ``models`` holds model ids or ``"*"``; tool lists hold globs.
+    """One policy rule. ``models`` holds model ids or ``"*"``; the target lists hold globs.
 
-    A rule may carry both ``allow_tools`` and ``deny_tools``; its ``when`` conditions apply to
-    both. ``expires`` is tz-aware UTC; ``max_risk`` caps the risk under which it allows.
+    Tool and prompt globs match dotted ``<upstream>.<name>``; resource globs match URIs. A
+    rule may carry allow and deny lists together; its ``when`` conditions apply to all of
+    them (for a prompt they test its arguments, for a resource the argument ``uri``).
+    ``expires`` is tz-aware UTC; ``max_risk`` caps the risk under which it allows.
     """
 
     id: str
@@ -140,6 +179,22 @@ class Rule:
     reason: str | None = None
     expires: datetime | None = None
     max_risk: float | None = None
+    allow_prompts: tuple[str, ...] = ()
+    deny_prompts: tuple[str, ...] = ()
+    allow_resources: tuple[str, ...] = ()
+    deny_resources: tuple[str, ...] = ()
+
+    def patterns(self, kind: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The (allow, deny) globs this rule has for targets of ``kind``."""
+        if kind == "prompt":
+            return self.allow_prompts, self.deny_prompts
+        if kind == "resource":
+            return self.allow_resources, self.deny_resources
+        return self.allow_tools, self.deny_tools
+
+    @property
+    def allows_anything(self) -> bool:
+        return bool(self.allow_tools or self.allow_prompts or self.allow_resources)
 
     @classmethod
     def build(
@@ -154,6 +209,10 @@ class Rule:
         reason: str | None = None,
         expires: datetime | None = None,
         max_risk: float | None = None,
+        allow_prompts: Iterable[str] = (),
+        deny_prompts: Iterable[str] = (),
+        allow_resources: Iterable[str] = (),
+        deny_resources: Iterable[str] = (),
     ) -> Rule:
         """Construct a rule, generating its id from its content when ``id`` is None."""
         fields: dict[str, Any] = {
@@ -165,6 +224,10 @@ class Rule:
             "reason": reason,
             "expires": expires,
             "max_risk": max_risk,
+            "allow_prompts": tuple(allow_prompts),
+            "deny_prompts": tuple(deny_prompts),
+            "allow_resources": tuple(allow_resources),
+            "deny_resources": tuple(deny_resources),
         }
         rule_id = id if id is not None else generated_rule_id(_rule_body(**fields))
         return cls(id=rule_id, **fields)
@@ -180,6 +243,10 @@ class Rule:
             reason=self.reason,
             expires=self.expires,
             max_risk=self.max_risk,
+            allow_prompts=self.allow_prompts,
+            deny_prompts=self.deny_prompts,
+            allow_resources=self.allow_resources,
+            deny_resources=self.deny_resources,
         )
         return {"id": self.id, **body}
 
@@ -231,14 +298,21 @@ def _canonical(rules: tuple[Rule, ...], settings: PolicySettings) -> dict[str, A
 
 @dataclass(frozen=True)
 class CallRequest:
-    """One ``tools/call`` as the policy sees it. ``tool`` is the upstream's own tool name."""
+    """One request bound for an upstream, as the policy sees it.
+
+    ``kind`` is ``tool`` (``tool`` is the upstream's own tool name), ``prompt`` (``tool`` is
+    the prompt's name, ``arguments`` its arguments) or ``resource`` (``tool`` is the URI,
+    ``arguments`` is ``{"uri": ...}``).
+    """
 
     model: str
     server: str
     tool: str
     arguments: Mapping[str, Any]
     input_schema: Mapping[str, Any] | None = None
+    kind: str = "tool"
 
     @property
     def qualified_tool(self) -> str:
-        return f"{self.server}.{self.tool}"
+        """What globs are matched against: ``<server>.<name>``, or the URI of a resource."""
+        return self.tool if self.kind == "resource" else f"{self.server}.{self.tool}"

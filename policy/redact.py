@@ -10,7 +10,10 @@ Rules, applied while walking nested dicts and lists (the input is never mutated)
   type; a key is sensitive when its normalised form (lower case, ``-`` ``_`` ``.`` and spaces
   removed) equals or ends with a normalised name of ``sensitive_keys``
   (``DB_PASSWORD`` -> ``dbpassword`` ends with ``password``);
-* every other string, and every dict key, goes through :func:`policy.secrets.mask_secrets`;
+* every other string, and every dict key, goes through :func:`mask_text`: each secret that
+  :func:`policy.secrets.find_secrets` finds in the text *or in a decoded view of it*
+  (:mod:`policy.encodings`: ``\\n`` escapes at any depth, ``\\uXXXX``, ``%XX``, ``+``) is
+  replaced entire, escapes and all, by ``[REDACTED:<kind>]``;
 * a container nested deeper than ``MAX_DEPTH`` is replaced by ``"[TRUNCATED:depth]"``;
 * a value with no JSON form becomes a marker (``"[UNSERIALIZABLE:bytes]"``,
   ``"[NONFINITE:nan]"``), so the copy always serialises as strict JSON.
@@ -20,6 +23,13 @@ level and ``[i]`` per list index (``arguments.headers.Authorization``,
 ``arguments.items[2].token``). A key that is empty or contains ``.`` ``[`` ``]`` ``"`` or ``\\``
 is written JSON-quoted in brackets (``arguments["a.b"]``). With an empty ``root`` the
 top-level value itself is ``$``.
+
+A value masked by key name may also be quoted elsewhere in the same record (a schema
+violation message, a reason template, another argument). :class:`Redacted` keeps those
+values (``hidden``, never printed) and :func:`scrub` removes them, in their quoted,
+escaped, whitespace-collapsed and truncated forms, from any other value; see
+``policy.audit_event.decision_event``. :func:`redact_text` is the same for free text
+(proposal justifications, reviewer comments).
 """
 
 from __future__ import annotations
@@ -28,13 +38,28 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from policy.secrets import mask_secrets
+from policy.encodings import decoded_views
+from policy.secrets import SecretHit, find_secrets
 
-__all__ = ["DEFAULT_SENSITIVE_KEYS", "MAX_DEPTH", "REDACTED", "Redacted", "digest", "normalise_key", "redact"]
+__all__ = [
+    "DEFAULT_SENSITIVE_KEYS",
+    "MAX_DEPTH",
+    "REDACTED",
+    "Redacted",
+    "contains_secret",
+    "digest",
+    "find_text_secrets",
+    "mask_text",
+    "normalise_key",
+    "redact",
+    "redact_text",
+    "scrub",
+    "value_contains_secret",
+]
 
 REDACTED = "[REDACTED]"
 TRUNCATED = "[TRUNCATED:depth]"
@@ -72,6 +97,241 @@ class Redacted:
 
     value: Any
     masked_paths: tuple[str, ...]
+    # The original values masked by key name, for :func:`scrub`; never shown or compared.
+    hidden: tuple[str, ...] = field(default=(), repr=False, compare=False)
+
+
+def _text_hits(text: str) -> tuple[list[SecretHit], list[str]]:
+    """Merged hits (spans of ``text``) and the secrets' text as found, plain and decoded."""
+    hits = find_secrets(text)
+    found = [text[hit.start : hit.end] for hit in hits]
+    for view in decoded_views(text):
+        for hit in find_secrets(view.text):
+            start, end = view.original_span(hit.start, hit.end)
+            hits.append(SecretHit(hit.kind, start, end))
+            found += [view.text[hit.start : hit.end], text[start:end]]
+    if len(hits) < 2:
+        return hits, found
+    hits.sort(key=lambda hit: (hit.start, -hit.end))
+    merged: list[SecretHit] = []
+    for hit in hits:
+        if merged and hit.start < merged[-1].end:
+            if hit.end > merged[-1].end:  # no fragment of either may survive
+                merged[-1] = SecretHit(merged[-1].kind, merged[-1].start, hit.end)
+            continue
+        merged.append(hit)
+    return merged, [text[hit.start : hit.end] for hit in merged] + found
+
+
+def find_text_secrets(text: str) -> list[SecretHit]:
+    """Every secret in ``text`` or in a decoded view of it, as spans of ``text``; merged, ordered."""
+    return _text_hits(text)[0]
+
+
+def contains_secret(text: str) -> bool:
+    """Whether :func:`mask_text` would change ``text``."""
+    return bool(find_text_secrets(text))
+
+
+def value_contains_secret(value: Any, depth: int = 0) -> bool:
+    """Whether any string (or key) inside ``value`` holds a secret, plain or encoded.
+
+    Walks the strings rather than scanning a serialisation of ``value``: JSON escaping would
+    give every string with a quote or a newline backslashes to decode, for nothing.
+    """
+    if isinstance(value, str):
+        return contains_secret(value)
+    if depth > MAX_DEPTH:
+        return False
+    if isinstance(value, Mapping):
+        return any(
+            (isinstance(key, str) and contains_secret(key)) or value_contains_secret(item, depth + 1)
+            for key, item in value.items()
+        )
+    if isinstance(value, list | tuple):
+        return any(value_contains_secret(item, depth + 1) for item in value)
+    return False
+
+
+def mask_text(text: str) -> tuple[str, tuple[str, ...]]:
+    """``text`` with every secret, in plain or escaped form, replaced by ``[REDACTED:<kind>]``.
+
+    Returns the masked text and the sorted kinds found (empty when nothing was masked).
+    """
+    return _mask(text, find_text_secrets(text))
+
+
+def _mask(text: str, hits: list[SecretHit]) -> tuple[str, tuple[str, ...]]:
+    if not hits:
+        return text, ()
+    parts: list[str] = []
+    cursor = 0
+    for hit in hits:
+        parts.append(text[cursor : hit.start])
+        parts.append(f"[REDACTED:{hit.kind}]")
+        cursor = hit.end
+    parts.append(text[cursor:])
+    return "".join(parts), tuple(sorted({hit.kind for hit in hits}))
+
+
+# Values shorter than this are hidden only where they appear quoted: replacing every
+# occurrence of "ab" in a reason would make it unreadable and protect nothing.
+_MIN_BARE = 4
+# An occurrence cut short (by a message's length cap) is hidden when this much matched.
+_MIN_PREFIX = 8
+_FRAGMENT = 12
+_ELLIPSES = ("\u2026", "...")
+_QUOTES = ("'", '"', "`")
+
+
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~")
+
+
+def _percent(value: str) -> str:
+    """``value`` percent-encoded as a URL component (what ``urllib.parse.quote(v, safe="")`` gives)."""
+    return "".join(
+        chr(byte) if chr(byte) in _UNRESERVED else f"%{byte:02X}"
+        for byte in value.encode("utf-8", "surrogatepass")
+    )
+
+
+def _forms(value: str) -> set[str]:
+    """The ways ``value`` is written when a message or a serialiser quotes it."""
+    forms = {
+        value,
+        json.dumps(value)[1:-1],
+        json.dumps(value, ensure_ascii=False)[1:-1],
+        repr(value)[1:-1],
+        " ".join(value.split()),
+        _percent(value),
+        _percent(value).replace("%20", "+"),
+    }
+    forms |= {" ".join(form.split()) for form in list(forms)}
+    return {form for form in forms if form}
+
+
+def _hidden_spans(text: str, forms: Iterable[str]) -> list[tuple[int, int]]:
+    spans: list[tuple[int, int]] = []
+    grams: set[str] = set()
+    for form in forms:
+        if len(form) < _MIN_BARE:
+            for quote_char in _QUOTES:
+                needle = quote_char + form + quote_char
+                start = text.find(needle)
+                while start >= 0:
+                    spans.append((start + 1, start + 1 + len(form)))
+                    start = text.find(needle, start + 1)
+            continue
+        if len(form) >= _FRAGMENT:
+            grams.update(form[i : i + _FRAGMENT] for i in range(len(form) - _FRAGMENT + 1))
+        # Whole, or its start cut short by a length cap ("…") or the end of the text.
+        head = form[:_MIN_PREFIX]
+        start = text.find(head)
+        while start >= 0:
+            matched = len(head)
+            limit = min(len(form), len(text) - start)
+            while matched < limit and text[start + matched] == form[matched]:
+                matched += 1
+            end = start + matched
+            ellipsis = next((mark for mark in _ELLIPSES if text.startswith(mark, end)), None)
+            if matched == len(form) or end == len(text) or ellipsis:
+                spans.append((start, end + (len(ellipsis) if ellipsis else 0)))
+            start = text.find(head, start + 1)
+    if grams and len(text) >= _FRAGMENT:
+        # Any 12-character run of a hidden value, wherever it is: what survives when a
+        # message quoted only part of it or something else masked the rest.
+        spans.extend(
+            (i, i + _FRAGMENT) for i in range(len(text) - _FRAGMENT + 1) if text[i : i + _FRAGMENT] in grams
+        )
+    return spans
+
+
+def _hide(text: str, forms: Iterable[str]) -> str:
+    spans = sorted(_hidden_spans(text, forms))
+    if not spans:
+        return text
+    parts: list[str] = []
+    cursor = 0
+    for start, end in spans:
+        if end <= cursor:
+            continue
+        parts.append(text[cursor : max(start, cursor)])
+        if start >= cursor:
+            parts.append(REDACTED)
+        cursor = end
+    parts.append(text[cursor:])
+    return "".join(parts)
+
+
+def redact_text(text: str, *, hidden: Iterable[str] = ()) -> str:
+    """Free text (a justification, a reviewer's comment) safe to store or show.
+
+    Every secret :func:`mask_text` finds is masked, and so is every value of ``hidden``
+    (values masked by key name elsewhere in the same record) wherever it is quoted.
+    """
+    masked = mask_text(text)[0]
+    forms = _all_forms(hidden)
+    return _hide(masked, forms) if forms else masked
+
+
+def _all_forms(hidden: Iterable[str]) -> set[str]:
+    forms: set[str] = set()
+    for value in hidden:
+        if value:
+            forms |= _forms(value)
+    return forms
+
+
+# Fields that identify rather than describe: never rewritten by scrub, so a chosen value
+# cannot make a record unreadable where it matters (reason codes, rule ids, digests).
+_IDENTIFIERS = frozenset(
+    {"reason_code", "effect", "decision_id", "rule_id", "policy_digest", "arguments_digest", "schema", "code"}
+)
+
+
+def scrub(value: Any, hidden: Iterable[str], *, root: str = "") -> Redacted:
+    """``value`` with every quoted occurrence of a ``hidden`` value replaced by ``"[REDACTED]"``.
+
+    ``masked_paths`` names the strings that changed. ``value`` must be plain JSON data (the
+    output of :func:`redact`); it is not mutated.
+    """
+    forms = _all_forms(hidden)
+    changed: list[str] = []
+
+    def walk(item: Any, path: str, depth: int) -> Any:
+        if isinstance(item, str):
+            out = _hide(item, forms)
+            if out != item:
+                changed.append(path)
+            return out
+        if depth >= MAX_DEPTH:
+            return item
+        if isinstance(item, Mapping):
+            return {
+                key: sub if key in _IDENTIFIERS else walk(sub, _child(path, str(key)), depth + 1)
+                for key, sub in item.items()
+            }
+        if isinstance(item, list | tuple):
+            return [walk(sub, _item(path, index), depth + 1) for index, sub in enumerate(item)]
+        return item
+
+    if not forms:
+        return Redacted(value, ())
+    return Redacted(walk(value, root or "$", 0), tuple(dict.fromkeys(changed)))
+
+
+def _leaves(value: Any, depth: int = 0) -> Iterable[str]:
+    """The text of every string and number inside ``value`` (what a message could quote)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        yield str(value)
+    elif depth < MAX_DEPTH and isinstance(value, Mapping):
+        for item in value.values():
+            yield from _leaves(item, depth + 1)
+    elif depth < MAX_DEPTH and isinstance(value, list | tuple):
+        for item in value:
+            yield from _leaves(item, depth + 1)
 
 
 def normalise_key(name: str) -> str:
@@ -99,13 +359,18 @@ class _Walker:
     def __init__(self, names: frozenset[str]) -> None:
         self.names = names
         self.masked: list[str] = []
+        self.hidden: list[str] = []
 
     def walk(self, value: Any, path: str, depth: int) -> Any:
         if isinstance(value, str):
-            masked, kinds = mask_secrets(value)
-            if kinds:
-                self.masked.append(path)
-            return masked
+            hits, found = _text_hits(value)
+            if not hits:
+                return value
+            self.masked.append(path)
+            # Another part of the record may quote the secret cut short or half-masked (an
+            # excerpt window, a message length cap): scrub hides any 12-character run of it.
+            self.hidden.extend(found)
+            return _mask(value, hits)[0]
         if value is None or isinstance(value, bool | int):
             return value
         if isinstance(value, float):
@@ -128,8 +393,10 @@ class _Walker:
         # Sorted so that masked_paths does not depend on insertion order.
         for raw_key in sorted(value, key=str):
             key = str(raw_key)
-            safe_key, kinds = mask_secrets(key)
+            key_hits, key_found = _text_hits(key)
+            safe_key, kinds = _mask(key, key_hits)
             if kinds:
+                self.hidden.extend(key_found)
                 while safe_key in out:  # two keys masked to the same text stay distinct
                     safe_key += "'"
             # The path names the masked key: a secret used as a key must not leak through it.
@@ -139,6 +406,7 @@ class _Walker:
             item = value[raw_key]
             if _is_sensitive(key, self.names):
                 self.masked.append(child)
+                self.hidden.extend(_leaves(item))
                 out[safe_key] = REDACTED
             else:
                 out[safe_key] = self.walk(item, child, depth + 1)
@@ -149,7 +417,9 @@ def redact(value: Any, *, root: str = "", sensitive_keys: frozenset[str] = DEFAU
     """A copy of ``value`` safe to write to a log, and the paths of what was replaced."""
     walker = _Walker(frozenset(normalise_key(name) for name in sensitive_keys))
     copy = walker.walk(value, root or "$", 0)
-    return Redacted(value=copy, masked_paths=tuple(dict.fromkeys(walker.masked)))
+    return Redacted(
+        value=copy, masked_paths=tuple(dict.fromkeys(walker.masked)), hidden=tuple(dict.fromkeys(walker.hidden))
+    )
 
 
 def _marker(obj: Any) -> str:

@@ -1,6 +1,9 @@
 """The HTTP admin API: propose on a model's behalf, review proposals, read the live policy.
 
-Every route needs ``X-Admin-Key`` (compared in constant time). Bodies are JSON, capped in
+Every request must name an allowed ``Host`` (and, when it sends one, an allowed ``Origin``)
+before anything else is looked at: a browser page on another site that rebinds its DNS name
+to 127.0.0.1 must not reach the API (421 ``invalid_host``, 403 ``invalid_origin``, the same
+rule as the MCP listener). Every route needs ``X-Admin-Key`` (compared in constant time). Bodies are JSON, capped in
 size before they are read whole. The negotiation service is synchronous and takes a lock,
 so each call runs in a worker thread. Errors are JSON with a stable ``code``::
 
@@ -13,14 +16,18 @@ from __future__ import annotations
 import functools
 import hmac
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio.to_thread
+import structlog
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from negotiation import (
     LivePolicy,
@@ -29,11 +36,59 @@ from negotiation import (
     Proposal,
     ProposalStatus,
 )
+from negotiation.text_safety import reviewer_view
 from policy import dump_policy_yaml
 
-__all__ = ["ADMIN_KEY_HEADER", "build_admin_app"]
+__all__ = ["ADMIN_KEY_HEADER", "LOOPBACK_HOST_PATTERNS", "admin_allowed_hosts", "build_admin_app"]
 
 ADMIN_KEY_HEADER = "X-Admin-Key"
+LOOPBACK_HOST_PATTERNS = ("127.0.0.1:*", "localhost:*", "[::1]:*")
+
+log = structlog.get_logger("securegateway.admin")
+
+
+def admin_allowed_hosts(host: str, port: int, extra: Sequence[str] = ()) -> tuple[str, ...]:
+    """The Host values the admin API answers on ``host:port``: itself, loopback names, ``extra``."""
+    own = f"[{host.strip('[]')}]" if ":" in host.strip("[]") else host
+    return (f"{own}:{port}", *LOOPBACK_HOST_PATTERNS, *extra)
+
+
+def _allowed(value: str, patterns: Sequence[str]) -> bool:
+    for pattern in patterns:
+        if pattern.endswith(":*"):
+            base = pattern[:-2]
+            if value == base or (value.startswith(base + ":") and value[len(base) + 1 :].isdigit()):
+                return True
+        elif value == pattern:
+            return True
+    return False
+
+
+class _HostOriginGuard:
+    """ASGI middleware: refuse a request whose Host or Origin is not on the allow-lists."""
+
+    def __init__(self, app: ASGIApp, hosts: Sequence[str], origins: Sequence[str]) -> None:
+        self.app = app
+        self.hosts = tuple(hosts)
+        self.origins = tuple(origins)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        host = headers.get("host", "")
+        origin = headers.get("origin")
+        if not _allowed(host, self.hosts):
+            log.warning("admin request refused: host not allowed", host=host)
+            response = _error(421, "invalid_host", f"host `{host}` is not allowed for the admin API")
+        elif origin is not None and not _allowed(origin, self.origins):
+            log.warning("admin request refused: origin not allowed", origin=origin)
+            response = _error(403, "invalid_origin", f"origin `{origin}` is not allowed for the admin API")
+        else:
+            await self.app(scope, receive, send)
+            return
+        await response(scope, receive, send)
 
 _STATUS_FOR_CODE = {
     "bad_request": 400,
@@ -63,9 +118,15 @@ def build_admin_app(
     *,
     live: LivePolicy,
     max_body_bytes: int | None = None,
+    allowed_hosts: Sequence[str] = LOOPBACK_HOST_PATTERNS,
+    allowed_origins: Sequence[str] = (),
 ) -> Starlette:
     """The admin API as a Starlette app. ``max_body_bytes`` defaults to four times the
-    guardrails' snippet cap (JSON escaping can double a snippet) plus 16 KiB."""
+    guardrails' snippet cap (JSON escaping can double a snippet) plus 16 KiB.
+
+    ``allowed_hosts`` are ``Host`` values (``name:port``, ``name:*`` for any port; see
+    :func:`admin_allowed_hosts`); an ``Origin`` must be ``http://`` one of them or in
+    ``allowed_origins``."""
     if not admin_key:
         raise ValueError("the admin API needs a non-empty admin key")
     expected = admin_key.encode("utf-8")
@@ -117,7 +178,7 @@ def build_admin_app(
             raise _HttpError(400, "bad_request", f"unknown status `{raw}`; one of: {statuses}") from None
         await call(service.expire_pending)
         proposals = await call(service.list, status)
-        return JSONResponse({"proposals": [p.to_dict() for p in proposals]})
+        return JSONResponse({"proposals": [reviewer_view(p.to_dict()) for p in proposals]})
 
     async def show_proposal(request: Request) -> JSONResponse:
         proposal_id = request.path_params["proposal_id"]
@@ -127,7 +188,7 @@ def build_admin_app(
         if proposal.status is ProposalStatus.PENDING:
             try:
                 current = await call(service.current_diff, proposal_id)
-                detail["current_diff"] = [d.to_dict() for d in current]
+                detail["current_diff"] = reviewer_view([d.to_dict() for d in current])
             except NegotiationError as exc:
                 detail["current_diff_error"] = {"code": exc.code, "error": exc.message}
         return JSONResponse(detail)
@@ -157,7 +218,9 @@ def build_admin_app(
             }
         )
 
+    origins = [f"http://{host}" for host in allowed_hosts] + list(allowed_origins)
     return Starlette(
+        middleware=[Middleware(_HostOriginGuard, hosts=tuple(allowed_hosts), origins=tuple(origins))],
         routes=[
             Route("/api/propose_policy", guarded(propose), methods=["POST"]),
             Route("/api/proposals", guarded(list_proposals), methods=["GET"]),
@@ -172,7 +235,10 @@ def build_admin_app(
 def _detail(proposal: Proposal) -> dict[str, Any]:
     """A proposal as reviewers read it; ``snippet`` and ``proposer`` name what the YAML and
     the model id are."""
-    return {**proposal.to_dict(), "snippet": proposal.yaml, "proposer": proposal.model_id}
+    # Every string escaped: bidi overrides and invisible characters show as <U+XXXX>.
+    data = {**proposal.to_dict(), "snippet": proposal.yaml, "proposer": proposal.model_id}
+    view: dict[str, Any] = reviewer_view(data)
+    return view
 
 
 async def _json_body(request: Request, limit: int) -> dict[str, Any]:

@@ -22,7 +22,9 @@ import structlog
 
 from negotiation import (
     GuardrailConfig,
+    IdentityRiskStore,
     LivePolicy,
+    MemoryIdentityRiskStore,
     NegotiationService,
     PolicyRepository,
     SqliteProposalStore,
@@ -35,12 +37,13 @@ from negotiation.tool import PROPOSE_POLICY_TOOL, handle_propose
 from policy import KeyRing, ModelIdentity, PolicyError, SessionRisk, could_allow, load_model_keys
 from policy.audit_event import AuditError
 from proxy.audit_writer import AuditWriter, open_audit_log
-from proxy.config import GatewayConfig
+from proxy.config import GatewayConfig, exposure_warnings
 from proxy.downstream import serve_http
 from proxy.enforce import Enforcer, PolicyView
 from proxy.errors import ConfigError, IdentityError
 from proxy.gateway import Gateway
 from proxy.session import DownstreamSession
+from proxy.suggestions import SuggestionVetting
 
 log = structlog.get_logger("securegateway.bootstrap")
 
@@ -56,6 +59,7 @@ class Runtime:
     audit: AuditWriter
     service: NegotiationService
     known_tools: set[str] = field(default_factory=set)
+    risk: IdentityRiskStore = field(default_factory=MemoryIdentityRiskStore)
 
     def view(self) -> PolicyView:
         active = self.live.current
@@ -75,6 +79,7 @@ def storage_config(config: GatewayConfig) -> PolicyStorageConfig:
         public_key=p.public_key,
         hmac_secret_env=p.hmac_secret_env,
         require_signature=p.require_signature,
+        high_water_file=p.high_water_file,
     )
 
 
@@ -117,6 +122,8 @@ def open_runtime(config: GatewayConfig) -> Runtime:
             max_snippet_bytes=n.max_snippet_bytes,
             pending_ttl_hours=n.pending_ttl_hours,
             max_pending_per_model=n.max_pending_per_model,
+            max_refused_per_window=n.max_refused_per_window,
+            refused_window_minutes=n.refused_window_minutes,
         ),
         audit=audit.record_sync,
         known_tools=lambda: sorted(runtime_tools),
@@ -181,14 +188,16 @@ class App:
             decision_meta=config.decision_meta,
         )
         local = {"propose_policy": ProposePolicy(runtime.service)} if config.negotiation.enabled else {}
+        vetting = [SuggestionVetting(runtime.service)] if config.negotiation.enabled else []
         self.gateway = Gateway(
             config,
-            interceptors=[enforcer],
+            interceptors=[*vetting, enforcer],
             local_tools=local,
             stdio_identity=stdio_identity,
             authenticate=self._authenticate,
             visible=self._visible,
             on_session=self._on_session,
+            access=enforcer,
         )
 
     def _authenticate(self, key: str | None) -> ModelIdentity | None:
@@ -198,7 +207,9 @@ class App:
         return self.runtime.keys.authenticate(key)
 
     def _on_session(self, session: DownstreamSession) -> None:
-        session.risk = SessionRisk()
+        # Risk belongs to the model identity, not the connection: a reconnect changes nothing.
+        model_id = getattr(session.identity, "model_id", None)
+        session.risk = self.runtime.risk.for_identity(model_id) if isinstance(model_id, str) else SessionRisk()
 
     def _visible(self, session: DownstreamSession, tool: Mapping[str, Any]) -> bool:
         if tool.get("name") == "propose_policy" and self.runtime.config.negotiation.enabled:
@@ -223,6 +234,8 @@ class App:
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         rt, config = self.runtime, self.runtime.config
+        for exposure in exposure_warnings(config):
+            log.warning("listener reachable from other machines", detail=exposure)
         rt.audit.record_sync("gateway.started", {
             "listen": config.listen.url, "upstreams": [u.name for u in config.upstreams],
             "policy_version": rt.live.current.version, "policy_digest": rt.live.current.policy.digest,
@@ -235,9 +248,15 @@ class App:
                     log.warning("admin API disabled: set the admin key", variable=config.admin.key_env,
                                 listen=config.admin.listen.url)
                 elif config.admin.listen is not None:
-                    from proxy.admin import build_admin_app
+                    from proxy.admin import admin_allowed_hosts, build_admin_app
 
-                    admin_app = build_admin_app(rt.service, admin_key, live=rt.live)
+                    a = config.admin
+                    assert a.listen is not None
+                    admin_app = build_admin_app(
+                        rt.service, admin_key, live=rt.live,
+                        allowed_hosts=admin_allowed_hosts(a.listen.host, a.listen.port, a.allowed_hosts),
+                        allowed_origins=a.allowed_origins,
+                    )
                     await tg.start(serve_http, admin_app, config.admin.listen)
                 tg.start_soon(partial(
                     watch_policy_file, rt.repo, rt.live, on_event=rt.audit.record_sync,

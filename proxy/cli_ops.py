@@ -31,6 +31,10 @@ def register(sub: Any, config_arg: ConfigArg, load: LoadConfig) -> None:
     config_arg(verify)
     verify.add_argument("file", nargs="?", type=Path, help="audit log (default: from gateway.toml)")
     verify.add_argument("--json", action="store_true")
+    verify.add_argument(
+        "--checkpoints", type=Path, default=None,
+        help="checkpoint file carried off the log (default: [audit] checkpoint_file)",
+    )
     verify.set_defaults(func=lambda a: _audit_verify(a, load))
     show = audit_sub.add_parser("show", help="print the audit events of one decision")
     config_arg(show)
@@ -63,9 +67,23 @@ def _audit_path(args: argparse.Namespace, load: LoadConfig, explicit: Path | Non
 
 
 def _audit_verify(args: argparse.Namespace, load: LoadConfig) -> int:
+    from policy.audit_checkpoint import read_checkpoint_file
     from policy.audit_verify import verify_log
+    from proxy.audit_writer import audit_keys
 
-    report = verify_log(_audit_path(args, load, args.file))
+    verifier = None
+    anchor_file = args.checkpoints
+    if args.file is None or Path(args.config).is_file():  # the keys live in gateway.toml
+        config = load(args)
+        verifier = audit_keys(config)[1]
+        anchor_file = anchor_file or config.audit.checkpoint_file
+    checkpoints = None
+    if anchor_file is not None:
+        checkpoints, problems = read_checkpoint_file(anchor_file)
+        if problems:
+            print(f"securegateway: {problems[0]}", file=sys.stderr)
+            return 1
+    report = verify_log(_audit_path(args, load, args.file), verifier=verifier, checkpoints=checkpoints)
     if args.json:
         print(json.dumps(report.to_dict(), default=str, indent=2))
     else:
@@ -117,6 +135,7 @@ def _explain(args: argparse.Namespace, load: LoadConfig) -> int:
             tool=str(logged.get("tool")),
             arguments=logged.get("arguments") or {},
             input_schema=request.get("input_schema"),
+            kind=str(request.get("kind") or "tool"),
         ),
         policy, keys, now=when, decision_id=args.decision_id,
     )

@@ -7,6 +7,7 @@ against the directory holding gateway.toml, so a config works from any cwd.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -33,7 +34,20 @@ class ListenSpec:
 
     @property
     def url(self) -> str:
-        return "stdio" if self.kind == "stdio" else f"http://{self.host}:{self.port}{self.path}"
+        if self.kind == "stdio":
+            return "stdio"
+        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
+        return f"http://{host}:{self.port}{self.path}"
+
+    @property
+    def loopback(self) -> bool:
+        """Whether only this machine can connect (stdio, ``localhost``, 127.0.0.0/8, ``::1``)."""
+        if self.kind == "stdio" or self.host in LOOPBACK_HOSTS:
+            return True
+        try:
+            return ipaddress.ip_address(self.host.strip("[]")).is_loopback
+        except ValueError:
+            return False  # a host name: whatever it resolves to, it is not promised to be local
 
 
 @dataclass(frozen=True)
@@ -67,6 +81,10 @@ class PolicyConfig:
     hmac_secret_env: str = "SECUREGATEWAY_HMAC_KEY"
     require_signature: bool = False
     watch_interval: float = 1.0
+    high_water_file: Path | None = None
+
+
+AUDIT_SIGNING = ("auto", "policy", "hmac", "off")
 
 
 @dataclass(frozen=True)
@@ -74,12 +92,21 @@ class AuditConfig:
     file: Path | None = None
     max_bytes: int = 50 * 2**20
     fsync: bool = True
+    # Signed checkpoints (docs/audit.md): "auto" signs with the policy key when one is configured.
+    signing: str = "auto"
+    hmac_key_env: str = "SECUREGATEWAY_AUDIT_KEY"
+    checkpoint_every: int = 1000
+    checkpoint_file: Path | None = None
+    checkpoint_log: bool = False
 
 
 @dataclass(frozen=True)
 class AdminConfig:
     listen: ListenSpec | None = None
     key_env: str = "SECUREGATEWAY_ADMIN_KEY"
+    allow_remote: bool = False
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -95,6 +122,8 @@ class NegotiationConfig:
     max_snippet_bytes: int = 65536
     pending_ttl_hours: float = 72.0
     max_pending_per_model: int = 20
+    max_refused_per_window: int = 20
+    refused_window_minutes: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -121,6 +150,23 @@ class GatewayConfig:
     @property
     def base_dir(self) -> Path:
         return self.path.parent
+
+
+def exposure_warnings(config: GatewayConfig) -> list[str]:
+    """One line per listener that other machines can reach: logged as a warning at start-up."""
+    warnings: list[str] = []
+    if not config.listen.loopback:
+        warnings.append(
+            f"gateway.listen `{config.listen.url}` is not a loopback address: any host that can reach it can "
+            "call tools with a model key; keep it behind TLS and a firewall"
+        )
+    admin = config.admin.listen
+    if admin is not None and not admin.loopback:
+        warnings.append(
+            f"admin.listen `{admin.url}` is not a loopback address (allow_remote = true): anyone with the "
+            "admin key and network access can approve policy"
+        )
+    return warnings
 
 
 def load_config(path: str | Path) -> GatewayConfig:
@@ -365,7 +411,7 @@ class _Reader:
     def policy(self, t: Mapping[str, Any]) -> PolicyConfig:
         self.only(t, "policy", {
             "file", "model_keys", "state_dir", "algorithm", "signing_key", "public_key",
-            "hmac_secret_env", "require_signature", "watch_interval",
+            "hmac_secret_env", "require_signature", "watch_interval", "high_water_file",
         })
         return PolicyConfig(
             file=self.path_(t, "policy", "file", None),
@@ -377,29 +423,51 @@ class _Reader:
             hmac_secret_env=self.string(t, "policy", "hmac_secret_env", "SECUREGATEWAY_HMAC_KEY"),
             require_signature=self.flag(t, "policy", "require_signature", False),
             watch_interval=self.number(t, "policy", "watch_interval", 1.0, minimum=0.05),
+            high_water_file=self.path_(t, "policy", "high_water_file", None),
         )
 
     def audit(self, t: Mapping[str, Any]) -> AuditConfig:
-        self.only(t, "audit", {"file", "max_bytes", "fsync"})
+        self.only(t, "audit", {
+            "file", "max_bytes", "fsync", "signing", "hmac_key_env", "checkpoint_every", "checkpoint_file",
+            "checkpoint_log",
+        })
         return AuditConfig(
             file=self.path_(t, "audit", "file", None),
             max_bytes=self.integer(t, "audit", "max_bytes", 50 * 2**20, minimum=4096),
             fsync=self.flag(t, "audit", "fsync", True),
+            signing=self.choice(t, "audit", "signing", AUDIT_SIGNING, "auto"),
+            hmac_key_env=self.string(t, "audit", "hmac_key_env", "SECUREGATEWAY_AUDIT_KEY"),
+            checkpoint_every=self.integer(t, "audit", "checkpoint_every", 1000, minimum=0),
+            checkpoint_file=self.path_(t, "audit", "checkpoint_file", None),
+            checkpoint_log=self.flag(t, "audit", "checkpoint_log", False),
         )
 
     def admin(self, t: Mapping[str, Any]) -> AdminConfig:
-        self.only(t, "admin", {"listen", "key_env"})
+        self.only(t, "admin", {"listen", "key_env", "allow_remote", "allowed_hosts", "allowed_origins"})
         listen = None
         if "listen" in t:
             listen = self.listen(t["listen"], "admin.listen", allow_stdio=False)
-        return AdminConfig(listen=listen, key_env=self.string(t, "admin", "key_env", "SECUREGATEWAY_ADMIN_KEY"))
+        allow_remote = self.flag(t, "admin", "allow_remote", False)
+        if listen is not None and listen.kind == "http" and not listen.loopback and not allow_remote:
+            self.err(
+                "admin.listen",
+                f"`{listen.url}` is reachable from other machines; the admin API approves policy, so a "
+                "non-loopback listen needs `allow_remote = true` in [admin]",
+            )
+        return AdminConfig(
+            listen=listen,
+            key_env=self.string(t, "admin", "key_env", "SECUREGATEWAY_ADMIN_KEY"),
+            allow_remote=allow_remote,
+            allowed_hosts=self.strs(t, "admin", "allowed_hosts"),
+            allowed_origins=self.strs(t, "admin", "allowed_origins"),
+        )
 
     def negotiation(self, t: Mapping[str, Any]) -> NegotiationConfig:
         n = "negotiation"
         self.only(t, n, {
             "enabled", "store", "auto_approve", "read_only_tools", "sensitive_tools",
             "envelope_same_model_only", "max_expiry_hours", "max_session_risk", "max_snippet_bytes",
-            "pending_ttl_hours", "max_pending_per_model",
+            "pending_ttl_hours", "max_pending_per_model", "max_refused_per_window", "refused_window_minutes",
         })
         f: Callable[..., Any] = self.number
         return NegotiationConfig(
@@ -414,4 +482,6 @@ class _Reader:
             max_snippet_bytes=self.integer(t, n, "max_snippet_bytes", 65536, minimum=64),
             pending_ttl_hours=f(t, n, "pending_ttl_hours", 72.0, minimum=0.0),
             max_pending_per_model=self.integer(t, n, "max_pending_per_model", 20, minimum=1),
+            max_refused_per_window=self.integer(t, n, "max_refused_per_window", 20, minimum=1),
+            refused_window_minutes=f(t, n, "refused_window_minutes", 60.0, minimum=0.0),
         )

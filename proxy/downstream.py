@@ -37,6 +37,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.config import GatewayConfig, ListenSpec
+from proxy.request_ids import UniqueRequestIds
 
 log = structlog.get_logger("securegateway.downstream")
 
@@ -311,7 +312,9 @@ def http_app(server: Server[Any], config: GatewayConfig, listen: ListenSpec, aut
             with contextlib.suppress(Exception):
                 await transport.terminate()
 
-    endpoint = ModelKeyAuth(StreamableHTTPASGIApp(manager), authenticate)
+    endpoint = ModelKeyAuth(
+        UniqueRequestIds(StreamableHTTPASGIApp(manager), max_body_bytes=config.max_message_bytes), authenticate
+    )
     app = Starlette(routes=[Route(listen.path, endpoint=endpoint)], lifespan=lifespan)
     app.state.close_sessions = close_sessions
     return app

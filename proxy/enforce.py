@@ -1,10 +1,20 @@
-"""The policy interceptor: every tools/call is decided, explained, audited, then forwarded or refused.
+"""The one decision point: everything bound for an upstream is decided, explained, audited.
 
-Fail closed, visibly: an exception while resolving identity, evaluating, or
-writing the audit event turns into a deny with reason code ``gateway_error``;
-it is logged and (where the audit log still works) audited, and the upstream is
-never called. A denial is a tool result with ``isError: true`` that the model can
-read and act on; it is never a JSON-RPC error.
+``tools/call`` runs through :class:`Enforcer` as an interceptor; ``prompts/get``,
+``resources/read``, ``resources/subscribe``, ``resources/unsubscribe`` and
+``completion/complete`` ask :meth:`Enforcer.authorize` from the relay; a call naming no
+known tool is recorded by :meth:`Enforcer.unknown_tool`. Each gets an identity check, a
+policy decision and a ``decision`` audit event, in that order, before anything is forwarded.
+What comes back (tool results, prompt messages, resource contents, completions) and what an
+upstream asks of the client (sampling, elicitation) passes :meth:`Enforcer.screen`, which
+applies ``result_scan`` and audits findings as ``result.flagged``.
+
+Fail closed, visibly: an exception while resolving identity, evaluating, or writing the
+audit event turns into a deny with reason code ``gateway_error``; it is logged and (where the
+audit log still works) audited, and the upstream is never called. A denied tool call is a
+tool result with ``isError: true`` that the model can read; a denied prompt, resource or
+completion is a JSON-RPC error (:data:`POLICY_DENIED`) whose ``data`` is the decision. What
+the model sees of a decision follows ``trace_visibility`` (:mod:`proxy.disclosure`).
 """
 
 from __future__ import annotations
@@ -23,14 +33,32 @@ from policy import (
     Policy,
     evaluate,
     gateway_error_decision,
-    scan_value,
+    unknown_tool_decision,
 )
+from proxy.disclosure import decision_view
 from proxy.intercept import CallNext, ToolCall, ToolResult
+from proxy.result_scan import ScanOutcome, finding_summary, scan_payload
 
 log = structlog.get_logger("securegateway.enforce")
 
+__all__ = [
+    "DECISION_META_KEY",
+    "POLICY_DENIED",
+    "RESULT_BLOCKED",
+    "SCAN_META_KEY",
+    "Enforcer",
+    "PolicyView",
+    "Verdict",
+    "decision_view",
+    "denial_result",
+]
+
 DECISION_META_KEY = "io.securegateway/decision"
 SCAN_META_KEY = "io.securegateway/result_scan"
+POLICY_DENIED = -32010
+"""JSON-RPC error code of a policy denial of a non-tool request (``data`` holds the decision)."""
+RESULT_BLOCKED = -32011
+"""JSON-RPC error code of an upstream payload withheld by ``result_scan = "block"``."""
 
 AuditFn = Callable[[dict[str, Any]], Awaitable[None]]
 """Durably records one audit event; raises if it cannot."""
@@ -45,8 +73,20 @@ class PolicyView:
     keys: KeyRing
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """A recorded decision and the view of it the model may see."""
+
+    decision: Decision
+    view: dict[str, Any]
+
+    @property
+    def allowed(self) -> bool:
+        return self.decision.allowed
+
+
 class Enforcer:
-    """``(call, call_next)`` interceptor deciding every tools/call against the live policy."""
+    """Decides every upstream-bound request against the live policy and screens what comes back."""
 
     def __init__(
         self,
@@ -67,162 +107,224 @@ class Enforcer:
         self._compact = decision_meta == "compact"
         self._clock = clock
 
+    # ---- tools/call --------------------------------------------------------------------------------
+
     async def __call__(self, call: ToolCall, call_next: CallNext) -> ToolResult:
+        verdict = await self.decide(
+            call.session, kind="tool", server=call.server, name=call.tool, arguments=call.arguments,
+            method="tools/call", input_schema=call.input_schema,
+        )
+        if not verdict.allowed:
+            return denial_result(verdict.decision, self._visibility, verdict.view)
+        result = await call_next(call)
+        result = await self._screen_tool(call, verdict.decision, result)
+        meta = dict(result.get("_meta") or {})
+        meta[DECISION_META_KEY] = compact_view(verdict.view) if self._compact else verdict.view
+        return {**result, "_meta": meta}
+
+    # ---- the decision point ------------------------------------------------------------------------
+
+    async def decide(
+        self,
+        session: Any,
+        *,
+        kind: str,
+        server: str,
+        name: str,
+        arguments: Mapping[str, Any],
+        method: str,
+        input_schema: Mapping[str, Any] | None = None,
+    ) -> Verdict:
+        """Decide one request, audit it, and say what the model may see. Never raises."""
         started = time.perf_counter()
+        view: PolicyView | None = None
+        target = name if kind == "resource" else f"{server}.{name}"
+        try:
+            view = self._current()
+            decision = self._evaluate(session, view, kind, server, name, arguments, input_schema)
+        except Exception as exc:  # enforcement boundary: fail closed
+            log.exception("evaluation failed", target=target, method=method, session=session.id)
+            decision = self._error(session, target, view, f"evaluation failed: {_one_line(exc)}")
+        return await self._record(session, decision, view, server, name, arguments, method, kind, input_schema,
+                                  started)
+
+    async def authorize(
+        self, session: Any, *, method: str, kind: str, server: str, name: str, arguments: Mapping[str, Any]
+    ) -> Verdict:
+        """The decision for a prompt, resource or completion request (see :meth:`decide`)."""
+        return await self.decide(session, kind=kind, server=server, name=name, arguments=arguments, method=method)
+
+    async def unknown_tool(self, session: Any, name: str) -> Verdict:
+        """Record a tools/call naming no known tool: probing is audited like any decision."""
         view: PolicyView | None = None
         try:
             view = self._current()
-            decision = self._decide(call, view)
-        except Exception as exc:  # enforcement boundary: fail closed
-            log.exception("evaluation failed", tool=call.qualified, session=call.session.id)
-            decision = self._error(call, view, f"evaluation failed: {_one_line(exc)}")
-        latency_ms = (time.perf_counter() - started) * 1000
-        data = decision.to_dict()
-        try:
-            await self._audit(self._build_event(
-                decision=data,
-                session_id=call.session.id,
-                server=call.server,
-                tool=call.tool,
-                arguments=dict(call.arguments),
-                latency_ms=round(latency_ms, 3),
-                policy_version=view.version if view else None,
-                request={"input_schema": call.input_schema} if call.input_schema is not None else None,
-            ))
-        except Exception as exc:  # an unrecorded decision is never acted on
-            log.exception("audit write failed", tool=call.qualified, decision_id=decision.decision_id)
-            decision = self._error(call, view, f"audit log unavailable: {_one_line(exc)}")
-            data = decision.to_dict()
-        if not decision.allowed:
-            return denial_result(decision, self._visibility, data)
-        result = await call_next(call)
-        result = await self._scan(call, decision, result)
-        meta = dict(result.get("_meta") or {})
-        meta[DECISION_META_KEY] = compact_view(data) if self._compact else decision_view(data, self._visibility)
-        return {**result, "_meta": meta}
+        except Exception:  # the digest is only informative here; the call is refused anyway
+            log.exception("policy view unavailable", tool=name)
+        decision = unknown_tool_decision(
+            model=_model_id(session) or "unknown", tool=name,
+            policy_digest=view.policy.digest if view else "unknown",
+        )
+        server, _, tool = name.partition(".")
+        return await self._record(session, decision, view, server, tool, {}, "tools/call", "tool", None,
+                                  time.perf_counter())
 
-    def _decide(self, call: ToolCall, view: PolicyView) -> Decision:
-        identity = call.session.identity
-        model_id = getattr(identity, "model_id", None)
-        if not isinstance(model_id, str):
+    def _evaluate(
+        self,
+        session: Any,
+        view: PolicyView,
+        kind: str,
+        server: str,
+        name: str,
+        arguments: Mapping[str, Any],
+        input_schema: Mapping[str, Any] | None,
+    ) -> Decision:
+        model_id = _model_id(session)
+        if model_id is None:
             raise LookupError("the connection has no authenticated model identity")
         request = CallRequest(
-            model=model_id,
-            server=call.server,
-            tool=call.tool,
-            arguments=call.arguments,
-            input_schema=call.input_schema,
+            model=model_id, server=server, tool=name, arguments=arguments, input_schema=input_schema, kind=kind,
         )
-        risk = call.session.risk
+        risk = session.risk
         decision = evaluate(request, view.policy, view.keys, session=risk)
         if risk is not None:
             risk.record_decision(decision, self._clock())
         return decision
 
-    def _error(self, call: ToolCall, view: PolicyView | None, error: str) -> Decision:
-        model = getattr(call.session.identity, "model_id", None) or "unknown"
+    async def _record(
+        self,
+        session: Any,
+        decision: Decision,
+        view: PolicyView | None,
+        server: str,
+        name: str,
+        arguments: Mapping[str, Any],
+        method: str,
+        kind: str,
+        input_schema: Mapping[str, Any] | None,
+        started: float,
+    ) -> Verdict:
+        request: dict[str, Any] = {}
+        if input_schema is not None:
+            request["input_schema"] = input_schema
+        if method != "tools/call":
+            request["method"] = method
+        if kind != "tool":
+            request["kind"] = kind
+        data = decision.to_dict()
+        try:
+            await self._audit(self._build_event(
+                decision=data,
+                session_id=session.id,
+                server=server,
+                tool=name,
+                arguments=dict(arguments),
+                latency_ms=round((time.perf_counter() - started) * 1000, 3),
+                policy_version=view.version if view else None,
+                request=request or None,
+            ))
+        except Exception as exc:  # an unrecorded decision is never acted on
+            log.exception("audit write failed", target=decision.tool, decision_id=decision.decision_id)
+            decision = self._error(session, decision.tool, view, f"audit log unavailable: {_one_line(exc)}")
+            data = decision.to_dict()
+        return Verdict(decision, decision_view(data, self._visibility, policy=view.policy if view else None))
+
+    def _error(self, session: Any, target: str, view: PolicyView | None, error: str) -> Decision:
         return gateway_error_decision(
-            model=str(model), tool=call.qualified, error=error,
+            model=_model_id(session) or "unknown", tool=target, error=error,
             policy_digest=view.policy.digest if view else "unknown",
         )
 
-    async def _scan(self, call: ToolCall, decision: Decision, result: ToolResult) -> ToolResult:
-        if self._result_scan == "off":
-            return result
-        content = result.get("content")
-        findings = scan_value(content, "content")
-        structured = result.get("structuredContent")
-        if structured is not None:
-            # Structured results usually repeat the text content verbatim: scan only what is new.
-            seen = {c.get("text") for c in content or () if isinstance(c, Mapping)}
-            fresh = [s for s in _strings(structured) if s not in seen]
-            if fresh:
-                findings += scan_value(fresh, "structuredContent")
-        if not findings:
-            return result
-        if call.session.risk is not None:
-            call.session.risk.record_findings(findings, self._clock())
-        summary = [{"code": f.code, "kind": f.kind, "path": f.path} for f in findings]
-        log.warning("suspicious tool result", tool=call.qualified, findings=len(findings), action=self._result_scan)
+    # ---- upstream -> client payloads ---------------------------------------------------------------
+
+    async def screen(
+        self, session: Any, *, method: str, server: str, target: str, payload: Any, decision_id: str | None = None,
+    ) -> ScanOutcome:
+        """Scan one upstream -> client payload; findings are audited. Blocked (payload None) when
+        the mode is ``block`` or the findings could not be audited."""
+        outcome = scan_payload(payload, self._result_scan)
+        if not outcome.findings:
+            return outcome
+        if session.risk is not None:
+            session.risk.record_findings(outcome.findings, self._clock())
+        log.warning("suspicious upstream payload", method=method, target=target, findings=len(outcome.findings),
+                    action=self._result_scan)
+        event: dict[str, Any] = {
+            "type": "result.flagged",
+            "decision_id": decision_id,
+            "session": session.id,
+            "model": _model_id(session),
+            "server": server,
+            "tool": target,
+            "method": method,
+            "findings": finding_summary(outcome.findings),
+            "action": self._result_scan,
+        }
         try:
-            await self._audit({
-                "type": "result.flagged",
-                "decision_id": decision.decision_id,
-                "session": call.session.id,
-                "server": call.server,
-                "tool": call.tool,
-                "findings": summary,
-                "action": self._result_scan,
-            })
+            await self._audit(event)
         except Exception:
-            log.exception("audit write failed for result scan", decision_id=decision.decision_id)
-            return _blocked(call, "the tool result was flagged and could not be audited")
-        if self._result_scan == "block":
-            return _blocked(call, "the tool result contained " + ", ".join(sorted({f.code for f in findings})))
-        meta = dict(result.get("_meta") or {})
-        meta[SCAN_META_KEY] = summary
-        if self._result_scan == "redact":
-            flagged = {f.path.split(".", 1)[0] for f in findings}
-            content = [
-                {"type": "text", "text": "[securegateway: content withheld: suspicious content]"}
-                if f"content[{i}]" in flagged or any(p.startswith(f"content[{i}]") for p in flagged) else item
-                for i, item in enumerate(result.get("content") or [])
-            ]
-            redacted = {**result, "content": content, "_meta": meta}
-            if "structuredContent" in result and any(p.startswith("structuredContent") for p in flagged):
-                redacted.pop("structuredContent")
-            return redacted
-        return {**result, "_meta": meta}
+            log.exception("audit write failed for result scan", method=method, target=target)
+            return ScanOutcome(None, outcome.findings)
+        return outcome
+
+    @property
+    def result_scan(self) -> str:
+        return self._result_scan
+
+    async def _screen_tool(self, call: ToolCall, decision: Decision, result: ToolResult) -> ToolResult:
+        outcome = await self.screen(
+            call.session, method="tools/call", server=call.server, target=call.tool, payload=result,
+            decision_id=decision.decision_id,
+        )
+        if not outcome.findings:
+            return result
+        if outcome.payload is None:
+            if self._result_scan != "block":
+                return _blocked("the tool result was flagged and could not be audited")
+            return _blocked("the tool result contained " + ", ".join(sorted({f.code for f in outcome.findings})))
+        meta = dict(outcome.payload.get("_meta") or {})
+        meta[SCAN_META_KEY] = finding_summary(outcome.findings)
+        return {**outcome.payload, "_meta": meta}
 
 
-def decision_view(data: Mapping[str, Any], visibility: str) -> dict[str, Any]:
-    """The decision (its ``to_dict()``) as the model sees it; the audit log always has all of it."""
-    if visibility == "summary":
-        return {**data, "rule_trace": [t for t in data.get("rule_trace", []) if t.get("matched")]}
-    if visibility == "none":
-        return {**data, "rule_trace": []}
-    return dict(data)
-
-
-def compact_view(data: Mapping[str, Any]) -> dict[str, Any]:
+def compact_view(view: Mapping[str, Any]) -> dict[str, Any]:
     """An allowed call's decision in brief (``decision_meta = "compact"``); the audit log has all of it."""
-    return {key: data[key] for key in ("allowed", "reason", "decision_id", "risk_score")}
+    return {key: view[key] for key in ("allowed", "reason", "decision_id", "risk_score") if key in view}
 
 
-def denial_result(decision: Decision, visibility: str, data: Mapping[str, Any] | None = None) -> ToolResult:
-    """A refused call as a tool result: readable text for the model, the decision as structured data."""
-    view = decision_view(data if data is not None else decision.to_dict(), visibility)
-    lines = [f"Denied: {decision.reason}"]
-    lines += [f"- {sentence}" for sentence in decision.reasoning]
-    counterfactual = decision.counterfactual
+def denial_result(
+    decision: Decision, visibility: str, view: Mapping[str, Any] | None = None, *, policy: Policy | None = None
+) -> ToolResult:
+    """A refused call as a tool result: readable text for the model, the decision as structured data.
+
+    Everything shown is taken from the visibility-filtered view, never from the decision itself.
+    """
+    shown = dict(view) if view is not None else decision_view(decision.to_dict(), visibility, policy=policy)
+    lines = [f"Denied: {shown.get('reason', '')}"]
+    lines += [f"- {sentence}" for sentence in shown.get("reasoning") or ()]
+    counterfactual = shown.get("counterfactual") if isinstance(shown.get("counterfactual"), Mapping) else None
+    suggested = counterfactual.get("suggested_rule") if counterfactual is not None else None
     if counterfactual is not None:
-        lines.append(f"What would allow it: {counterfactual.text.rstrip('.')}.")
-        if counterfactual.suggested_rule is not None:
+        lines.append(f"What would allow it: {str(counterfactual.get('text', '')).rstrip('.')}.")
+        if suggested is not None:
             lines.append(
                 "To ask for access, call the `propose_policy` tool with a justification and this YAML:\n"
-                + _rule_yaml(counterfactual.suggested_rule)
+                + _rule_yaml(suggested)
             )
-    if decision.reason_code != "gateway_error" and (counterfactual is None or counterfactual.suggested_rule is None):
+    if decision.reason_code != "gateway_error" and suggested is None:
         lines.append("A policy proposal cannot allow this call; an operator must change it.")
     lines.append(f"Decision id: {decision.decision_id}")
     # the decision rides in _meta as on allowed calls (a task-augmented denial keeps only _meta)
-    return {"content": [{"type": "text", "text": "\n".join(lines)}], "structuredContent": view, "isError": True,
-            "_meta": {DECISION_META_KEY: view}}
+    return {"content": [{"type": "text", "text": "\n".join(lines)}], "structuredContent": shown, "isError": True,
+            "_meta": {DECISION_META_KEY: shown}}
 
 
-def _strings(value: Any, depth: int = 0) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if depth > 64:
-        return []
-    if isinstance(value, Mapping):
-        return [s for v in value.values() for s in _strings(v, depth + 1)]
-    if isinstance(value, list):
-        return [s for v in value for s in _strings(v, depth + 1)]
-    return []
+def _model_id(session: Any) -> str | None:
+    model_id = getattr(getattr(session, "identity", None), "model_id", None)
+    return model_id if isinstance(model_id, str) else None
 
 
-def _blocked(call: ToolCall, why: str) -> ToolResult:
+def _blocked(why: str) -> ToolResult:
     return {
         "content": [{"type": "text", "text": f"Blocked by the gateway: {why}."}],
         "isError": True,

@@ -47,6 +47,7 @@ class Gateway:
         authenticate: Any = None,
         visible: Any = None,
         on_session: Any = None,
+        access: Any = None,
     ) -> None:
         self.config = config
         self._chain = compose(interceptors, forward_tool_call)
@@ -55,6 +56,7 @@ class Gateway:
         self._authenticate = authenticate or (lambda key: {"model_id": "anonymous"})
         self._visible = visible
         self._on_session = on_session
+        self._access = access
         self._tg: anyio.abc.TaskGroup | None = None
         self._modern: dict[str, DownstreamSession] = {}
         self._modern_lock = anyio.Lock()
@@ -133,6 +135,11 @@ class Gateway:
     @property
     def tool_chain(self) -> CallNext:
         return self._chain
+
+    @property
+    def access(self) -> Any:
+        """The decision point for prompts, resources and completions (None: relay only)."""
+        return self._access
 
     def server_identity(self, session: DownstreamSession) -> tuple[dict[str, Any], str | None]:
         links = list(session.links.values())

@@ -6,6 +6,13 @@ upstream's raw result: relayed messages are never re-modelled. Only what must
 change is changed: names are namespaced, lists are merged and paginated, the
 ``initialize`` answer describes the merged server, and ``tools/call`` runs
 through the interceptor chain (policy enforcement) before it is forwarded.
+
+Every other request that reaches an upstream's data - ``prompts/get``,
+``resources/read``, ``resources/subscribe``/``unsubscribe``, ``completion/complete`` -
+is decided by the host's :class:`AccessGate` first (identity, key scope, rules, audit),
+and what the upstream answers (or asks of the client) is screened by it before the
+client sees it. A request id already in flight on the connection is refused with
+``-32600``; the request that holds the id keeps it.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from proxy.catalog import LISTS
 from proxy.downstream import OVERSIZED_METHOD
+from proxy.enforce import POLICY_DENIED, RESULT_BLOCKED, Verdict
 from proxy.intercept import CallNext, ToolCall, ToolResult
 from proxy.mrtr import InputBridge
 from proxy.session import DownstreamSession
@@ -39,6 +47,7 @@ from proxy.upstream import ClientHello, UpstreamLink
 log = structlog.get_logger("securegateway.relay")
 
 SESSION_KEY = "securegateway.session"
+IN_FLIGHT_KEY = "securegateway.in_flight"
 ENVELOPE_PREFIX = "io.modelcontextprotocol/"
 REQUIRES = {  # the upstream capability without which a method does not exist here
     "prompts/list": "prompts", "prompts/get": "prompts", "completion/complete": "completions",
@@ -58,6 +67,22 @@ class LocalTool(Protocol):
     async def __call__(self, session: DownstreamSession, arguments: Mapping[str, Any]) -> ToolResult: ...
 
 
+class AccessGate(Protocol):
+    """The decision point for everything but tools/call (which runs the interceptor chain)."""
+
+    async def authorize(
+        self, session: DownstreamSession, *, method: str, kind: str, server: str, name: str,
+        arguments: Mapping[str, Any],
+    ) -> Verdict: ...
+
+    async def unknown_tool(self, session: DownstreamSession, name: str) -> Verdict: ...
+
+    async def screen(
+        self, session: DownstreamSession, *, method: str, server: str, target: str, payload: Any,
+        decision_id: str | None = None,
+    ) -> Any: ...
+
+
 class SessionHost(Protocol):
     """What the relay needs from the gateway: sessions, local tools, the tools/call chain."""
 
@@ -73,6 +98,9 @@ class SessionHost(Protocol):
     def tool_chain(self) -> CallNext: ...
 
     def server_identity(self, session: DownstreamSession) -> tuple[dict[str, Any], str | None]: ...
+
+    @property
+    def access(self) -> AccessGate | None: ...
 
 
 class Relay:
@@ -112,14 +140,15 @@ class Relay:
         if method in ("ping", "server/discover"):
             return await call_next(ctx) if method == "ping" else await self._discover(ctx)
         session = await self._session(ctx)
-        handler = self._routes.get(method)
         needs = REQUIRES.get(method)
         if needs is not None and not any(lk.info and needs in lk.info.capabilities for lk in session.links.values()):
             raise MCPError(METHOD_NOT_FOUND, "Method not found", data=method)  # as a server without it answers
-        if handler is None:
-            result = await self._unknown(session, ctx)
-        else:
-            result = await handler(session, ctx)
+        with _claim_id(ctx):
+            handler = self._routes.get(method)
+            if handler is None:
+                result = await self._unknown(session, ctx)
+            else:
+                result = await handler(session, ctx)
         if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
             result = _complete_for_modern(method, result, self._host.server_identity(session)[0])
         return result
@@ -138,6 +167,7 @@ class Relay:
             raise MCPError(INVALID_REQUEST, "`initialize` was already received on this connection")
         result = await call_next(ctx)  # the SDK validates and negotiates first: nothing starts for a bad one
         session = await self._host.open_session(ctx, hello)
+        self._attach_screen(session)
         if connection is not None:
             connection.state[SESSION_KEY] = session
         if isinstance(result, dict):
@@ -190,8 +220,56 @@ class Relay:
         if session is not None:
             return session
         if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
-            return await self._host.modern_session(ctx)
+            return self._attach_screen(await self._host.modern_session(ctx))
         raise MCPError(INVALID_REQUEST, "the session is not initialized: send `initialize` first")
+
+    def _attach_screen(self, session: DownstreamSession) -> DownstreamSession:
+        """Upstream -> client requests (sampling, elicitation) pass the same result scan."""
+        gate = self._host.access
+        if gate is not None and session.screen is None:
+
+            async def screen(upstream: str, method: str, params: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+                outcome = await gate.screen(session, method=method, server=upstream, target=method, payload=params)
+                if outcome.payload is None and outcome.findings:
+                    codes = ", ".join(sorted({f.code for f in outcome.findings}))
+                    raise MCPError(
+                        RESULT_BLOCKED, f"the gateway withheld `{method}` from the client: it contained {codes}"
+                    )
+                return params if not outcome.findings else outcome.payload
+
+            session.screen = screen
+        return session
+
+    async def _decide(
+        self, session: DownstreamSession, method: str, kind: str, server: str, name: str, arguments: Any
+    ) -> str | None:
+        """Ask the gate; raise the JSON-RPC denial (decision in ``data``) or return the decision id."""
+        gate = self._host.access
+        if gate is None:
+            return None
+        args = dict(arguments) if isinstance(arguments, Mapping) else {}
+        verdict = await gate.authorize(session, method=method, kind=kind, server=server, name=name, arguments=args)
+        if not verdict.allowed:
+            reason = verdict.view.get("reason", "denied by policy")
+            raise MCPError(POLICY_DENIED, f"denied: {reason}", data=verdict.view)
+        return verdict.decision.decision_id
+
+    async def _screened(
+        self, session: DownstreamSession, method: str, server: str, target: str, result: dict[str, Any],
+        decision_id: str | None,
+    ) -> dict[str, Any]:
+        gate = self._host.access
+        if gate is None:
+            return result
+        outcome = await gate.screen(
+            session, method=method, server=server, target=target, payload=result, decision_id=decision_id
+        )
+        if not outcome.findings:
+            return result
+        if outcome.payload is None:
+            codes = ", ".join(sorted({f.code for f in outcome.findings}))
+            raise MCPError(RESULT_BLOCKED, f"the gateway withheld the `{method}` result: it contained {codes}")
+        return dict(outcome.payload)
 
     async def _notification(self, ctx: ServerRequestContext[Any, Any], call_next: Any) -> None:
         await call_next(ctx)
@@ -229,14 +307,15 @@ class Relay:
             return _as_task(session, params, "", await local(session, arguments))
         target = session.catalog.split(name)
         if target is None:
-            raise MCPError(INVALID_PARAMS, f"unknown tool `{name}`")
+            await self._unknown_tool(session, name)
+        assert target is not None
         link, tool = target
         definition = session.catalog.tool_definition(name)
         if definition is None and link.ready:
             await session.catalog.merged("tools/list")
             definition = session.catalog.tool_definition(name)
             if definition is None and link.config.prefix:
-                raise MCPError(INVALID_PARAMS, f"unknown tool `{name}`")
+                await self._unknown_tool(session, name)
             # unprefixed: the gateway stands in for the server, which answers unknown names its own
             # way; the call is still decided (as `<upstream>.<name>`) before it is forwarded
         call = ToolCall(
@@ -258,34 +337,58 @@ class Relay:
 
         return await session.tasks.handle(ctx.method, _strip_envelope(ctx.params), session.links, forward)
 
+    async def _unknown_tool(self, session: DownstreamSession, name: str) -> None:
+        gate = self._host.access
+        data = (await gate.unknown_tool(session, name)).view if gate is not None else None
+        raise MCPError(INVALID_PARAMS, f"unknown tool `{name[:200]}`", data=data)
+
     async def _prompts_get(self, session: DownstreamSession, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
         params = dict(ctx.params or {})
         target = session.catalog.split(params.get("name"))
         if target is None:
-            raise MCPError(INVALID_PARAMS, f"unknown prompt `{params.get('name')}`")
+            raise MCPError(INVALID_PARAMS, f"unknown prompt `{str(params.get('name'))[:200]}`")
         link, params["name"] = target
-        return await _forward(link, ctx, params)
+        decision_id = await self._decide(
+            session, ctx.method, "prompt", link.name, params["name"], params.get("arguments") or {}
+        )
+        result = await _forward(link, ctx, params)
+        return await self._screened(session, ctx.method, link.name, params["name"], result, decision_id)
 
     async def _by_uri(self, session: DownstreamSession, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
-        link = await session.catalog.resource_owner((ctx.params or {}).get("uri"))
-        return await _forward(link, ctx, ctx.params)
+        uri = (ctx.params or {}).get("uri")
+        link = await session.catalog.resource_owner(uri)
+        assert isinstance(uri, str)  # resource_owner refuses anything else
+        decision_id = await self._decide(session, ctx.method, "resource", link.name, uri, {"uri": uri})
+        result = await _forward(link, ctx, ctx.params)
+        if ctx.method != "resources/read":
+            return result
+        return await self._screened(session, ctx.method, link.name, uri, result, decision_id)
 
     async def _complete(self, session: DownstreamSession, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
         params = dict(ctx.params or {})
         ref = dict(params.get("ref") or {})
+        argument = params.get("argument")
+        arguments: dict[str, Any] = {}
+        if isinstance(argument, Mapping) and isinstance(argument.get("name"), str):
+            arguments[argument["name"]] = argument.get("value")
         if ref.get("type") == "ref/prompt":
             target = session.catalog.split(ref.get("name"))
             if target is None:
-                raise MCPError(INVALID_PARAMS, f"unknown prompt `{ref.get('name')}`")
+                raise MCPError(INVALID_PARAMS, f"unknown prompt `{str(ref.get('name'))[:200]}`")
             link, ref["name"] = target
             params["ref"] = ref
+            kind, name = "prompt", ref["name"]
         elif ref.get("type") == "ref/resource":
             link = await session.catalog.resource_owner(ref.get("uri"))
+            kind, name = "resource", str(ref.get("uri"))
+            arguments = {"uri": name}
         else:
             raise MCPError(INVALID_PARAMS, "`ref.type` must be `ref/prompt` or `ref/resource`")
-        if link.info is not None and "completions" not in link.info.capabilities:
-            raise MCPError(METHOD_NOT_FOUND, "Method not found", data=ctx.method)
-        return await _forward(link, ctx, params)
+        if not (link.info and "completions" in link.info.capabilities):
+            raise MCPError(METHOD_NOT_FOUND, f"upstream `{link.name}` does not offer completions", data=ctx.method)
+        decision_id = await self._decide(session, ctx.method, kind, link.name, name, arguments)
+        result = await _forward(link, ctx, params)
+        return await self._screened(session, ctx.method, link.name, name, result, decision_id)
 
     async def _fan_out(self, session: DownstreamSession, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
         """logging/setLevel applies to every upstream that logs."""
@@ -388,6 +491,24 @@ def _complete_for_modern(method: str, result: dict[str, Any], server_info: Mappi
     if meta is None or isinstance(meta, Mapping):
         result["_meta"] = {**(meta or {}), SERVER_INFO_META_KEY: dict(server_info)}
     return result
+
+
+@contextlib.contextmanager
+def _claim_id(ctx: ServerRequestContext[Any, Any]) -> Any:
+    """Hold this request's id for the connection while it runs; a second holder gets -32600."""
+    connection = connection_of(ctx)
+    if connection is None or ctx.request_id is None:
+        yield
+        return
+    held: set[Any] = connection.state.setdefault(IN_FLIGHT_KEY, set())
+    key = (type(ctx.request_id).__name__, ctx.request_id)
+    if key in held:
+        raise MCPError(INVALID_REQUEST, f"request id `{str(ctx.request_id)[:80]}` is already in flight on this session")
+    held.add(key)
+    try:
+        yield
+    finally:
+        held.discard(key)
 
 
 def _attached(ctx: ServerRequestContext[Any, Any]) -> DownstreamSession | None:

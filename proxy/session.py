@@ -9,7 +9,7 @@ destination: this client.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import anyio
@@ -22,6 +22,8 @@ from proxy.tasks import TaskRoutes
 from proxy.upstream import ClientHello, UpstreamLink
 
 log = structlog.get_logger("securegateway.session")
+
+ScreenFn = Callable[[str, str, Mapping[str, Any] | None], Awaitable[Mapping[str, Any] | None]]
 
 
 class ClientChannel(Protocol):
@@ -52,6 +54,9 @@ class DownstreamSession:
         self.channel = channel
         self.identity = identity
         self.risk = risk
+        # Screens what an upstream asks of the client (sampling, elicitation) before it is
+        # relayed: returns the params to send, or raises to refuse (set by the relay).
+        self.screen: ScreenFn | None = None
         self.links: dict[str, UpstreamLink] = {
             up.name: UpstreamLink(
                 up,
@@ -98,6 +103,8 @@ class DownstreamSession:
     ) -> dict[str, Any]:
         # sampling/createMessage, elicitation/create, roots/list: the client answers, the
         # answer goes back to the upstream that asked (the dispatcher correlates the ids).
+        if self.screen is not None:
+            params = await self.screen(link.name, method, params)
         ask = getattr(self.channel, "ask", None)
         if ask is not None:  # a sessionless client: the request becomes an input_required round
             return await ask(link.name, method, params)

@@ -57,6 +57,7 @@ from mcp_types.version import LATEST_HANDSHAKE_VERSION, LATEST_MODERN_VERSION
 
 from proxy.config import UpstreamConfig
 from proxy.http_pool import upstream_http_client
+from proxy.upstream_repair import repair_responses
 
 log = structlog.get_logger("securegateway.upstream")
 
@@ -415,11 +416,11 @@ class UpstreamLink:
                 command=cfg.command[0], args=list(cfg.command[1:]), env=env, cwd=cfg.cwd
             )
             async with stdio_client(params, errlog=sys.stderr) as streams:
-                yield streams
+                yield repair_responses(streams, self.name)
         elif cfg.sse:
             assert cfg.url is not None
             async with sse_client(cfg.url, headers=dict(cfg.headers), timeout=cfg.connect_timeout) as streams:
-                yield streams
+                yield repair_responses(streams, self.name)
         else:
             assert cfg.url is not None
             async with (
@@ -428,7 +429,7 @@ class UpstreamLink:
                     cfg.url, http_client=http, max_sse_event_size=self._max_message_bytes
                 ) as streams,
             ):
-                yield streams
+                yield repair_responses(streams, self.name)
 
 
 def _describe(exc: BaseException) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 import httpx2
 import pytest
+import yaml
 
 from tests.conftest import connect, running
 from tests.e2e.conftest import ADMIN_KEY, CLAUDE_KEY, GPT_KEY, Site, make_site, text_of
@@ -45,9 +46,12 @@ async def test_denied_call_then_auto_approved_proposal_allows_it_without_restart
         assert "calendar.add" not in {t.name for t in (await client.list_tools()).tools}
         denied = await client.call_tool("calendar.add", {"a": 2, "b": 3})
         assert denied.is_error and denied.structured_content["reason_code"] == "default_deny"
-        suggestion = denied.structured_content["counterfactual"]["suggested_rule"]
-        assert suggestion == {"model": "gpt-4o", "allow_tools": ["calendar.add"]}
-        snippet = f"rules:\n  - model: gpt-4o\n    allow_tools: [calendar.add]\n    expires: {soon()}\n"
+        counterfactual = denied.structured_content["counterfactual"]
+        suggestion = counterfactual["suggested_rule"]
+        assert suggestion["model"] == "gpt-4o" and suggestion["allow_tools"] == ["calendar.add"]
+        assert "expires" in suggestion and counterfactual["review"]["auto_approvable"] is True
+        assert "the guardrails would approve this rule at once" in text_of(denied)
+        snippet = yaml.safe_dump({"rules": [suggestion]})  # the suggestion, exactly as given
         proposed = await client.call_tool(
             "propose_policy", {"yaml": snippet, "justification": "I need to add numbers for the user"}
         )

@@ -15,6 +15,7 @@ from negotiation.review import NegotiationService
 from negotiation.signing import Ed25519Signer, Ed25519Verifier, generate_ed25519_keypair
 from negotiation.store import SqliteProposalStore
 from policy import KeyRing, load_model_keys_text
+from policy.audit_event import EVENT_TYPES
 
 NOW = datetime(2030, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -127,6 +128,7 @@ def make_world(
     events: list[tuple[str, dict[str, Any]]] = []
 
     def audit(kind: str, payload: Mapping[str, Any]) -> None:
+        assert kind in EVENT_TYPES, f"`{kind}` is not an audit event type the log accepts"
         events.append((kind, dict(payload)))
 
     tools = tuple(known_tools)

@@ -164,7 +164,7 @@ async def test_review_through_the_api_merges_and_get_policy_shows_the_signed_ver
     assert detail["snippet"] == WIDE and detail["proposer"] == "gpt-4o"
     assert detail["justification"] == "cleanup"
     assert any(v["code"] == "outside_envelope" for v in detail["verdicts"])
-    assert {"model": "gpt-4o", "tool": "fs.delete", "change": "wider", "detail": "newly allowed"} in detail[
+    assert {"model": "gpt-4o", "tool": "fs.delete", "change": "wider", "detail": "granted with no expiry"} in detail[
         "current_diff"
     ]
     assert approved.status_code == 200 and approved.json()["status"] == "merged"
@@ -173,8 +173,8 @@ async def test_review_through_the_api_merges_and_get_policy_shows_the_signed_ver
     assert policy["version"] == 2
     assert policy["digest"] == world.live.current.policy.digest
     assert policy["contract"]["proposal_id"] == proposed["proposal_id"]
-    assert policy["contract"]["signature"] and "gpt-writes" in policy["yaml"]
-    assert any(rule["id"] == "gpt-writes" for rule in policy["policy"]["rules"])
+    assert policy["contract"]["signature"] and "fs.delete" in policy["yaml"]
+    assert any(rule.get("allow_tools") == ["fs.delete"] for rule in policy["policy"]["rules"])
 
 
 async def test_reject_through_the_api(tmp_path: Path) -> None:

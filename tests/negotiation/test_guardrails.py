@@ -1,13 +1,21 @@
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from negotiation.guardrails import GuardrailConfig, glob_within
+from negotiation import guardrails
+from negotiation.guardrails import (
+    GuardrailConfig,
+    glob_within,
+    globs_overlap,
+    linear_regex_engine,
+    unsupported_fields,
+)
+from policy import Policy, Rule
 from tests.negotiation.support import CONFIG, in_hours, make_world
 
 CASES: list[dict[str, Any]] = yaml.safe_load((Path(__file__).parent / "cases" / "guardrails.yaml").read_text())
@@ -20,6 +28,8 @@ def _snippet(case: dict[str, Any]) -> str:
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
 def test_guardrail_decision_table(tmp_path: Path, case: dict[str, Any]) -> None:
+    if case.get("needs_backtracking_regex") and linear_regex_engine():
+        pytest.skip("policy regexes run on RE2 here: a regex condition is safe to auto-approve")
     world = make_world(tmp_path)
     before = world.live.current.version
 
@@ -32,7 +42,9 @@ def test_guardrail_decision_table(tmp_path: Path, case: dict[str, Any]) -> None:
     assert set(case["codes"]) <= failing, outcome.verdicts
     if case["status"] == "approved":
         assert not failing
-        assert world.live.current.version == before + 1
+        assert world.live.current.version == before + (0 if case.get("merges_nothing") else 1)
+        ids = {rule.id for rule in world.live.current.policy.rules}
+        assert "operator-freeze" not in ids
     else:
         assert world.live.current.version == before, "a refused or pending proposal changed the policy"
     if "message_contains" in case:
@@ -96,10 +108,14 @@ def test_an_already_expired_grant_widens_nothing(tmp_path: Path) -> None:
     world = make_world(tmp_path)
     snippet = f"rules:\n  - model: gpt-4o\n    allow_tools: [fs.delete]\n    expires: {in_hours(-1)}\n"
 
+    before = world.live.current.version
+
     outcome = world.service.propose("gpt-4o", snippet, "stale")
 
     assert outcome.diff == ()
     assert outcome.status == "approved"
+    assert "already_expired" in {v.code for v in outcome.verdicts}
+    assert world.live.current.version == before
 
 
 def test_the_verdict_messages_name_the_offending_rule(tmp_path: Path) -> None:
@@ -160,3 +176,115 @@ def test_many_findings_of_one_code_are_capped(tmp_path: Path) -> None:
     scoped = [v for v in outcome.verdicts if v.code == "beyond_key_scope"]
     assert len(scoped) == 21
     assert scoped[-1].message == "… and 10 more `beyond_key_scope` findings"
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "overlap"),
+    [
+        ("a*", "*b", True),
+        ("db.write_*", "db.write_sensitive", True),
+        ("db.read", "db.write_sensitive", False),
+        ("search.?", "search.ab", False),
+        ("search.??", "*.ab", True),
+        ("x*y", "x?", True),
+        ("x*y", "z*", False),
+        ("*", "", True),
+        ("?", "", False),
+        ("calendar.list_*", "calendar.add", False),
+    ],
+)
+def test_globs_overlap_exactly_when_some_name_matches_both(a: str, b: str, overlap: bool) -> None:
+    assert globs_overlap(a, b) is overlap
+    assert globs_overlap(b, a) is overlap
+
+
+@dataclass(frozen=True)
+class _FutureRule(Rule):
+    ask_tools: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        body = super().to_dict()
+        if self.ask_tools:
+            body["ask_tools"] = list(self.ask_tools)
+        return body
+
+
+def test_a_rule_field_the_guardrails_do_not_know_sends_the_proposal_to_review(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world = make_world(tmp_path)
+    real = guardrails.load_policy_text
+
+    def with_future_field(text: str, source: str, **kwargs: Any) -> Policy:
+        loaded = real(text, source, **kwargs)
+        rules = [_FutureRule(**{f.name: getattr(r, f.name) for f in fields(r)}, ask_tools=("p.*",))
+                 for r in loaded.rules]
+        return Policy.from_rules(rules)
+
+    monkeypatch.setattr(guardrails, "load_policy_text", with_future_field)
+    snippet = f"rules:\n  - model: gpt-4o\n    allow_tools: [search.query]\n    expires: {in_hours(2)}\n"
+
+    outcome = world.service.propose("gpt-4o", snippet, "prompts too")
+
+    assert outcome.status == "pending"
+    unsupported = [v for v in outcome.verdicts if v.code == "unsupported_field"]
+    assert unsupported and "`ask_tools`" in unsupported[0].message
+    assert unsupported_fields(_FutureRule.build(models=["a"]), frozenset()) == []
+
+
+@pytest.mark.parametrize("field", ["allow_prompts", "allow_resources", "deny_prompts", "deny_resources"])
+def test_prompt_and_resource_rules_are_not_auto_approved(tmp_path: Path, field: str) -> None:
+    world = make_world(tmp_path)
+    snippet = f"rules:\n  - model: gpt-4o\n    {field}: [\"search.*\"]\n    expires: {in_hours(2)}\n"
+
+    outcome = world.service.propose("gpt-4o", snippet, "prompts too")
+
+    assert outcome.status == "pending"
+    assert any(v.code == "unsupported_field" and f"`{field}`" in v.message for v in outcome.verdicts)
+
+
+LIMITED = """\
+rules:
+  - id: docs-only
+    model: gpt-4o
+    allow_tools: [fs.read]
+    when: {path: {under: /srv/docs}}
+  - id: capped
+    model: gpt-4o
+    allow_tools: [search.query]
+    max_risk: 0.2
+"""
+
+
+@pytest.mark.parametrize(
+    ("rule", "dropped"),
+    [
+        ("allow_tools: [fs.read]", "path under /srv/docs"),
+        ("allow_tools: ['fs.*']", "path under /srv/docs"),
+        ("allow_tools: [search.query]", "max_risk 0.2"),
+        ("allow_tools: [search.query]\n    max_risk: 0.5", "max_risk 0.2"),
+    ],
+)
+def test_a_grant_that_drops_the_operators_limits_on_the_same_tool_waits(
+    tmp_path: Path, rule: str, dropped: str
+) -> None:
+    world = make_world(tmp_path, policy=LIMITED)
+    snippet = f"rules:\n  - model: gpt-4o\n    {rule}\n    expires: {in_hours(2)}\n"
+
+    outcome = world.service.propose("gpt-4o", snippet, "same tool, fewer limits")
+
+    assert outcome.status == "pending"
+    limits = [v for v in outcome.verdicts if v.code == "drops_live_limits"]
+    assert limits and f"`{dropped}`" in limits[0].message
+
+
+def test_a_grant_that_keeps_the_operators_limits_is_auto_approved(tmp_path: Path) -> None:
+    world = make_world(tmp_path, policy=LIMITED)
+    snippet = (
+        "rules:\n  - model: gpt-4o\n    allow_tools: [fs.read]\n"
+        f"    when: {{path: {{under: /srv/docs}}, n: {{max: 3}}}}\n    expires: {in_hours(2)}\n"
+    )
+
+    outcome = world.service.propose("gpt-4o", snippet, "narrower still")
+
+    assert outcome.status == "approved", outcome.verdicts

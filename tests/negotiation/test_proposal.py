@@ -48,7 +48,6 @@ def test_final_states_go_nowhere(final: ProposalStatus) -> None:
     ("start", "to"),
     [
         (ProposalStatus.PENDING, ProposalStatus.MERGED),
-        (ProposalStatus.APPROVED, ProposalStatus.REJECTED),
         (ProposalStatus.APPROVED, ProposalStatus.EXPIRED),
         (ProposalStatus.REJECTED, ProposalStatus.APPROVED),
         (ProposalStatus.EXPIRED, ProposalStatus.APPROVED),

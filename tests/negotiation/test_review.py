@@ -40,9 +40,12 @@ def test_an_auto_approved_grant_is_merged_signed_and_live_at_once(tmp_path: Path
         "proposal.validated",
         "proposal.auto_reviewed",
         "proposal.approved",
+        "proposal.merge_intent",
         "proposal.merged",
         "policy.activated",
     ]
+    intent = world.events_of("proposal.merge_intent")[0]
+    assert intent["digest"] == after.policy.digest and intent["base_version"] == before.version
     activated = world.events_of("policy.activated")[0]
     assert activated["yaml"] == SAFE
     assert activated["justification"] == "need search for research"
@@ -71,7 +74,7 @@ def test_a_widening_waits_then_an_approval_merges_it_as_a_new_signed_version(tmp
     assert world.live.current.version == version + 1
     assert could_allow(world.live.current.policy, world.keys, "gpt-4o", "fs.delete", now=world.clock())
     assert world.repo.verify_chain().ok
-    assert world.types()[-3:] == ["proposal.approved", "proposal.merged", "policy.activated"]
+    assert world.types()[-4:] == ["proposal.approved", "proposal.merge_intent", "proposal.merged", "policy.activated"]
     assert world.events_of("proposal.merged")[0]["contract"]["signature"] == merged.contract["signature"]
 
 
@@ -189,7 +192,8 @@ def test_approval_merges_into_the_policy_live_now_not_the_one_proposed_against(t
 
     live = world.live.current
     assert live.version == 3
-    assert {"gpt-writes", "gpt-writes-docs"} <= {rule.id for rule in live.policy.rules}
+    granted = {tool for rule in live.policy.rules for tool in rule.allow_tools}
+    assert {"fs.delete", "docs.write"} <= granted
 
 
 def test_an_approval_that_no_longer_applies_is_refused_and_stays_pending(tmp_path: Path) -> None:
@@ -215,7 +219,11 @@ def test_a_proposer_without_can_propose_is_rejected_and_audited(tmp_path: Path) 
     assert outcome.status == "rejected"
     assert [v.code for v in outcome.verdicts] == ["model_not_authorized"]
     rejected = world.events_of("proposal.rejected")
-    assert rejected and rejected[0]["model_id"] == "intern" and rejected[0]["yaml"] == SAFE
+    assert rejected and rejected[0]["model_id"] == "intern"
+    # Refused before it was read: only the digest and size are kept, never the payload.
+    assert SAFE not in rejected[0]["yaml"] and rejected[0]["size"] == len(SAFE) + len("please")
+    assert rejected[0]["original_digest"] in rejected[0]["yaml"]
+    assert world.types() == ["proposal.rejected"]
 
 
 @pytest.mark.parametrize(

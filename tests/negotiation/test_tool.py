@@ -33,7 +33,7 @@ def test_an_approved_proposal_is_a_successful_tool_result(tmp_path: Path) -> Non
     assert structured["proposal_id"].startswith("prop_")
     assert {"code", "ok", "message"} <= set(structured["verdicts"][0])
     assert structured["diff"] == [
-        {"model": "gpt-4o", "tool": "search.query", "change": "wider", "detail": "newly allowed"}
+        {"model": "gpt-4o", "tool": "search.query", "change": "wider", "detail": "granted until 2030-06-01T14:00:00Z"}
     ]
     text = result["content"][0]["text"]
     assert result["content"][0]["type"] == "text"

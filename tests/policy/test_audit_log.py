@@ -104,7 +104,7 @@ def test_the_head_sidecar_names_the_last_event_after_each_append(tmp_path: Path)
         for n in range(3):
             written = log.append(started(n))
             assert read_head(path) == Head(written["seq"], written["hash"]) == log.head
-    assert len(head_path(path).read_bytes()) == 160
+    assert len(head_path(path).read_bytes()) == 512
 
 
 def test_reopening_continues_the_chain(tmp_path: Path) -> None:

@@ -295,6 +295,7 @@ def test_problem_codes_are_the_documented_set() -> None:
     assert set(PROBLEMS) == {
         "invalid_json", "schema", "hash_mismatch", "seq_gap", "reordered", "chain_break",
         "truncated", "head_missing", "head_mismatch", "anchor_mismatch",
+        "head_unsigned", "head_forged", "checkpoint_invalid",
     }  # fmt: skip
 
 

@@ -11,6 +11,9 @@ optional ``now``, optional named ``schemas``, and ``cases``. Each case names a `
 * ``trace`` - entries that must appear in the rule trace (only the keys given are compared);
 * ``findings`` - the exact ``[code, kind]`` pairs found in the arguments;
 * ``suggested_rule`` - whether the counterfactual carries a suggested rule.
+
+A case may set ``kind: prompt`` (``tool`` is then ``server.prompt``) or ``kind: resource``
+with ``server`` and ``uri`` (the arguments become ``{uri: ...}``).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import pytest
 import yaml
 
 from policy import CallRequest, evaluate, load_model_keys_text, load_policy_text
+from policy.model import CONDITION_OPS
 
 from .policy_support import NOW
 
@@ -47,6 +51,21 @@ def test_the_corpus_is_not_empty_and_names_are_unique() -> None:
     assert len(ids) == len(set(ids))
 
 
+def test_every_operator_is_tabled_against_every_json_type() -> None:
+    table = yaml.safe_load((CASES_DIR / "operand_types.yaml").read_text(encoding="utf-8"))
+    ops = {
+        next(iter(rule["when"]["v"])): rule["deny_tools"][0]
+        for rule in table["policy"]["rules"]
+        if "when" in rule and "v" in rule["when"]
+    }
+    assert set(ops) == set(CONDITION_OPS)
+    kinds = {"string", "number", "bool", "null", "array", "object", "missing"}
+    for op, tool in ops.items():
+        cases = [case["name"] for case in table["cases"] if case["tool"] == tool]
+        named = {name.removeprefix(tool[2:] + "_").split("_")[0] for name in cases}
+        assert kinds <= named, (op, kinds - named)
+
+
 @pytest.mark.parametrize(("table", "case"), CASES)
 def test_case(table: dict[str, Any], case: dict[str, Any]) -> None:
     policy = load_policy_text(yaml.safe_dump(table["policy"]), "policies.yaml")
@@ -55,8 +74,13 @@ def test_case(table: dict[str, Any], case: dict[str, Any]) -> None:
     schema = case.get("input_schema")
     if isinstance(schema, str):
         schema = table["schemas"][schema]
-    server, _, tool = case["tool"].partition(".")
-    request = CallRequest(case.get("model", "gpt-4o"), server, tool, case.get("arguments", {}), schema)
+    kind = case.get("kind", "tool")
+    if kind == "resource":
+        server, tool, arguments = case["server"], case["uri"], {"uri": case["uri"]}
+    else:
+        server, _, tool = case["tool"].partition(".")
+        arguments = case.get("arguments", {})
+    request = CallRequest(case.get("model", "gpt-4o"), server, tool, arguments, schema, kind)
     decision = evaluate(request, policy, keys, now=now)
     expect = case["expect"]
     summary = decision.to_dict()

@@ -124,14 +124,15 @@ def test_every_error_in_the_file_is_listed_in_file_order() -> None:
     )
     assert errors_of(text) == [
         "policies.yaml:4:5: rules[0].colour: unknown key; expected one of: id, description, model, "
-        "allow_tools, deny_tools, when, reason, expires, max_risk",
+        "allow_tools, deny_tools, allow_prompts, deny_prompts, allow_resources, deny_resources, "
+        "when, reason, expires, max_risk",
         "policies.yaml:5:5: rules[1].model: expected a model id or a list of them, got int",
         "policies.yaml:7:19: rules[1].when.path.under: expected an absolute path such as `/srv/docs`, "
         "got `relative/dir`",
-        "policies.yaml:7:40: rules[1].when.path.regex: invalid regex `(`: missing ), unterminated subpattern "
-        "at position 0",
+        "policies.yaml:7:40: rules[1].when.path.regex: invalid regex `(`: RE2 cannot compile it: "
+        "missing ): (",
         "policies.yaml:8:12: settings.deny_risk_above: expected a number between 0 and 1, got `2`",
-        "policies.yaml:8:32: settings.extra: unknown key; expected one of: deny_risk_above",
+        "policies.yaml:8:32: settings.extra: unknown key; expected one of: deny_risk_above, require_rules_for",
     ]
 
 
@@ -142,8 +143,10 @@ def test_str_of_a_load_error_is_one_line_per_issue() -> None:
     lines = str(caught.value).splitlines()
     assert lines == [str(issue) for issue in caught.value.errors]
     assert lines == [
-        "policies.yaml:2:5: rules[0]: a rule needs `allow_tools` or `deny_tools`",
-        "policies.yaml:3:5: rules[1]: a rule needs `allow_tools` or `deny_tools`",
+        "policies.yaml:2:5: rules[0]: a rule needs `allow_tools` or `deny_tools` "
+        "(or `allow_prompts`, `deny_prompts`, `allow_resources`, `deny_resources`)",
+        "policies.yaml:3:5: rules[1]: a rule needs `allow_tools` or `deny_tools` "
+        "(or `allow_prompts`, `deny_prompts`, `allow_resources`, `deny_resources`)",
     ]
 
 
@@ -163,7 +166,8 @@ def test_load_issue_renders_source_line_col_key_message() -> None:
         (
             "rules:\n  - model: a\n    deny_tool: [x]\n",
             "policies.yaml:3:5: rules[0].deny_tool: unknown key; expected one of: id, description, model, "
-            "allow_tools, deny_tools, when, reason, expires, max_risk",
+            "allow_tools, deny_tools, allow_prompts, deny_prompts, allow_resources, deny_resources, "
+        "when, reason, expires, max_risk",
         ),
     ],
 )
@@ -206,7 +210,8 @@ def test_expires_accepts_quoted_iso_strings_and_offsets_and_stores_utc() -> None
 
 def test_max_risk_only_applies_to_allow_rules_and_must_be_a_fraction() -> None:
     assert errors_of("rules:\n  - model: a\n    deny_tools: [x]\n    max_risk: 0.5\n") == [
-        "policies.yaml:4:5: rules[0].max_risk: `max_risk` only applies to rules with `allow_tools`"
+        "policies.yaml:4:5: rules[0].max_risk: `max_risk` only applies to rules with `allow_tools` "
+        "(or `allow_prompts`, `allow_resources`)"
     ]
     assert errors_of("rules:\n  - model: a\n    allow_tools: [x]\n    max_risk: 1.5\n") == [
         "policies.yaml:4:5: rules[0].max_risk: expected a number between 0 and 1, got `1.5`"
@@ -365,3 +370,39 @@ def test_policy_rejects_duplicate_rule_ids_when_built_in_code() -> None:
     rule = Rule.build(id="a", models=["m"], allow_tools=["x"])
     with pytest.raises(PolicyError, match="duplicate rule id `a`"):
         Policy.from_rules([rule, rule])
+
+
+def test_prompt_and_resource_lists_load_and_keep_old_digests_unchanged() -> None:
+    old = load("rules:\n  - id: a\n    model: m\n    allow_tools: [x.y]\n")
+    assert "allow_prompts" not in old.rules[0].to_dict() and old.canonical()["settings"] == {}
+    policy = load(
+        "rules:\n"
+        "  - id: p\n    model: m\n    allow_prompts: [calendar.greet]\n    deny_resources: ['raw://*']\n"
+        "settings:\n  require_rules_for: [resources, prompts]\n"
+    )
+    (rule,) = policy.rules
+    assert rule.allow_prompts == ("calendar.greet",) and rule.deny_resources == ("raw://*",)
+    assert rule.to_dict() == {"id": "p", "model": "m", "allow_prompts": ["calendar.greet"], "deny_resources": ["raw://*"]}
+    assert policy.settings.require_rules_for == ("prompts", "resources")
+    assert load(dump_policy_yaml(policy)).digest == policy.digest
+
+
+def test_require_rules_for_names_only_prompts_or_resources() -> None:
+    assert errors_of("rules: []\nsettings:\n  require_rules_for: [tools, prompts]\n") == [
+        "policies.yaml:3:23: settings.require_rules_for[0]: expected `prompts` or `resources`, got `tools`"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "detail"),
+    [
+        ("(?=x)", "invalid perl operator: (?="),
+        ("(a)\\1", "invalid escape sequence: \\1"),
+        ("a{1001}", "invalid repetition size: {1001}"),
+    ],
+)
+def test_patterns_re2_cannot_compile_are_load_errors_with_their_location(pattern: str, detail: str) -> None:
+    text = f"rules:\n  - model: m\n    deny_tools: [x.*]\n    when: {{q: {{regex: '{pattern}'}}}}\n"
+    (error,) = errors_of(text)
+    assert error.startswith("policies.yaml:4:16: rules[0].when.q.regex: invalid regex")
+    assert detail in error

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import load_config, parse_config
+from proxy.config import exposure_warnings, load_config, parse_config
 from proxy.errors import ConfigError
 
 
@@ -117,3 +117,56 @@ def test_decision_meta_is_full_by_default_and_checked(tmp_path: Path) -> None:
     assert parse_config({"gateway": {"decision_meta": "compact"}}, tmp_path / "g.toml").decision_meta == "compact"
     assert "gateway.decision_meta: must be one of full, compact" in problems(
         {"gateway": {"decision_meta": "tiny"}}, tmp_path)[0]
+
+
+def _minimal(**tables: dict) -> dict:
+    return {"gateway": {"listen": "stdio"}, "policy": {"file": "p.yaml", "model_keys": "k.yaml"}, **tables}
+
+
+def test_audit_checkpoint_keys_parse_and_default_to_signing_with_the_policy_key(tmp_path: Path) -> None:
+    config = parse_config(_minimal(), tmp_path / "gateway.toml")
+    assert config.audit.signing == "auto" and config.audit.checkpoint_every == 1000
+    assert config.audit.checkpoint_file is None and config.audit.checkpoint_log is False
+    config = parse_config(
+        _minimal(audit={"signing": "hmac", "hmac_key_env": "K", "checkpoint_every": 0,
+                        "checkpoint_file": "anchor/cp.jsonl", "checkpoint_log": True}),
+        tmp_path / "gateway.toml",
+    )
+    assert config.audit.signing == "hmac" and config.audit.hmac_key_env == "K"
+    assert config.audit.checkpoint_file == tmp_path / "anchor" / "cp.jsonl"
+    found = problems(_minimal(audit={"signing": "sometimes", "checkpoint_every": -1}), tmp_path)
+    assert any("audit.signing: must be one of auto, policy, hmac, off" in p for p in found)
+    assert any("audit.checkpoint_every: must be at least 0" in p for p in found)
+
+
+def test_policy_high_water_file_is_a_path(tmp_path: Path) -> None:
+    raw = _minimal()
+    raw["policy"]["high_water_file"] = "/var/lib/sg/hw.json"
+    assert parse_config(raw, tmp_path / "gateway.toml").policy.high_water_file == Path("/var/lib/sg/hw.json")
+
+
+@pytest.mark.parametrize(
+    ("listen", "loopback"),
+    [("http://127.0.0.1:1/mcp", True), ("http://127.5.5.5:1/mcp", True), ("http://localhost:1/mcp", True),
+     ("http://[::1]:1/mcp", True), ("http://0.0.0.0:1/mcp", False), ("http://10.1.2.3:1/mcp", False),
+     ("http://gateway.internal:1/mcp", False), ("http://[::]:1/mcp", False), ("stdio", True)],
+)  # fmt: skip
+def test_listen_loopback_is_decided_by_address(tmp_path: Path, listen: str, loopback: bool) -> None:
+    config = parse_config({**_minimal(), "gateway": {"listen": listen}}, tmp_path / "gateway.toml")
+    assert config.listen.loopback is loopback
+    warnings = exposure_warnings(config)
+    assert bool(warnings) is not loopback
+    if warnings:
+        assert listen in warnings[0] and "not a loopback address" in warnings[0]
+
+
+def test_a_non_loopback_admin_listen_needs_allow_remote_and_is_then_a_warning(tmp_path: Path) -> None:
+    found = problems(_minimal(admin={"listen": "http://0.0.0.0:8081"}), tmp_path)
+    assert found == [
+        "gateway.toml: admin.listen: `http://0.0.0.0:8081` is reachable from other machines; the admin API "
+        "approves policy, so a non-loopback listen needs `allow_remote = true` in [admin]"
+    ]
+    remote = {"listen": "http://0.0.0.0:8081", "allow_remote": True, "allowed_hosts": ["admin.example:8081"]}
+    config = parse_config(_minimal(admin=remote), tmp_path / "gateway.toml")
+    assert config.admin.allow_remote and config.admin.allowed_hosts == ("admin.example:8081",)
+    assert [w for w in exposure_warnings(config) if w.startswith("admin.listen")]

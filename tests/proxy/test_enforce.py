@@ -44,8 +44,11 @@ def test_summary_shows_only_matched_rules_and_none_hides_the_trace() -> None:
 
 def test_a_denial_is_a_tool_error_naming_the_reason_and_the_decision_id() -> None:
     decision = denied()
+    full = denial_result(decision, "full")
+    assert full["isError"] is True and decision.reason in full["content"][0]["text"]
     result = denial_result(decision, "none")
     assert result["isError"] is True
     assert result["structuredContent"]["decision_id"] == decision.decision_id
-    assert decision.reason in result["content"][0]["text"]
+    assert "Denied: denied by policy" in result["content"][0]["text"]
     assert result["structuredContent"]["rule_trace"] == []
+    assert "no-web" not in str(result)

@@ -1,0 +1,166 @@
+"""policy.audit_checkpoint: signed checkpoints make a cut-off tail fail verification."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from pathlib import Path
+from typing import Any
+
+from policy.audit_checkpoint import Checkpoint, CheckpointFile, read_checkpoint_file, sign_checkpoint
+from policy.audit_event import event, event_hash
+from policy.audit_log import SIGNED_HEAD_SCHEMA, JsonlAuditLog, head_path, read_head_record
+from policy.audit_verify import verify_log
+
+
+class Hmac:
+    """A test-local HMAC signer/verifier with the shape of negotiation.signing's."""
+
+    algorithm = "hmac-sha256"
+
+    def __init__(self, secret: bytes) -> None:
+        self._secret = secret
+        self.key_id = hashlib.sha256(secret).hexdigest()[:16]
+
+    def sign(self, data: bytes) -> str:
+        return base64.b64encode(hmac.digest(self._secret, data, "sha256")).decode("ascii")
+
+    def verify(self, data: bytes, signature: str, key_id: str, algorithm: str) -> bool:
+        return algorithm == self.algorithm and key_id == self.key_id and hmac.compare_digest(signature, self.sign(data))
+
+
+KEY = Hmac(b"a secret held apart from the log")
+OTHER = Hmac(b"the attacker's own secret value")
+
+
+def write(path: Path, count: int, *, every: int = 5, sinks: tuple[Any, ...] = ()) -> None:
+    with JsonlAuditLog(path, fsync=False, signer=KEY, verifier=KEY, checkpoint_every=every, sinks=sinks) as log:
+        for n in range(count):
+            log.append(event("gateway.started", n=n))
+
+
+def events(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def truncate_to(path: Path, seq: int) -> dict[str, Any]:
+    """Cut the log after ``seq`` and return that event."""
+    kept = [line for line in path.read_bytes().splitlines() if json.loads(line)["seq"] <= seq]
+    path.write_bytes(b"".join(line + b"\n" for line in kept))
+    return json.loads(kept[-1])
+
+
+def forge_unsigned_sidecar(path: Path, last: dict[str, Any]) -> None:
+    record = {"schema": "securegateway.audit-head/1", "seq": last["seq"], "hash": last["hash"]}
+    head_path(path).write_bytes(json.dumps(record).encode().ljust(511) + b"\n")
+
+
+def test_the_sidecar_carries_a_signed_checkpoint_of_the_head(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write(path, 3)
+    record = read_head_record(path)
+    assert not isinstance(record, str) and record is not None
+    assert record.checkpoint is not None and record.checkpoint.verify(KEY)
+    assert not record.checkpoint.verify(OTHER)
+    assert json.loads(head_path(path).read_bytes())["schema"] == SIGNED_HEAD_SCHEMA
+    report = verify_log(path, verifier=KEY)
+    assert report.ok, report.message
+    assert "signed up to seq" in report.message
+
+
+def test_checkpoint_events_are_written_every_n_events_and_on_close(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write(path, 12, every=5)
+    stored = events(path)
+    checkpoints = [e for e in stored if e["type"] == "audit.checkpoint"]
+    # after seq 5, after seq 11 (5 more, counting the first checkpoint), and on close
+    assert [c["checkpoint"]["seq"] for c in checkpoints] == [5, 11, 14]
+    for c in checkpoints:
+        assert c["checkpoint"]["seq"] == c["seq"] - 1
+        assert c["checkpoint"]["hash"] == c["prev_hash"]
+    assert verify_log(path, verifier=KEY).checkpointed == stored[-1]["seq"]
+
+
+def test_truncation_with_a_rewritten_unsigned_sidecar_fails_naming_the_gap(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write(path, 12, every=5)
+    last = truncate_to(path, 9)
+    forge_unsigned_sidecar(path, last)
+    assert verify_log(path).ok  # without the key the forgery is invisible: what signing is for
+    report = verify_log(path, verifier=KEY)
+    assert not report.ok and report.first_bad is not None
+    assert report.first_bad.problem == "head_unsigned"
+    assert "the log ends at seq 9" in report.message and "last signed checkpoint in the log is seq 5" in report.message
+
+
+def test_a_sidecar_signed_with_another_key_is_forged(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write(path, 8, every=5)
+    last = truncate_to(path, 7)
+    forged = sign_checkpoint(OTHER, last["seq"], last["hash"]).to_dict()
+    record = {"schema": SIGNED_HEAD_SCHEMA, "seq": last["seq"], "hash": last["hash"], "checkpoint": forged}
+    head_path(path).write_bytes(json.dumps(record).encode().ljust(511) + b"\n")
+    report = verify_log(path, verifier=KEY)
+    assert report.first_bad is not None and report.first_bad.problem == "head_forged"
+
+
+def test_reopening_after_a_forged_truncation_records_it_for_good(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write(path, 12, every=5)
+    forge_unsigned_sidecar(path, truncate_to(path, 9))
+    write(path, 2)  # the gateway restarts and keeps writing
+    recovered = [e for e in events(path) if e["type"] == "audit.recovered"]
+    assert [e["reason"] for e in recovered] == ["head_unsigned"]
+    report = verify_log(path, verifier=KEY)
+    assert report.first_bad is not None and report.first_bad.problem == "head_unsigned"
+    assert "events after seq 5 may have been cut off" in report.message
+
+
+def test_a_replayed_old_signed_sidecar_is_caught_by_the_checkpoint_file(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    anchor = tmp_path / "elsewhere" / "checkpoints.jsonl"
+    write(path, 4, every=5, sinks=(CheckpointFile(anchor, fsync=False),))
+    old_sidecar = head_path(path).read_bytes()  # the attacker keeps a copy of a valid head
+    write(path, 10, every=5, sinks=(CheckpointFile(anchor, fsync=False),))
+    truncate_to(path, 5)
+    head_path(path).write_bytes(old_sidecar)
+    assert verify_log(path, verifier=KEY).ok  # a genuine signed head, replayed: needs the anchor
+    checkpoints, problems = read_checkpoint_file(anchor)
+    assert problems == [] and checkpoints
+    report = verify_log(path, verifier=KEY, checkpoints=checkpoints)
+    assert report.first_bad is not None and report.first_bad.problem == "truncated"
+    newest = max(c.seq for c in checkpoints)
+    assert f"events 6 to {newest} are missing" in report.message
+
+
+def test_a_chain_rebuilt_without_the_key_fails_at_its_first_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write(path, 7, every=5)
+    stored = events(path)
+    # Rewrite event 2 and recompute every later hash, checkpoints re-signed with another key.
+    previous = None
+    rebuilt: list[bytes] = []
+    for item in stored:
+        if item["seq"] == 2:
+            item["n"] = 999
+        if previous is not None:
+            item["prev_hash"] = previous
+        if item["type"] == "audit.checkpoint":
+            item["checkpoint"] = sign_checkpoint(OTHER, item["seq"] - 1, item["prev_hash"]).to_dict()
+        item.pop("hash")
+        item["hash"] = event_hash(item)
+        previous = item["hash"]
+        rebuilt.append(json.dumps(item, sort_keys=True, separators=(",", ":")).encode() + b"\n")
+    path.write_bytes(b"".join(rebuilt))
+    report = verify_log(path, verifier=KEY)
+    assert report.first_bad is not None and report.first_bad.problem == "checkpoint_invalid"
+    assert report.first_bad.seq == 6
+
+
+def test_checkpoint_from_dict_refuses_malformed_records() -> None:
+    good = sign_checkpoint(KEY, 3, "sha256:" + "a" * 64).to_dict()
+    assert Checkpoint.from_dict(good) is not None
+    for broken in ({**good, "seq": True}, {**good, "signature": ""}, {**good, "schema": "x"}, [], None):
+        assert Checkpoint.from_dict(broken) is None

@@ -1,0 +1,218 @@
+"""The audit log keeps no secret: every detected kind, in every encoding, anywhere in an event.
+
+Invariant: for a generated secret of any kind the scanners know, embedded in tool arguments,
+in a tool-result event, in proposal text, or as a value under a sensitive key that a schema
+violation message quotes back, and written plain, JSON-escaped (once or twice, ``\\r\\n``
+line ends), URL-encoded (``%20`` or ``+``), no line of the audit file contains the secret
+or any 12-character fragment of its secret part.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, quote_plus
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from policy.audit_event import decision_event, event
+from policy.audit_log import JsonlAuditLog
+from policy.redact import mask_text, redact_text
+from policy.schema import check_arguments
+from policy.secrets import SECRET_KINDS
+
+FRAGMENT = 12
+ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+B64 = ALNUM + "+/"
+B64URL = ALNUM + "_-"
+
+
+def _chars(alphabet: str, low: int, high: int) -> st.SearchStrategy[str]:
+    # Two distinct characters at least: one repeated character is a placeholder, not a secret.
+    return st.text(alphabet, min_size=low, max_size=high).filter(lambda s: len(set(s)) > 2)
+
+
+def _pem() -> st.SearchStrategy[tuple[str, str, str]]:
+    def build(label: str, body: str) -> tuple[str, str, str]:
+        lines = "\n".join(body[i : i + 64] for i in range(0, len(body), 64))
+        return "private_key", f"-----BEGIN {label}PRIVATE KEY-----\n{lines}\n-----END {label}PRIVATE KEY-----\n", body
+
+    return st.builds(build, st.sampled_from(["", "RSA ", "EC ", "OPENSSH "]), _chars(B64, 64, 300))
+
+
+def _plain(kind: str, prefix: str, alphabet: str, low: int, high: int) -> st.SearchStrategy[tuple[str, str, str]]:
+    return _chars(alphabet, low, high).map(lambda body: (kind, prefix + body, body))
+
+
+_KINDS: dict[str, st.SearchStrategy[tuple[str, str, str]]] = {
+    "private_key": _pem(),
+    "aws_access_key": _plain("aws_access_key", "AKIA", "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", 16, 16),
+    "google_api_key": _plain("google_api_key", "AIza", B64URL, 35, 35),
+    "github_token": st.one_of(
+        _plain("github_token", "ghp_", ALNUM, 36, 60), _plain("github_token", "github_pat_", ALNUM + "_", 22, 60)
+    ),
+    "anthropic_key": _plain("anthropic_key", "sk-ant-", B64URL, 20, 80),
+    "openai_key": st.one_of(
+        _plain("openai_key", "sk-proj-", B64URL, 20, 80), _plain("openai_key", "sk-", ALNUM, 20, 60)
+    ),
+    "slack_token": _plain("slack_token", "xoxb-", ALNUM + "-", 10, 60),
+    "jwt": st.builds(
+        lambda a, b, c: ("jwt", f"eyJ{a}.{b}.{c}", f"{a}.{b}.{c}"),
+        _chars(B64URL, 12, 40), _chars(B64URL, 12, 60), _chars(B64URL, 12, 40),
+    ),
+    "bearer_token": _chars(ALNUM + "-._~+/", 12, 60).map(lambda t: "7" + t).map(
+        lambda token: ("bearer_token", f"Authorization: Bearer {token}", token)
+    ),
+    "generic_api_key": st.builds(
+        lambda form, value: ("generic_api_key", form.format(value), value),
+        st.sampled_from(['password = "{}"', "api_key: {}", '"client_secret": "{}"', "DB_PASSWORD={}", "token={}"]),
+        _chars(ALNUM, 12, 40),
+    ),
+}
+assert set(_KINDS) == set(SECRET_KINDS), "a new secret kind needs a generator here"
+
+ENCODINGS: dict[str, Callable[[str], str]] = {
+    "plain": lambda s: s,
+    "json": lambda s: json.dumps(s)[1:-1],
+    "json_twice": lambda s: json.dumps(json.dumps(s))[1:-1],
+    "crlf_json": lambda s: json.dumps(s.replace("\n", "\r\n"))[1:-1],
+    "json_document": lambda s: json.dumps({"type": "service_account", "blob": s}),
+    "url": lambda s: quote(s, safe=""),
+    "url_form": lambda s: quote_plus(s, safe=""),
+    "url_of_json": lambda s: quote(json.dumps(s)[1:-1], safe=""),
+    "json_unicode": lambda s: s.replace("-", "\\u002d").replace("\n", "\\n"),
+}
+
+secrets_ = st.sampled_from(sorted(_KINDS)).flatmap(lambda kind: _KINDS[kind])
+encodings = st.sampled_from(sorted(ENCODINGS))
+# Words too short to be mistaken for a 12-character fragment of a secret.
+_WORDS = ["the", "call", "quoted", "note:", "(see", "below)", "\n", "\u00e9t\u00e9", "x=1;"]
+context = st.lists(st.sampled_from(_WORDS), max_size=6).map(" ".join)
+
+
+def _fragments(part: str) -> list[str]:
+    return [part[i : i + FRAGMENT] for i in range(0, max(1, len(part) - FRAGMENT + 1))]
+
+
+# Hex digests and ids, which a short run of digits can match by chance (genesis is all zeros).
+_OPAQUE = ("hash", "prev_hash", "event_id", "arguments_digest", "policy_digest")
+
+
+def _assert_absent(lines: list[str], secret: str, part: str) -> None:
+    for line in lines:
+        parsed = {k: v for k, v in json.loads(line).items() if k not in _OPAQUE}
+        for text in (json.dumps(parsed), json.dumps(parsed, ensure_ascii=False)):
+            assert secret not in text
+            leaked = [fragment for fragment in _fragments(part) if fragment in text]
+            assert not leaked, f"fragment {leaked[0]!r} of the secret survived in {text[:300]}"
+
+
+def _write(events: list[dict[str, Any]]) -> list[str]:
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "audit.jsonl"
+        with JsonlAuditLog(path, fsync=False) as log:
+            for item in events:
+                log.append(item)
+        return path.read_text("ascii").splitlines()
+
+
+def _decision(reason: str, reasoning: list[str]) -> dict[str, Any]:
+    return {
+        "allowed": False,
+        "effect": "deny",
+        "reason_code": "schema_violation",
+        "reason": reason,
+        "reasoning": reasoning,
+        "risk_factors": [reason],
+        "rule_trace": [],
+    }
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(secret=secrets_, encoding=encodings, before=context, after=context)
+def test_no_audit_line_holds_a_secret_in_any_encoding_anywhere_in_an_event(
+    secret: tuple[str, str, str], encoding: str, before: str, after: str
+) -> None:
+    kind, text, part = secret
+    embedded = f"{before} {ENCODINGS[encoding](text)} {after}"
+    lines = _write(
+        [
+            decision_event(
+                decision=_decision(f"the call quoted `{embedded}`", [embedded]),
+                session_id="s1",
+                server="files",
+                tool="write",
+                arguments={"content": embedded, "nested": [{"note": embedded}]},
+                latency_ms=1.0,
+                policy_version=1,
+                request={"model": "m", "input_schema": {"description": embedded}},
+            ),
+            event("result.flagged", decision_id="d1", findings=[{"excerpt": embedded}], action="flag"),
+            event("proposal.proposed", id="p1", yaml=f"# {embedded}\nrules: []\n", justification=embedded),
+        ]
+    )
+    assert kind in SECRET_KINDS
+    _assert_absent(lines, text, part)
+
+
+@settings(max_examples=60, deadline=None)
+@given(secret=secrets_, encoding=encodings, before=context, after=context)
+def test_redact_text_masks_every_kind_in_every_encoding(
+    secret: tuple[str, str, str], encoding: str, before: str, after: str
+) -> None:
+    _, text, part = secret
+    out = redact_text(f"{before} {ENCODINGS[encoding](text)} {after}")
+    assert not [fragment for fragment in _fragments(part) if fragment in out]
+    assert "[REDACTED:" in out
+
+
+sensitive_values = st.text(alphabet=ALNUM + " :/=+-_.'\"", min_size=12, max_size=300).filter(
+    # Shaped like a credential (a digit and a capital), so it cannot equal a field name.
+    lambda s: len(set(s)) > 3 and s.strip() == s and any(c.isdigit() for c in s) and any(c.isupper() for c in s)
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    key=st.sampled_from(["authorization", "Cookie", "session_id", "credential", "X-Api-Key"]),
+    value=sensitive_values,
+)
+def test_a_value_masked_by_key_never_reappears_in_the_same_event(key: str, value: str) -> None:
+    schema = {"type": "object", "properties": {key: {"type": "string", "pattern": "^nomatch$", "maxLength": 4}}}
+    check = check_arguments(schema, {key: value})
+    assert check.violated
+    messages = list(check.messages)
+    lines = _write(
+        [
+            decision_event(
+                decision=_decision(messages[0], messages),
+                session_id=None,
+                server="s",
+                tool="t",
+                arguments={key: value, "copy_in_url": f"https://x.test/?v={quote(value, safe='')}"},
+                latency_ms=0.5,
+                policy_version=None,
+            )
+        ]
+    )
+    stored = json.loads(lines[0])
+    assert stored["arguments"][key] == "[REDACTED]"
+    assert f"arguments.{key}" in stored["masked"] or f'arguments["{key}"]' in stored["masked"]
+    _assert_absent(lines, value, value)
+
+
+def test_a_service_account_json_private_key_is_masked_entire() -> None:
+    pem = (
+        "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj\n"
+        "MzEfYyjiWA4R4/M2bS1GB4t7NXp98C3SC6dVMvDuictGeurT8jNbvJZHtCSuYEvu\n-----END PRIVATE KEY-----\n"
+    )
+    document = json.dumps({"type": "service_account", "project_id": "p", "private_key": pem})
+    masked, kinds = mask_text(document)
+    assert kinds == ("private_key",)
+    assert "MIIEvQIBADANBgkq" not in masked and "END PRIVATE" not in masked
+    assert json.loads(masked)["private_key"].startswith("[REDACTED:private_key]")
+    assert json.loads(masked)["project_id"] == "p"  # the rest of the document is kept

@@ -1,0 +1,108 @@
+"""trace_visibility holds everywhere the model reads: no hidden rule id or operand survives."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from policy import CallRequest, evaluate, load_model_keys_text, load_policy_text
+from proxy.disclosure import decision_view
+from proxy.enforce import denial_result
+
+POLICY = """\
+rules:
+  - id: docs-under-secret-root
+    model: gpt-4o
+    allow_tools: [files.read_file]
+    when:
+      path: {under: /srv/secret-root-7f3a}
+  - id: no-shadow-files
+    model: "*"
+    deny_tools: [files.*]
+    when:
+      path: {regex: ".*shadow-marker.*"}
+  - id: flaky-deny
+    model: "*"
+    deny_tools: [files.stat]
+    when:
+      size: {min: 4096}
+  - id: allow-stat
+    model: gpt-4o
+    allow_tools: [files.stat]
+"""
+KEYS = 'models:\n  gpt-4o:\n    key: k-123456789\n    tools: ["files.*"]\n'
+RULE_IDS = ("docs-under-secret-root", "no-shadow-files", "flaky-deny", "allow-stat")
+OPERANDS = ("/srv/secret-root-7f3a", "shadow-marker", "4096")
+
+
+def decide(tool: str, arguments: dict[str, Any]) -> Any:
+    policy, keys = load_policy_text(POLICY), load_model_keys_text(KEYS)
+    request = CallRequest(model="gpt-4o", server="files", tool=tool, arguments=arguments)
+    return policy, evaluate(request, policy, keys)
+
+
+CALLS = [
+    pytest.param("read_file", {"path": "/etc/passwd"}, id="near-miss"),
+    pytest.param("read_file", {"path": "/srv/secret-root-7f3a/shadow-marker"}, id="explicit-deny"),
+    pytest.param("stat", {"size": "big"}, id="rule-error"),
+    pytest.param("read_file", {"path": "/srv/secret-root-7f3a/ok.md"}, id="allowed"),
+]
+
+
+@pytest.mark.parametrize(("tool", "arguments"), CALLS)
+def test_none_shows_no_rule_id_and_no_operand_anywhere(tool: str, arguments: dict[str, Any]) -> None:
+    policy, decision = decide(tool, arguments)
+    full = json.dumps(decision.to_dict())
+    assert any(rule_id in full for rule_id in RULE_IDS), "the audit form names rules"
+    view = decision_view(decision.to_dict(), "none", policy=policy)
+    shown = json.dumps(view) + json.dumps(denial_result(decision, "none", view))
+    shown_without_arguments = shown.replace(json.dumps(arguments)[1:-1], "")
+    for rule_id in RULE_IDS:
+        assert rule_id not in shown, rule_id
+    for operand in OPERANDS:
+        if operand not in json.dumps(arguments):
+            assert operand not in shown_without_arguments, operand
+    assert view["reason_code"] == decision.reason_code and view["allowed"] is decision.allowed
+
+
+def test_none_still_tells_the_model_what_kind_of_denial_it_was() -> None:
+    policy, decision = decide("read_file", {"path": "/etc/passwd"})
+    view = decision_view(decision.to_dict(), "none", policy=policy)
+    assert view["reason"] == "no rule allows model `gpt-4o` to call `files.read_file`"
+    assert view["counterfactual"]["text"] and view["counterfactual"]["remove_rules"] == []
+    suggested = view["counterfactual"]["suggested_rule"]
+    assert suggested is None or set(suggested) <= {"model", "allow_tools", "expires"}
+
+
+def test_summary_names_matched_rules_only() -> None:
+    policy, decision = decide("read_file", {"path": "/srv/secret-root-7f3a/shadow-marker"})
+    view = decision_view(decision.to_dict(), "summary", policy=policy)
+    assert view["reason"].startswith("denied by rule no-shadow-files")
+    assert {entry["rule_id"] for entry in view["rule_trace"]} <= set(decision.matched_rules)
+    policy, near = decide("read_file", {"path": "/etc/passwd"})
+    shown = json.dumps(decision_view(near.to_dict(), "summary", policy=policy))
+    assert "docs-under-secret-root" not in shown and "/srv/secret-root-7f3a" not in shown
+    policy, erroring = decide("stat", {"size": "big"})
+    shown = json.dumps(decision_view(erroring.to_dict(), "summary", policy=policy))
+    assert "flaky-deny" not in shown and "4096" not in shown and "allow-stat" in shown
+
+
+def test_full_is_the_whole_decision() -> None:
+    policy, decision = decide("read_file", {"path": "/etc/passwd"})
+    assert decision_view(decision.to_dict(), "full", policy=policy) == decision.to_dict()
+
+
+def test_an_operator_reason_that_quotes_a_hidden_operand_is_scrubbed() -> None:
+    text = POLICY.replace(
+        "      path: {regex: \".*shadow-marker.*\"}\n",
+        "      path: {regex: \".*shadow-marker.*\"}\n    reason: \"paths matching .*shadow-marker.* are off limits\"\n",
+    )
+    policy, keys = load_policy_text(text), load_model_keys_text(KEYS)
+    request = CallRequest(model="gpt-4o", server="files", tool="read_file", arguments={"path": "/x/shadow-marker"})
+    decision = evaluate(request, policy, keys)
+    view = decision_view(decision.to_dict(), "none", policy=policy)
+    assert view["reason"].startswith("denied by policy")
+    assert ".*shadow-marker.*" not in json.dumps(view)
+    assert view["reason"] == "denied by policy"  # the message quoted an operand: dropped
