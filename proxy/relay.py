@@ -37,7 +37,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from proxy.catalog import LISTS
 from proxy.downstream import OVERSIZED_METHOD
-from proxy.enforce import POLICY_DENIED, RESULT_BLOCKED, Verdict
+from proxy.enforce import DECISION_META_KEY, POLICY_DENIED, RESULT_BLOCKED, Verdict
 from proxy.intercept import CallNext, ToolCall, ToolResult
 from proxy.mrtr import InputBridge
 from proxy.session import DownstreamSession
@@ -329,13 +329,20 @@ class Relay:
             input_schema=(definition or {}).get("inputSchema"),
             progress=_progress_relay(ctx),
         )
-        return _as_task(session, params, link.name, await self._host.tool_chain(call))
+        return _as_task(session, params, link.name, await self._host.tool_chain(call), tool)
 
     async def _tasks(self, session: DownstreamSession, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
         async def forward(link: UpstreamLink, params: Mapping[str, Any]) -> dict[str, Any]:
             return await _forward(link, ctx, params)
 
-        return await session.tasks.handle(ctx.method, _strip_envelope(ctx.params), session.links, forward)
+        result = await session.tasks.handle(ctx.method, _strip_envelope(ctx.params), session.links, forward)
+        task_id = (ctx.params or {}).get("taskId")
+        origin = session.tasks.call_of(task_id)
+        if ctx.method == "tasks/result" and origin is not None:
+            # a task's result is the tool's result: screened as a tools/call result would be
+            link = session.tasks.owner(session.links, task_id)
+            result = await self._screened(session, "tools/call", link.name, origin[0], result, origin[1])
+        return result
 
     async def _unknown_tool(self, session: DownstreamSession, name: str) -> None:
         gate = self._host.access
@@ -416,14 +423,16 @@ class Relay:
 
 
 def _as_task(
-    session: DownstreamSession, params: Mapping[str, Any], upstream: str, result: dict[str, Any]
+    session: DownstreamSession, params: Mapping[str, Any], upstream: str, result: dict[str, Any], tool: str = ""
 ) -> dict[str, Any]:
     """A task-augmented call: remember the upstream's task, or hold the gateway's own answer as one."""
     task = params.get("task")
     if not isinstance(task, Mapping) or merged_capability(list(session.ready_links)) is None:
         return result
     if isinstance(result.get("task"), Mapping) and upstream:
-        session.tasks.created(upstream, result)
+        decision = (result.get("_meta") or {}).get(DECISION_META_KEY)
+        decision_id = decision.get("decision_id") if isinstance(decision, Mapping) else None
+        session.tasks.created(upstream, result, tool, decision_id)
         return result
     return session.tasks.finished(result, task.get("ttl"))
 

@@ -4,7 +4,8 @@ A task-augmented ``tools/call`` runs the same chain as any call, so policy decid
 before the upstream creates the task. The upstream's ``CreateTaskResult`` is
 relayed as is and its task id remembered against that upstream; ``tasks/get``,
 ``tasks/result`` and ``tasks/cancel`` go to the upstream that owns the id, and
-``tasks/list`` merges every task-capable upstream's list. Status notifications
+``tasks/list`` merges every task-capable upstream's list; a ``tasks/result`` is screened
+like the tool result it is. Status notifications
 are ordinary upstream notifications and reach the client unchanged.
 
 A call the gateway answers itself (a policy denial, a gateway tool) becomes a
@@ -35,12 +36,18 @@ class TaskRoutes:
 
     def __init__(self) -> None:
         self._owner: dict[str, str] = {}
+        self._call: dict[str, tuple[str, str | None]] = {}  # id -> (upstream tool, decision id)
         self._local: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}  # id -> (task, result)
 
-    def created(self, upstream: str, result: Mapping[str, Any]) -> None:
+    def created(self, upstream: str, result: Mapping[str, Any], tool: str = "", decision_id: str | None = None) -> None:
         task = result.get("task")
         if isinstance(task, Mapping) and isinstance(task.get("taskId"), str):
             self._owner[task["taskId"]] = upstream
+            self._call[task["taskId"]] = (tool, decision_id)
+
+    def call_of(self, task_id: Any) -> tuple[str, str | None] | None:
+        """The tool and decision behind an upstream task, so its result can be screened like one."""
+        return self._call.get(task_id) if isinstance(task_id, str) else None
 
     def finished(self, result: dict[str, Any], ttl: Any) -> dict[str, Any]:
         """Hold a result the gateway produced as a finished task; the ``CreateTaskResult`` for it."""

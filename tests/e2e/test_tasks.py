@@ -154,3 +154,20 @@ async def test_a_denied_task_augmented_call_is_a_failed_task_and_never_reaches_t
         upstream_tasks = await raw("tasks/list", {})
         ids = {t["taskId"] for t in upstream_tasks["tasks"]}
         assert task["taskId"] in ids and all(i.startswith("sg-") for i in ids)  # the upstream made none
+
+
+async def test_a_tasks_result_is_screened_like_the_tool_result_it_is(tmp_path: Path) -> None:
+    site = task_site(tmp_path / "site")
+    text = site.config_path.read_text().replace("[gateway]\n", '[gateway]\nresult_scan = "block"\n', 1)
+    site.config_path.write_text(text)
+    async with running(site.app()), Client(tapped(site.url, []), mode="legacy") as client:
+        raw = Raw(client)
+        # the report repeats its topic; the topic carries a secret, so the result does too
+        topic = "rotation of AKIAIOSFODNN7EXAMPLE"
+        created = await raw("tools/call", {"name": RESEARCH, "arguments": {"topic": topic}, "task": {"ttl": 60000}})
+        assert "task" in created, created
+        task_id = created["task"]["taskId"]
+        assert (await wait_terminal(raw, task_id))["status"] == "completed"
+        with pytest.raises(MCPError) as err:
+            await raw("tasks/result", {"taskId": task_id})
+        assert "withheld" in err.value.error.message
