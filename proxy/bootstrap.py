@@ -223,6 +223,7 @@ class App:
             build_event=runtime.audit.decision_event,
             trace_visibility=config.trace_visibility,
             result_scan=config.result_scan,
+            decision_meta=config.decision_meta,
         )
         local = {"propose_policy": ProposePolicy(runtime.service)} if config.negotiation.enabled else {}
         # Outermost first: a suspended tool is refused before anything else looks at the
@@ -256,7 +257,10 @@ class App:
         self.metrics.watch(self)
 
     def _authenticate(self, key: str | None) -> ModelIdentity | None:
-        return self.runtime.keys.authenticate(key) if key else None
+        if not key:  # no key: the configured local model, if any (loopback listeners only)
+            anonymous = self.runtime.config.anonymous_model
+            return self.runtime.keys.get(anonymous) if anonymous else None
+        return self.runtime.keys.authenticate(key)
 
     def _on_session(self, session: DownstreamSession) -> None:
         # Risk belongs to the model identity, not the connection: a reconnect changes nothing.
@@ -283,6 +287,9 @@ class App:
                 log.debug("list_changed not delivered", session=session.id)
 
     def _visible(self, session: DownstreamSession, tool: Mapping[str, Any]) -> bool:
+        if tool.get("name") == "propose_policy" and self.runtime.config.negotiation.enabled:
+            # the gateway's own tool: listed to the models that may propose
+            return self.runtime.config.tools_list == "show" or bool(getattr(session.identity, "can_propose", False))
         target = session.catalog.split(tool.get("name"))
         if target is None:
             return False
@@ -375,7 +382,15 @@ def build(config: GatewayConfig, *, model_key: str | None) -> App:
     """Load everything and check identities up front; raise a GatewayError naming any problem."""
     runtime = open_runtime(config)
     identity = None
-    if config.listen.kind == "stdio":
+    anonymous = config.anonymous_model
+    if anonymous is not None:
+        if runtime.keys.get(anonymous) is None:
+            raise ConfigError(f"{config.path.name}: gateway.anonymous_model: `{anonymous}` is not in model_keys.yaml")
+        log.warning("clients without a model key act as the anonymous model", model=anonymous,
+                    listen=config.listen.url)
+    if config.listen.kind == "stdio" and not model_key and anonymous is not None:
+        identity = runtime.keys.get(anonymous)
+    elif config.listen.kind == "stdio":
         if not model_key:
             raise IdentityError(
                 "a stdio client needs a model key: pass --model-key or set SECUREGATEWAY_MODEL_KEY"

@@ -1,7 +1,10 @@
 """The merged view of every upstream's tools, prompts and resources for one client.
 
-Tools and prompts are exposed as ``<upstream><sep><name>``; resources keep their
-URIs and are routed back to whichever upstream listed them. Each upstream's list
+Tools and prompts are exposed as ``<upstream><sep><name>``, except for the one
+upstream an operator may mark ``prefix = false``, whose names are exposed as the
+server's own (a gateway standing in for that server); such a name that would read
+as another upstream's prefixed name is hidden, so every name routes one way only.
+Resources keep their URIs and are routed back to whichever upstream listed them. Each upstream's list
 is read in full (every page) and cached while the upstream promises to announce
 changes (``listChanged``); otherwise it is read fresh on every list request. The
 merged list is paginated towards the client with the gateway's own cursor.
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import structlog
 from mcp import MCPError
 from mcp_types import INVALID_PARAMS
 
@@ -57,6 +61,8 @@ MAX_UPSTREAM_PAGES = 1000
 # Lists whose items a ToolGuard reviews, and what it calls them.
 _GUARDED = {"tools/list": "tool", "prompts/list": "prompt", "resources/templates/list": "resource_template"}
 
+log = structlog.get_logger("securegateway.catalog")
+
 
 class Catalog:
     """Merged lists and name/URI routing for one downstream session."""
@@ -64,10 +70,12 @@ class Catalog:
     def __init__(self, links: Sequence[UpstreamLink], *, separator: str, page_size: int) -> None:
         self._links = {link.name: link for link in links}
         self._order = [link.name for link in links]
+        self._bare = next((link for link in links if not link.config.prefix), None)
         self.separator = separator
         self.page_size = page_size
         self._cache: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        self._tools: dict[str, dict[str, Any]] = {}  # qualified name -> upstream tool definition
+        self._tools: dict[str, dict[str, Any]] = {}  # exposed name -> upstream tool definition
+        self._tool_owner: dict[str, str] = {}  # exposed name -> upstream
         self._resource_owner: dict[str, str] = {}
         self._templates: list[tuple[re.Pattern[str], str]] = []
         self.guard: ToolGuard | None = None
@@ -77,15 +85,27 @@ class Catalog:
     # ---- naming ----------------------------------------------------------------------------------
 
     def qualify(self, upstream: str, name: str) -> str:
+        if self._bare is not None and self._bare.name == upstream:
+            return name
         return f"{upstream}{self.separator}{name}"
 
     def split(self, qualified: Any) -> tuple[UpstreamLink, str] | None:
-        """``calendar.create_event`` -> (calendar link, ``create_event``); None if no upstream owns it."""
+        """``calendar.create_event`` -> (calendar link, ``create_event``); None if no upstream owns it.
+
+        A name no prefixed upstream claims belongs to the unprefixed upstream, if any."""
         if not isinstance(qualified, str):
             return None
+        prefixed = self._prefixed(qualified)
+        if prefixed is not None:
+            return prefixed
+        if self._bare is not None and qualified:
+            return self._bare, qualified
+        return None
+
+    def _prefixed(self, qualified: str) -> tuple[UpstreamLink, str] | None:
         upstream, sep, name = qualified.partition(self.separator)
         link = self._links.get(upstream)
-        if not sep or not name or link is None:
+        if not sep or not name or link is None or not link.config.prefix:
             return None
         return link, name
 
@@ -158,12 +178,15 @@ class Catalog:
     def _adopt_items(self, upstream: str, kind: ListKind, raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if kind.namespaced:
             items = [{**item, kind.key: self.qualify(upstream, str(item.get(kind.key, "")))} for item in raw]
+            if self._bare is not None and self._bare.name == upstream:
+                items = self._unambiguous(upstream, kind, items)
             if kind.method == "tools/list":
-                prefix = self.qualify(upstream, "")
-                for name in [n for n in self._tools if n.startswith(prefix)]:
+                for name in [n for n, owner in self._tool_owner.items() if owner == upstream]:
                     del self._tools[name]  # a tool the upstream no longer lists is unknown again
+                    del self._tool_owner[name]
                 for item in items:
                     self._tools[item["name"]] = item
+                    self._tool_owner[item["name"]] = upstream
             return items
         if kind.method == "resources/list":
             for item in raw:
@@ -176,6 +199,18 @@ class Catalog:
                 if isinstance(template, str):
                     self._templates.append((_template_regex(template), upstream))
         return raw
+
+    def _unambiguous(self, upstream: str, kind: ListKind, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """An unprefixed name that reads as another upstream's prefixed name would route there: hide it."""
+        kept = []
+        for item in items:
+            name = str(item.get(kind.key, ""))
+            if not name or self._prefixed(name) is not None:
+                log.warning("unprefixed name hidden: it collides with another upstream's names",
+                            upstream=upstream, name=name[:200], kind=kind.field)
+                continue
+            kept.append(item)
+        return kept
 
     def page(self, items: list[dict[str, Any]], cursor: Any) -> tuple[list[dict[str, Any]], str | None]:
         """Slice the merged list for the client; raise INVALID_PARAMS for a cursor we did not mint."""

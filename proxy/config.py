@@ -63,6 +63,7 @@ class UpstreamConfig:
     connect_timeout: float = 30.0
     protocol: str = "auto"
     sse: bool = False  # the legacy HTTP+SSE transport (2024-11-05) instead of Streamable HTTP
+    prefix: bool = True  # expose names as <upstream><sep><name>; False: the server's own names
 
     @property
     def transport(self) -> str:
@@ -152,6 +153,8 @@ class GatewayConfig:
     tools_list: str = "hide"
     trace_visibility: str = "full"
     result_scan: str = "flag"
+    anonymous_model: str | None = None  # clients without a key act as this model (loopback only)
+    decision_meta: str = "full"  # "compact": allowed calls carry a short decision in _meta
     upstreams: tuple[UpstreamConfig, ...] = ()
     policy: PolicyConfig = PolicyConfig()
     audit: AuditConfig = AuditConfig()
@@ -201,7 +204,7 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> GatewayConfig:
     gw = r.table(raw, "gateway")
     r.only(gw, "gateway", {
         "listen", "name", "separator", "page_size", "max_message_bytes", "allowed_hosts",
-        "allowed_origins", "tools_list", "trace_visibility", "result_scan",
+        "allowed_origins", "tools_list", "trace_visibility", "result_scan", "anonymous_model", "decision_meta",
     })
     listen = r.listen(gw.get("listen", "stdio"), "gateway.listen", allow_stdio=True)
     separator = r.string(gw, "gateway", "separator", ".")
@@ -226,6 +229,18 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> GatewayConfig:
             r.err(f"{key}.name", f"duplicate upstream name `{u.name}`")
         seen.add(u.name)
         upstreams.append(u)
+    unprefixed = [i for i, u in enumerate(upstreams) if not u.prefix]
+    if len(unprefixed) > 1:
+        # two servers' own names could collide, and a call could not be routed
+        r.err(f"upstreams[{unprefixed[1]}].prefix",
+              "only one upstream can have `prefix = false` (two servers' own names could collide)")
+    anonymous = r.string(gw, "gateway", "anonymous_model", None)
+    if anonymous is not None and (not anonymous.strip()):
+        r.err("gateway.anonymous_model", "must name a model from model_keys")
+        anonymous = None
+    if anonymous is not None and listen.kind == "http" and listen.host not in LOOPBACK_HOSTS:
+        r.err("gateway.anonymous_model",
+              f"only allowed on a loopback listener (127.0.0.1, localhost, ::1), not `{listen.host}`")
 
     cfg = GatewayConfig(
         path=path,
@@ -239,6 +254,8 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> GatewayConfig:
         tools_list=r.choice(gw, "gateway", "tools_list", ("hide", "show"), "hide"),
         trace_visibility=r.choice(gw, "gateway", "trace_visibility", ("full", "summary", "none"), "full"),
         result_scan=r.choice(gw, "gateway", "result_scan", ("off", "flag", "redact", "block"), "flag"),
+        anonymous_model=anonymous,
+        decision_meta=r.choice(gw, "gateway", "decision_meta", ("full", "compact"), "full"),
         upstreams=tuple(upstreams),
         policy=r.policy(r.table(raw, "policy")),
         audit=r.audit(r.table(raw, "audit")),
@@ -361,7 +378,7 @@ class _Reader:
     def upstream(self, up: Mapping[str, Any], key: str, separator: str) -> UpstreamConfig | None:
         self.only(up, key, {
             "name", "command", "env", "env_passthrough", "cwd", "url", "headers", "timeout",
-            "connect_timeout", "protocol", "transport",
+            "connect_timeout", "protocol", "transport", "prefix",
         })
         name = up.get("name")
         if not isinstance(name, str) or not UPSTREAM_NAME.match(name):
@@ -404,6 +421,7 @@ class _Reader:
             connect_timeout=self.number(up, key, "connect_timeout", 30.0, minimum=0.001),
             protocol=self.choice(up, key, "protocol", PROTOCOLS, "auto"),
             sse=self.choice(up, key, "transport", ("streamable-http", "sse"), "streamable-http") == "sse",
+            prefix=self.flag(up, key, "prefix", True),
         )
 
     def policy(self, t: Mapping[str, Any]) -> PolicyConfig:

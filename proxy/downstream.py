@@ -29,6 +29,9 @@ from mcp.server.auth.provider import AccessToken
 from mcp.server.stdio import stdio_server
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp.shared.message import SessionMessage
+from mcp_types import INVALID_REQUEST, PARSE_ERROR, ErrorData, JSONRPCError
+from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -54,11 +57,87 @@ async def serve_stdio(server: Server[Any], *, max_message_bytes: int) -> None:
     if pipes is None:  # a regular file or other non-pipe: the SDK's thread-backed files
         stdin = CappedLines(anyio.wrap_file(sys.stdin.buffer), max_message_bytes)
         async with stdio_server(stdin=stdin) as (read, write):  # type: ignore[arg-type]
-            await server.run(read, write, server.create_initialization_options())
+            await server.run(AnsweringReader(read, write), write, server.create_initialization_options())
         return
     reader, writer = pipes
     async with stdio_server(stdin=CappedLines(reader, max_message_bytes), stdout=writer) as (read, write):  # type: ignore[arg-type]
-        await server.run(read, write, server.create_initialization_options())
+        await server.run(AnsweringReader(read, write), write, server.create_initialization_options())
+
+
+class AnsweringReader:
+    """The stdio read stream, answering lines that are not JSON-RPC messages as HTTP does.
+
+    The SDK's stdio transport hands an unparseable line to the server as an exception,
+    which drops it; JSON-RPC wants ``-32700`` (id null) for a line that is not JSON and
+    ``-32600`` for JSON that is not a request (a non-string ``method``, a batch, a
+    scalar). The id is echoed when the object carries a usable one, so the client's
+    pending request is answered. A malformed *response* (it has ``result`` or ``error``)
+    is dropped with a warning: answering it could start an error ping-pong.
+    """
+
+    def __init__(self, inner: Any, write: Any) -> None:
+        self._inner = inner
+        self._write = write
+
+    @property
+    def last_context(self) -> Any:  # the SDK restores the sender's contextvars from this
+        return getattr(self._inner, "last_context", None)
+
+    async def receive(self) -> Any:
+        while True:
+            item = await self._inner.receive()
+            if not isinstance(item, Exception):
+                return item
+            reply = invalid_message_reply(item)
+            if reply is not None:
+                await self._write.send(SessionMessage(reply))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    def __aiter__(self) -> AnsweringReader:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def __aenter__(self) -> AnsweringReader:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def invalid_message_reply(exc: Exception) -> JSONRPCError | None:
+    """The JSON-RPC error answering a line the transport could not turn into a message."""
+    if not isinstance(exc, ValidationError):
+        log.warning("unreadable stdio message dropped", error=str(exc)[:200])
+        return None
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        log.warning("stdio line is not json", error=errors[0].get("msg"))
+        return JSONRPCError(jsonrpc="2.0", id=None, error=ErrorData(code=PARSE_ERROR, message="Parse error"))
+    decoded = next((e.get("input") for e in errors if isinstance(e.get("input"), dict)), None)
+    if isinstance(decoded, dict) and "method" not in decoded and ("result" in decoded or "error" in decoded):
+        log.warning("malformed response from the client dropped", id=str(decoded.get("id"))[:100])
+        return None
+    rid = decoded.get("id") if isinstance(decoded, dict) else None
+    if isinstance(rid, bool) or not isinstance(rid, int | str):
+        rid = None
+    detail = "; ".join(
+        f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'message'}: {e.get('msg')}"
+        for e in errors if e.get("loc") and e["loc"][0] == "JSONRPCRequest"
+    ) or "not a JSON-RPC request object"
+    log.warning("invalid stdio request", id=rid, detail=detail[:200])
+    return JSONRPCError(
+        jsonrpc="2.0", id=rid, error=ErrorData(code=INVALID_REQUEST, message=f"Invalid request: {detail[:300]}")
+    )
 
 
 class _PipeReader:
@@ -129,7 +208,12 @@ class CappedLines:
                 del self._buf[: nl + 1]
                 self._scanned = 0
                 if self._dropped or len(line) > self._limit:
-                    return self._stand_in(self._prefix or line[:4096], self._dropped + len(line))
+                    stand_in = self._stand_in(self._prefix or line[:4096], self._dropped + len(line))
+                    if stand_in is None:
+                        continue
+                    return stand_in
+                if not line.strip():
+                    continue  # a blank line between messages is not a message
                 return line.decode("utf-8", "replace")
             self._scanned = len(self._buf)
             if len(self._buf) > self._limit:
@@ -148,12 +232,12 @@ class CappedLines:
                 self._eof = True
             self._buf += chunk
 
-    def _stand_in(self, prefix: bytes, size: int) -> str:
+    def _stand_in(self, prefix: bytes, size: int) -> str | None:
         self._dropped, self._prefix = 0, b""
         match = _ID.search(prefix)
         log.warning("oversized message refused", bytes=size, limit=self._limit, answered=match is not None)
         if match is None:
-            return "\n"  # a notification or garbage: nothing to answer
+            return None  # a notification or garbage: nothing to answer
         request = {"jsonrpc": "2.0", "id": json.loads(match.group(1)), "method": OVERSIZED_METHOD,
                    "params": {"bytes": size, "limit": self._limit}}
         return json.dumps(request)

@@ -97,6 +97,7 @@ class Enforcer:
         build_event: Callable[..., dict[str, Any]],
         trace_visibility: str = "full",
         result_scan: str = "flag",
+        decision_meta: str = "full",
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._current = current
@@ -104,6 +105,7 @@ class Enforcer:
         self._build_event = build_event
         self._visibility = trace_visibility
         self._result_scan = result_scan
+        self._compact = decision_meta == "compact"
         self._clock = clock
 
     # ---- tools/call --------------------------------------------------------------------------------
@@ -118,7 +120,7 @@ class Enforcer:
         result = await call_next(call)
         result = await self._screen_tool(call, verdict.decision, result)
         meta = dict(result.get("_meta") or {})
-        meta[DECISION_META_KEY] = verdict.view
+        meta[DECISION_META_KEY] = compact_view(verdict.view) if self._compact else verdict.view
         return {**result, "_meta": meta}
 
     # ---- the decision point ------------------------------------------------------------------------
@@ -296,6 +298,11 @@ class Enforcer:
         return {**outcome.payload, "_meta": meta}
 
 
+def compact_view(view: Mapping[str, Any]) -> dict[str, Any]:
+    """An allowed call's decision in brief (``decision_meta = "compact"``); the audit log has all of it."""
+    return {key: view[key] for key in ("allowed", "reason", "decision_id", "risk_score") if key in view}
+
+
 def denial_result(
     decision: Decision, visibility: str, view: Mapping[str, Any] | None = None, *, policy: Policy | None = None
 ) -> ToolResult:
@@ -318,7 +325,9 @@ def denial_result(
     if decision.reason_code != "gateway_error" and suggested is None:
         lines.append("A policy proposal cannot allow this call; an operator must change it.")
     lines.append(f"Decision id: {decision.decision_id}")
-    return {"content": [{"type": "text", "text": "\n".join(lines)}], "structuredContent": shown, "isError": True}
+    # the decision rides in _meta as on allowed calls (a task-augmented denial keeps only _meta)
+    return {"content": [{"type": "text", "text": "\n".join(lines)}], "structuredContent": shown, "isError": True,
+            "_meta": {DECISION_META_KEY: shown}}
 
 
 def _model_id(session: Any) -> str | None:

@@ -124,9 +124,13 @@ class Gateway:
         return self._local_tools
 
     async def visible_tools(self, session: DownstreamSession, tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The gateway's own tools, then the upstreams', each shown only if this model may use it."""
+        # an unprefixed upstream's tool named like a gateway tool could never be called
+        listed = [dict(tool.definition) for tool in self._local_tools.values()]
+        listed += [t for t in tools if t.get("name") not in self._local_tools]
         if self._visible is None:
-            return tools
-        return [t for t in tools if self._visible(session, t)]
+            return listed
+        return [t for t in listed if self._visible(session, t)]
 
     @property
     def tool_chain(self) -> CallNext:

@@ -172,7 +172,14 @@ class InputBridge:
                 tg.cancel_scope.cancel()
 
             tg.start_soon(wait_done)
-            tg.start_soon(wait_ask)
+            try:
+                await wait_ask()
+            except anyio.get_cancelled_exc_class():
+                if not tg.cancel_scope.cancel_called:
+                    # The client gave up on this round (a 2026 cancel is a disconnect): the
+                    # upstream call goes too, which sends the upstream its cancellation.
+                    cont.cancel.cancel()
+                raise
         if ask is not None:
             cont.outstanding = ask
             request: dict[str, Any] = {"method": ask.method}

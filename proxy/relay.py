@@ -26,15 +26,22 @@ import structlog
 from mcp import MCPError
 from mcp.server.context import ServerRequestContext
 from mcp.shared.dispatcher import ProgressFnT
-from mcp_types import INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, SubscriptionsListenRequestParams
+from mcp_types import (
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    SERVER_INFO_META_KEY,
+    SubscriptionsListenRequestParams,
+)
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from proxy.catalog import LISTS
 from proxy.downstream import OVERSIZED_METHOD
-from proxy.enforce import POLICY_DENIED, RESULT_BLOCKED, Verdict
+from proxy.enforce import DECISION_META_KEY, POLICY_DENIED, RESULT_BLOCKED, Verdict
 from proxy.intercept import CallNext, ToolCall, ToolResult
 from proxy.mrtr import InputBridge
 from proxy.session import DownstreamSession
+from proxy.tasks import TASK_METHODS, merged_capability
 from proxy.upstream import ClientHello, UpstreamLink
 
 log = structlog.get_logger("securegateway.relay")
@@ -42,6 +49,11 @@ log = structlog.get_logger("securegateway.relay")
 SESSION_KEY = "securegateway.session"
 IN_FLIGHT_KEY = "securegateway.in_flight"
 ENVELOPE_PREFIX = "io.modelcontextprotocol/"
+REQUIRES = {  # the upstream capability without which a method does not exist here
+    "prompts/list": "prompts", "prompts/get": "prompts", "completion/complete": "completions",
+    "resources/list": "resources", "resources/templates/list": "resources", "resources/read": "resources",
+    "resources/subscribe": "resources", "resources/unsubscribe": "resources", "logging/setLevel": "logging",
+}
 CACHEABLE = frozenset({"tools/list", "prompts/list", "resources/list", "resources/templates/list", "resources/read"})
 
 Handler = Callable[[DownstreamSession, ServerRequestContext[Any, Any]], Awaitable[dict[str, Any]]]
@@ -111,6 +123,7 @@ class Relay:
             "completion/complete": self._complete,
             "logging/setLevel": self._fan_out,
             "subscriptions/listen": self._listen,
+            **{method: self._tasks for method in TASK_METHODS},
         }
 
     async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: Any) -> Any:
@@ -129,6 +142,9 @@ class Relay:
         if method in ("ping", "server/discover"):
             return await call_next(ctx) if method == "ping" else await self._discover(ctx)
         session = await self._session(ctx)
+        needs = REQUIRES.get(method)
+        if needs is not None and not any(lk.info and needs in lk.info.capabilities for lk in session.links.values()):
+            raise MCPError(METHOD_NOT_FOUND, "Method not found", data=method)  # as a server without it answers
         with _claim_id(ctx):
             handler = self._routes.get(method)
             if handler is None:
@@ -136,7 +152,7 @@ class Relay:
             else:
                 result = await handler(session, ctx)
         if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
-            result = _complete_for_modern(method, result)
+            result = _complete_for_modern(method, result, self._host.server_identity(session)[0])
         return result
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -196,6 +212,9 @@ class Relay:
                     caps[simple] = {}
             if isinstance(up.get("experimental"), dict):
                 caps.setdefault("experimental", {}).update(up["experimental"])
+        tasks = merged_capability(list(session.ready_links))
+        if tasks is not None:
+            caps["tasks"] = tasks
         return caps
 
     async def _session(self, ctx: ServerRequestContext[Any, Any]) -> DownstreamSession:
@@ -270,8 +289,7 @@ class Relay:
         kind = LISTS[ctx.method]
         items = await session.catalog.merged(ctx.method)
         if ctx.method == "tools/list":
-            items = await self._host.visible_tools(session, items)
-            items = [dict(tool.definition) for tool in self._host.local_tools(session).values()] + items
+            items = await self._host.visible_tools(session, items)  # the gateway's own tools first
         else:
             items = await self._listable(session, kind, items)
         page, next_cursor = session.catalog.page(items, (ctx.params or {}).get("cursor"))
@@ -312,7 +330,7 @@ class Relay:
             raise MCPError(INVALID_PARAMS, "`arguments` must be an object")
         local = self._host.local_tools(session).get(name)
         if local is not None:
-            return await local(session, arguments)
+            return _as_task(session, params, "", await local(session, arguments))
         target = session.catalog.split(name)
         if target is None:
             await self._unknown_tool(session, name)
@@ -322,8 +340,10 @@ class Relay:
         if definition is None and link.ready:
             await session.catalog.merged("tools/list")
             definition = session.catalog.tool_definition(name)
-            if definition is None:
+            if definition is None and link.config.prefix:
                 await self._unknown_tool(session, name)
+            # unprefixed: the gateway stands in for the server, which answers unknown names its own
+            # way; the call is still decided (as `<upstream>.<name>`) before it is forwarded
         call = ToolCall(
             session=session,
             name=name,
@@ -335,7 +355,20 @@ class Relay:
             input_schema=(definition or {}).get("inputSchema"),
             progress=_progress_relay(ctx),
         )
-        return await self._host.tool_chain(call)
+        return _as_task(session, params, link.name, await self._host.tool_chain(call), tool)
+
+    async def _tasks(self, session: DownstreamSession, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
+        async def forward(link: UpstreamLink, params: Mapping[str, Any]) -> dict[str, Any]:
+            return await _forward(link, ctx, params)
+
+        result = await session.tasks.handle(ctx.method, _strip_envelope(ctx.params), session.links, forward)
+        task_id = (ctx.params or {}).get("taskId")
+        origin = session.tasks.call_of(task_id)
+        if ctx.method == "tasks/result" and origin is not None:
+            # a task's result is the tool's result: screened as a tools/call result would be
+            link = session.tasks.owner(session.links, task_id)
+            result = await self._screened(session, "tools/call", link.name, origin[0], result, origin[1])
+        return result
 
     async def _unknown_tool(self, session: DownstreamSession, name: str) -> None:
         gate = self._host.access
@@ -417,6 +450,21 @@ class Relay:
         raise MCPError(METHOD_NOT_FOUND, "Method not found", data=ctx.method)
 
 
+def _as_task(
+    session: DownstreamSession, params: Mapping[str, Any], upstream: str, result: dict[str, Any], tool: str = ""
+) -> dict[str, Any]:
+    """A task-augmented call: remember the upstream's task, or hold the gateway's own answer as one."""
+    task = params.get("task")
+    if not isinstance(task, Mapping) or merged_capability(list(session.ready_links)) is None:
+        return result
+    if isinstance(result.get("task"), Mapping) and upstream:
+        decision = (result.get("_meta") or {}).get(DECISION_META_KEY)
+        decision_id = decision.get("decision_id") if isinstance(decision, Mapping) else None
+        session.tasks.created(upstream, result, tool, decision_id)
+        return result
+    return session.tasks.finished(result, task.get("ttl"))
+
+
 async def forward_tool_call(call: ToolCall) -> ToolResult:
     """The innermost step of the tools/call chain: send it to the upstream under its own name."""
     link = call.link
@@ -469,12 +517,16 @@ def _strip_envelope(params: Mapping[str, Any] | None) -> Mapping[str, Any] | Non
     return out
 
 
-def _complete_for_modern(method: str, result: dict[str, Any]) -> dict[str, Any]:
-    """A 2026 client needs ``resultType`` (and cache hints on cacheable results)."""
-    if "resultType" not in result:
-        result = {**result, "resultType": "complete"}
+def _complete_for_modern(method: str, result: dict[str, Any], server_info: Mapping[str, Any]) -> dict[str, Any]:
+    """A 2026 client needs ``resultType`` (and cache hints on cacheable results); every result
+    carries the ``serverInfo`` stamp of the server the client sees (an upstream's own stamp
+    names the upstream, not this one, so it is replaced)."""
+    result = {**result, "resultType": result.get("resultType") or "complete"}
     if method in CACHEABLE and "ttlMs" not in result:
-        result = {**result, "ttlMs": 0, "cacheScope": "private"}
+        result.update(ttlMs=0, cacheScope="private")
+    meta = result.get("_meta")
+    if meta is None or isinstance(meta, Mapping):
+        result["_meta"] = {**(meta or {}), SERVER_INFO_META_KEY: dict(server_info)}
     return result
 
 

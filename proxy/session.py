@@ -18,6 +18,7 @@ import structlog
 
 from proxy.catalog import CHANGED, Catalog
 from proxy.config import GatewayConfig
+from proxy.tasks import TaskRoutes
 from proxy.upstream import ClientHello, UpstreamLink
 
 log = structlog.get_logger("securegateway.session")
@@ -68,6 +69,7 @@ class DownstreamSession:
             for up in config.upstreams
         }
         self.catalog = Catalog(list(self.links.values()), separator=config.separator, page_size=config.page_size)
+        self.tasks = TaskRoutes()
         self._closed = anyio.Event()
 
     @property

@@ -3,8 +3,12 @@
 An ``UpstreamLink`` owns the transport (a stdio subprocess or a Streamable HTTP
 session) and a raw ``JSONRPCDispatcher`` over it: messages that are only relayed
 are never re-modelled. The link performs the handshake once, pins the protocol
-version the upstream answered, and restarts the upstream with backoff when it
-crashes; in-flight calls then fail with a clear JSON-RPC error.
+version the upstream answered, and restarts the upstream when it crashes. Only
+the calls in flight at the crash fail (with a clear JSON-RPC error); a call made
+while the link is restarting waits for
+the restart, bounded by ``connect_timeout``, so callers do not notice it. An
+upstream that fails to come back is retried with backoff, and calls fail fast
+meanwhile.
 
 It speaks for exactly one downstream client (the handshake mirrors that client's
 ``clientInfo`` and capabilities), so upstream sampling, elicitation and roots
@@ -27,7 +31,6 @@ from mcp import MCPError, StdioServerParameters
 from mcp.client.sse import sse_client
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.dispatcher import CallOptions, DispatchContext, ProgressFnT
 from mcp.shared.inbound import (
     MCP_METHOD_HEADER,
@@ -53,6 +56,7 @@ from mcp_types import (
 from mcp_types.version import LATEST_HANDSHAKE_VERSION, LATEST_MODERN_VERSION
 
 from proxy.config import UpstreamConfig
+from proxy.http_pool import upstream_http_client
 from proxy.upstream_repair import repair_responses
 
 log = structlog.get_logger("securegateway.upstream")
@@ -123,6 +127,8 @@ class UpstreamLink:
         self.info: UpstreamInfo | None = None
         self.last_error: str | None = None
         self.generation = 0
+        self._restarting = False  # crashed after being up; the first restart attempt is running
+        self._changed = anyio.Event()  # set (and replaced) whenever ready/restarting changes
 
     @property
     def ready(self) -> bool:
@@ -143,10 +149,7 @@ class UpstreamLink:
 
         ``input_schema`` (for tools/call) lets a sessionless HTTP upstream get the
         ``Mcp-Param-*`` headers its ``x-mcp-header`` annotations ask for."""
-        disp = self._dispatcher
-        if disp is None:
-            why = f": {self.last_error}" if self.last_error else ""
-            raise MCPError(UPSTREAM_UNAVAILABLE, f"upstream `{self.name}` is unavailable{why}")
+        disp = self._dispatcher or await self._await_restart()
         opts: CallOptions = {"timeout": timeout if timeout is not None else self.config.timeout}
         if on_progress is not None:
             opts["on_progress"] = on_progress
@@ -166,6 +169,20 @@ class UpstreamLink:
                     REQUEST_TIMEOUT, f"upstream `{self.name}` did not answer `{method}` within {opts['timeout']:g}s"
                 ) from None
             raise
+
+    async def _await_restart(self) -> JSONRPCDispatcher[TransportContext]:
+        """The dispatcher once a restart in progress completes; UPSTREAM_UNAVAILABLE otherwise."""
+        with anyio.move_on_after(self.config.connect_timeout):
+            while self._dispatcher is None and self._restarting:
+                await self._changed.wait()
+        if self._dispatcher is not None:
+            return self._dispatcher
+        why = f": {self.last_error}" if self.last_error else ""
+        raise MCPError(UPSTREAM_UNAVAILABLE, f"upstream `{self.name}` is unavailable{why}")
+
+    def _signal(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
 
     async def _modern_request(
         self,
@@ -252,6 +269,7 @@ class UpstreamLink:
         started = False
         backoff = self._backoff_initial
         while True:
+            connected_at: float | None = None
             try:
                 async with self._connect() as (read, write):
                     disp: JSONRPCDispatcher[TransportContext] = JSONRPCDispatcher(read, write)
@@ -261,6 +279,9 @@ class UpstreamLink:
                         with anyio.fail_after(self.config.connect_timeout):
                             self.info = await self._handshake(disp)
                         self._dispatcher = disp
+                        self._restarting = False
+                        self._signal()
+                        connected_at = anyio.current_time()
                         self.generation += 1
                         self.last_error = None
                         backoff = self._backoff_initial
@@ -277,23 +298,31 @@ class UpstreamLink:
                         tg.cancel_scope.cancel()
                 self.last_error = "the upstream closed the connection"
             except anyio.get_cancelled_exc_class():
+                self._restarting = False
                 self._mark_down("gateway shutting down")
                 raise
             except TimeoutError:
                 self.last_error = f"no answer to `initialize` within {self.config.connect_timeout:g}s"
             except Exception as exc:  # supervision boundary: any failure means "down, retry"
                 self.last_error = _describe(exc)
+            # A link that was up restarts at once and callers wait for it; a restart that
+            # failed backs off, and callers fail fast until the upstream is back.
+            self._restarting = connected_at is not None
             self._mark_down(self.last_error)
-            log.warning("upstream down", upstream=self.name, error=self.last_error, retry_in=backoff)
+            if connected_at is not None:  # at once, unless it is crashing as soon as it starts
+                delay = 0.0 if anyio.current_time() - connected_at > 1.0 else self._backoff_initial
+            else:
+                delay, backoff = backoff, min(backoff * 2, self._backoff_max)
+            log.warning("upstream down", upstream=self.name, error=self.last_error, retry_in=delay)
             if not started:
                 started = True
                 task_status.started()
-            await anyio.sleep(backoff)
-            backoff = min(backoff * 2, self._backoff_max)
+            await anyio.sleep(delay)
 
     def _mark_down(self, why: str | None) -> None:
         self._dispatcher = None
         self.last_error = why
+        self._signal()
 
     async def _serve(
         self,
@@ -305,6 +334,10 @@ class UpstreamLink:
         try:
             await disp.run(self._dispatch_request, self._dispatch_notify, task_status=task_status)
         finally:
+            if self._dispatcher is disp:  # down from this instant: new calls wait for the restart
+                self._dispatcher = None
+                self._restarting = True
+                self._signal()
             ended.set()
 
     async def _dispatch_request(
@@ -391,7 +424,7 @@ class UpstreamLink:
         else:
             assert cfg.url is not None
             async with (
-                create_mcp_http_client(headers=dict(cfg.headers)) as http,
+                upstream_http_client(cfg.headers) as http,
                 streamable_http_client(
                     cfg.url, http_client=http, max_sse_event_size=self._max_message_bytes
                 ) as streams,

@@ -83,6 +83,44 @@ def test_the_bundled_demo_config_is_valid() -> None:
     assert config.policy.file is not None and config.policy.file.parent.name == "state"
 
 
+def test_prefix_defaults_on_and_one_upstream_may_turn_it_off(tmp_path: Path) -> None:
+    config = parse_config({
+        "upstreams": [{"name": "a", "command": ["x"]}, {"name": "b", "command": ["y"], "prefix": False}],
+    }, tmp_path / "gateway.toml")
+    assert [u.prefix for u in config.upstreams] == [True, False]
+
+
+def test_two_unprefixed_upstreams_are_refused_because_their_names_could_collide(tmp_path: Path) -> None:
+    found = problems({"upstreams": [
+        {"name": "a", "command": ["x"], "prefix": False}, {"name": "b", "command": ["y"], "prefix": False},
+    ]}, tmp_path)
+    assert found == ["gateway.toml: upstreams[1].prefix: only one upstream can have `prefix = false` "
+                     "(two servers' own names could collide)"]
+    assert "upstreams[0].prefix: expected true or false" in problems(
+        {"upstreams": [{"name": "a", "command": ["x"], "prefix": "no"}]}, tmp_path)[0]
+
+
+@pytest.mark.parametrize("listen", ["stdio", "http://127.0.0.1:9/mcp", "http://localhost:9/mcp", "http://[::1]:9/mcp"])
+def test_anonymous_model_is_off_by_default_and_allowed_on_local_listeners(tmp_path: Path, listen: str) -> None:
+    assert parse_config({"gateway": {"listen": listen}}, tmp_path / "g.toml").anonymous_model is None
+    config = parse_config({"gateway": {"listen": listen, "anonymous_model": "local"}}, tmp_path / "g.toml")
+    assert config.anonymous_model == "local"
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.0.0.5", "gateway.example"])
+def test_anonymous_model_is_refused_on_a_network_listener(tmp_path: Path, host: str) -> None:
+    found = problems({"gateway": {"listen": f"http://{host}:9/mcp", "anonymous_model": "local"}}, tmp_path)
+    assert found == [f"gateway.toml: gateway.anonymous_model: only allowed on a loopback listener "
+                     f"(127.0.0.1, localhost, ::1), not `{host}`"]
+
+
+def test_decision_meta_is_full_by_default_and_checked(tmp_path: Path) -> None:
+    assert parse_config({}, tmp_path / "g.toml").decision_meta == "full"
+    assert parse_config({"gateway": {"decision_meta": "compact"}}, tmp_path / "g.toml").decision_meta == "compact"
+    assert "gateway.decision_meta: must be one of full, compact" in problems(
+        {"gateway": {"decision_meta": "tiny"}}, tmp_path)[0]
+
+
 def _minimal(**tables: dict) -> dict:
     return {"gateway": {"listen": "stdio"}, "policy": {"file": "p.yaml", "model_keys": "k.yaml"}, **tables}
 
