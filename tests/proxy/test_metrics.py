@@ -54,11 +54,6 @@ async def test_metrics_count_decisions_latency_scans_restarts_and_proposals(tmp_
         assert not (await gpt.call_tool("search.echo", {"text": "a"})).is_error
         assert not (await gpt.call_tool("search.echo", {"text": "b"})).is_error
         assert (await gpt.call_tool("calendar.add", {"a": 1, "b": 2})).is_error
-        poisoned = await gpt.call_tool("search.poison", {})
-        assert "io.securegateway/result_scan" in (poisoned.meta or {})
-        proposed = await gpt.call_tool("propose_policy", {
-            "yaml": "rules:\n  - model: gpt-4o\n    allow_tools: [calendar.nothing]\n", "justification": "x"})
-        stored_status = proposed.structured_content["status"]
         with pytest.raises(Exception, match="closed the connection"):
             await gpt.call_tool("calendar.crash", {})  # a protocol fault, not a denial
         with anyio.fail_after(20):  # the link reconnects; a later call succeeds
@@ -69,6 +64,12 @@ async def test_metrics_count_decisions_latency_scans_restarts_and_proposals(tmp_
                 except Exception:
                     pass
                 await anyio.sleep(0.2)
+        # After the crash: a flagged result taints gpt-4o's sink tools (calendar.crash among them).
+        poisoned = await gpt.call_tool("search.poison", {})
+        assert "io.securegateway/result_scan" in (poisoned.meta or {})
+        proposed = await gpt.call_tool("propose_policy", {
+            "yaml": "rules:\n  - model: gpt-4o\n    allow_tools: [calendar.nothing]\n", "justification": "x"})
+        stored_status = proposed.structured_content["status"]
         async with connect(site.url, CLAUDE_KEY) as claude:
             assert (await claude.call_tool("search.echo", {"text": "c"})).is_error
         unauthorized = await http.get("/metrics")
@@ -85,7 +86,7 @@ async def test_metrics_count_decisions_latency_scans_restarts_and_proposals(tmp_
     assert value(parsed, decisions, outcome="deny", reason_code="explicit_deny", model="gpt-4o",
                  upstream="calendar") == 1
     assert value(parsed, decisions, outcome="deny", reason_code="out_of_scope", model="claude", upstream="search") == 1
-    assert value(parsed, "securegateway_evaluation_seconds_count") >= 8
+    assert value(parsed, "securegateway_evaluation_seconds_count") >= 7  # 7 decided calls; a retry adds more
     assert value(parsed, "securegateway_call_seconds_count", upstream="search") == 4
     assert value(parsed, "securegateway_calls_in_flight", upstream="search") == 0
     assert value(parsed, "securegateway_audit_write_seconds_count") >= 8
