@@ -220,6 +220,9 @@ class ToolGuard:
             payload["by"] = by
         (log.warning if record.suspended else log.info)(event, tool=record.name, status=record.status)
         self._audit(event, payload)
-        if previous is None or previous.status != record.status:
+        # Listeners re-announce tool lists: only a change in what is listed counts (a tool
+        # pinned on first use was listed already, so pinning alone says nothing).
+        was_suspended = previous is not None and previous.suspended
+        if was_suspended != record.suspended:
             for listener in self._listeners:
                 listener(record)

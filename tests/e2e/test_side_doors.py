@@ -158,12 +158,12 @@ async def test_case1_a_method_passed_through_to_a_single_upstream_is_decided_and
     (site.root / "model_keys.yaml").write_text(KEYS)
     async with running(site.app()), httpx2.AsyncClient(timeout=30) as http:
         assert site.url is not None
-        body = {"jsonrpc": "2.0", "id": 5, "method": "tasks/list", "params": {}}
+        body = {"jsonrpc": "2.0", "id": 5, "method": "vendor/custom", "params": {}}  # no gateway route
         outside = _answer(await http.post(site.url, json=body, headers=await _raw_session(http, site.url)))
         inside = _answer(await http.post(site.url, json=body, headers=await _raw_session(http, site.url, OPS_KEY)))
     assert outside["error"]["code"] == POLICY_DENIED and outside["error"]["data"]["reason_code"] == "out_of_scope"
     assert inside["error"]["code"] == -32601  # forwarded: the hostile upstream does not know it
-    assert [(e["model"], e["decision"]["allowed"]) for e in decisions(site, method="tasks/list")] == [
+    assert [(e["model"], e["decision"]["allowed"]) for e in decisions(site, method="vendor/custom")] == [
         ("cal", False), ("ops", True)]
 
 

@@ -116,5 +116,6 @@ async def test_a_valid_call_after_garbage_is_still_decided_and_answered(tmp_path
                                 "params": {"name": "search.echo", "arguments": {"text": "fine"}}})
         replies = await wire.replies_until(5)
     assert replies[0]["error"]["code"] == -32700
+    assert len(replies) == 2, replies  # pinning tools on first use announces nothing
     assert replies[1]["result"]["content"][0]["text"] == "fine"
     assert replies[1]["result"]["_meta"]["io.securegateway/decision"]["allowed"] is True
