@@ -36,8 +36,10 @@ from negotiation import (
     Proposal,
     ProposalStatus,
 )
+from negotiation.approvals import ApprovalStatus
 from negotiation.text_safety import reviewer_view
 from policy import dump_policy_yaml
+from proxy.approval import ApprovalDesk
 
 __all__ = ["ADMIN_KEY_HEADER", "LOOPBACK_HOST_PATTERNS", "admin_allowed_hosts", "build_admin_app"]
 
@@ -120,6 +122,7 @@ def build_admin_app(
     max_body_bytes: int | None = None,
     allowed_hosts: Sequence[str] = LOOPBACK_HOST_PATTERNS,
     allowed_origins: Sequence[str] = (),
+    approvals: ApprovalDesk | None = None,
 ) -> Starlette:
     """The admin API as a Starlette app. ``max_body_bytes`` defaults to four times the
     guardrails' snippet cap (JSON escaping can double a snippet) plus 16 KiB.
@@ -219,9 +222,11 @@ def build_admin_app(
         )
 
     origins = [f"http://{host}" for host in allowed_hosts] + list(allowed_origins)
+    approval_routes = _approval_routes(approvals, guarded, limit) if approvals is not None else []
     return Starlette(
         middleware=[Middleware(_HostOriginGuard, hosts=tuple(allowed_hosts), origins=tuple(origins))],
         routes=[
+            *approval_routes,
             Route("/api/propose_policy", guarded(propose), methods=["POST"]),
             Route("/api/proposals", guarded(list_proposals), methods=["GET"]),
             Route("/api/proposals/{proposal_id}", guarded(show_proposal), methods=["GET"]),
@@ -230,6 +235,43 @@ def build_admin_app(
             Route("/api/policy", guarded(show_policy), methods=["GET"]),
         ]
     )
+
+
+def _approval_routes(desk: ApprovalDesk, guarded: Callable[[Endpoint], Endpoint], limit: int) -> list[Route]:
+    """``/api/approvals``: calls held by ``ask_tools`` rules, and the operator's yes or no."""
+
+    async def list_approvals(request: Request) -> JSONResponse:
+        raw = request.query_params.get("status")
+        try:
+            status = ApprovalStatus(raw) if raw else None
+        except ValueError:
+            statuses = ", ".join(s.value for s in ApprovalStatus)
+            raise _HttpError(400, "bad_request", f"unknown status `{raw}`; one of: {statuses}") from None
+        return JSONResponse({"approvals": [reviewer_view(a.to_dict()) for a in desk.list(status)]})
+
+    async def show_approval(request: Request) -> JSONResponse:
+        return JSONResponse(reviewer_view(desk.get(request.path_params["approval_id"]).to_dict()))
+
+    def answer(approve: bool) -> Endpoint:
+        async def endpoint(request: Request) -> JSONResponse:
+            body = await _json_body(request, limit)
+            reviewer = _string(body, "reviewer")
+            comment = body.get("comment", "")
+            if not isinstance(comment, str):
+                raise _HttpError(400, "bad_request", "`comment` must be a string")
+            approval = await desk.answer(
+                request.path_params["approval_id"], approve=approve, by=reviewer, how="admin_api", comment=comment,
+            )
+            return JSONResponse(reviewer_view(approval.to_dict()))
+
+        return endpoint
+
+    return [
+        Route("/api/approvals", guarded(list_approvals), methods=["GET"]),
+        Route("/api/approvals/{approval_id}", guarded(show_approval), methods=["GET"]),
+        Route("/api/approvals/{approval_id}/approve", guarded(answer(True)), methods=["POST"]),
+        Route("/api/approvals/{approval_id}/deny", guarded(answer(False)), methods=["POST"]),
+    ]
 
 
 def _detail(proposal: Proposal) -> dict[str, Any]:
