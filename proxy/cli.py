@@ -4,6 +4,7 @@
     securegateway audit verify [FILE] | audit show DECISION_ID
     securegateway explain DECISION_ID
     securegateway proposals list|show|approve|reject ...
+    securegateway approvals list|approve|deny ...
     securegateway policy verify|sign ;  securegateway keys generate
 
 Exit codes: 0 ok, 1 a check failed (e.g. audit verify), 2 bad usage or configuration.
@@ -57,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     from proxy import cli_ops
 
     cli_ops.register(sub, _config_arg, load_config_arg)
+    from proxy import cli_approvals
+
+    cli_approvals.register(sub, _config_arg, load_config_arg)
     return parser
 
 

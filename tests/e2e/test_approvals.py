@@ -286,3 +286,40 @@ async def test_a_deny_added_between_approval_and_execution_wins(tmp_path: Any, m
     assert result.is_error and result.structured_content["reason_code"] == "explicit_deny"
     assert reached(site) == []
     assert "approval.consumed" not in [e["type"] for e in events(site)]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cli(*args), capture_output=True, text=True, cwd=ROOT, env=gateway_env(), timeout=60,
+                          stdin=subprocess.DEVNULL)
+
+
+async def test_the_cli_lists_and_answers_held_calls(tmp_path: Any, monkeypatch: Any) -> None:
+    site = ask_site(tmp_path, monkeypatch, "operator")
+    config = str(site.config_path)
+    results: list[Any] = []
+    async with (
+        running(site.app()), connect(site.url, GPT_KEY) as client, httpx2.AsyncClient() as http,
+        anyio.create_task_group() as tg,
+    ):
+        async def call(note: str) -> None:
+            results.append(await client.call_tool("calendar.record", {"note": note}))
+
+        tg.start_soon(call, "via-cli")
+        (waiting,) = await pending_approvals(http, site)
+        listed = await anyio.to_thread.run_sync(run_cli, "approvals", "list", "--config", config)
+        assert listed.returncode == 0 and waiting["id"] in listed.stdout and "calendar.record" in listed.stdout
+        missing = await anyio.to_thread.run_sync(run_cli, "approvals", "approve", "nope", "--config", config)
+        assert missing.returncode == 2 and "--reviewer" in missing.stderr  # argparse: reviewer required
+        unknown = await anyio.to_thread.run_sync(
+            run_cli, "approvals", "approve", "nope", "--reviewer", "dana", "--config", config
+        )
+        assert unknown.returncode == 1 and "not_found" in unknown.stderr
+        answered = await anyio.to_thread.run_sync(
+            run_cli, "approvals", "approve", waiting["id"], "--reviewer", "dana", "--comment", "ok", "--config", config
+        )
+        assert answered.returncode == 0 and "approved by dana" in answered.stdout
+    (result,) = results
+    assert not result.is_error and reached(site) == ["called via-cli"]
+    monkeypatch.delenv("SECUREGATEWAY_ADMIN_KEY")
+    no_key = run_cli("approvals", "list", "--config", config)
+    assert no_key.returncode == 2 and "SECUREGATEWAY_ADMIN_KEY" in no_key.stderr
