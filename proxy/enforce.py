@@ -116,7 +116,11 @@ class Enforcer:
             method="tools/call", input_schema=call.input_schema,
         )
         if verdict.decision.reason_code == "approval_required" and self._approvals is not None:
-            settled = await self._approvals.settle(call, verdict, self)
+            try:
+                settled = await self._approvals.settle(call, verdict, self)
+            except Exception as exc:  # enforcement boundary: a broken approval is a deny, never a run
+                log.exception("approval failed", tool=call.qualified, decision_id=verdict.decision.decision_id)
+                settled = await self._approval_failed(call, verdict, exc)
             if isinstance(settled, dict):
                 return settled  # an input_required round: the client comes back with the answer
             verdict, call = settled
@@ -147,6 +151,13 @@ class Enforcer:
 
     def policy_version(self) -> int | None:
         return self._current().version
+
+    async def _approval_failed(self, call: ToolCall, verdict: Verdict, exc: Exception) -> tuple[Verdict, ToolCall]:
+        decision = self._error(call.session, verdict.decision.tool, None, f"approval failed: {_one_line(exc)}")
+        try:
+            return await self.record_call(call, decision, {"asked_by_decision": verdict.decision.decision_id}), call
+        except Exception:  # the audit log is what broke: still refuse
+            return Verdict(decision, decision_view(decision.to_dict(), self._visibility)), call
 
     # ---- the decision point ------------------------------------------------------------------------
 

@@ -88,13 +88,18 @@ class ApprovalGate:
                 },
                 "requestState": self.desk.sealer.seal(approval.id, decision.model),
             }
-        if route == "elicitation":
-            approval = await self._elicit(call, approval)
-        else:
-            tick = self._progress(call, approval)
-            if tick is not None:  # tell the caller at once why nothing happens yet
-                await tick(self.desk.remaining(approval))
-            approval = await self.desk.wait(approval.id, on_tick=tick, tick=self._tick)
+        try:
+            if route == "elicitation":
+                approval = await self._elicit(call, approval)
+            else:
+                tick = self._progress(call, approval)
+                if tick is not None:  # tell the caller at once why nothing happens yet
+                    await tick(self.desk.remaining(approval))
+                approval = await self.desk.wait(approval.id, on_tick=tick, tick=self._tick)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await self.desk.expire(approval.id, "the caller cancelled the call")  # nobody may answer for it now
+            raise
         return await self._finish(call, decision, approval, point, fresh=None)
 
     # ---- routes ----------------------------------------------------------------------------------
