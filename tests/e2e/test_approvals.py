@@ -132,6 +132,19 @@ async def test_a_2026_client_completes_the_input_required_round(tmp_path: Any, m
         again = await client.call_tool("calendar.record", {"note": "again"})  # a new call, a new question
         assert not again.is_error and len(seen) == 2
     assert reached(site) == ["called modern", "called again"]
+    answered = [e for e in events(site) if e["type"] == "approval.answered"]
+    assert [(e["by"], e["how"]) for e in answered] == [("user", "elicitation (input_required)")] * 2
+    assert [e["type"] for e in events(site)].count("approval.consumed") == 2
+
+
+async def test_a_2026_client_that_declines_is_denied(tmp_path: Any, monkeypatch: Any) -> None:
+    site = ask_site(tmp_path, monkeypatch, "user")
+    async with running(site.app()), connect(
+        site.url, GPT_KEY, mode="2026-07-28", elicitation_callback=answering(False)
+    ) as client:
+        result = await client.call_tool("calendar.record", {"note": "no"})
+    assert result.is_error and result.structured_content["reason_code"] == "approval_denied"
+    assert reached(site) == []
 
 
 async def test_a_2026_handle_is_single_use_bound_to_its_arguments_and_unforgeable(
