@@ -259,9 +259,10 @@ def _approval_routes(desk: ApprovalDesk, guarded: Callable[[Endpoint], Endpoint]
             comment = body.get("comment", "")
             if not isinstance(comment, str):
                 raise _HttpError(400, "bad_request", "`comment` must be a string")
-            approval = await desk.answer(
-                request.path_params["approval_id"], approve=approve, by=reviewer, how="admin_api", comment=comment,
-            )
+            approval_id = request.path_params["approval_id"]
+            if desk.get(approval_id).approver == "user":
+                raise _HttpError(409, "invalid_state", "this call waits for its user's answer (approver: user)")
+            approval = await desk.answer(approval_id, approve=approve, by=reviewer, how="admin_api", comment=comment)
             return JSONResponse(reviewer_view(approval.to_dict()))
 
         return endpoint

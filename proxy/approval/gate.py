@@ -8,7 +8,8 @@ Routes, by the asking rules' ``approver`` and what the client can do:
   it retries with the answer. A client that can do neither is refused (``approval_denied``).
 * ``operator`` - the call waits (progress notifications if the caller sent a progress token)
   while the approval is listed by the admin API and ``securegateway approvals``.
-* ``any`` - the user route when the client has one, the operator route otherwise.
+* ``any`` - the user route when the client has one (an operator may still answer first), the
+  operator route otherwise.
 
 Whatever the route, a yes is used once, for exactly the bound call: right before forwarding the
 call is decided again against the live policy (a deny added meanwhile wins; a changed policy
@@ -105,24 +106,30 @@ class ApprovalGate:
     # ---- routes ----------------------------------------------------------------------------------
 
     async def _elicit(self, call: ToolCall, approval: Approval) -> Approval:
-        """Ask the user at a handshake-era client, within the approval's time."""
+        """Ask the user at a handshake-era client; with ``approver: any`` an operator may answer first."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._ask_user, call, approval)
+            settled = await self.desk.wait(approval.id, tick=self._tick)  # answered by anyone, or expired
+            tg.cancel_scope.cancel()  # an elicitation still open is withdrawn
+        return settled
+
+    async def _ask_user(self, call: ToolCall, approval: Approval) -> None:
         remaining = max(self.desk.remaining(approval), 0.001)
-        answer: Any = None
-        failure: str | None = None
+        comment: str | None
         try:
-            with anyio.fail_after(remaining):
-                answer = await call.session.channel.send_raw_request(
-                    "elicitation/create", approval_form(approval), {"timeout": remaining}
-                )
-        except TimeoutError:
-            return await self.desk.expire(approval.id, "the user did not answer in time")
-        except Exception as exc:  # the client refused or failed: that is a no, recorded as such
-            failure = f"the client could not ask the user: {str(exc)[:200]}"
-        yes = failure is None and is_yes(answer)
-        comment = failure or (None if yes else f"the user answered `{_action(answer)}`")
-        with contextlib.suppress(ApprovalError):  # an operator may have answered first (approver: any)
-            return await self.desk.answer(approval.id, approve=yes, by="user", how="elicitation", comment=comment)
-        return self.desk.get(approval.id)
+            answer = await call.session.channel.send_raw_request(
+                "elicitation/create", approval_form(approval), {"timeout": remaining}
+            )
+        except Exception as exc:  # the client refused or failed to ask
+            if approval.approver == "any":
+                log.info("elicitation failed; waiting for an operator", approval=approval.id, error=str(exc)[:200])
+                return
+            yes, comment = False, f"the client could not ask the user: {str(exc)[:200]}"
+        else:
+            yes = is_yes(answer)
+            comment = None if yes else f"the user answered `{_action(answer)}`"
+        with contextlib.suppress(ApprovalError):  # already answered (an operator) or expired
+            await self.desk.answer(approval.id, approve=yes, by="user", how="elicitation", comment=comment)
 
     async def _resume(self, call: ToolCall, verdict: Any, point: DecisionPoint) -> Settled:
         """A 2026 client's retry with the sealed handle and (maybe) the user's answer."""

@@ -336,3 +336,61 @@ async def test_the_cli_lists_and_answers_held_calls(tmp_path: Any, monkeypatch: 
     monkeypatch.delenv("SECUREGATEWAY_ADMIN_KEY")
     no_key = run_cli("approvals", "list", "--config", config)
     assert no_key.returncode == 2 and "SECUREGATEWAY_ADMIN_KEY" in no_key.stderr
+
+
+async def test_with_approver_any_an_operator_may_answer_before_the_user(tmp_path: Any, monkeypatch: Any) -> None:
+    site = ask_site(tmp_path, monkeypatch, "any")
+    asked = anyio.Event()
+
+    async def silent_user(ctx: Any, params: mt.ElicitRequestParams) -> mt.ElicitResult:
+        asked.set()
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    results: list[Any] = []
+    async with (
+        running(site.app()), connect(site.url, GPT_KEY, elicitation_callback=silent_user) as client,
+        httpx2.AsyncClient() as http, anyio.create_task_group() as tg,
+    ):
+        async def call() -> None:
+            results.append(await client.call_tool("calendar.record", {"note": "either"}))
+
+        tg.start_soon(call)
+        (waiting,) = await pending_approvals(http, site)
+        with anyio.fail_after(10):
+            await asked.wait()  # the user was asked too
+        response = await http.post(
+            f"{admin_url(site)}/approvals/{waiting['id']}/approve", headers=HEADERS, json={"reviewer": "erin"}
+        )
+        assert response.status_code == 200
+    (result,) = results
+    assert not result.is_error and reached(site) == ["called either"]
+    assert "erin" in result.meta["io.securegateway/decision"]["reason"]
+
+
+async def test_an_operator_cannot_answer_for_the_user(tmp_path: Any, monkeypatch: Any) -> None:
+    site = ask_site(tmp_path, monkeypatch, "user")
+    release = anyio.Event()
+
+    async def slow_user(ctx: Any, params: mt.ElicitRequestParams) -> mt.ElicitResult:
+        await release.wait()
+        return mt.ElicitResult(action="decline")
+
+    results: list[Any] = []
+    async with (
+        running(site.app()), connect(site.url, GPT_KEY, elicitation_callback=slow_user) as client,
+        httpx2.AsyncClient() as http, anyio.create_task_group() as tg,
+    ):
+        async def call() -> None:
+            results.append(await client.call_tool("calendar.record", {"note": "mine"}))
+
+        tg.start_soon(call)
+        (waiting,) = await pending_approvals(http, site)
+        response = await http.post(
+            f"{admin_url(site)}/approvals/{waiting['id']}/approve", headers=HEADERS, json={"reviewer": "mallory"}
+        )
+        assert response.status_code == 409 and response.json()["code"] == "invalid_state"
+        release.set()
+    (result,) = results
+    assert result.is_error and result.structured_content["reason_code"] == "approval_denied"
+    assert reached(site) == []
