@@ -394,3 +394,23 @@ async def test_an_operator_cannot_answer_for_the_user(tmp_path: Any, monkeypatch
     (result,) = results
     assert result.is_error and result.structured_content["reason_code"] == "approval_denied"
     assert reached(site) == []
+
+
+async def test_a_2026_call_waits_for_the_operator_too(tmp_path: Any, monkeypatch: Any) -> None:
+    site = ask_site(tmp_path, monkeypatch, "operator")
+    results: list[Any] = []
+    async with (
+        running(site.app()), connect(site.url, GPT_KEY, mode="2026-07-28") as client,
+        httpx2.AsyncClient() as http, anyio.create_task_group() as tg,
+    ):
+        async def call() -> None:
+            results.append(await client.call_tool("calendar.record", {"note": "modern-op"}))
+
+        tg.start_soon(call)
+        (waiting,) = await pending_approvals(http, site)
+        response = await http.post(
+            f"{admin_url(site)}/approvals/{waiting['id']}/approve", headers=HEADERS, json={"reviewer": "frank"}
+        )
+        assert response.status_code == 200
+    (result,) = results
+    assert not result.is_error and reached(site) == ["called modern-op"]
