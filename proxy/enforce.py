@@ -124,6 +124,8 @@ class Enforcer:
             if isinstance(settled, dict):
                 return settled  # an input_required round: the client comes back with the answer
             verdict, call = settled
+        elif self._approvals is not None:
+            call = self._approvals.unheld(call)  # a retry whose hold the policy dropped meanwhile
         if not verdict.allowed:
             return denial_result(verdict.decision, self._visibility, verdict.view)
         result = await call_next(call)

@@ -103,6 +103,10 @@ class ApprovalGate:
             raise
         return await self._finish(call, decision, approval, point, fresh=None)
 
+    def unheld(self, call: ToolCall) -> ToolCall:
+        """A call that needs no approval (any more): drop a handle of ours before it goes upstream."""
+        return _without_rounds(call) if self.desk.sealer.is_handle(call.params.get("requestState")) else call
+
     # ---- routes ----------------------------------------------------------------------------------
 
     async def _elicit(self, call: ToolCall, approval: Approval) -> Approval:

@@ -414,3 +414,25 @@ async def test_a_2026_call_waits_for_the_operator_too(tmp_path: Any, monkeypatch
         assert response.status_code == 200
     (result,) = results
     assert not result.is_error and reached(site) == ["called modern-op"]
+
+
+async def test_a_2026_retry_after_the_ask_was_dropped_runs_as_a_plain_allowed_call(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    site = ask_site(tmp_path, monkeypatch, "user")
+    app = site.app()
+    yes = {"approval": {"action": "accept", "content": {"approve": True}}}
+    async with running(app), connect(site.url, GPT_KEY, mode="2026-07-28", elicitation_callback=answering(True)) as c:
+        first = await c.session.call_tool("calendar.record", {"note": "p"}, allow_input_required=True)
+        assert isinstance(first, mt.InputRequiredResult)
+        version = app.runtime.live.current.version
+        (site.root / "policies.yaml").write_text(POLICY)
+        with anyio.fail_after(15):
+            while app.runtime.live.current.version == version:
+                await anyio.sleep(0.05)
+        retry = await c.session.call_tool(
+            "calendar.record", {"note": "p"}, allow_input_required=True, input_responses=yes,
+            request_state=first.request_state,
+        )
+        assert not retry.is_error and retry.meta["io.securegateway/decision"]["reason_code"] == "allowed"
+    assert reached(site) == ["called p"]
