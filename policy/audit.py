@@ -1,13 +1,14 @@
 """The audit log's public surface, in one import.
 
-The pieces live in three modules, one concept each: ``audit_event`` (the versioned
+The pieces live in four modules, one concept each: ``audit_event`` (the versioned
 envelope, the builders, the hash), ``audit_log`` (the ``AuditSink`` seam and the embedded
-JSONL writer) and ``audit_verify`` (verification and lookup). docs/audit.md is the format
-reference.
+JSONL writer), ``audit_checkpoint`` (signed checkpoints and their sinks) and
+``audit_verify`` (verification and lookup). docs/audit.md is the format reference.
 """
 
 from __future__ import annotations
 
+from policy.audit_checkpoint import Checkpoint, CheckpointFile, CheckpointSink, read_checkpoint_file
 from policy.audit_event import (
     DECISION_FIELDS,
     EVENT_TYPES,
@@ -30,6 +31,9 @@ __all__ = [
     "AuditError",
     "AuditSink",
     "BadEvent",
+    "Checkpoint",
+    "CheckpointFile",
+    "CheckpointSink",
     "Head",
     "JsonlAuditLog",
     "VerifyReport",
@@ -37,6 +41,7 @@ __all__ = [
     "event",
     "find_events",
     "log_files",
+    "read_checkpoint_file",
     "redacted_payload",
     "verify_log",
 ]

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from policy.redact import digest, mask_text, redact, scrub, value_contains_secret
+from policy.redact import digest, mask_text, redact, scrub, scrub_all, value_contains_secret
 
 __all__ = [
     "DECISION_FIELDS",
@@ -315,13 +315,20 @@ def decision_event(
         decision_view = redact(decision_value, root="decision", sensitive_keys=frozenset())
         decision_value = decision_view.value
         masked.extend(decision_view.masked_paths)
+    request_value: Any = request_view.value if request_view is not None else None
     if hidden:
         # A value masked by key name (an Authorization header) is quoted again by a schema
-        # violation message, a reason template or a risk factor: hide it there too.
-        decision_scrub = scrub(decision_value, hidden, root="decision")
-        arguments_scrub = scrub(arguments_value, hidden, root="arguments")
-        decision_value, arguments_value = decision_scrub.value, arguments_scrub.value
-        masked.extend(decision_scrub.masked_paths + arguments_scrub.masked_paths)
+        # violation message, a reason template or a risk factor: hide it there too. The
+        # decision goes first: it is small, and the most likely to quote.
+        parts = {"decision": decision_value, "arguments": arguments_value}
+        if request_view is not None:
+            parts["request"] = request_value
+        scrubbed = scrub_all(parts, hidden)
+        decision_value, arguments_value = scrubbed["decision"].value, scrubbed["arguments"].value
+        masked.extend(scrubbed["decision"].masked_paths + scrubbed["arguments"].masked_paths)
+        if "request" in scrubbed:
+            request_value = scrubbed["request"].value
+            masked.extend(scrubbed["request"].masked_paths)
     payload: dict[str, Any] = {
         "decision_id": decision.get("decision_id") or extra.get("decision_id") or new_event_id(),
         "model": decision.get("model") or extra.get("model"),
@@ -337,9 +344,8 @@ def decision_event(
         "latency_ms": latency_ms,
     }
     if request_view is not None:
-        request_scrub = scrub(request_view.value, hidden, root="request")
-        payload["request"] = request_scrub.value
-        masked.extend(request_view.masked_paths + request_scrub.masked_paths)
+        payload["request"] = request_value
+        masked.extend(request_view.masked_paths)
     payload["masked"] = list(dict.fromkeys(masked))
     return event("decision", **payload)
 

@@ -451,7 +451,8 @@ def _target_counterfactual(
         )
     grant = None
     if base.suggested_rule is not None:
-        grant = {"model": model, _GRANT_KEY[kind]: [target]}
+        key = _GRANT_KEY.get(kind)
+        grant = {"model": model, key: [target]} if key is not None else None
     text = base.text.replace(f"granted {model} `{target}`", f"granted {model} the {kind} `{target}`")
     return Counterfactual(text, grant, base.remove_rules)
 

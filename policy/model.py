@@ -79,8 +79,10 @@ class Condition:
 
 
 # What a request reaches upstream: a tool (tools/call), a prompt (prompts/get, prompt
-# completions) or a resource (resources/read, resources/subscribe, resource completions).
-TARGET_KINDS: tuple[str, ...] = ("tool", "prompt", "resource")
+# completions), a resource (resources/read, resources/subscribe, resource completions), or
+# another method the relay passes through to a single upstream (``method``; no rule names
+# those: the key scope must reach the upstream).
+TARGET_KINDS: tuple[str, ...] = ("tool", "prompt", "resource", "method")
 # The kinds ``settings.require_rules_for`` may name (tools always need a rule).
 RULED_KINDS: dict[str, str] = {"prompts": "prompt", "resources": "resource"}
 
@@ -222,6 +224,8 @@ class Rule:
             return self.allow_prompts, self.deny_prompts
         if kind == "resource":
             return self.allow_resources, self.deny_resources
+        if kind == "method":
+            return (), ()
         return self.allow_tools, self.deny_tools
 
     @property

@@ -58,6 +58,7 @@ __all__ = [
     "redact",
     "redact_text",
     "scrub",
+    "scrub_all",
     "value_contains_secret",
 ]
 
@@ -184,14 +185,18 @@ _ELLIPSES = ("\u2026", "...")
 _QUOTES = ("'", '"', "`")
 
 
-_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~")
+_UNRESERVED = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~"
+_PERCENT_ASCII = {code: f"%{code:02X}" for code in range(128) if chr(code) not in _UNRESERVED}
 
 
 def _percent(value: str) -> str:
     """``value`` percent-encoded as a URL component (what ``urllib.parse.quote(v, safe="")`` gives)."""
+    if value.isascii():
+        return value.translate(_PERCENT_ASCII)
     return "".join(
-        chr(byte) if chr(byte) in _UNRESERVED else f"%{byte:02X}"
-        for byte in value.encode("utf-8", "surrogatepass")
+        char.translate(_PERCENT_ASCII) if char.isascii()
+        else "".join(f"%{byte:02X}" for byte in char.encode("utf-8", "surrogatepass"))
+        for char in value
     )
 
 
@@ -210,57 +215,89 @@ def _forms(value: str) -> set[str]:
     return {form for form in forms if form}
 
 
-def _hidden_spans(text: str, forms: Iterable[str]) -> list[tuple[int, int]]:
-    spans: list[tuple[int, int]] = []
-    grams: set[str] = set()
-    for form in forms:
-        if len(form) < _MIN_BARE:
+# Bounds on the work a record's hidden values can cause (the audit path of every call):
+# at most this many forms are looked for; 12-character runs are indexed from the first
+# 4 KiB of each, 128 KiB in all, and searched for in at most 4 MiB of the record's text.
+_MAX_FORMS = 512
+_MAX_GRAM_SOURCE = 128 << 10
+_MAX_GRAM_FORM = 4096
+_MAX_GRAM_TEXT = 4 << 20
+
+
+class _Hider:
+    """The hidden values of one record, indexed once, hidden from any number of its strings."""
+
+    def __init__(self, hidden: Iterable[str]) -> None:
+        forms: set[str] = set()
+        for value in hidden:
+            if value:
+                forms |= _forms(value)
+            if len(forms) >= _MAX_FORMS:
+                break
+        self.short = [form for form in forms if len(form) < _MIN_BARE]
+        # Longest first, so a whole value wins over a shorter one it contains.
+        self.long = sorted((form for form in forms if len(form) >= _MIN_BARE), key=len, reverse=True)
+        self.grams: set[str] = set()
+        budget = _MAX_GRAM_SOURCE
+        for form in self.long:
+            if len(form) < _FRAGMENT or budget <= 0:
+                continue
+            indexed = form[:_MAX_GRAM_FORM]
+            budget -= len(indexed)
+            self.grams.update(indexed[i : i + _FRAGMENT] for i in range(len(indexed) - _FRAGMENT + 1))
+        self.text_budget = _MAX_GRAM_TEXT
+
+    def __bool__(self) -> bool:
+        return bool(self.short or self.long)
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        spans: list[tuple[int, int]] = []
+        for form in self.short:
             for quote_char in _QUOTES:
                 needle = quote_char + form + quote_char
                 start = text.find(needle)
                 while start >= 0:
                     spans.append((start + 1, start + 1 + len(form)))
                     start = text.find(needle, start + 1)
-            continue
-        if len(form) >= _FRAGMENT:
-            grams.update(form[i : i + _FRAGMENT] for i in range(len(form) - _FRAGMENT + 1))
-        # Whole, or its start cut short by a length cap ("…") or the end of the text.
-        head = form[:_MIN_PREFIX]
-        start = text.find(head)
-        while start >= 0:
-            matched = len(head)
-            limit = min(len(form), len(text) - start)
-            while matched < limit and text[start + matched] == form[matched]:
-                matched += 1
-            end = start + matched
-            ellipsis = next((mark for mark in _ELLIPSES if text.startswith(mark, end)), None)
-            if matched == len(form) or end == len(text) or ellipsis:
-                spans.append((start, end + (len(ellipsis) if ellipsis else 0)))
-            start = text.find(head, start + 1)
-    if grams and len(text) >= _FRAGMENT:
-        # Any 12-character run of a hidden value, wherever it is: what survives when a
-        # message quoted only part of it or something else masked the rest.
-        spans.extend(
-            (i, i + _FRAGMENT) for i in range(len(text) - _FRAGMENT + 1) if text[i : i + _FRAGMENT] in grams
-        )
-    return spans
+        for form in self.long:
+            # Whole, or its start cut short by a length cap ("…") or the end of the text.
+            head = form[:_MIN_PREFIX]
+            start = text.find(head)
+            while start >= 0:
+                matched = len(head)
+                limit = min(len(form), len(text) - start)
+                while matched < limit and text[start + matched] == form[matched]:
+                    matched += 1
+                end = start + matched
+                ellipsis = next((mark for mark in _ELLIPSES if text.startswith(mark, end)), None)
+                if matched == len(form) or end == len(text) or ellipsis:
+                    spans.append((start, end + (len(ellipsis) if ellipsis else 0)))
+                start = text.find(head, start + 1)
+        if self.grams and len(text) >= _FRAGMENT and self.text_budget > 0:
+            # Any 12-character run of a hidden value, wherever it is: what survives when a
+            # message quoted only part of it or something else masked the rest.
+            self.text_budget -= len(text)
+            grams = self.grams
+            spans.extend(
+                (i, i + _FRAGMENT) for i in range(len(text) - _FRAGMENT + 1) if text[i : i + _FRAGMENT] in grams
+            )
+        return spans
 
-
-def _hide(text: str, forms: Iterable[str]) -> str:
-    spans = sorted(_hidden_spans(text, forms))
-    if not spans:
-        return text
-    parts: list[str] = []
-    cursor = 0
-    for start, end in spans:
-        if end <= cursor:
-            continue
-        parts.append(text[cursor : max(start, cursor)])
-        if start >= cursor:
-            parts.append(REDACTED)
-        cursor = end
-    parts.append(text[cursor:])
-    return "".join(parts)
+    def hide(self, text: str) -> str:
+        spans = sorted(self.spans(text))
+        if not spans:
+            return text
+        parts: list[str] = []
+        cursor = 0
+        for start, end in spans:
+            if end <= cursor:
+                continue
+            parts.append(text[cursor : max(start, cursor)])
+            if start >= cursor:
+                parts.append(REDACTED)
+            cursor = end
+        parts.append(text[cursor:])
+        return "".join(parts)
 
 
 def redact_text(text: str, *, hidden: Iterable[str] = ()) -> str:
@@ -270,16 +307,8 @@ def redact_text(text: str, *, hidden: Iterable[str] = ()) -> str:
     (values masked by key name elsewhere in the same record) wherever it is quoted.
     """
     masked = mask_text(text)[0]
-    forms = _all_forms(hidden)
-    return _hide(masked, forms) if forms else masked
-
-
-def _all_forms(hidden: Iterable[str]) -> set[str]:
-    forms: set[str] = set()
-    for value in hidden:
-        if value:
-            forms |= _forms(value)
-    return forms
+    hider = _Hider(hidden)
+    return hider.hide(masked) if hider else masked
 
 
 # Fields that identify rather than describe: never rewritten by scrub, so a chosen value
@@ -295,29 +324,38 @@ def scrub(value: Any, hidden: Iterable[str], *, root: str = "") -> Redacted:
     ``masked_paths`` names the strings that changed. ``value`` must be plain JSON data (the
     output of :func:`redact`); it is not mutated.
     """
-    forms = _all_forms(hidden)
-    changed: list[str] = []
+    return scrub_all({root: value}, hidden)[root]
 
-    def walk(item: Any, path: str, depth: int) -> Any:
-        if isinstance(item, str):
-            out = _hide(item, forms)
-            if out != item:
-                changed.append(path)
-            return out
-        if depth >= MAX_DEPTH:
-            return item
-        if isinstance(item, Mapping):
-            return {
-                key: sub if key in _IDENTIFIERS else walk(sub, _child(path, str(key)), depth + 1)
-                for key, sub in item.items()
-            }
-        if isinstance(item, list | tuple):
-            return [walk(sub, _item(path, index), depth + 1) for index, sub in enumerate(item)]
+
+def scrub_all(parts: Mapping[str, Any], hidden: Iterable[str]) -> dict[str, Redacted]:
+    """:func:`scrub` of each value of ``parts`` (root -> value), indexing ``hidden`` once."""
+    hider = _Hider(hidden)
+    if not hider:
+        return {root: Redacted(value, ()) for root, value in parts.items()}
+    out: dict[str, Redacted] = {}
+    for root, value in parts.items():
+        changed: list[str] = []
+        copy = _scrub_walk(hider, value, root or "$", 0, changed)
+        out[root] = Redacted(copy, tuple(dict.fromkeys(changed)))
+    return out
+
+
+def _scrub_walk(hider: _Hider, item: Any, path: str, depth: int, changed: list[str]) -> Any:
+    if isinstance(item, str):
+        hidden_text = hider.hide(item)
+        if hidden_text != item:
+            changed.append(path)
+        return hidden_text
+    if depth >= MAX_DEPTH:
         return item
-
-    if not forms:
-        return Redacted(value, ())
-    return Redacted(walk(value, root or "$", 0), tuple(dict.fromkeys(changed)))
+    if isinstance(item, Mapping):
+        return {
+            key: sub if key in _IDENTIFIERS else _scrub_walk(hider, sub, _child(path, str(key)), depth + 1, changed)
+            for key, sub in item.items()
+        }
+    if isinstance(item, list | tuple):
+        return [_scrub_walk(hider, sub, _item(path, index), depth + 1, changed) for index, sub in enumerate(item)]
+    return item
 
 
 def _leaves(value: Any, depth: int = 0) -> Iterable[str]:

@@ -36,6 +36,7 @@ from policy import (
     gateway_error_decision,
     unknown_tool_decision,
 )
+from policy.engine import scope_reaches
 from proxy.disclosure import decision_view
 from proxy.intercept import CallNext, ToolCall, ToolResult
 from proxy.result_scan import ScanOutcome, finding_summary, scan_payload
@@ -207,6 +208,16 @@ class Enforcer:
         server, _, tool = name.partition(".")
         return await self._record(session, decision, view, server, tool, {}, "tools/call", "tool", None,
                                   time.perf_counter())
+
+    def reaches(self, session: Any, upstream: str) -> bool:
+        """Whether the session's key scope reaches ``upstream`` (its prompts and resources are listed)."""
+        try:
+            model_id = _model_id(session)
+            identity = self._current().keys.get(model_id) if model_id is not None else None
+            return identity is not None and scope_reaches(identity.tools, upstream)
+        except Exception:  # a list filter fails closed: hide what cannot be judged
+            log.exception("list filter failed", upstream=upstream)
+            return False
 
     def _evaluate(
         self,

@@ -65,6 +65,8 @@ class AccessGate(Protocol):
 
     async def unknown_tool(self, session: DownstreamSession, name: str) -> Verdict: ...
 
+    def reaches(self, session: DownstreamSession, upstream: str) -> bool: ...
+
     async def screen(
         self, session: DownstreamSession, *, method: str, server: str, target: str, payload: Any,
         decision_id: str | None = None,
@@ -270,11 +272,35 @@ class Relay:
         if ctx.method == "tools/list":
             items = await self._host.visible_tools(session, items)
             items = [dict(tool.definition) for tool in self._host.local_tools(session).values()] + items
+        else:
+            items = await self._listable(session, kind, items)
         page, next_cursor = session.catalog.page(items, (ctx.params or {}).get("cursor"))
         result: dict[str, Any] = {kind.field: page}
         if next_cursor is not None:
             result["nextCursor"] = next_cursor
         return result
+
+    async def _listable(
+        self, session: DownstreamSession, kind: Any, items: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Prompts and resources of upstreams the model's key scope does not reach are not listed."""
+        gate = self._host.access
+        if gate is None:
+            return items
+        kept: list[dict[str, Any]] = []
+        for item in items:
+            name = item.get(kind.key)
+            if kind.namespaced:
+                target = session.catalog.split(name)
+                owner = target[0].name if target is not None else None
+            else:
+                try:
+                    owner = (await session.catalog.resource_owner(name)).name
+                except MCPError:
+                    owner = None
+            if owner is not None and gate.reaches(session, owner):
+                kept.append(item)
+        return kept
 
     async def _tools_call(self, session: DownstreamSession, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
         params = ctx.params or {}
@@ -385,7 +411,9 @@ class Relay:
         """A method the gateway does not route: with one upstream it is passed through as is."""
         if len(session.links) == 1:
             (link,) = session.links.values()
-            return await _forward(link, ctx, ctx.params)
+            decision_id = await self._decide(session, ctx.method, "method", link.name, ctx.method, {})
+            result = await _forward(link, ctx, ctx.params)
+            return await self._screened(session, ctx.method, link.name, ctx.method, result, decision_id)
         raise MCPError(METHOD_NOT_FOUND, "Method not found", data=ctx.method)
 
 

@@ -17,8 +17,8 @@ from mcp import MCPError
 from mcp import types as mcp_types
 
 from proxy.enforce import POLICY_DENIED, RESULT_BLOCKED
-from tests.conftest import connect, running, server_cmd
-from tests.e2e.conftest import Site, make_site, text_of
+from tests.conftest import ROOT, connect, gateway_env, running, server_cmd
+from tests.e2e.conftest import CLAUDE_KEY, Site, make_site, text_of
 from tests.e2e.hostile_upstream import AWS_KEY, FULLWIDTH
 
 pytestmark = pytest.mark.anyio
@@ -78,6 +78,8 @@ def decisions(site: Site, **match: Any) -> list[dict[str, Any]]:
 async def test_case1_resource_of_an_upstream_outside_the_key_scope_is_denied_and_audited(tmp_path: Path) -> None:
     site = hostile_site(tmp_path / "s")
     async with running(site.app()), connect(site.url, CAL_KEY) as client:
+        assert not any(p.name.startswith("vault.") for p in (await client.list_prompts()).prompts)
+        assert not any(str(r.uri).startswith("raw://") for r in (await client.list_resources()).resources)
         with pytest.raises(MCPError) as denied:
             await client.read_resource("raw://secrets/db")
         assert denied.value.code == POLICY_DENIED
@@ -99,6 +101,8 @@ async def test_case1_resource_of_an_upstream_outside_the_key_scope_is_denied_and
 async def test_case1_in_scope_prompts_and_resources_are_read_and_audited_as_allowed(tmp_path: Path) -> None:
     site = hostile_site(tmp_path / "s", gateway='result_scan = "off"')
     async with running(site.app()), connect(site.url, OPS_KEY) as client:
+        assert "vault.greet" in {p.name for p in (await client.list_prompts()).prompts}
+        assert "raw://secrets/db" in {str(r.uri) for r in (await client.list_resources()).resources}
         contents = await client.read_resource("raw://public/readme")
         assert contents.contents[0].text == "just a readme"
         prompt = await client.get_prompt("vault.greet")
@@ -146,6 +150,21 @@ async def test_case1_completion_is_decided_and_a_server_without_completions_is_m
         assert outside.value.code == -32601  # the hostile upstream offers no completions
     (allowed,) = decisions(site, method="completion/complete")
     assert allowed["decision"]["allowed"] is True and allowed["decision"]["kind"] == "prompt"
+
+
+async def test_case1_a_method_passed_through_to_a_single_upstream_is_decided_and_audited(tmp_path: Path) -> None:
+    site = make_site(tmp_path / "s", policy=POLICY,
+                     upstreams=[("vault", [sys.executable, "-m", "tests.e2e.hostile_upstream"])])
+    (site.root / "model_keys.yaml").write_text(KEYS)
+    async with running(site.app()), httpx2.AsyncClient(timeout=30) as http:
+        assert site.url is not None
+        body = {"jsonrpc": "2.0", "id": 5, "method": "tasks/list", "params": {}}
+        outside = _answer(await http.post(site.url, json=body, headers=await _raw_session(http, site.url)))
+        inside = _answer(await http.post(site.url, json=body, headers=await _raw_session(http, site.url, OPS_KEY)))
+    assert outside["error"]["code"] == POLICY_DENIED and outside["error"]["data"]["reason_code"] == "out_of_scope"
+    assert inside["error"]["code"] == -32601  # forwarded: the hostile upstream does not know it
+    assert [(e["model"], e["decision"]["allowed"]) for e in decisions(site, method="tasks/list")] == [
+        ("cal", False), ("ops", True)]
 
 
 # ---- case 2: unknown tools are audited decisions ------------------------------------------------
@@ -199,8 +218,8 @@ async def test_case3_and_4_newlines_and_wrong_types_do_not_dodge_a_deny(tmp_path
 # ---- case 5: duplicate in-flight request ids ----------------------------------------------------
 
 
-async def _raw_session(http: Any, url: str) -> dict[str, str]:
-    headers = {"Authorization": f"Bearer {CAL_KEY}", "Accept": "application/json, text/event-stream",
+async def _raw_session(http: Any, url: str, key: str = CAL_KEY) -> dict[str, str]:
+    headers = {"Authorization": f"Bearer {key}", "Accept": "application/json, text/event-stream",
                "Content-Type": "application/json"}
     init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
         "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}
@@ -253,6 +272,46 @@ async def test_case5_ten_concurrent_calls_sharing_an_id_each_get_their_own_answe
         assert text == (f"call {index}" if index % 2 else "done 2"), (index, answer)
     assert served >= 1
     assert len(decisions(site)) == served  # a refused duplicate never reached the decision point
+
+
+async def test_case5_on_stdio_the_first_holder_keeps_its_id_and_duplicates_get_32600(tmp_path: Path) -> None:
+    site = make_site(tmp_path / "s", listen="stdio", policy=POLICY)
+    env = {**gateway_env(), "SECUREGATEWAY_MODEL_KEY": CLAUDE_KEY}
+    command = [sys.executable, "-m", "proxy.cli", "run", "--config", str(site.config_path)]
+    init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}
+    slow = {"name": "calendar.slow", "arguments": {"steps": 2, "delay": 0.3}}
+    calls = [{"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+              "params": slow if index == 0 else {"name": "calendar.echo", "arguments": {"text": f"call {index}"}}}
+             for index in range(10)]
+    answers: list[dict[str, Any]] = []
+    async with await anyio.open_process(command, env=env, cwd=str(ROOT)) as proc:
+        assert proc.stdin is not None and proc.stdout is not None
+        lines = _lines(proc.stdout)
+        await proc.stdin.send((json.dumps(init) + "\n").encode())
+        with anyio.fail_after(30):
+            assert (await anext(lines))["id"] == 0
+            initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+            await proc.stdin.send("".join(json.dumps(m) + "\n" for m in [initialized, *calls]).encode())
+            while len(answers) < 10:
+                message = await anext(lines)
+                if message.get("id") == 7:
+                    answers.append(message)
+        await proc.stdin.aclose()
+    results = [a for a in answers if "result" in a]
+    errors = [a for a in answers if "error" in a]
+    assert [r["result"]["content"][0]["text"] for r in results] == ["done 2"], answers
+    assert len(errors) == 9 and {e["error"]["code"] for e in errors} == {-32600}
+
+
+async def _lines(stream: Any) -> Any:
+    buffer = b""
+    async for chunk in stream:
+        buffer += chunk
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            if line.strip():
+                yield json.loads(line)
 
 
 # ---- case 6: a non-object upstream result -------------------------------------------------------
@@ -311,6 +370,24 @@ async def test_case7_prompt_resource_and_sampling_payloads_are_blocked_and_audit
     assert by_method["prompts/get"]["findings"][0]["path"] == "messages[0].content.text"
     assert by_method["sampling/createMessage"]["findings"][0]["path"] == "messages[0].content.text"
     assert AWS_KEY not in site.audit_path.read_text()
+
+
+async def test_case7_a_sessionless_client_gets_no_injected_input_request_either(tmp_path: Path) -> None:
+    """For a 2026 client the upstream's sampling request would become an input_required round."""
+    site = hostile_site(tmp_path / "s", gateway='result_scan = "block"')
+    asked: list[Any] = []
+
+    async def sampling(ctx: Any, params: Any) -> Any:
+        asked.append(params)
+        return mcp_types.CreateMessageResult(
+            role="assistant", content=mcp_types.TextContent(type="text", text="ok"), model="m")
+
+    async with running(site.app()), connect(site.url, OPS_KEY, mode="auto", sampling_callback=sampling) as client:
+        assert client.protocol_version == "2026-07-28"
+        asked_result = await client.call_tool("vault.ask_sampling", {})
+        assert "client request refused" in text_of(asked_result)
+    assert asked == []
+    assert [e["method"] for e in audit(site, "result.flagged")] == ["sampling/createMessage"]
 
 
 async def test_case7_flag_mode_passes_payloads_and_audits_them(tmp_path: Path) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from policy import Condition
 from policy.match import (
@@ -154,3 +156,59 @@ def test_a_scope_glob_reaches_an_upstream_when_some_tool_of_it_is_inside(
     pattern: str, server: str, reaches: bool
 ) -> None:
     assert glob_reaches(pattern, f"{server}.") is reaches
+
+
+# ---- the invariant behind "a deny condition cannot be dodged" (hypothesis) -------------------
+
+_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-5, 5), st.floats(-5, 5, allow_nan=False),
+    st.sampled_from(["a", "x", "/srv/a", "srv", "a\nb"]),
+)
+_values = st.recursive(
+    _scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.sampled_from("ab"), inner, max_size=2)),
+    max_leaves=6,
+)
+_conditions = st.one_of(
+    st.tuples(st.just("equals"), _scalars),
+    st.tuples(st.just("one_of"), st.lists(_scalars, min_size=1, max_size=3).map(tuple)),
+    st.tuples(st.sampled_from(["min", "max"]), st.integers(-5, 5)),
+    st.tuples(st.just("max_length"), st.integers(0, 3)),
+    st.tuples(st.just("under"), st.sampled_from(["/", "/srv"])),
+    st.tuples(st.sampled_from(["regex", "not_regex"]), st.sampled_from([".*a.*", "x", "(a+)+b", "[^\\n]*"])),
+)
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    return {str: "string", list: "array", dict: "object"}[type(value)]
+
+
+def _judged(op: str, operand: Any) -> set[str]:
+    if op == "equals":
+        return {_json_type(operand)}
+    if op == "one_of":
+        return {_json_type(item) for item in operand}
+    if op in ("min", "max"):
+        return {"number"}
+    if op == "max_length":
+        return {"string", "array", "object"}
+    return {"string"}
+
+
+@settings(max_examples=400, deadline=None)
+@given(_conditions, _values)
+def test_a_condition_is_false_only_for_a_value_of_a_type_it_judges(condition: tuple[str, Any], value: Any) -> None:
+    """So in a deny rule a value of any other type is a rule error (deny), never a silent pass."""
+    op, operand = condition
+    try:
+        result = holds(op, operand, value)
+    except ConditionError:
+        return
+    if not result:
+        assert _json_type(value) in _judged(op, operand), (op, operand, value)

@@ -216,3 +216,16 @@ def test_a_service_account_json_private_key_is_masked_entire() -> None:
     assert "MIIEvQIBADANBgkq" not in masked and "END PRIVATE" not in masked
     assert json.loads(masked)["private_key"].startswith("[REDACTED:private_key]")
     assert json.loads(masked)["project_id"] == "p"  # the rest of the document is kept
+
+
+def test_many_large_key_masked_values_are_still_hidden_when_quoted() -> None:
+    # Past the 12-character-run index budget, whole and cut-short quotes are still found.
+    values = {f"k{i}_cookie": f"V{i:04d}" + "x9Y" * 5000 for i in range(60)}
+    last = values["k59_cookie"]
+    reason = f"at arguments.k59_cookie: '{last[:200]}…' is too long"
+    built = decision_event(
+        decision=_decision(reason, [reason]), session_id=None, server="s", tool="t",
+        arguments=values, latency_ms=0.1, policy_version=None,
+    )
+    assert last[:40] not in json.dumps(built)
+    assert "'[REDACTED]' is too long" in built["decision"]["reason"]

@@ -6,8 +6,10 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from policy import CallRequest, evaluate, load_model_keys_text, load_policy_text
+from policy import CallRequest, Condition, Policy, Rule, evaluate, load_model_keys_text, load_policy_text
 from proxy.disclosure import decision_view
 from proxy.enforce import denial_result
 
@@ -106,3 +108,58 @@ def test_an_operator_reason_that_quotes_a_hidden_operand_is_scrubbed() -> None:
     assert view["reason"].startswith("denied by policy")
     assert ".*shadow-marker.*" not in json.dumps(view)
     assert view["reason"] == "denied by policy"  # the message quoted an operand: dropped
+
+
+# ---- the invariant, over generated policies and calls (hypothesis) ---------------------------
+
+
+_IDS = ["rid-alpha-1", "rid-bravo-2", "rid-charlie-3", "rid-delta-4"]
+_CONDITIONS = st.sampled_from([
+    Condition("path", "under", "/srv/opq-root"),
+    Condition("path", "regex", ".*zyx-marker.*"),
+    Condition("mode", "one_of", ("fastwqv", "slowwqv")),
+    Condition("size", "min", 77331),
+    Condition("mode", "equals", "modekpq"),
+])
+_OPERANDS = ["/srv/opq-root", ".*zyx-marker.*", "fastwqv", "slowwqv", "77331", "modekpq"]
+
+
+@st.composite
+def _policies(draw: Any) -> Policy:
+    rules = []
+    for rule_id in draw(st.lists(st.sampled_from(_IDS), min_size=1, max_size=4, unique=True)):
+        target = draw(st.sampled_from(["files.read_file", "files.*", "*.stat"]))
+        allow = draw(st.booleans())
+        rules.append(Rule.build(
+            id=rule_id, models=[draw(st.sampled_from(["gpt-4o", "*"]))],
+            allow_tools=[target] if allow else [], deny_tools=[] if allow else [target],
+            when=draw(st.lists(_CONDITIONS, max_size=2, unique_by=lambda c: (c.arg, c.op))),
+            max_risk=draw(st.sampled_from([None, 0.5])) if allow else None,
+        ))
+    return Policy.from_rules(rules)
+
+
+_ARGUMENTS = st.fixed_dictionaries({}, optional={
+    "path": st.sampled_from(["/etc/passwd", "/srv/x", 5, ["/srv/x"]]),
+    "mode": st.sampled_from(["fast", 1, None]),
+    "size": st.sampled_from([1, "big"]),
+})
+
+
+@settings(max_examples=300, deadline=None)
+@given(_policies(), st.sampled_from(["read_file", "stat"]), _ARGUMENTS, st.sampled_from(["none", "summary"]))
+def test_no_hidden_rule_id_or_operand_reaches_the_model(
+    policy: Policy, tool: str, arguments: dict[str, Any], visibility: str
+) -> None:
+    keys = load_model_keys_text(KEYS)
+    decision = evaluate(CallRequest(model="gpt-4o", server="files", tool=tool, arguments=arguments), policy, keys)
+    view = decision_view(decision.to_dict(), visibility, policy=policy)
+    shown = json.dumps(view) + json.dumps(denial_result(decision, visibility, view)["content"])
+    visible = set(decision.matched_rules) if visibility == "summary" else set()
+    for rule in policy.rules:
+        if rule.id not in visible:
+            assert rule.id not in shown, (rule.id, view)
+            for condition in rule.when:
+                values = condition.value if isinstance(condition.value, tuple) else (condition.value,)
+                for operand in map(str, values):
+                    assert operand in _OPERANDS and operand not in shown, (operand, view)
