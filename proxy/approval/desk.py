@@ -119,6 +119,7 @@ class ApprovalDesk:
                 await on_tick(approval.expires_at - self._clock())
         if approval.status in (ApprovalStatus.PENDING, ApprovalStatus.EXPIRED):
             return await self.expire(approval_id)
+        self._answered.pop(approval_id, None)  # answered: nobody waits on it any more
         return approval
 
     async def expire(self, approval_id: str, why: str = "nobody answered in time") -> Approval:
