@@ -32,7 +32,9 @@ warnings.filterwarnings("ignore")  # the 2025-era APIs exercised here are deprec
 Ctx = ServerRequestContext[Any, Any]
 
 
-def build(name: str, *, extra_tools: int = 0, page_size: int = 0, marker: str | None = None) -> Server[Any]:
+def build(
+    name: str, *, extra_tools: int = 0, page_size: int = 0, marker: str | None = None, annotate: bool = False
+) -> Server[Any]:
     """A server named ``name``; ``extra_tools`` filler tools; lists paginated by ``page_size``."""
     state: dict[str, Any] = {"dynamic": False, "subscribed": set()}
     bus = InMemorySubscriptionBus()
@@ -75,6 +77,10 @@ def build(name: str, *, extra_tools: int = 0, page_size: int = 0, marker: str | 
         tool("record", "Append `called` to the marker file (proves a call reached the server).",
              {"note": {"type": "string"}}),
     ]
+    if annotate:  # mark the tools that only read, as well-behaved servers do (used by `securegateway init`)
+        read_only = types.ToolAnnotations(read_only_hint=True)
+        base = [t.model_copy(update={"annotations": read_only}) if t.name in ("echo", "list_events") else t
+                for t in base]
     fillers = [tool(f"filler_{i:04d}", f"Filler tool {i}.") for i in range(extra_tools)]
 
     def tools_now() -> list[types.Tool]:
@@ -256,8 +262,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tools", type=int, default=0, help="extra filler tools")
     parser.add_argument("--page-size", type=int, default=0)
     parser.add_argument("--marker", help="file to append `cancelled` to when a call is cancelled")
+    parser.add_argument("--annotate", action="store_true", help="mark echo and list_events read-only")
     args = parser.parse_args(argv)
-    server = build(args.name, extra_tools=args.tools, page_size=args.page_size, marker=args.marker)
+    server = build(args.name, extra_tools=args.tools, page_size=args.page_size, marker=args.marker,
+                   annotate=args.annotate)
     if args.sse:
         import uvicorn
         from mcp.server.sse import SseServerTransport

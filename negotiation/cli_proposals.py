@@ -29,12 +29,14 @@ def register(
     *,
     add_common: Callable[[argparse.ArgumentParser], None] | None = None,
     wrap: Callable[[Handler], Callable[[argparse.Namespace], int]] | None = None,
+    impact: tuple[Callable[[argparse.ArgumentParser], None], Handler] | None = None,
 ) -> argparse.ArgumentParser:
     """Add ``proposals list|show|approve|reject`` to a CLI's sub-commands.
 
     Each leaf's ``func`` is ``handler(args, service) -> int``; a caller that builds the
     service itself passes ``wrap`` (handler -> ``func(args)``), and ``add_common`` to add
-    its own options (such as ``--config``) to every leaf.
+    its own options (such as ``--config``) to every leaf. ``impact`` is ``(add_options,
+    handler)`` for ``proposals impact ID``, which needs the audit log the caller knows.
     """
     parser = subparsers.add_parser("proposals", help="review policy proposals made by models")
     commands = parser.add_subparsers(dest="proposals_command", metavar="COMMAND", required=True)
@@ -58,6 +60,9 @@ def register(
         decide.add_argument("id")
         decide.add_argument("--reviewer", required=True, help="who is deciding (recorded and signed)")
         decide.add_argument("--comment", default="", help="why, for the proposer and the audit log")
+    if impact is not None:
+        add_options, handler = impact
+        add_options(leaf("impact", "replay recent audited calls under the policy the proposal would make", handler))
     return parser
 
 

@@ -115,6 +115,9 @@ class GuardrailConfig:
     # Refused proposals per identity in a sliding window, before any are stored whole.
     max_refused_per_window: int = 20
     refused_window_minutes: float = 60
+    # The operator's policy tests (policy.testing.TestSuite); a merge that breaks one that
+    # passes now is held for review (``breaks_policy_tests``, negotiation/policy_tests.py).
+    policy_tests: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
         if self.max_snippet_bytes <= 0:
@@ -347,7 +350,12 @@ def assess(
             holders = ", ".join(dict.fromkeys(cover for _, cover in covered)) or "the live policy"
             message = f"already allowed by rule {holders}; nothing is merged"
         verdicts.append(Verdict("auto_approved", True, message))
-    return Assessment(status_of(verdicts), tuple(verdicts), diff, snippet, merged, tuple(covered))
+    assessment = Assessment(status_of(verdicts), tuple(verdicts), diff, snippet, merged, tuple(covered))
+    if config.policy_tests:
+        from negotiation.policy_tests import check_policy_tests  # it builds on this module
+
+        assessment = check_policy_tests(assessment, live, keys, config.policy_tests, now=now)
+    return assessment
 
 
 def _rejected(*verdicts: Verdict) -> Assessment:

@@ -10,7 +10,7 @@ Errors (see :mod:`policy.errors`)::
 """
 
 from .decision import Counterfactual, Decision, TraceEntry, gateway_error_decision, unknown_tool_decision
-from .detectors import Finding, scan_value
+from .detect import Finding, describe_findings, scan_definition, scan_value, strip_hidden
 from .engine import could_allow, evaluate
 from .errors import LoadIssue, PolicyError, PolicyLoadError
 from .keys import KeyRing, ModelIdentity, load_model_keys, load_model_keys_text
@@ -37,6 +37,7 @@ __all__ = [
     "SessionRisk",
     "TraceEntry",
     "could_allow",
+    "describe_findings",
     "dump_policy_yaml",
     "evaluate",
     "gateway_error_decision",
@@ -44,7 +45,9 @@ __all__ = [
     "load_model_keys_text",
     "load_policy",
     "load_policy_text",
+    "scan_definition",
     "scan_value",
+    "strip_hidden",
     "tool_matches",
     "unknown_tool_decision",
 ]

@@ -57,6 +57,13 @@ EVENT_TYPES: frozenset[str] = frozenset(
     {
         "decision",
         "result.flagged",
+        # tool-definition review (proxy/tool_guard.py, docs/detection.md)
+        "tool.quarantined",
+        "tool.pinned",
+        "tool.changed",
+        "tool.unapproved",
+        "tool.flagged",
+        "tool.released",
         "proposal.proposed",
         "proposal.validated",
         "proposal.auto_reviewed",

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .detectors import Finding
+from .detect.finding import Finding
 from .risk import RiskFactor
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "approval_outcome",
     "gateway_error_decision",
     "new_decision_id",
+    "refusal_decision",
     "unknown_tool_decision",
 ]
 
@@ -40,6 +41,12 @@ REASON_CODES: tuple[str, ...] = (
     "risk_threshold",
     "rule_error",
     "gateway_error",
+    # Detection (docs/detection.md): findings that deny, suspended tools, session taint.
+    "suspicious_arguments",
+    "tool_quarantined",
+    "tool_changed",
+    "tool_unapproved",
+    "session_tainted",
     "unknown_tool",
     "approval_required",
     "approved_by",
@@ -58,6 +65,11 @@ DENY_KINDS: dict[str, str | None] = {
     "schema_violation": "explicit",
     "risk_threshold": "explicit",
     "gateway_error": "explicit",
+    "suspicious_arguments": "explicit",
+    "tool_quarantined": "explicit",
+    "tool_changed": "explicit",
+    "tool_unapproved": "explicit",
+    "session_tainted": "explicit",
     "unknown_tool": "default",
     # a call waiting for a yes is not allowed yet, and nothing refused it either
     "approval_required": "approval",
@@ -272,4 +284,39 @@ def approval_outcome(
         deny_kind=DENY_KINDS[code],
         reasoning=reasoning,
         counterfactual=counterfactual,
+    )
+
+
+def refusal_decision(
+    *,
+    model: str,
+    tool: str,
+    reason_code: str,
+    reason: str,
+    reasoning: tuple[str, ...],
+    policy_digest: str,
+    findings: tuple[Finding, ...] = (),
+    remedy: str,
+) -> Decision:
+    """A deny made before the rules are consulted (a suspended tool, a tainted session).
+
+    ``remedy`` says who can lift it (an operator, time); no policy proposal can.
+    """
+    return Decision(
+        decision_id=new_decision_id(),
+        allowed=False,
+        reason=one_line(reason),
+        reason_code=reason_code,
+        deny_kind=DENY_KINDS[reason_code],
+        model=model,
+        tool=tool,
+        matched_rules=(),
+        rule_trace=(),
+        risk_score=1.0,
+        risk_factors=(),
+        reasoning=reasoning,
+        errors=(),
+        policy_digest=policy_digest,
+        counterfactual=Counterfactual(remedy),
+        findings=findings,
     )

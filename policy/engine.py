@@ -35,7 +35,7 @@ from .decision import (
     new_decision_id,
     one_line,
 )
-from .detectors import describe_findings, scan_value
+from .detect import Finding, describe_findings, scan_value
 from .explain import counterfactual, render_reason, risk_sentence, rules_sentence, session_sentence
 from .index import CompiledCondition, CompiledRule
 from .keys import KeyRing
@@ -242,6 +242,7 @@ def _evaluate(
     # 4-6. The first applicable reason decides.
     limit = policy.settings.deny_risk_above
     risk_limit: float | None = None
+    denying: list[Finding] = []
     if identity is None:
         code = "unknown_model"
     elif not in_scope:
@@ -266,6 +267,9 @@ def _evaluate(
     elif limit is not None and risk > limit:
         code = "risk_threshold"
         risk_limit = limit
+    elif (denying := _denying_findings(findings, policy.settings.tolerate_findings)):
+        # detect helper: a high-severity injection or private key denies unless tolerated
+        code = "suspicious_arguments"
     else:
         code = "allowed"
     # deny > ask > allow: an ask only holds a call that would otherwise be allowed
@@ -274,6 +278,11 @@ def _evaluate(
         code = "approval_required"
 
     reason = _reason(code, model, tool, arguments, out, schema.messages, risk, risk_limit, kind)
+    if code == "suspicious_arguments":
+        reason = one_line("arguments contain " + "; ".join(
+            f"{'a private key' if f.code == 'secret' else 'an injection pattern'} ({f.kind}) at {f.path}"
+            for f in denying[:3]
+        ))  # fmt: skip
     reasoning = [
         _ask_sentence(approval, model, tool) if approval is not None else
         _target_sentence(code, model, tool, kind, request.server, out) if kind != "tool" else rules_sentence(
@@ -358,6 +367,18 @@ def _ask_sentence(approval: ApprovalRequirement, model: str, tool: str) -> str:
         f"Model {model} may call {tool}, but rule {rules} requires approval by {who[approval.approver]} "
         f"for each call (approver: {approval.approver}, waits up to {approval.ttl:g}s)."
     )
+
+
+_DENYING_CODES = frozenset({"prompt_injection", "secret"})
+
+
+def _denying_findings(findings: tuple[Finding, ...], tolerated: tuple[str, ...]) -> list[Finding]:
+    """High-severity injection and private-key findings the policy does not tolerate."""
+    return [
+        f for f in findings
+        if f.severity == "high" and f.code in _DENYING_CODES
+        and f.code not in tolerated and f"{f.code}:{f.kind}" not in tolerated
+    ]  # fmt: skip
 
 
 def _with_message(prefix: str, rule: Rule, model: str, tool: str, arguments: Mapping[str, Any]) -> str:

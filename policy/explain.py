@@ -13,10 +13,10 @@ from typing import Any
 
 from .canonical import canonical_json
 from .decision import Counterfactual, one_line
+from .detect.secrets import mask_secrets
 from .match import MISSING, lookup, tool_matches
 from .model import Rule
 from .risk import RiskFactor, risk_label
-from .secrets import mask_secrets
 
 __all__ = [
     "counterfactual",
@@ -159,6 +159,11 @@ def counterfactual(
     if code == "risk_threshold":
         limit = risk_limit if risk_limit is not None else 0.0
         return Counterfactual(f"allowed if the risk score ({risk:.2f}) were at most {limit:g}")
+    if code == "suspicious_arguments":
+        return Counterfactual(
+            "allowed without the flagged content in the arguments, or if the policy's "
+            "`settings.tolerate_findings` listed it (an operator change; docs/detection.md)"
+        )
     # default_deny
     return _near_miss_counterfactual(model, tool, grant, near_misses)
 

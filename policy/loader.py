@@ -42,7 +42,7 @@ RULE_KEYS = (
     "approval_ttl",
 )
 TOP_KEYS = ("rules", "settings")
-SETTINGS_KEYS = ("deny_risk_above", "require_rules_for")
+SETTINGS_KEYS = ("deny_risk_above", "require_rules_for", "tolerate_findings")
 TARGET_LISTS = {
     "allow_tools": "tool globs",
     "deny_tools": "tool globs",
@@ -367,7 +367,16 @@ def _settings(issues: Issues, node: Node) -> PolicySettings:
                     f"expected `prompts` or `resources`, got `{name}`",
                 )
         required = tuple(sorted({name for name in listed if name in RULED_KINDS}))
-    return PolicySettings(deny_risk_above=threshold, require_rules_for=required)
+    tolerate: tuple[str, ...] = ()
+    if "tolerate_findings" in node.value:
+        item = node.value["tolerate_findings"]
+        value = plain(item)
+        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+            issues.add(item, key_path("settings", "tolerate_findings"),
+                       "expected a list of finding codes such as `secret` or `prompt_injection:role_override`")
+        else:
+            tolerate = tuple(value)
+    return PolicySettings(deny_risk_above=threshold, require_rules_for=required, tolerate_findings=tolerate)
 
 
 def load_policy_text(text: str, source: str = "<string>", *, max_bytes: int = DEFAULT_MAX_BYTES) -> Policy:

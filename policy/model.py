@@ -98,6 +98,9 @@ class PolicySettings:
 
     deny_risk_above: float | None = None
     require_rules_for: tuple[str, ...] = ()
+    # Findings that do not deny a call by themselves: a code (`secret`) or `code:kind`
+    # (`prompt_injection:chat_template_token`). See docs/detection.md.
+    tolerate_findings: tuple[str, ...] = ()
 
     def requires_rules(self, kind: str) -> bool:
         """Whether a request of ``kind`` is denied unless a rule allows it."""
@@ -110,6 +113,8 @@ class PolicySettings:
             out["deny_risk_above"] = self.deny_risk_above
         if self.require_rules_for:
             out["require_rules_for"] = sorted(self.require_rules_for)
+        if self.tolerate_findings:
+            out["tolerate_findings"] = list(self.tolerate_findings)
         return out
 
 

@@ -11,7 +11,7 @@ Rules, applied while walking nested dicts and lists (the input is never mutated)
   removed) equals or ends with a normalised name of ``sensitive_keys``
   (``DB_PASSWORD`` -> ``dbpassword`` ends with ``password``);
 * every other string, and every dict key, goes through :func:`mask_text`: each secret that
-  :func:`policy.secrets.find_secrets` finds in the text *or in a decoded view of it*
+  :func:`policy.detect.secrets.find_secrets` finds in the text *or in a decoded view of it*
   (:mod:`policy.encodings`: ``\\n`` escapes at any depth, ``\\uXXXX``, ``%XX``, ``+``) is
   replaced entire, escapes and all, by ``[REDACTED:<kind>]``;
 * a container nested deeper than ``MAX_DEPTH`` is replaced by ``"[TRUNCATED:depth]"``;
@@ -42,8 +42,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from policy.detect.secrets import SecretHit, find_secrets
 from policy.encodings import decoded_views
-from policy.secrets import SecretHit, find_secrets
 
 __all__ = [
     "DEFAULT_SENSITIVE_KEYS",

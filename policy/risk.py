@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .decision import Decision
-    from .detectors import Finding
+    from .detect.finding import Finding
 
 __all__ = [
     "DENIAL_WEIGHTS",

@@ -25,9 +25,9 @@ from jsonschema.exceptions import SchemaError
 from jsonschema.validators import validator_for
 
 from .canonical import digest
+from .detect.secrets import mask_secrets
 from .risk import RiskFactor
 from .schema_fast import FastCheck, compile_fast
-from .secrets import mask_secrets
 
 __all__ = ["SchemaCheck", "check_arguments", "clear_cache"]
 

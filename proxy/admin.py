@@ -7,7 +7,7 @@ rule as the MCP listener). Every route needs ``X-Admin-Key`` (compared in consta
 size before they are read whole. The negotiation service is synchronous and takes a lock,
 so each call runs in a worker thread. Errors are JSON with a stable ``code``::
 
-    401 unauthorized    400 bad_request / invalid_yaml    404 not_found
+    401 unauthorized    400 bad_request / invalid_yaml    404 not_found / unknown_key
     409 invalid_state / merge_conflict / policy_conflict    413 too_large
 """
 
@@ -17,6 +17,7 @@ import functools
 import hmac
 import json
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
 from typing import Any
 
 import anyio.to_thread
@@ -25,8 +26,8 @@ from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from negotiation import (
@@ -40,6 +41,10 @@ from negotiation.approvals import ApprovalStatus
 from negotiation.text_safety import reviewer_view
 from policy import dump_policy_yaml
 from proxy.approval import ApprovalDesk
+from proxy.dry_run import DryRunError
+from proxy.operator import OperatorView
+from proxy.tool_guard import GuardError, ToolGuard
+from proxy.tool_store import STATUSES, ToolRecord
 
 __all__ = ["ADMIN_KEY_HEADER", "LOOPBACK_HOST_PATTERNS", "admin_allowed_hosts", "build_admin_app"]
 
@@ -123,13 +128,15 @@ def build_admin_app(
     allowed_hosts: Sequence[str] = LOOPBACK_HOST_PATTERNS,
     allowed_origins: Sequence[str] = (),
     approvals: ApprovalDesk | None = None,
+    operator: OperatorView | None = None,
+    guard: ToolGuard | None = None,
 ) -> Starlette:
     """The admin API as a Starlette app. ``max_body_bytes`` defaults to four times the
     guardrails' snippet cap (JSON escaping can double a snippet) plus 16 KiB.
 
     ``allowed_hosts`` are ``Host`` values (``name:port``, ``name:*`` for any port; see
     :func:`admin_allowed_hosts`); an ``Origin`` must be ``http://`` one of them or in
-    ``allowed_origins``."""
+    ``allowed_origins``. ``operator`` enables the dry-run, impact, metrics and console routes."""
     if not admin_key:
         raise ValueError("the admin API needs a non-empty admin key")
     expected = admin_key.encode("utf-8")
@@ -221,18 +228,103 @@ def build_admin_app(
             }
         )
 
+    # ---- operator routes: dry-run decisions and impact replay (proxy/operator.py) ----
+
+    def operating() -> OperatorView:
+        if operator is None:
+            raise _HttpError(404, "not_found", "this admin API has no operator view")
+        return operator
+
+    async def evaluate_call(request: Request) -> JSONResponse:
+        view = operating()
+        body = await _json_body(request, limit)
+        try:
+            dry = view.request(body)
+        except DryRunError as exc:
+            raise _HttpError(404 if exc.code == "unknown_key" else 400, exc.code, str(exc)) from None
+        return JSONResponse(await call(view.decide, dry))
+
+    async def proposal_impact(request: Request) -> JSONResponse:
+        view = operating()
+        limit, days = request.query_params.get("limit", "10000"), request.query_params.get("days", "7")
+        try:
+            calls, window = int(limit), timedelta(days=float(days))
+        except (ValueError, OverflowError):
+            raise _HttpError(400, "bad_request", "`limit` must be an integer and `days` a number") from None
+        if not 0 < calls <= 1_000_000 or not timedelta(0) < window <= timedelta(days=3650):
+            raise _HttpError(400, "bad_request", "`limit` must be 1..1000000 and `days` within (0, 3650]")
+        proposal: Proposal = await call(service.get, request.path_params["proposal_id"])
+        impact = await call(view.impact, proposal, limit=calls, window=window)
+        return JSONResponse({"proposal_id": proposal.id, "status": proposal.status.value, **impact.to_dict()})
+
+    async def metrics(request: Request) -> Response:
+        # Prometheus sends the key as a bearer token (`authorization: {credentials: ...}`).
+        bearer = request.headers.get("authorization", "").removeprefix("Bearer ").encode("utf-8")
+        given = request.headers.get(ADMIN_KEY_HEADER, "").encode("utf-8")
+        if not (hmac.compare_digest(given, expected) or hmac.compare_digest(bearer, expected)):
+            return _error(401, "unauthorized", "unauthorized")
+        if operator is None or operator.metrics is None:
+            return _error(404, "not_found", "metrics are not enabled on this admin API")
+        from proxy.metrics import CONTENT_TYPE_LATEST
+
+        body = await call(operator.metrics.render)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    consoles = []
+    if operator is not None:
+        from proxy.console import build_console
+
+        consoles.append(Mount("/console", app=build_console(service, admin_key, operator)))
+    # ---- tools: quarantine, pins, releases (proxy/tool_guard.py) ----------------------------------
+
+    def tool_guard() -> ToolGuard:
+        if guard is None:
+            raise _HttpError(404, "not_found", "tool scanning and pinning are off on this gateway")
+        return guard
+
+    async def list_tools(request: Request) -> JSONResponse:
+        status = request.query_params.get("status")
+        if status is not None and status not in STATUSES:
+            raise _HttpError(400, "bad_request", f"unknown status `{status}`; one of: {', '.join(STATUSES)}")
+        records = tool_guard().records()
+        return JSONResponse({"tools": [_tool_summary(r) for r in records if status is None or r.status == status]})
+
+    async def show_tool(request: Request) -> JSONResponse:
+        try:
+            return JSONResponse(tool_guard().get(request.path_params["name"]).to_dict())
+        except GuardError as exc:
+            raise _HttpError(404, exc.code, exc.message) from None
+
+    async def release_tool(request: Request) -> JSONResponse:
+        body = await _json_body(request, limit) if request.headers.get("content-length") not in (None, "0") else {}
+        by = body.get("by", "operator")
+        if not isinstance(by, str) or not by.strip():
+            raise _HttpError(400, "bad_request", "`by` must be a non-empty string")
+        try:
+            record = tool_guard().release(request.path_params["name"], by=f"admin api: {by}")
+        except GuardError as exc:
+            raise _HttpError(404 if exc.code == "not_found" else 409, exc.code, exc.message) from None
+        return JSONResponse(record.to_dict())
+
     origins = [f"http://{host}" for host in allowed_hosts] + list(allowed_origins)
     approval_routes = _approval_routes(approvals, guarded, limit) if approvals is not None else []
     return Starlette(
         middleware=[Middleware(_HostOriginGuard, hosts=tuple(allowed_hosts), origins=tuple(origins))],
         routes=[
             *approval_routes,
+            *consoles,
+            Route("/metrics", metrics, methods=["GET"]),
+            Route("/api/evaluate", guarded(evaluate_call), methods=["POST"]),
+            Route("/api/proposals/{proposal_id}/impact", guarded(proposal_impact), methods=["GET"]),
             Route("/api/propose_policy", guarded(propose), methods=["POST"]),
             Route("/api/proposals", guarded(list_proposals), methods=["GET"]),
             Route("/api/proposals/{proposal_id}", guarded(show_proposal), methods=["GET"]),
             Route("/api/proposals/{proposal_id}/approve", guarded(decide(service.approve)), methods=["POST"]),
             Route("/api/proposals/{proposal_id}/reject", guarded(decide(service.reject)), methods=["POST"]),
             Route("/api/policy", guarded(show_policy), methods=["GET"]),
+            Route("/api/tools", guarded(list_tools), methods=["GET"]),
+            Route("/api/tools/{name:path}/release", guarded(release_tool), methods=["POST"]),
+            Route("/api/tools/{name:path}", guarded(show_tool), methods=["GET"]),
         ]
     )
 
@@ -273,6 +365,12 @@ def _approval_routes(desk: ApprovalDesk, guarded: Callable[[Endpoint], Endpoint]
         Route("/api/approvals/{approval_id}/approve", guarded(answer(True)), methods=["POST"]),
         Route("/api/approvals/{approval_id}/deny", guarded(answer(False)), methods=["POST"]),
     ]
+
+
+def _tool_summary(record: ToolRecord) -> dict[str, Any]:
+    summary = record.to_dict()
+    del summary["definition"]
+    return summary
 
 
 def _detail(proposal: Proposal) -> dict[str, Any]:

@@ -44,8 +44,13 @@ from proxy.downstream import serve_http
 from proxy.enforce import Enforcer, PolicyView
 from proxy.errors import ConfigError, IdentityError
 from proxy.gateway import Gateway
+from proxy.metrics import GatewayMetrics
+from proxy.quarantine import Quarantine
 from proxy.session import DownstreamSession
 from proxy.suggestions import SuggestionVetting
+from proxy.taint import MemoryTaintStore, Taint
+from proxy.tool_guard import ToolGuard
+from proxy.tool_store import SqliteToolStore, ToolRecord
 
 log = structlog.get_logger("securegateway.bootstrap")
 
@@ -62,6 +67,8 @@ class Runtime:
     service: NegotiationService
     known_tools: set[str] = field(default_factory=set)
     risk: IdentityRiskStore = field(default_factory=MemoryIdentityRiskStore)
+    tool_definitions: dict[str, Mapping[str, Any]] = field(default_factory=dict)  # dotted name -> last seen
+    guard: ToolGuard | None = None
 
     def view(self) -> PolicyView:
         active = self.live.current
@@ -72,6 +79,7 @@ def storage_config(config: GatewayConfig) -> PolicyStorageConfig:
     p = config.policy
     if p.file is None:
         raise ConfigError(f"{config.path.name}: policy.file: required (the policies.yaml to enforce)")
+    seed_policy(config)
     assert p.state_dir is not None
     return PolicyStorageConfig(
         policy_path=p.file,
@@ -85,8 +93,27 @@ def storage_config(config: GatewayConfig) -> PolicyStorageConfig:
     )
 
 
+def seed_policy(config: GatewayConfig) -> None:
+    """First run: copy ``[policy] seed`` to ``[policy] file`` when the live file does not exist,
+    so the shipped policy stays untouched while merged proposals rewrite the live copy."""
+    p = config.policy
+    if p.seed is None or p.file is None or p.file.exists():
+        return
+    try:
+        text = p.seed.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{config.path.name}: policy.seed: {p.seed}: file not found") from None
+    p.file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.file.with_name(p.file.name + ".seed.tmp")
+    tmp.write_bytes(text)
+    os.replace(tmp, p.file)
+    log.warning("seeded the live policy", policy=str(p.file), seed=str(p.seed))
+
+
 def open_runtime(config: GatewayConfig) -> Runtime:
     """Load keys, policy, audit log and proposal store; raise ConfigError naming what is wrong."""
+    from proxy.operator import operator_test_suites
+
     p = config.policy
     if p.model_keys is None:
         raise ConfigError(f"{config.path.name}: policy.model_keys: required (the model_keys.yaml of known models)")
@@ -126,6 +153,7 @@ def open_runtime(config: GatewayConfig) -> Runtime:
             max_pending_per_model=n.max_pending_per_model,
             max_refused_per_window=n.max_refused_per_window,
             refused_window_minutes=n.refused_window_minutes,
+            policy_tests=operator_test_suites(config),
         ),
         audit=audit.record_sync,
         known_tools=lambda: sorted(runtime_tools),
@@ -133,7 +161,15 @@ def open_runtime(config: GatewayConfig) -> Runtime:
     recovered = service.recover()
     if recovered:
         log.warning("recovered proposals approved before a restart", proposals=[pr.id for pr in recovered])
-    return Runtime(config, keys, repo, live, audit, service, runtime_tools)
+    guard = open_guard(config, audit=audit.record_sync)
+    return Runtime(config, keys, repo, live, audit, service, runtime_tools, guard=guard)
+
+
+def open_guard(config: GatewayConfig, *, audit: Any = None) -> ToolGuard:
+    """The tool guard on ``[detectors] store`` (default ``<state_dir>/tools.db``)."""
+    assert config.policy.state_dir is not None
+    path = config.detectors.store or config.policy.state_dir / "tools.db"
+    return ToolGuard(SqliteToolStore(path), config.detectors, audit=audit)
 
 
 def _ensure_signing_key(config: GatewayConfig) -> None:
@@ -183,19 +219,37 @@ class App:
         config = runtime.config
         assert config.policy.state_dir is not None
         self.approvals = ApprovalDesk(HandleSealer.from_state_dir(config.policy.state_dir), runtime.audit.record)
+        self.metrics = GatewayMetrics(models=runtime.keys.identities, upstreams=[u.name for u in config.upstreams])
         enforcer = Enforcer(
             runtime.view,
-            runtime.audit.record,
+            self.metrics.observe_audit(runtime.audit.record),
             build_event=runtime.audit.decision_event,
             trace_visibility=config.trace_visibility,
             result_scan=config.result_scan,
             approvals=ApprovalGate(self.approvals),
         )
         local = {"propose_policy": ProposePolicy(runtime.service)} if config.negotiation.enabled else {}
-        vetting = [SuggestionVetting(runtime.service)] if config.negotiation.enabled else []
+        # Outermost first: a suspended tool is refused before anything else looks at the
+        # call; taint sees the enforcer's result scan on the way back.
+        interceptors: list[Any] = []
+        if runtime.guard is not None:
+            interceptors.append(Quarantine(
+                runtime.guard, runtime.view, runtime.audit.record,
+                build_event=runtime.audit.decision_event, trace_visibility=config.trace_visibility,
+            ))  # fmt: skip
+            runtime.guard.subscribe(self._tools_changed)
+        if config.detectors.taint:
+            interceptors.append(Taint(
+                MemoryTaintStore(), runtime.view, runtime.audit.record, build_event=runtime.audit.decision_event,
+                window_s=config.detectors.taint_window_s, sink_tools=config.detectors.sink_tools,
+                trace_visibility=config.trace_visibility,
+            ))  # fmt: skip
+        if config.negotiation.enabled:
+            interceptors.append(SuggestionVetting(runtime.service))
+        interceptors.append(enforcer)
         self.gateway = Gateway(
             config,
-            interceptors=[*vetting, enforcer],
+            interceptors=[self.metrics.interceptor, *interceptors],
             local_tools=local,
             stdio_identity=stdio_identity,
             authenticate=self._authenticate,
@@ -203,6 +257,7 @@ class App:
             on_session=self._on_session,
             access=enforcer,
         )
+        self.metrics.watch(self)
 
     def _authenticate(self, key: str | None) -> ModelIdentity | None:
         return self.runtime.keys.authenticate(key) if key else None
@@ -211,6 +266,25 @@ class App:
         # Risk belongs to the model identity, not the connection: a reconnect changes nothing.
         model_id = getattr(session.identity, "model_id", None)
         session.risk = self.runtime.risk.for_identity(model_id) if isinstance(model_id, str) else SessionRisk()
+        session.catalog.guard = self.runtime.guard
+
+    def _tools_changed(self, record: ToolRecord) -> None:
+        """A tool was suspended or released: every client's tool list may differ now."""
+        try:
+            tg = self.gateway.task_group
+        except RuntimeError:
+            return  # not serving yet: clients list fresh anyway
+        tg.start_soon(self._announce_tools, record.kind)
+
+    async def _announce_tools(self, kind: str) -> None:
+        note = {
+            "prompt": "notifications/prompts/list_changed", "resource_template": "notifications/resources/list_changed",
+        }.get(kind, "notifications/tools/list_changed")  # fmt: skip
+        for session in list(self.gateway.sessions):
+            try:
+                await session.channel.notify(note, None)
+            except Exception:  # a client that went away must not stop the others hearing
+                log.debug("list_changed not delivered", session=session.id)
 
     def _visible(self, session: DownstreamSession, tool: Mapping[str, Any]) -> bool:
         target = session.catalog.split(tool.get("name"))
@@ -219,6 +293,7 @@ class App:
         link, name = target
         dotted = f"{link.name}.{name}"
         self.runtime.known_tools.add(dotted)
+        self.runtime.tool_definitions[dotted] = tool
         if self.runtime.config.tools_list == "show":
             return True
         model_id = getattr(session.identity, "model_id", None)
@@ -247,13 +322,14 @@ class App:
                                 listen=config.admin.listen.url)
                 elif config.admin.listen is not None:
                     from proxy.admin import admin_allowed_hosts, build_admin_app
+                    from proxy.operator import for_app
 
                     a = config.admin
                     assert a.listen is not None
                     admin_app = build_admin_app(
                         rt.service, admin_key, live=rt.live,
                         allowed_hosts=admin_allowed_hosts(a.listen.host, a.listen.port, a.allowed_hosts),
-                        allowed_origins=a.allowed_origins,
+                        allowed_origins=a.allowed_origins, operator=for_app(self), guard=rt.guard,
                         approvals=self.approvals,
                     )
                     await tg.start(serve_http, admin_app, config.admin.listen)

@@ -5,6 +5,12 @@ URIs and are routed back to whichever upstream listed them. Each upstream's list
 is read in full (every page) and cached while the upstream promises to announce
 changes (``listChanged``); otherwise it is read fresh on every list request. The
 merged list is paginated towards the client with the gateway's own cursor.
+
+When a :class:`~proxy.tool_guard.ToolGuard` is attached (``catalog.guard``), every tool,
+prompt and resource template of a fresh list is reviewed (scanned, pin-checked) as it is
+adopted, and suspended items (quarantined, changed, unapproved) are left out of the merged
+list -- their definitions stay known, so a call is refused with a reason instead of
+``unknown tool``.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import anyio
 from mcp import MCPError
 from mcp_types import INVALID_PARAMS
 
+from proxy.tool_guard import ToolGuard, guard_key
 from proxy.upstream import UpstreamLink
 
 
@@ -47,6 +54,8 @@ CHANGED: dict[str, tuple[str, ...]] = {
     "notifications/resources/list_changed": ("resources/list", "resources/templates/list"),
 }
 MAX_UPSTREAM_PAGES = 1000
+# Lists whose items a ToolGuard reviews, and what it calls them.
+_GUARDED = {"tools/list": "tool", "prompts/list": "prompt", "resources/templates/list": "resource_template"}
 
 
 class Catalog:
@@ -61,6 +70,9 @@ class Catalog:
         self._tools: dict[str, dict[str, Any]] = {}  # qualified name -> upstream tool definition
         self._resource_owner: dict[str, str] = {}
         self._templates: list[tuple[re.Pattern[str], str]] = []
+        self.guard: ToolGuard | None = None
+        # Guard keys of the items last adopted per (upstream, method), in list order.
+        self._guard_keys: dict[tuple[str, str], list[str]] = {}
 
     # ---- naming ----------------------------------------------------------------------------------
 
@@ -105,8 +117,13 @@ class Catalog:
             for link in serving:
                 tg.start_soon(fetch, link)
         merged: list[dict[str, Any]] = []
+        guard = self.guard
         for link in serving:
-            merged.extend(per_upstream.get(link.name, ()))
+            items = per_upstream.get(link.name, ())
+            keys = self._guard_keys.get((link.name, kind.method))
+            if guard is not None and guard.active and keys is not None and len(keys) == len(items):
+                items = [item for item, key in zip(items, keys, strict=True) if guard.suspended(key) is None]
+            merged.extend(items)
         return merged
 
     async def _items(self, link: UpstreamLink, kind: ListKind) -> list[dict[str, Any]]:
@@ -128,6 +145,17 @@ class Catalog:
         return items
 
     def _adopt(self, upstream: str, kind: ListKind, raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        items = self._adopt_items(upstream, kind, raw)
+        guard = self.guard
+        if guard is not None and guard.active and kind.method in _GUARDED:
+            what = _GUARDED[kind.method]
+            keys = [guard_key(what, upstream, str(original.get(kind.key, ""))) for original in raw]
+            for key, original in zip(keys, raw, strict=True):
+                guard.review(what, key, original)
+            self._guard_keys[(upstream, kind.method)] = keys
+        return items
+
+    def _adopt_items(self, upstream: str, kind: ListKind, raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if kind.namespaced:
             items = [{**item, kind.key: self.qualify(upstream, str(item.get(kind.key, "")))} for item in raw]
             if kind.method == "tools/list":

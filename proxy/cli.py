@@ -1,11 +1,12 @@
 """``securegateway`` command line.
 
-    securegateway run [--config gateway.toml] [--model-key KEY]
+    securegateway run [--config gateway.toml] [--model-key KEY] [--stdio]
+    securegateway init [--from CLIENT_CONFIG] [--rewrite]
     securegateway audit verify [FILE] | audit show DECISION_ID
-    securegateway explain DECISION_ID
-    securegateway proposals list|show|approve|reject ...
+    securegateway explain DECISION_ID | explain --model M --tool T [--args JSON] [--policy FILE]
+    securegateway proposals list|show|approve|reject|impact ...
+    securegateway policy verify|sign|test ;  securegateway keys generate
     securegateway approvals list|approve|deny ...
-    securegateway policy verify|sign ;  securegateway keys generate
 
 Exit codes: 0 ok, 1 a check failed (e.g. audit verify), 2 bad usage or configuration.
 """
@@ -13,6 +14,7 @@ Exit codes: 0 ok, 1 a check failed (e.g. audit verify), 2 bad usage or configura
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
@@ -22,7 +24,7 @@ from pathlib import Path
 import anyio
 
 from proxy import logs
-from proxy.config import GatewayConfig, load_config
+from proxy.config import GatewayConfig, ListenSpec, load_config
 from proxy.errors import GatewayError
 
 MODEL_KEY_ENV = "SECUREGATEWAY_MODEL_KEY"
@@ -53,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     _config_arg(run)
     run.add_argument("--model-key", default=None,
                      help=f"the stdio client's model key (default: ${MODEL_KEY_ENV})")
+    run.add_argument("--stdio", action="store_true",
+                     help="serve the client on stdin/stdout whatever [gateway] listen says (for clients that "
+                     "start the gateway: Claude Desktop, Cursor, VS Code, the MCP Inspector)")
     run.set_defaults(func=_run)
 
     from proxy import cli_ops
@@ -76,6 +81,8 @@ def _run(args: argparse.Namespace) -> int:
     from proxy.bootstrap import build
 
     config = load_config_arg(args)
+    if args.stdio:
+        config = dataclasses.replace(config, listen=ListenSpec("stdio"))
     model_key = args.model_key or os.environ.get(MODEL_KEY_ENV)
     app = build(config, model_key=model_key)
 

@@ -24,6 +24,7 @@ LoadConfig = Callable[[argparse.Namespace], GatewayConfig]
 
 def register(sub: Any, config_arg: ConfigArg, load: LoadConfig) -> None:
     from negotiation import cli_policy, cli_proposals
+    from proxy import cli_operator
 
     audit = sub.add_parser("audit", help="verify or read the audit log")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
@@ -42,13 +43,21 @@ def register(sub: Any, config_arg: ConfigArg, load: LoadConfig) -> None:
     show.add_argument("--file", type=Path, default=None)
     show.set_defaults(func=lambda a: _audit_show(a, load))
 
-    explain = sub.add_parser("explain", help="re-evaluate a logged decision under the policy version it was made with")
+    explain = sub.add_parser(
+        "explain",
+        help="re-evaluate a logged decision under the policy version it was made with, "
+        "or dry-run a call: --model M --tool T --args JSON [--policy FILE]",
+    )
     config_arg(explain)
-    explain.add_argument("decision_id")
+    explain.add_argument("decision_id", nargs="?", default=None)
     explain.add_argument("--file", type=Path, default=None)
-    explain.set_defaults(func=lambda a: _explain(a, load))
+    cli_operator.add_dry_run_options(explain)
+    explain.set_defaults(func=lambda a: _explain(a, load) if a.decision_id else cli_operator.explain_call(a, load))
 
-    cli_proposals.register(sub, add_common=config_arg, wrap=lambda h: lambda a: _with_service(a, load, h))
+    cli_proposals.register(
+        sub, add_common=config_arg, wrap=lambda h: lambda a: _with_service(a, load, h),
+        impact=(cli_operator.add_impact_options, lambda a, service: cli_operator.proposals_impact(a, service, load)),
+    )
 
     def resolve(args: argparse.Namespace) -> Any:
         from proxy.bootstrap import storage_config
@@ -56,6 +65,12 @@ def register(sub: Any, config_arg: ConfigArg, load: LoadConfig) -> None:
         return storage_config(load(args))
 
     cli_policy.register(sub, add_common=config_arg, resolve=resolve)
+    cli_operator.add_policy_test(sub.choices["policy"], config_arg, load)
+    cli_operator.add_init(sub)
+
+    from proxy import cli_tools
+
+    cli_tools.register(sub, config_arg, load)
 
 
 def _audit_path(args: argparse.Namespace, load: LoadConfig, explicit: Path | None) -> Path:

@@ -81,6 +81,7 @@ class PolicyConfig:
     require_signature: bool = False
     watch_interval: float = 1.0
     high_water_file: Path | None = None
+    seed: Path | None = None  # copied to ``file`` when that does not exist yet (the demo's first run)
 
 
 AUDIT_SIGNING = ("auto", "policy", "hmac", "off")
@@ -126,6 +127,18 @@ class NegotiationConfig:
 
 
 @dataclass(frozen=True)
+class DetectorsConfig:
+    """``[detectors]``: tool-definition scanning, pinning and session taint (docs/detection.md)."""
+
+    tool_scan: str = "quarantine"  # quarantine | flag | off
+    tool_pinning: str = "tofu"  # tofu (pin on first sight) | approve (operator approves) | off
+    taint: bool = True
+    taint_window_s: float = 600.0
+    sink_tools: tuple[str, ...] = ()  # dotted globs always treated as sinks
+    store: Path | None = None  # default: <state_dir>/tools.db
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     path: Path
     listen: ListenSpec
@@ -143,6 +156,7 @@ class GatewayConfig:
     audit: AuditConfig = AuditConfig()
     admin: AdminConfig = AdminConfig()
     negotiation: NegotiationConfig = NegotiationConfig()
+    detectors: DetectorsConfig = DetectorsConfig()
 
     @property
     def base_dir(self) -> Path:
@@ -182,7 +196,7 @@ def load_config(path: str | Path) -> GatewayConfig:
 
 def parse_config(raw: Mapping[str, Any], path: Path) -> GatewayConfig:
     r = _Reader(path)
-    r.only(raw, "", {"gateway", "upstreams", "policy", "audit", "admin", "negotiation"})
+    r.only(raw, "", {"gateway", "upstreams", "policy", "audit", "admin", "negotiation", "detectors"})
     gw = r.table(raw, "gateway")
     r.only(gw, "gateway", {
         "listen", "name", "separator", "page_size", "max_message_bytes", "allowed_hosts",
@@ -229,6 +243,7 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> GatewayConfig:
         audit=r.audit(r.table(raw, "audit")),
         admin=r.admin(r.table(raw, "admin")),
         negotiation=r.negotiation(r.table(raw, "negotiation")),
+        detectors=r.detectors(r.table(raw, "detectors")),
     )
     if r.problems:
         raise ConfigError(r.problems)
@@ -393,7 +408,7 @@ class _Reader:
     def policy(self, t: Mapping[str, Any]) -> PolicyConfig:
         self.only(t, "policy", {
             "file", "model_keys", "state_dir", "algorithm", "signing_key", "public_key",
-            "hmac_secret_env", "require_signature", "watch_interval", "high_water_file",
+            "hmac_secret_env", "require_signature", "watch_interval", "high_water_file", "seed",
         })
         return PolicyConfig(
             file=self.path_(t, "policy", "file", None),
@@ -406,6 +421,7 @@ class _Reader:
             require_signature=self.flag(t, "policy", "require_signature", False),
             watch_interval=self.number(t, "policy", "watch_interval", 1.0, minimum=0.05),
             high_water_file=self.path_(t, "policy", "high_water_file", None),
+            seed=self.path_(t, "policy", "seed", None),
         )
 
     def audit(self, t: Mapping[str, Any]) -> AuditConfig:
@@ -442,6 +458,18 @@ class _Reader:
             allow_remote=allow_remote,
             allowed_hosts=self.strs(t, "admin", "allowed_hosts"),
             allowed_origins=self.strs(t, "admin", "allowed_origins"),
+        )
+
+    def detectors(self, t: Mapping[str, Any]) -> DetectorsConfig:
+        d = "detectors"
+        self.only(t, d, {"tool_scan", "tool_pinning", "taint", "taint_window_s", "sink_tools", "store"})
+        return DetectorsConfig(
+            tool_scan=self.choice(t, d, "tool_scan", ("quarantine", "flag", "off"), "quarantine"),
+            tool_pinning=self.choice(t, d, "tool_pinning", ("tofu", "approve", "off"), "tofu"),
+            taint=self.flag(t, d, "taint", True),
+            taint_window_s=self.number(t, d, "taint_window_s", 600.0, minimum=0.0),
+            sink_tools=self.strs(t, d, "sink_tools"),
+            store=self.path_(t, d, "store", None),
         )
 
     def negotiation(self, t: Mapping[str, Any]) -> NegotiationConfig:

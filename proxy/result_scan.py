@@ -10,18 +10,20 @@ at their JSON path (``content[0].text``, ``_meta.note``, ``messages[1].content.t
 Modes (``[gateway] result_scan``):
 
 * ``off``    - nothing is scanned;
-* ``flag``   - the payload passes unchanged; findings are audited (``result.flagged``);
+* ``flag``   - findings are audited (``result.flagged``); the payload passes, except that
+  hidden-Unicode payloads (tag characters, variation-selector runs, bidi overrides ...) are
+  removed from the strings that carry them (legitimate ZWJ/ZWNJ/LRM uses are kept);
 * ``redact`` - every string with a finding is replaced by :data:`WITHHELD`, the rest passes;
 * ``block``  - a payload with any finding does not reach the client at all.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from policy import Finding, scan_value
+from policy import Finding, scan_value, strip_hidden
 
 __all__ = ["MODES", "WITHHELD", "ScanOutcome", "finding_summary", "scan_payload"]
 
@@ -54,6 +56,9 @@ def scan_payload(payload: Any, mode: str, root: str = "") -> ScanOutcome:
     if mode == "redact":
         flagged = frozenset(finding.path for finding in findings)
         return ScanOutcome(_withhold(payload, root, flagged, 0), findings)
+    hidden = frozenset(finding.path for finding in findings if finding.code == "hidden_unicode")
+    if hidden:  # detect helper: smuggled characters never reach the model by default
+        return ScanOutcome(_withhold(payload, root, hidden, 0, strip_hidden), findings)
     return ScanOutcome(payload, findings)
 
 
@@ -62,15 +67,20 @@ def finding_summary(findings: tuple[Finding, ...]) -> list[dict[str, str]]:
     return [{"code": f.code, "kind": f.kind, "path": f.path} for f in findings]
 
 
-def _withhold(value: Any, path: str, flagged: frozenset[str], depth: int) -> Any:
-    """A copy of ``value`` with every flagged string (by its scan path) replaced."""
+def _withhold(
+    value: Any, path: str, flagged: frozenset[str], depth: int, replace: Callable[[str], str] | None = None
+) -> Any:
+    """A copy of ``value`` with every flagged string (by its scan path) replaced (by
+    :data:`WITHHELD`, or by ``replace(string)``)."""
     if isinstance(value, str):
-        return WITHHELD if path in flagged else value
+        if path not in flagged:
+            return value
+        return WITHHELD if replace is None else replace(value)
     if depth > _MAX_DEPTH:
         return WITHHELD  # deeper than is worth walking: withhold the subtree (fail closed)
     if isinstance(value, Mapping):
         prefix = f"{path}." if path else ""
-        return {key: _withhold(item, f"{prefix}{key}", flagged, depth + 1) for key, item in value.items()}
+        return {key: _withhold(item, f"{prefix}{key}", flagged, depth + 1, replace) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_withhold(item, f"{path}[{index}]", flagged, depth + 1) for index, item in enumerate(value)]
+        return [_withhold(item, f"{path}[{index}]", flagged, depth + 1, replace) for index, item in enumerate(value)]
     return value

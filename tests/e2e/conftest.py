@@ -73,6 +73,7 @@ def make_site(
     policy: str = POLICY,
     gateway: str = "",
     negotiation: str = "",
+    detectors: str = "",
     admin: bool = False,
     upstreams: list[tuple[str, list[str]]] | None = None,
 ) -> Site:
@@ -93,6 +94,7 @@ def make_site(
     upstream_text = "".join(
         f'\n[[upstreams]]\nname = "{name}"\ncommand = {_toml_list(cmd)}\n' for name, cmd in ups
     )
+    detectors_text = f"\n[detectors]\n{detectors}\n" if detectors else ""
     admin_text = f'\n[admin]\nlisten = "http://127.0.0.1:{free_port()}"\n' if admin else ""
     (root / "gateway.toml").write_text(
         textwrap.dedent(f"""\
@@ -115,6 +117,7 @@ def make_site(
         read_only_tools = ["calendar.list_events", "calendar.add", "search.*"]
         sensitive_tools = ["calendar.crash"]
         {negotiation}
+        {detectors_text}
         """)
     )
     return Site(root, root / "gateway.toml", marker, url)

@@ -84,7 +84,9 @@ def fragments(secret: str, size: int = 12) -> list[str]:
 
 
 async def test_case9_case10_no_secret_reaches_the_audit_log_in_any_form(tmp_path: Path) -> None:
-    site = make_site(tmp_path / "site", policy=POLICY)
+    # A private key in arguments denies by default (suspicious_arguments); this test is about
+    # how an allowed one is logged, so the policy tolerates secrets.
+    site = make_site(tmp_path / "site", policy="settings: {tolerate_findings: [secret]}\n" + POLICY)
     service_account = json.dumps({"type": "service_account", "project_id": "demo", "private_key": PEM})
     async with gateway(site), connect(site.url or "", GPT_KEY) as client:
         # case 9: the JSON text of the file, its key written with \n escapes

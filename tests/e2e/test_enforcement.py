@@ -163,7 +163,8 @@ async def test_secrets_in_arguments_are_masked_in_the_audit_log(site: Site) -> N
     assert decision["arguments_digest"].startswith("sha256:")
 
 
-async def test_suspicious_tool_results_are_flagged_and_raise_session_risk(site: Site) -> None:
+async def test_suspicious_tool_results_are_flagged_and_raise_session_risk(tmp_path: Path) -> None:
+    site = make_site(tmp_path / "notaint", detectors="taint = false")
     async with running(site.app()), connect(site.url, GPT_KEY) as client:
         first = await client.call_tool("search.echo", {"text": "x"})
         result = await client.call_tool("search.poison", {})
@@ -192,17 +193,19 @@ async def test_audit_verify_passes_then_names_the_edited_deleted_or_swapped_line
                         capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     original = site.audit_path.read_text().splitlines(keepends=True)
+    # tool.pinned events come first (one per listed tool): tamper with a decision event
+    at = next(index for index, text in enumerate(original) if "call 1" in text)
     tampered: dict[str, list[str]] = {
-        "edit": original[:2] + [original[2].replace("call 1", "call X")] + original[3:],
-        "delete": original[:2] + original[3:],
-        "swap": original[:2] + [original[3], original[2]] + original[4:],
+        "edit": original[:at] + [original[at].replace("call 1", "call X")] + original[at + 1 :],
+        "delete": original[:at] + original[at + 1 :],
+        "swap": original[:at] + [original[at + 1], original[at]] + original[at + 2 :],
     }
     for name, lines in tampered.items():
         site.audit_path.write_text("".join(lines))
         bad = subprocess.run(cli("audit", "verify", str(site.audit_path)), env=env, cwd=ROOT,
                              capture_output=True, text=True, timeout=60)
         assert bad.returncode == 1, name
-        assert "audit.jsonl:3" in bad.stdout, (name, bad.stdout)
+        assert f"audit.jsonl:{at + 1}" in bad.stdout, (name, bad.stdout)
     site.audit_path.write_text("".join(original))
 
 

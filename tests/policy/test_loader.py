@@ -132,7 +132,8 @@ def test_every_error_in_the_file_is_listed_in_file_order() -> None:
         "policies.yaml:7:40: rules[1].when.path.regex: invalid regex `(`: RE2 cannot compile it: "
         "missing ): (",
         "policies.yaml:8:12: settings.deny_risk_above: expected a number between 0 and 1, got `2`",
-        "policies.yaml:8:32: settings.extra: unknown key; expected one of: deny_risk_above, require_rules_for",
+        "policies.yaml:8:32: settings.extra: unknown key; expected one of: deny_risk_above, require_rules_for, "
+        "tolerate_findings",
     ]
 
 

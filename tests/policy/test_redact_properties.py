@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 
 from policy.audit_event import decision_event, event
 from policy.audit_log import JsonlAuditLog
+from policy.detect.secrets import SECRET_KINDS
 from policy.redact import mask_text, redact_text
 from policy.schema import check_arguments
-from policy.secrets import SECRET_KINDS
 
 FRAGMENT = 12
 ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
@@ -71,6 +71,22 @@ _KINDS: dict[str, st.SearchStrategy[tuple[str, str, str]]] = {
         lambda form, value: ("generic_api_key", form.format(value), value),
         st.sampled_from(['password = "{}"', "api_key: {}", '"client_secret": "{}"', "DB_PASSWORD={}", "token={}"]),
         _chars(ALNUM, 12, 40),
+    ),
+    "azure_storage_key": _chars(B64, 60, 88).map(
+        lambda key: ("azure_storage_key", f"AccountName=prod;AccountKey={key}==;EndpointSuffix=core.windows.net", key)
+    ),
+    "url_credentials": _chars(ALNUM, 12, 30).map(
+        lambda pw: ("url_credentials", f"postgres://app:{pw}@db.example.com:5432/app", pw)
+    ),
+    "slack_webhook": _chars(ALNUM, 24, 24).map(
+        lambda tail: ("slack_webhook", f"https://hooks.slack.com/services/T0A1B2C3D/B0A1B2C3D/{tail}", tail)
+    ),
+    "discord_webhook": _chars(B64URL, 60, 68).map(
+        lambda token: ("discord_webhook", f"https://discord.com/api/webhooks/123456789012345678/{token}", token)
+    ),
+    "putty_private_key": _chars(B64, 40, 100).map(
+        lambda body: ("putty_private_key", "PuTTY-User-Key-File-2: ssh-rsa\nEncryption: none\nComment: k\n"
+                      f"Public-Lines: 1\nAAAAB3NzaC1yc2E\nPrivate-Lines: 1\n{body}\nPrivate-MAC: 0a1b2c3d\n", body)
     ),
 }
 assert set(_KINDS) == set(SECRET_KINDS), "a new secret kind needs a generator here"

@@ -78,7 +78,9 @@ def test_a_missing_or_malformed_file_is_a_one_line_error(tmp_path: Path) -> None
 def test_the_bundled_demo_config_is_valid() -> None:
     config = load_config(Path(__file__).resolve().parents[2] / "gateway.toml")
     assert [u.name for u in config.upstreams] == ["calendar", "search"]
-    assert config.policy.file is not None and config.policy.file.exists()
+    # The live policy is created under state/ on the first run, from the shipped seed.
+    assert config.policy.seed is not None and config.policy.seed.exists()
+    assert config.policy.file is not None and config.policy.file.parent.name == "state"
 
 
 def _minimal(**tables: dict) -> dict:

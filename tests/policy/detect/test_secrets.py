@@ -1,4 +1,4 @@
-"""policy.secrets: every kind is found, near-misses are not, masking keeps the context."""
+"""policy.detect.secrets: every kind is found, near-misses are not, masking keeps the context."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-import policy.secrets as secrets_module
-from policy.secrets import SECRET_KINDS, LiteralSearch, SecretHit, find_secrets, mask_secrets
+import policy.detect.secrets as secrets_module
+from policy.detect.literal import LiteralSearch
+from policy.detect.secrets import SECRET_KINDS, SecretHit, find_secrets, mask_secrets
 
 # Fake credentials with the right shape; none of them is live.
 AWS = "AKIAIOSFODNN7EXAMPLE"
@@ -231,3 +232,44 @@ def test_searching_from_the_rarest_character_finds_what_finditer_finds(source: s
     literal = LiteralSearch.build(source)
     plain = [(match.start(), match.group()) for match in re.finditer(source, text)]
     assert [(start, text[start : match.end()]) for start, match in literal.matches(text)] == plain
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "kept"),
+    [
+        ("DefaultEndpointsProtocol=https;AccountName=acct;AccountKey="
+         "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;",
+         "azure_storage_key", "AccountName=acct;AccountKey=[REDACTED:azure_storage_key];"),
+        ("postgres://admin:s3cr3tP4ss@db.example.com:5432/app", "url_credentials",
+         "postgres://admin:[REDACTED:url_credentials]@db.example.com"),
+        ("https://hooks.slack.com/services/T0A1B2C3D/B0A1B2C3D/abcdefghijklmnopqrstuvwx", "slack_webhook",
+         "https://[REDACTED:slack_webhook]"),
+        ("https://discord.com/api/webhooks/123456789012345678/" + "aB3" * 20, "discord_webhook",
+         "https://[REDACTED:discord_webhook]"),
+        ("PuTTY-User-Key-File-3: ssh-ed25519\nEncryption: none\nComment: k\nPublic-Lines: 1\nAAAAC3Nza\n"
+         "Private-Lines: 1\nAAAAIBx\nPrivate-MAC: 0a1b2c3d\n", "putty_private_key", "[REDACTED:putty_private_key]"),
+        ("-----BEGIN PGP PRIVATE KEY BLOCK-----\nVersion: GnuPG v2 (GNU/Linux)\n\nlQOYBFabc\n=x1Yz\n"
+         "-----END PGP PRIVATE KEY BLOCK-----", "private_key", "[REDACTED:private_key]"),
+        ("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----",
+         "private_key", "[REDACTED:private_key]"),
+        ('client_credentials = "Zx81kLq0pWm2"', "generic_api_key", '"[REDACTED:generic_api_key]"'),
+    ],
+)
+def test_new_kinds_are_masked_and_keep_their_context(text: str, kind: str, kept: str) -> None:
+    masked, found = mask_secrets(text)
+    assert found == (kind,)
+    assert kept in masked
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "password = get_password()",
+        "token = self.token",
+        "https://user@example.com/path",
+        "https://user:${PASSWORD}@host/",
+        "see https://api.slack.com/messaging/webhooks for the docs",
+    ],
+)
+def test_code_references_and_docs_are_not_secrets(text: str) -> None:
+    assert find_secrets(text) == []

@@ -31,8 +31,9 @@ Nothing in this module raises for any input text.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
+
+from .literal import LiteralSearch
 
 __all__ = ["SECRET_KINDS", "SecretHit", "find_secrets", "mask_secrets"]
 
@@ -44,74 +45,6 @@ class SecretHit:
     kind: str
     start: int
     end: int
-
-
-# Characters from most to least frequent, roughly, in English prose and source code. Any
-# other character (capitals, digits, most punctuation) counts as rarer than all of them.
-_FREQUENT = " etaoinsrhldcumfp_-.gwybvkjxqz"
-
-
-def _rarity(char: str) -> int:
-    rank = _FREQUENT.find(char)
-    return len(_FREQUENT) if rank < 0 else rank
-
-
-@dataclass(frozen=True)
-class LiteralSearch:
-    """A regular expression that starts with ``literal``, searched from its rarest character.
-
-    Used by :mod:`policy.detectors` too. ``pattern`` matches ``skip`` characters into
-    where the plain expression would; ``rare`` are characters of the literal outside
-    ``_FREQUENT``, any of which missing from a text rules the literal out.
-    """
-
-    pattern: re.Pattern[str]
-    skip: int
-    rare: tuple[str, ...]
-
-    @classmethod
-    def build(cls, source: str) -> LiteralSearch:
-        """For ``source``, whose leading letters, digits, ``_`` and ``-`` are literal.
-
-        ``source`` must not be an alternation at its top level.
-        """
-        literal = re.match(r"[A-Za-z0-9_\-]+", source)
-        # A literal character directly followed by a quantifier would be optional.
-        if literal is None or re.match(r"[?*+{]", source[literal.end() :]):
-            raise ValueError(f"`{source}` does not start with a literal")
-        return cls._rotated(literal.group(), literal.group(), source[literal.end() :])
-
-    @classmethod
-    def of(cls, literal: str, rest: str = "") -> LiteralSearch:
-        """For the plain string ``literal`` followed by the expression ``rest``."""
-        return cls._rotated(literal, re.escape(literal), rest)
-
-    @classmethod
-    def _rotated(cls, literal: str, escaped: str, rest: str) -> LiteralSearch:
-        skip = max(range(len(literal)), key=lambda index: (_rarity(literal[index]), -index))
-        head = escaped if skip == 0 else f"{re.escape(literal[skip:])}(?<={escaped})"
-        rare = tuple(dict.fromkeys(char for char in literal if _FREQUENT.find(char) < 0))
-        return cls(re.compile(head + rest), skip, rare)
-
-    def may_occur(self, text: str) -> bool:
-        """False only when the literal cannot occur in ``text`` (one ``memchr`` per rare char)."""
-        return all(char in text for char in self.rare)
-
-    def present(self, text: str) -> bool:
-        """Whether the expression matches anywhere in ``text``."""
-        return self.may_occur(text) and self.pattern.search(text) is not None
-
-    def matches(self, text: str) -> Iterator[tuple[int, re.Match[str]]]:
-        """``(start, match)`` for each match that ``finditer`` over the plain expression finds."""
-        if not self.may_occur(text):
-            return
-        search, skip = self.pattern.search, self.skip
-        position = 0
-        # Not finditer: a match may start (at its rare character) `skip` characters before
-        # the previous one ends, where finditer over the plain expression would not look.
-        while (match := search(text, position)) is not None:
-            yield match.start() - skip, match
-            position = match.end() + skip
 
 
 @dataclass(frozen=True)
@@ -130,14 +63,17 @@ def _boundary(literal: str, before: str) -> str:
     return f"{literal}(?<![{before}]{literal})"
 
 
-def _scanner(kinds: str | tuple[str, ...], pattern: str, *, lowered: bool = False) -> _Scanner:
-    search = LiteralSearch.build(pattern)
+def _scanner(
+    kinds: str | tuple[str, ...], pattern: str, *, lowered: bool = False, literal: str | None = None
+) -> _Scanner:
+    """``pattern`` starts with a literal; or, with ``literal``, ``pattern`` is what follows it."""
+    search = LiteralSearch.build(pattern) if literal is None else LiteralSearch.of(literal, pattern)
     value_groups = tuple(name for name in search.pattern.groupindex if name.startswith("v"))
     return _Scanner((kinds,) if isinstance(kinds, str) else kinds, search, lowered, value_groups)
 
 
 _B64URL = r"A-Za-z0-9_\-"
-_PEM_LABEL = r"[ A-Z0-9]{0,40} PRIVATE KEY-----"
+_PEM_LABEL = r"[ A-Z0-9]{0,40} PRIVATE KEY(?: BLOCK)?-----"
 
 # The value of a `name = value` assignment: at least six characters, not starting like a
 # reference or placeholder (${VAR}, <your-key>, [REDACTED:...], %(x)s, {...}). A quoted value
@@ -165,7 +101,9 @@ _SCANNERS: tuple[_Scanner, ...] = (
         "private_key",
         # The whole PEM block; a body character '-' is allowed unless it starts the END
         # line. An unterminated block (truncated paste) still masks header and body.
-        "-----BEGIN" + _PEM_LABEL + r"(?:[A-Za-z0-9+/=\s:,]++|-(?!----END))*+"
+        "-----BEGIN" + _PEM_LABEL
+        # PGP armour headers ("Version: GnuPG v2 (GNU/Linux)") may hold any printable text.
+        + r"(?:[A-Za-z0-9+/=\s:,.]++|(?<=\n)(?:Version|Comment|Hash|Charset): [^\r\n]{0,200}+|-(?!----END))*+"
         r"(?:-----END" + _PEM_LABEL + ")?",
     ),
     _scanner(
@@ -187,6 +125,38 @@ _SCANNERS: tuple[_Scanner, ...] = (
     ),
     _scanner("slack_token", _boundary("xox[abpr]-", "A-Za-z0-9") + r"[A-Za-z0-9\-]{10,255}+(?![A-Za-z0-9\-])"),
     _scanner(
+        "putty_private_key",
+        # The whole .ppk file: header, key lines, MAC; comment lines keep printable ASCII.
+        r"PuTTY-User-Key-File-[0-9]++:[^\r\n]{1,200}+(?:\r?+\n(?!PuTTY-User-Key-File)[ -~\t]{1,400}+){1,120}+",
+    ),
+    _scanner(
+        "slack_webhook",
+        "hooks" + r"(?<![A-Za-z0-9.\-]hooks)\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9_/\-]{20,200}+",
+    ),
+    _scanner(
+        "discord_webhook",
+        "discord" + r"(?:app)?+\.com/api/webhooks/[0-9]{5,30}+/[A-Za-z0-9_\-]{30,120}+",
+    ),
+    _scanner(
+        "azure_storage_key",
+        # Connection strings (AccountKey=, SharedAccessKey=): only the key is masked.
+        "accountkey" + r"[ \t]{0,4}+=[ \t]{0,4}+(?P<v>[a-z0-9+/]{40,120}+={0,2}+)",
+        lowered=True,
+    ),
+    _scanner(
+        "azure_storage_key",
+        "sharedaccesskey" + r"[ \t]{0,4}+=[ \t]{0,4}+(?P<v>[a-z0-9+/]{40,120}+={0,2}+)",
+        lowered=True,
+    ),
+    _scanner(
+        "url_credentials",
+        # scheme://user:password@host -- only the password is masked, so the reader still
+        # sees which account and host it was for.
+        r"(?<=[a-z0-9]://)[^\s:/@?#\[\]]{0,128}+:(?P<v>[^\s:/@?#$<{\[%][^\s/@?#]{2,255}+)@(?=[a-z0-9\[])",
+        lowered=True,
+        literal="://",
+    ),
+    _scanner(
         "jwt",
         _boundary("eyJ", _B64URL)
         + f"[{_B64URL}]{{7,4096}}+\\.[{_B64URL}]{{8,16384}}+\\.[{_B64URL}]{{0,4096}}+(?![{_B64URL}])",
@@ -202,12 +172,16 @@ _SCANNERS: tuple[_Scanner, ...] = (
     _scanner("generic_api_key", "token" + _ASSIGN + _VALUE, lowered=True),
     _scanner("generic_api_key", "secret" + _ASSIGN + _VALUE, lowered=True),
     _scanner("generic_api_key", "pass(?:w(?:or)?d|phrase)" + _ASSIGN + _VALUE, lowered=True),
+    _scanner("generic_api_key", "credential" + "(?:s)?+" + _ASSIGN + _VALUE, lowered=True),
 )
 
 # Every scanner's match contains one of these in the lower-cased text. One alternation is
 # slower than the literal passes over a large text but much cheaper than twelve calls on
 # the short strings that make up most tool arguments, so it screens those.
-_SCREEN = re.compile(r"-----begin|a[ks]ia|aiza|gh[pousr]_|github_pat_|sk-|xox[abpr]-|eyj|bearer|key|token|secret|pass")
+_SCREEN = re.compile(
+    r"-----begin|a[ks]ia|aiza|gh[pousr]_|github_pat_|sk-|xox[abpr]-|eyj|bearer|key|token|secret|pass"
+    r"|putty-user|hooks|discord|://|credential"
+)
 _SCREEN_BELOW = 512  # measured crossover: above it the literal passes are cheaper
 
 SECRET_KINDS: tuple[str, ...] = tuple(dict.fromkeys(kind for scanner in _SCANNERS for kind in scanner.kinds))
@@ -218,8 +192,18 @@ _PLACEHOLDERS = frozenset(
 )
 
 
-def _is_placeholder(value: str) -> bool:
-    return value.lower() in _PLACEHOLDERS or len(set(value)) == 1
+_DOTTED_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*+(?:\.[A-Za-z_][A-Za-z0-9_]*+)++|[a-z]++(?:_[a-z]++)++")
+
+
+def _is_placeholder(value: str, quoted: bool = True, after: str = "") -> bool:
+    """Documentation, a reference or code rather than a credential.
+
+    An unquoted value that is a dotted name or snake_case words (``config.api_key``,
+    ``get_password`` followed by ``(``) is code; quoted values may be passphrases.
+    """
+    if value.lower() in _PLACEHOLDERS or len(set(value)) == 1:
+        return True
+    return not quoted and (after == "(" or _DOTTED_NAME.fullmatch(value) is not None)
 
 
 def _lower_same_offsets(text: str) -> str:
@@ -239,6 +223,13 @@ def find_secrets(text: str, *, lowered: str | None = None) -> list[SecretHit]:
     ``lowered`` may pass on a ``text.lower()`` the caller already has; it is used only when
     it keeps every offset.
     """
+    original = text
+    if not text.isascii():
+        # Every pattern is ASCII. Searching a str with any non-ASCII character costs the
+        # regex engine ~4x more, so search a copy with each non-ASCII character replaced by
+        # `?` (one for one: offsets are kept; a run of `?` is a placeholder, never a value).
+        text = text.encode("ascii", "replace").decode("ascii")
+        lowered = None
     if lowered is None or len(lowered) != len(text):
         lowered = _lower_same_offsets(text)
     if len(text) < _SCREEN_BELOW and not _SCREEN.search(lowered):
@@ -253,7 +244,9 @@ def find_secrets(text: str, *, lowered: str | None = None) -> list[SecretHit]:
             if scanner.value_groups:
                 group = next(name for name in scanner.value_groups if match.group(name) is not None)
                 start, end = match.span(group)
-                if kind == "generic_api_key" and _is_placeholder(text[start:end]):
+                if kind in ("generic_api_key", "url_credentials") and _is_placeholder(
+                    original[start:end], group != "v3", original[end : end + 1]
+                ):
                     continue
             found.append((start, priority, end, kind))
     found.sort()

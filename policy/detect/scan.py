@@ -1,0 +1,268 @@
+"""Scan any JSON value for injection phrasing, hidden Unicode and secrets.
+
+:func:`scan_value` walks a call's arguments or a tool's result and returns
+:class:`~policy.detect.finding.Finding` values; the engine turns them into risk factors
+and, for high-severity ones, denials. It is on the hot path of every call and of every
+result, so the common case is cheap:
+
+* all strings of one value are joined (:data:`SEP`) and each detector makes one pass over
+  the joined text, so the fixed cost of a pass is paid once per value;
+* injection: the text is folded (:mod:`policy.detect.normalize`; for ASCII just
+  ``lower()`` and a translate), one Aho-Corasick pass finds every anchor of every rule,
+  and only rules with an anchor present run their expression, near that anchor
+  (:mod:`policy.detect.injection`);
+* hidden Unicode is all non-ASCII, so ``str.isascii()`` (a C loop) skips that check for
+  most strings (:mod:`policy.detect.unicode`);
+* secrets come from :mod:`policy.detect.secrets`, over the same lower-cased text.
+
+One finding is reported per (code, kind) per string, at its first occurrence. Excerpts are
+short, show hidden characters as ``\\uXXXX`` escapes and never contain a secret.
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_right
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .finding import Finding
+from .injection import anchor_hits, find_injections, spaced_anchor_seen
+from .normalize import VIEW_SEP, despace, fold
+from .secrets import SecretHit, find_secrets
+from .unicode import hidden_spans
+
+__all__ = ["MAX_FINDINGS", "SEP", "scan_text", "scan_value"]
+
+MAX_FINDINGS = 200
+_CONTEXT = 24
+_MAX_EXCERPT = 120
+# Joins the strings of one value. No rule matches across it (NUL is neither a word,
+# whitespace nor secret character, and every window is clipped to its string).
+SEP = "\n\x00\n"
+assert SEP == VIEW_SEP
+_HIDDEN_SEVERITY = {"tag_character": "high", "variation_selector": "high"}
+_HIGH_SECRETS = frozenset({"private_key", "putty_private_key"})
+_UNPRINTABLE = re.compile("[\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff\ufe00-\ufe0f"
+                          "\U000e0000-\U000e01ef\x00-\x1f\x7f-\x9f]")
+
+
+def _escape(text: str) -> str:
+    def one(match: re.Match[str]) -> str:
+        code = ord(match.group())
+        return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+    return _UNPRINTABLE.sub(one, text)
+
+
+def _excerpt(text: str, start: int, end: int, secrets: Sequence[SecretHit]) -> str:
+    """A short window around ``[start, end)`` with secrets masked and hidden chars escaped."""
+    lo = max(0, start - _CONTEXT)
+    hi = min(len(text), max(end, start + 1) + _CONTEXT, lo + 4 * _CONTEXT)
+    parts: list[str] = []
+    cursor = lo
+    for hit in secrets:
+        if hit.end <= lo or hit.start >= hi:
+            continue
+        parts.append(_escape(text[cursor : max(cursor, hit.start)]))
+        parts.append(f"[REDACTED:{hit.kind}]")
+        cursor = max(cursor, hit.end)
+    if cursor < hi:
+        parts.append(_escape(text[cursor:hi]))
+    body = "".join(parts)
+    if len(body) > _MAX_EXCERPT:
+        body, hi = body[:_MAX_EXCERPT], -1
+    return ("…" if lo > 0 else "") + body + ("…" if hi < len(text) else "")
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+_SCALARS = (int, float, bool, type(None))
+
+
+def _strings(value: Any, path: str) -> tuple[list[str], list[str]]:
+    """Paths and texts of every non-empty string in ``value``, in document order (iterative)."""
+    paths: list[str] = []
+    texts: list[str] = []
+    if type(value) is dict:  # the usual arguments object: flat, strings and numbers
+        prefix = f"{path}." if path else ""
+        for key, item in value.items():
+            kind = type(item)
+            if kind is str:
+                if item:
+                    paths.append(f"{prefix}{key}")
+                    texts.append(item)
+            elif kind not in _SCALARS:
+                paths.clear()
+                texts.clear()
+                break  # nested: walk it in document order below
+        else:
+            return paths, texts
+    stack: list[tuple[Any, str]] = [(value, path)]
+    seen: set[int] = set()
+    while stack:
+        current, where = stack.pop()
+        kind = type(current)
+        if kind is str:
+            if current:
+                paths.append(where)
+                texts.append(current)
+        elif kind in _SCALARS:
+            continue
+        elif isinstance(current, str):
+            if current:
+                paths.append(where)
+                texts.append(str(current))
+        elif isinstance(current, Mapping):
+            if id(current) in seen:
+                continue
+            seen.add(id(current))
+            prefix = f"{where}." if where else ""
+            entries = [(item, f"{prefix}{key}") for key, item in current.items()]
+            entries.reverse()
+            stack.extend(entries)
+        elif isinstance(current, list | tuple):
+            if id(current) in seen:
+                continue
+            seen.add(id(current))
+            stack.extend([(current[index], f"{where}[{index}]") for index in range(len(current) - 1, -1, -1)])
+    return paths, texts
+
+
+def _starts(texts: Sequence[str]) -> list[int]:
+    starts: list[int] = []
+    cursor = 0
+    for text in texts:
+        starts.append(cursor)
+        cursor += len(text) + len(SEP)
+    return starts
+
+
+def _per_string(spans: Sequence[tuple[int, int, int]], starts: Sequence[int]) -> dict[int, list[tuple[int, int, int]]]:
+    if len(starts) == 1:
+        return {0: list(spans)}
+    grouped: dict[int, list[tuple[int, int, int]]] = {}
+    for item in spans:
+        grouped.setdefault(bisect_right(starts, item[1]) - 1, []).append(item)
+    return grouped
+
+
+def _folded_secrets(folded: str, original: str, hits: Sequence[SecretHit], lo: int, hi: int) -> list[SecretHit]:
+    """Secrets in ``folded[lo:hi]`` (offsets relative to ``lo``): the original's, located by
+    value, and any the folded text shows itself. Only the window is searched."""
+    window = folded[lo:hi]
+    found = list(find_secrets(window))
+    for hit in hits:
+        value = fold(original[hit.start : hit.end])
+        at = window.find(value) if value else -1
+        while at >= 0:
+            found.append(SecretHit(hit.kind, at, at + len(value)))
+            at = window.find(value, at + len(value))
+    found.sort(key=lambda item: item.start)
+    return found
+
+
+class _Scan:
+    """One value's strings scanned as one text; findings gathered per string."""
+
+    def __init__(self, paths: list[str], texts: list[str], text: str, lowered: str) -> None:
+        self.paths, self.texts, self.text = paths, texts, text
+        self.starts = _starts(texts)
+        self.findings: list[list[Finding]] = [[] for _ in texts]
+        self.secrets: list[list[SecretHit]] = [[] for _ in texts]
+        for hit in find_secrets(text, lowered=lowered or None):
+            index = bisect_right(self.starts, hit.start) - 1
+            base, end = self.starts[index], self.starts[index] + len(texts[index])
+            if hit.start < end:
+                self.secrets[index].append(SecretHit(hit.kind, hit.start - base, min(hit.end, end) - base))
+
+    def injections(self, folded: str, starts: list[int]) -> None:
+        hits = anchor_hits(folded)
+        if not hits:
+            return
+        for index, own in _per_string(hits, starts).items():
+            lo = starts[index]
+            hi = starts[index + 1] - len(SEP) if index + 1 < len(starts) else len(folded)
+            found = find_injections(folded, own, (lo, hi))
+            seen = {hit.kind for hit in found}
+            same = self.texts[index].isascii()  # folding kept every offset
+            for hit in found:
+                self._inject(index, folded, lo, hi, hit.kind, hit.severity, hit.start, hit.end, same)
+            if spaced_anchor_seen(own):
+                joined = despace(folded[lo:hi])
+                for hit in find_injections(joined, anchor_hits(joined)):
+                    if hit.kind not in seen:
+                        self._inject(index, joined, 0, len(joined), hit.kind, hit.severity, hit.start, hit.end, False)
+
+    def _inject(
+        self, index: int, folded: str, lo: int, hi: int, kind: str, severity: str, start: int, end: int, same: bool
+    ) -> None:
+        if same:  # ASCII: folded offsets are the original's, so quote the original
+            excerpt = _excerpt(self.texts[index], start - lo, end - lo, self.secrets[index])
+        else:  # quote the folded text around the match, secrets masked (a secret may overhang)
+            w_lo, w_hi = max(lo, start - 4 * _CONTEXT), min(hi, end + 8 * _CONTEXT)
+            secrets = _folded_secrets(folded, self.texts[index], self.secrets[index], w_lo, w_hi)
+            excerpt = _excerpt(folded[w_lo:w_hi], start - w_lo, end - w_lo, secrets)
+            excerpt = ("…" if w_lo > lo and not excerpt.startswith("…") else "") + excerpt
+        self.findings[index].append(Finding("prompt_injection", kind, self.paths[index], excerpt, severity))
+
+    def hidden(self) -> None:
+        for index, text in enumerate(self.texts):
+            if text.isascii():
+                continue
+            reported: set[str] = set()
+            for kind, start, end in hidden_spans(text):
+                if kind in reported:
+                    continue
+                reported.add(kind)
+                excerpt = _excerpt(text, start, end, self.secrets[index])
+                severity = _HIDDEN_SEVERITY.get(kind, "medium")
+                self.findings[index].append(Finding("hidden_unicode", kind, self.paths[index], excerpt, severity))
+
+    def secret_findings(self) -> None:
+        for index, hits in enumerate(self.secrets):
+            reported: set[str] = set()
+            for hit in hits:
+                if hit.kind not in reported:
+                    reported.add(hit.kind)
+                    excerpt = _excerpt(self.texts[index], hit.start, hit.end, hits)
+                    severity = "high" if hit.kind in _HIGH_SECRETS else "medium"
+                    self.findings[index].append(Finding("secret", hit.kind, self.paths[index], excerpt, severity))
+
+
+_QUICK_LIMIT = 4096
+
+
+def scan_value(value: Any, path: str = "") -> tuple[Finding, ...]:
+    """Findings in every string nested anywhere in ``value`` (dict values, list items).
+
+    Paths look like ``arguments.query`` or ``content[0].text``. Iterative, so arbitrarily deep
+    JSON cannot exhaust the stack; at most MAX_FINDINGS are returned.
+    """
+    paths, texts = _strings(value, path)
+    if not texts:
+        return ()
+    text = texts[0] if len(texts) == 1 else SEP.join(texts)
+    plain = text.isascii()
+    lowered = text.lower() if plain else ""  # find_secrets lowers its ASCII copy of other text
+    if plain:
+        folded, fold_starts = fold(lowered), None
+        if len(text) <= _QUICK_LIMIT and not anchor_hits(folded) and not find_secrets(text, lowered=lowered):
+            return ()  # the common case: short, plain, nothing to report
+    else:
+        parts = [fold(t) for t in texts]
+        folded, fold_starts = SEP.join(parts), _starts(parts)
+    scan = _Scan(paths, texts, text, lowered)
+    scan.injections(folded, fold_starts or scan.starts)
+    if not plain:
+        scan.hidden()
+    scan.secret_findings()
+    findings = [finding for per_string in scan.findings for finding in per_string]
+    return tuple(findings[:MAX_FINDINGS])
+
+
+def scan_text(text: str, path: str = "") -> list[Finding]:
+    """Findings in one string (at most one per code and kind)."""
+    return list(scan_value(text, path))

@@ -1,0 +1,15 @@
+"""The review console: server-rendered HTML on the admin listener, no JavaScript at all.
+
+Modules, one concept each::
+
+    auth.py     sign-in with the admin key, session cookies, CSRF tokens, Host/Origin checks
+    text.py     escaping for display: HTML-escaped, bidi and invisible characters as escapes
+    pages.py    the pages (proposals, decisions, policy, tools) and the two review actions
+    templates/  Jinja2 templates (autoescaped)
+
+``build_console(...)`` returns a Starlette app that ``proxy/admin.py`` mounts at ``/console``.
+"""
+
+from proxy.console.pages import build_console
+
+__all__ = ["build_console"]

@@ -1,0 +1,56 @@
+"""The operator's policy tests hold an otherwise auto-approved proposal, through a real gateway."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from proxy.config import load_config
+from proxy.errors import ConfigError
+from proxy.operator import operator_test_suites
+from tests.conftest import connect, running
+from tests.e2e.conftest import GPT_KEY, make_site
+
+pytestmark = pytest.mark.anyio
+
+TESTS = """\
+tests:
+  - name: gpt-4o never adds numbers
+    model: gpt-4o
+    tool: calendar.add
+    expect: {allowed: false}
+"""
+
+
+def soon() -> str:
+    return (datetime.now(UTC) + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def test_a_proposal_that_breaks_an_operator_test_waits_for_a_reviewer(tmp_path: Path) -> None:
+    site = make_site(tmp_path / "site")  # calendar.add is inside the auto-approval envelope
+    (site.root / "policies.tests.yaml").write_text(TESTS)
+    snippet = f"rules:\n  - model: gpt-4o\n    allow_tools: [calendar.add]\n    expires: {soon()}\n"
+    async with running(site.app()), connect(site.url, GPT_KEY) as client:
+        proposed = await client.call_tool("propose_policy", {"yaml": snippet, "justification": "sums"})
+        status = proposed.structured_content
+        assert status["status"] == "pending"
+        [verdict] = [v for v in status["verdicts"] if v["code"] == "breaks_policy_tests"]
+        assert "'gpt-4o never adds numbers'" in verdict["message"] and not verdict["ok"]
+        assert (await client.call_tool("calendar.add", {"a": 1, "b": 2})).is_error
+
+
+async def test_without_operator_tests_the_same_proposal_is_auto_approved(tmp_path: Path) -> None:
+    site = make_site(tmp_path / "site")
+    snippet = f"rules:\n  - model: gpt-4o\n    allow_tools: [calendar.add]\n    expires: {soon()}\n"
+    async with running(site.app()), connect(site.url, GPT_KEY) as client:
+        proposed = await client.call_tool("propose_policy", {"yaml": snippet, "justification": "sums"})
+        assert proposed.structured_content["status"] == "approved"
+
+
+def test_a_broken_test_file_stops_start_up_with_its_location(tmp_path: Path) -> None:
+    site = make_site(tmp_path / "site")
+    (site.root / "policies.tests.yaml").write_text("tests:\n  - {name: x}\n")
+    with pytest.raises(ConfigError, match=r"policies.tests.yaml:2:5: tests\[0\].model: required"):
+        operator_test_suites(load_config(site.config_path))
