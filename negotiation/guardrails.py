@@ -29,10 +29,10 @@ rule is judged.
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any, Literal
 
 from negotiation.merge import DiffEntry, MergeResult, effects, is_literal, merge
@@ -73,6 +73,9 @@ REJECTING_CODES: frozenset[str] = frozenset(
         "beyond_key_scope",
         "too_many_pending",
         "rate_limited",
+        "secret_in_snippet",
+        "audit_unavailable",
+        "too_many_rules",
     }
 )
 
@@ -112,6 +115,9 @@ class GuardrailConfig:
     max_snippet_bytes: int = 65536
     pending_ttl_hours: float = 72
     max_pending_per_model: int = 20  # a model cannot flood reviewers (or the store)
+    # Judging is linear in rules x live rules; a cap keeps one proposal from holding the
+    # service for long.
+    max_snippet_rules: int = 100
     # Refused proposals per identity in a sliding window, before any are stored whole.
     max_refused_per_window: int = 20
     refused_window_minutes: float = 60
@@ -128,6 +134,8 @@ class GuardrailConfig:
             raise ValueError("max_expiry_hours must be positive or None")
         if not 0.0 <= self.max_session_risk <= 1.0:
             raise ValueError("max_session_risk must be within [0, 1]")
+        if self.max_snippet_rules < 1:
+            raise ValueError("max_snippet_rules must be positive")
         if self.max_refused_per_window < 1 or self.refused_window_minutes <= 0:
             raise ValueError("the refused-proposal rate limit must be positive")
 
@@ -182,25 +190,41 @@ def status_of(verdicts: Iterable[Verdict]) -> Status:
 # -- glob algebra --------------------------------------------------------------------------
 
 
+_STAR = object()
+_ONE = object()
+
+
+@lru_cache(maxsize=65536)
 def glob_within(pattern: str, envelope: str) -> bool:
     """Whether every tool ``pattern`` can match is matched by ``envelope`` (sound, and exact
     for the ``*``/``?`` globs the policy uses).
 
-    ``pattern``'s wildcards become marker characters; ``envelope``'s ``*`` may cover any of
-    them, its ``?`` any single character or a ``?`` marker, never a ``*`` marker.
+    ``pattern``'s wildcards become marker symbols; ``envelope`` must match that symbol
+    string as a glob, where its ``*`` may cover any symbols and its ``?`` any single
+    character or a ``?`` marker, never a ``*`` marker. Greedy wildcard matching with
+    backtracking to the last ``*``: no regular expression, no compile per pair.
     """
-    symbolic = pattern.replace("*", "\x00").replace("?", "\x01")
-    parts: list[str] = []
-    for char in envelope:
-        if char == "*":
-            parts.append(".*")
-        elif char == "?":
-            parts.append("[^\x00]")
+    symbols: list[object] = [_STAR if c == "*" else _ONE if c == "?" else c for c in pattern]
+    i = j = 0
+    star_j, star_i = -1, 0
+    while i < len(symbols):
+        if j < len(envelope) and envelope[j] == "*":
+            star_j, star_i = j, i
+            j += 1
+        elif j < len(envelope) and (
+            (envelope[j] == "?" and symbols[i] is not _STAR) or (envelope[j] not in "*?" and envelope[j] == symbols[i])
+        ):
+            i += 1
+            j += 1
+        elif star_j >= 0:
+            star_i += 1
+            i, j = star_i, star_j + 1
         else:
-            parts.append(re.escape(char))
-    return re.fullmatch("".join(parts), symbolic, flags=re.DOTALL) is not None
+            return False
+    return all(char == "*" for char in envelope[j:])
 
 
+@lru_cache(maxsize=65536)
 def globs_overlap(a: str, b: str) -> bool:
     """Whether some tool name matches both globs (exact: a walk of the product automaton).
 
@@ -300,9 +324,18 @@ def assess(
         )
     if not snippet.rules:
         return _rejected(Verdict("empty_snippet", False, "the snippet has no rules"))
+    if len(snippet.rules) > config.max_snippet_rules:
+        return _rejected(
+            Verdict(
+                "too_many_rules",
+                False,
+                f"the snippet has {len(snippet.rules)} rules; the limit is {config.max_snippet_rules}",
+            )
+        )
 
     known = frozenset(known_tools)
     live_by_id = {rule.id: rule for rule in live.rules}
+    limited = _limited_rules(live, proposer.model_id, now)
     verdicts = [Verdict("valid", True, f"snippet parsed: {len(snippet.rules)} rule(s)")]
     to_merge: list[Rule] = []
     covered: list[tuple[str, str]] = []
@@ -316,7 +349,7 @@ def assess(
             verdicts.append(Verdict("already_expired", True, f"rule `{rule.id}` has expired already; it is not merged"))
             continue
         found = _rule_verdicts(rule, raw, proposer, keys, known, config, now, replaces=same is not None)
-        found.extend(_live_limit_verdicts(rule, live, proposer.model_id, now))
+        found.extend(_live_limit_verdicts(rule, limited))
         cover = None if same is not None or any(not v.ok for v in found if v.code in _FIELD_CODES) else (
             covering_rule(rule, live, proposer.model_id, now)
         )
@@ -510,19 +543,25 @@ def _rule_verdicts(
     return out
 
 
-def _live_limit_verdicts(rule: Rule, live: Policy, proposer: str, now: datetime) -> list[Verdict]:
+def _limited_rules(live: Policy, proposer: str, now: datetime) -> list[Rule]:
+    """Live allow rules for ``proposer`` that carry limits (conditions, risk ceiling, expiry)."""
+    return [
+        rule
+        for rule in live.rules
+        if rule.allow_tools
+        and (proposer in rule.models or "*" in rule.models)
+        and (rule.expires is None or rule.expires > now)  # a lapsed rule limits nothing any more
+        and (rule.when or rule.max_risk is not None or rule.expires is not None)
+    ]
+
+
+def _live_limit_verdicts(rule: Rule, limited: list[Rule]) -> list[Verdict]:
     """An added grant may not loosen the limits the operator put on the same tool for the
     proposer: where a live rule grants an overlapping tool only under conditions, a risk
     ceiling or until an expiry, the new rule must keep at least those (an envelope grant is
-    sound either way; this keeps operator conditions from being talked around at all)."""
-    out: list[Verdict] = []
-    for live_rule in live.rules:
-        if not live_rule.allow_tools or not (proposer in live_rule.models or "*" in live_rule.models):
-            continue
-        if live_rule.expires is not None and live_rule.expires <= now:
-            continue  # a lapsed rule limits nothing any more
-        if not (live_rule.when or live_rule.max_risk is not None or live_rule.expires is not None):
-            continue
+    sound either way; this keeps operator conditions from being talked around at all).
+    One verdict per rule: the first live rule it would loosen."""
+    for live_rule in limited:
         if not any(globs_overlap(p, q) for p in rule.allow_tools for q in live_rule.allow_tools):
             continue
         dropped = [c.to_text() for c in live_rule.when if c not in rule.when]
@@ -531,15 +570,15 @@ def _live_limit_verdicts(rule: Rule, live: Policy, proposer: str, now: datetime)
         if live_rule.expires is not None and (rule.expires is None or rule.expires > live_rule.expires):
             dropped.append(f"expiry {format_timestamp(live_rule.expires)}")
         if dropped:
-            out.append(
+            return [
                 Verdict(
                     "drops_live_limits",
                     False,
                     f"rule `{rule.id}` would grant what rule {live_rule.id} grants only with "
                     f"{', '.join(f'`{d}`' for d in dropped)}; keep those limits or ask a reviewer",
                 )
-            )
-    return out
+            ]
+    return []
 
 
 def covering_rule(rule: Rule, live: Policy, proposer: str, now: datetime) -> Rule | None:

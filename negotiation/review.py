@@ -159,9 +159,11 @@ class NegotiationService:
             # The stored (redacted) text is what is judged, shown and merged: one text.
             oversized = len(text.encode("utf-8")) > self.config.max_snippet_bytes
             assessment = self._assess(proposal, text if oversized else stored_text, problems, risk, now)
-            verdicts = assessment.verdicts + text_verdicts(text, reason)
-            if text_masked and assessment.status != "rejected":
-                masked = "the snippet holds a secret; it was masked and needs a reviewer"
+            verdicts = assessment.verdicts + text_verdicts(stored_text if oversized else text, reason)
+            if text_masked:
+                # A policy is no place for a credential, and the masked text may no longer
+                # load: refuse it, keeping only the masked copy.
+                masked = "the snippet holds a secret; policies must not carry credentials (stored masked)"
                 verdicts += (Verdict("secret_in_snippet", False, masked),)
             assessment = replace(assessment, verdicts=verdicts, status=status_of(verdicts))
             proposal = replace(proposal, verdicts=assessment.verdicts, diff=assessment.diff)
@@ -238,8 +240,10 @@ class NegotiationService:
             session_risk=risk,
             original_digest=original_digest(text, reason),
         )
-        if verdict.code != "rate_limited":
-            self.store.add(proposal)
+        window = timedelta(minutes=self.config.refused_window_minutes)
+        recent = self.store.count(model_id, ProposalStatus.REJECTED, since=now - window)
+        if verdict.code != "rate_limited" and recent < self.config.max_refused_per_window:
+            self.store.add(proposal)  # past the limit: audited (small), not stored
         self._emit("proposal.rejected", proposal, size=size)
         return self._outcome(proposal, Assessment("rejected", (verdict,)))
 

@@ -29,7 +29,9 @@ PROPOSE_POLICY_TOOL: dict[str, Any] = {
         "    reason: research task\n"
         "and `justification`: why the task needs it. Name only your own model, name exact tools, "
         "and give grants a near `expires` (within a day): such narrow, read-only requests can be "
-        "approved at once. Anything wider waits for a human reviewer (status `pending`). "
+        "approved at once. A snippet can only add rules: leave out `id` (the gateway assigns one) and "
+        "keep any conditions an existing rule puts on the tool. Anything wider waits for a human "
+        "reviewer (status `pending`). "
         "The result lists each check as a verdict with a code, and the access the change would "
         "add or remove. You cannot change model keys or who may propose."
     ),

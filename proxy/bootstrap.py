@@ -153,6 +153,7 @@ def open_runtime(config: GatewayConfig) -> Runtime:
             max_pending_per_model=n.max_pending_per_model,
             max_refused_per_window=n.max_refused_per_window,
             refused_window_minutes=n.refused_window_minutes,
+            max_snippet_rules=n.max_snippet_rules,
             policy_tests=operator_test_suites(config),
         ),
         audit=audit.record_sync,

@@ -124,6 +124,7 @@ class NegotiationConfig:
     max_pending_per_model: int = 20
     max_refused_per_window: int = 20
     refused_window_minutes: float = 60.0
+    max_snippet_rules: int = 100
 
 
 @dataclass(frozen=True)
@@ -478,6 +479,7 @@ class _Reader:
             "enabled", "store", "auto_approve", "read_only_tools", "sensitive_tools",
             "envelope_same_model_only", "max_expiry_hours", "max_session_risk", "max_snippet_bytes",
             "pending_ttl_hours", "max_pending_per_model", "max_refused_per_window", "refused_window_minutes",
+            "max_snippet_rules",
         })
         f: Callable[..., Any] = self.number
         return NegotiationConfig(
@@ -494,4 +496,5 @@ class _Reader:
             max_pending_per_model=self.integer(t, n, "max_pending_per_model", 20, minimum=1),
             max_refused_per_window=self.integer(t, n, "max_refused_per_window", 20, minimum=1),
             refused_window_minutes=f(t, n, "refused_window_minutes", 60.0, minimum=0.0),
+            max_snippet_rules=self.integer(t, n, "max_snippet_rules", 100, minimum=1),
         )

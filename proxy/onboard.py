@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from policy.secrets import find_secrets
 
+from policy.detect.secrets import find_secrets
 from policy.redact import DEFAULT_SENSITIVE_KEYS, normalise_key
 from proxy.errors import ConfigError
 

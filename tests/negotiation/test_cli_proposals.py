@@ -74,3 +74,19 @@ def test_approve_requires_a_reviewer(tmp_path: Path) -> None:
     world = make_world(tmp_path)
     with pytest.raises(SystemExit):
         run(world, "proposals", "approve", "prop_000000000000")
+
+
+def test_reviewer_views_escape_bidi_and_invisible_characters(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    world = make_world(tmp_path)
+    proposal_id = world.service.propose("gpt-4o", WIDE, "harmless \u202eevil\u202c\u200b").proposal_id
+
+    assert run(world, "proposals", "show", proposal_id) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert run(world, "proposals", "list", "--json") == 0
+    listed = json.loads(capsys.readouterr().out)
+
+    assert shown["justification"] == "harmless <U+202E>evil<U+202C><U+200B>"
+    assert listed[0]["justification"] == shown["justification"]
+    assert any(v["code"] == "suspicious_text" and v["ok"] for v in shown["verdicts"])

@@ -307,3 +307,34 @@ def test_ask_rules_always_go_to_a_reviewer(tmp_path: Path, extra: str) -> None:
     unsupported = [v for v in outcome.verdicts if v.code == "unsupported_field"]
     assert unsupported and "ask_tools" in unsupported[0].message
     assert {"ask_tools", "approver", "approval_ttl"}.isdisjoint(guardrails.RULE_FIELDS)
+
+
+def test_a_snippet_with_more_rules_than_the_cap_is_refused(tmp_path: Path) -> None:
+    world = make_world(tmp_path, config=replace(CONFIG, max_snippet_rules=5))
+    rules = "".join(f"  - model: gpt-4o\n    deny_tools: [fs.x{i}]\n" for i in range(6))
+
+    outcome = world.service.propose("gpt-4o", "rules:\n" + rules, "many")
+
+    assert outcome.status == "rejected" and [v.code for v in outcome.verdicts] == ["too_many_rules"]
+
+
+def test_without_a_linear_regex_engine_a_model_written_regex_waits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(guardrails, "linear_regex_engine", lambda: False)
+    world = make_world(tmp_path)
+    snippet = 'rules:\n  - model: gpt-4o\n    deny_tools: [docs.read]\n    when: {text: {regex: "(a+)+b"}}\n'
+
+    outcome = world.service.propose("gpt-4o", snippet, "self-restriction")
+
+    assert outcome.status == "pending" and "unsafe_condition" in {v.code for v in outcome.verdicts}
+
+
+def test_an_overlong_model_written_regex_waits_even_on_a_linear_engine(tmp_path: Path) -> None:
+    world = make_world(tmp_path)
+    pattern = "a" * 300
+    snippet = f'rules:\n  - model: gpt-4o\n    deny_tools: [docs.read]\n    when: {{text: {{regex: "{pattern}"}}}}\n'
+
+    outcome = world.service.propose("gpt-4o", snippet, "self-restriction")
+
+    assert outcome.status == "pending" and "unsafe_condition" in {v.code for v in outcome.verdicts}
