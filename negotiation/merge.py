@@ -119,4 +119,8 @@ def effects(live: Policy, snippet: Iterable[Rule]) -> tuple[DiffEntry, ...]:
         for model in rule.models:
             out.extend(DiffEntry(model, glob, "wider", f"granted {limits}") for glob in rule.allow_tools)
             out.extend(DiffEntry(model, glob, "tighter", f"denied {limits}") for glob in rule.deny_tools)
+            out.extend(
+                DiffEntry(model, glob, "tighter", f"held for a yes from the {rule.effective_approver} {limits}")
+                for glob in rule.ask_tools
+            )
     return tuple(out)

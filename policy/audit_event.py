@@ -77,6 +77,11 @@ EVENT_TYPES: frozenset[str] = frozenset(
         "policy.reload_failed",
         "gateway.started",
         "gateway.stopped",
+        # Per-call approvals (ask_tools), each naming the decision_id that asked; see docs/policy-language.md.
+        "approval.requested",
+        "approval.answered",
+        "approval.expired",
+        "approval.consumed",
         # Written by the log itself when it reopens after a crash or finds its head sidecar
         # disagreeing with the file; see docs/audit.md.
         "audit.recovered",

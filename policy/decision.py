@@ -8,19 +8,22 @@ Fields are only ever added to it; a changed meaning gets a new schema version.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .detect.finding import Finding
 from .risk import RiskFactor
 
 __all__ = [
+    "APPROVAL_CODES",
     "DECISION_SCHEMA",
     "DENY_KINDS",
     "REASON_CODES",
+    "ApprovalRequirement",
     "Counterfactual",
     "Decision",
     "TraceEntry",
+    "approval_outcome",
     "gateway_error_decision",
     "new_decision_id",
     "refusal_decision",
@@ -45,6 +48,10 @@ REASON_CODES: tuple[str, ...] = (
     "tool_unapproved",
     "session_tainted",
     "unknown_tool",
+    "approval_required",
+    "approved_by",
+    "approval_denied",
+    "approval_expired",
 )
 # deny_kind per reason code: "default" when nothing granted the call, "explicit" when
 # something (a rule, a check, the gateway) refused it.
@@ -64,6 +71,11 @@ DENY_KINDS: dict[str, str | None] = {
     "tool_unapproved": "explicit",
     "session_tainted": "explicit",
     "unknown_tool": "default",
+    # a call waiting for a yes is not allowed yet, and nothing refused it either
+    "approval_required": "approval",
+    "approved_by": None,
+    "approval_denied": "explicit",
+    "approval_expired": "explicit",
 }
 
 
@@ -115,6 +127,21 @@ class Counterfactual:
         }
 
 
+APPROVAL_CODES = ("approved_by", "approval_denied", "approval_expired")
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalRequirement:
+    """Why and from whom a call needs a yes: the asking rules, the approver and the time it may wait."""
+
+    rules: tuple[str, ...]
+    approver: str  # "user" | "operator" | "any"
+    ttl: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rules": list(self.rules), "approver": self.approver, "ttl": self.ttl}
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     """One decision. ``reasoning`` holds one plain sentence per check, in a fixed order."""
@@ -136,6 +163,7 @@ class Decision:
     counterfactual: Counterfactual | None
     findings: tuple[Finding, ...] = ()
     kind: str = "tool"  # what ``tool`` names: a tool, a prompt (dotted) or a resource (its URI)
+    approval: ApprovalRequirement | None = None  # set on ``approval_required`` and its outcomes
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON in the ``securegateway.decision/1`` schema (``kind`` only when not a tool)."""
@@ -160,6 +188,8 @@ class Decision:
         }
         if self.kind != "tool":
             data["kind"] = self.kind
+        if self.approval is not None:
+            data["approval"] = self.approval.to_dict()
         return data
 
 
@@ -213,6 +243,47 @@ def gateway_error_decision(
         counterfactual=Counterfactual(
             "no policy change can allow this: the gateway failed while enforcing; see errors"
         ),
+    )
+
+
+def approval_outcome(
+    pending: Decision, code: str, *, by: str | None = None, how: str | None = None, why: str | None = None,
+    decision_id: str | None = None,
+) -> Decision:
+    """The decision that follows an ``approval_required`` one once it is answered or times out.
+
+    ``code`` is one of :data:`APPROVAL_CODES`; ``by`` names who answered and ``how`` the channel
+    (``elicitation``, ``admin_api`` ...). Only ``approved_by`` allows.
+    """
+    if code not in APPROVAL_CODES:
+        raise ValueError(f"unknown approval outcome `{code}`")
+    need = pending.approval
+    rules = ", ".join(need.rules) if need is not None else "?"
+    approver = need.approver if need is not None else "?"
+    who = one_line(by or "unknown", 120)
+    channel = f" via {how}" if how else ""
+    if code == "approved_by":
+        reason = f"approved by {who}{channel} (rule {rules} asks the {approver})"
+        sentence = f"Rule {rules} requires approval by the {approver}; {who} approved this call{channel}."
+    elif code == "approval_denied":
+        reason = f"approval denied by {who}{channel}" + (f": {one_line(why, 200)}" if why else "")
+        sentence = f"Rule {rules} requires approval by the {approver}; {who} refused this call{channel}."
+    else:
+        reason = "approval expired: " + (one_line(why, 200) if why else "nobody answered in time")
+        sentence = f"Rule {rules} requires approval by the {approver}; no valid yes arrived, so the call was refused."
+    reasoning = (sentence, *pending.reasoning[1:])
+    counterfactual = None if code == "approved_by" else Counterfactual(
+        "no policy change is needed: ask again and get a yes from the approver"
+    )
+    return replace(
+        pending,
+        decision_id=decision_id or new_decision_id(),
+        allowed=code == "approved_by",
+        reason=reason,
+        reason_code=code,
+        deny_kind=DENY_KINDS[code],
+        reasoning=reasoning,
+        counterfactual=counterfactual,
     )
 
 

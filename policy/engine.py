@@ -27,6 +27,7 @@ from typing import Any
 
 from .decision import (
     DENY_KINDS,
+    ApprovalRequirement,
     Counterfactual,
     Decision,
     TraceEntry,
@@ -89,6 +90,7 @@ class _RuleOutcomes:
 
     __slots__ = (
         "allow_hits",
+        "ask_hits",
         "deny_hits",
         "erroring_deny",
         "errors",
@@ -101,6 +103,7 @@ class _RuleOutcomes:
     def __init__(self) -> None:
         self.trace: list[TraceEntry] = []
         self.allow_hits: list[Rule] = []
+        self.ask_hits: list[Rule] = []
         self.deny_hits: list[Rule] = []
         self.erroring_deny: list[str] = []
         self.risk_capped: list[Rule] = []
@@ -142,11 +145,14 @@ def _consider(
     allow, deny, mismatch = candidate.patterns(kind)
     allows = allow is not None and allow.fullmatch(tool) is not None
     denies = deny is not None and deny.fullmatch(tool) is not None
+    asks = kind == "tool" and candidate.ask is not None and candidate.ask.fullmatch(tool) is not None
     trace = out.trace
-    if not (allows or denies):
+    if not (allows or denies or asks):
         trace.append(mismatch)
         return
     if rule.expires is not None and now >= rule.expires:
+        if asks:
+            trace.append(TraceEntry(rule.id, "ask", False, None, "expired"))
         if denies:
             trace.append(candidate.deny_expired)
         if allows:
@@ -159,10 +165,20 @@ def _consider(
         if denies:
             out.erroring_deny.append(rule.id)
             trace.append(TraceEntry(rule.id, "deny", False, failed.text, f"error: {error}"))
+        if asks:  # fail closed: an ask rule that cannot be evaluated still asks
+            trace.append(TraceEntry(rule.id, "ask", True, failed.text, f"error: {error}"))
+            out.ask_hits.append(rule)
         if allows:
             trace.append(TraceEntry(rule.id, "allow", False, failed.text, f"error: {error}"))
         return
     hit = False
+    if asks:
+        if failed is None:
+            trace.append(TraceEntry(rule.id, "ask", True))
+            out.ask_hits.append(rule)
+            hit = True
+        else:
+            trace.append(TraceEntry(rule.id, "ask", False, failed.text))
     if denies:
         if failed is None:
             trace.append(candidate.denied)
@@ -256,6 +272,10 @@ def _evaluate(
         code = "suspicious_arguments"
     else:
         code = "allowed"
+    # deny > ask > allow: an ask only holds a call that would otherwise be allowed
+    approval = _requirement(out.ask_hits) if code == "allowed" and out.ask_hits else None
+    if approval is not None:
+        code = "approval_required"
 
     reason = _reason(code, model, tool, arguments, out, schema.messages, risk, risk_limit, kind)
     if code == "suspicious_arguments":
@@ -264,6 +284,7 @@ def _evaluate(
             for f in denying[:3]
         ))  # fmt: skip
     reasoning = [
+        _ask_sentence(approval, model, tool) if approval is not None else
         _target_sentence(code, model, tool, kind, request.server, out) if kind != "tool" else rules_sentence(
             code=code,
             model=model,
@@ -299,7 +320,7 @@ def _evaluate(
         reasoning=tuple(reasoning),
         errors=tuple(errors),
         policy_digest=policy.digest,
-        counterfactual=_target_counterfactual(
+        counterfactual=_APPROVAL_COUNTERFACTUAL if approval is not None else _target_counterfactual(
             counterfactual(
                 code=code,
                 model=model,
@@ -319,6 +340,32 @@ def _evaluate(
         ),
         findings=findings,
         kind=kind,
+        approval=approval,
+    )
+
+
+_APPROVAL_COUNTERFACTUAL = Counterfactual(
+    "no policy change is needed: the call runs once the approver says yes to it"
+)
+_APPROVER_STRENGTH = {"any": 0, "user": 1, "operator": 2}
+
+
+def _requirement(asking: list[Rule]) -> ApprovalRequirement:
+    """Several asking rules: the strictest approver (operator > user > any) and the shortest wait."""
+    approver = max((rule.effective_approver for rule in asking), key=_APPROVER_STRENGTH.__getitem__)
+    return ApprovalRequirement(
+        rules=tuple(rule.id for rule in asking),
+        approver=approver,
+        ttl=min(rule.effective_ttl for rule in asking),
+    )
+
+
+def _ask_sentence(approval: ApprovalRequirement, model: str, tool: str) -> str:
+    rules = ", ".join(approval.rules)
+    who = {"user": "the user at the client", "operator": "an operator", "any": "the user or an operator"}
+    return (
+        f"Model {model} may call {tool}, but rule {rules} requires approval by {who[approval.approver]} "
+        f"for each call (approver: {approval.approver}, waits up to {approval.ttl:g}s)."
     )
 
 
@@ -351,6 +398,10 @@ def _reason(
     risk_limit: float | None,
     kind: str = "tool",
 ) -> str:
+    if code == "approval_required":
+        rule = out.ask_hits[0]
+        return _with_message(f"approval required by rule {rule.id} (approver: {rule.effective_approver})",
+                             rule, model, tool, arguments)
     if code == "allowed":
         if not out.allow_hits:
             return one_line(

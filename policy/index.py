@@ -56,6 +56,7 @@ class CompiledRule:
     mismatch: TraceEntry
     # prompt and resource globs: kind -> (allow, deny, mismatch entry); tools use the fields above
     others: dict[str, tuple[re.Pattern[str] | None, re.Pattern[str] | None, TraceEntry]]
+    ask: re.Pattern[str] | None = None  # ``ask_tools`` (tools only)
 
     def patterns(self, kind: str) -> tuple[re.Pattern[str] | None, re.Pattern[str] | None, TraceEntry]:
         """(allow, deny, mismatch entry) for targets of ``kind``."""
@@ -95,8 +96,12 @@ def _compile_rule(rule: Rule, position: int) -> CompiledRule:
         denied=TraceEntry(rule.id, "deny", True),
         allow_expired=TraceEntry(rule.id, "allow", False, None, "expired"),
         deny_expired=TraceEntry(rule.id, "deny", False, None, "expired"),
-        mismatch=TraceEntry(rule.id, "allow" if allow is not None else "deny", False, None, "tool mismatch"),
+        mismatch=TraceEntry(
+            rule.id, "allow" if allow is not None else "deny" if rule.deny_tools else "ask", False, None,
+            "tool mismatch",
+        ),
         others=others,
+        ask=compile_globs(rule.ask_tools),
     )
 
 
@@ -142,14 +147,15 @@ class CompiledPolicy:
             rule = compiled.rule
             for kind in TARGET_KINDS:
                 allows, denies = rule.patterns(kind)
-                if not (allows or denies):
+                asks = rule.ask_tools if kind == "tool" else ()
+                if not (allows or denies or asks):
                     continue
                 by_model, any_model = self._kinds.setdefault(kind, ({}, _ToolIndex()))
                 indexes = [
                     any_model if model == "*" else by_model.setdefault(model, _ToolIndex())
                     for model in dict.fromkeys(rule.models)
                 ]
-                for pattern in (*allows, *denies):
+                for pattern in (*allows, *denies, *asks):
                     for index in indexes:
                         index.add(pattern, compiled.position)
         for by_model, any_model in self._kinds.values():

@@ -18,10 +18,10 @@ import yaml
 
 from .errors import PolicyError
 from .match import ConditionError, compile_regex
-from .model import CONDITION_OPS, RULED_KINDS, Condition, Policy, PolicySettings, Rule
+from .model import APPROVERS, CONDITION_OPS, RULED_KINDS, Condition, Policy, PolicySettings, Rule
 from .yaml_safe import DEFAULT_MAX_BYTES, Issues, Node, key_path, parse_yaml, plain, read_capped
 
-__all__ = ["dump_policy_yaml", "load_policy", "load_policy_text", "parse_expires"]
+__all__ = ["dump_policy_yaml", "load_policy", "load_policy_text", "parse_duration", "parse_expires"]
 
 RULE_KEYS = (
     "id",
@@ -37,6 +37,9 @@ RULE_KEYS = (
     "reason",
     "expires",
     "max_risk",
+    "ask_tools",
+    "approver",
+    "approval_ttl",
 )
 TOP_KEYS = ("rules", "settings")
 SETTINGS_KEYS = ("deny_risk_above", "require_rules_for", "tolerate_findings")
@@ -47,6 +50,7 @@ TARGET_LISTS = {
     "deny_prompts": "prompt globs",
     "allow_resources": "resource URI globs",
     "deny_resources": "resource URI globs",
+    "ask_tools": "tool globs",
 }
 RULE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}")
 
@@ -252,7 +256,7 @@ def _rule(issues: Issues, node: Node, index: int) -> Rule | None:
         issues.add(
             node,
             key_path(*path),
-            "a rule needs `allow_tools` or `deny_tools` (or `allow_prompts`, `deny_prompts`, "
+            "a rule needs `allow_tools` or `deny_tools` (or `ask_tools`, `allow_prompts`, `deny_prompts`, "
             "`allow_resources`, `deny_resources`)",
         )
 
@@ -275,6 +279,8 @@ def _rule(issues: Issues, node: Node, index: int) -> Rule | None:
                 "`max_risk` only applies to rules with `allow_tools` (or `allow_prompts`, `allow_resources`)",
             )
 
+    approver, approval_ttl = _approval(issues, entries, path)
+
     if len(issues.items) > before:
         return None
     return Rule.build(
@@ -291,7 +297,55 @@ def _rule(issues: Issues, node: Node, index: int) -> Rule | None:
         reason=reason,
         expires=expires,
         max_risk=max_risk,
+        ask_tools=targets["ask_tools"],
+        approver=approver,
+        approval_ttl=approval_ttl,
     )
+
+
+_DURATION = re.compile(r"(\d+)\s*(s|m|h)")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+MAX_APPROVAL_TTL = 86400
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a positive number or a string such as ``90s``, ``5m``, ``2h``; ValueError otherwise."""
+    if isinstance(value, str):
+        match = _DURATION.fullmatch(value.strip())
+        if match is None:
+            raise ValueError(f"expected seconds or a duration such as `5m`, `90s`, `2h`, got `{value[:80]}`")
+        seconds: float = int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    elif _is_number(value) and math.isfinite(value):
+        seconds = float(value)
+    else:
+        raise ValueError(f"expected seconds or a duration such as `5m`, got {type_name(value)}")
+    if not 1 <= seconds <= MAX_APPROVAL_TTL:
+        raise ValueError(f"expected between 1 second and 24h, got `{value}`")
+    return seconds
+
+
+def _approval(
+    issues: Issues, entries: dict[str, Node], path: tuple[str | int, ...]
+) -> tuple[str | None, float | None]:
+    """``approver`` and ``approval_ttl``: only meaningful next to ``ask_tools``."""
+    approver: str | None = None
+    ttl: float | None = None
+    if "approver" in entries:
+        node = entries["approver"]
+        if node.value not in APPROVERS:
+            choices = ", ".join(APPROVERS)
+            issues.add(node, key_path(*path, "approver"), f"expected one of: {choices}, got `{plain(node)}`")
+        else:
+            approver = node.value
+    if "approval_ttl" in entries:
+        try:
+            ttl = parse_duration(entries["approval_ttl"].value)
+        except ValueError as exc:
+            issues.add(entries["approval_ttl"], key_path(*path, "approval_ttl"), str(exc))
+    for key in ("approver", "approval_ttl"):
+        if key in entries and "ask_tools" not in entries:
+            issues.add(entries[key], key_path(*path, key), f"`{key}` only applies to rules with `ask_tools`")
+    return approver, ttl
 
 
 def _settings(issues: Issues, node: Node) -> PolicySettings:

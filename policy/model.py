@@ -20,7 +20,10 @@ if TYPE_CHECKING:
     from .index import CompiledPolicy
 
 __all__ = [
+    "APPROVERS",
     "CONDITION_OPS",
+    "DEFAULT_APPROVAL_TTL",
+    "DEFAULT_APPROVER",
     "RULED_KINDS",
     "TARGET_KINDS",
     "CallRequest",
@@ -31,6 +34,12 @@ __all__ = [
     "format_timestamp",
     "generated_rule_id",
 ]
+
+# Who may answer a rule's ``ask_tools``: the person at the client (elicitation), an operator
+# (admin API / CLI), or whichever the client can reach first.
+APPROVERS: tuple[str, ...] = ("user", "operator", "any")
+DEFAULT_APPROVER = "operator"
+DEFAULT_APPROVAL_TTL = 300.0
 
 # The argument-condition vocabulary, in the order conditions are listed and checked.
 CONDITION_OPS: tuple[str, ...] = (
@@ -128,6 +137,9 @@ def _rule_body(
     deny_prompts: tuple[str, ...] = (),
     allow_resources: tuple[str, ...] = (),
     deny_resources: tuple[str, ...] = (),
+    ask_tools: tuple[str, ...] = (),
+    approver: str | None = None,
+    approval_ttl: float | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {}
     if description is not None:
@@ -142,6 +154,7 @@ def _rule_body(
         ("deny_prompts", deny_prompts),
         ("allow_resources", allow_resources),
         ("deny_resources", deny_resources),
+        ("ask_tools", ask_tools),
     ):
         if patterns:
             body[key] = list(patterns)
@@ -156,6 +169,11 @@ def _rule_body(
         body["expires"] = format_timestamp(expires)
     if max_risk is not None:
         body["max_risk"] = max_risk
+    # Approval fields only when set: policies without them keep their digests.
+    if approver is not None:
+        body["approver"] = approver
+    if approval_ttl is not None:
+        body["approval_ttl"] = int(approval_ttl) if float(approval_ttl).is_integer() else approval_ttl
     return body
 
 
@@ -175,6 +193,8 @@ class Rule:
     rule may carry allow and deny lists together; its ``when`` conditions apply to all of
     them (for a prompt they test its arguments, for a resource the argument ``uri``).
     ``expires`` is tz-aware UTC; ``max_risk`` caps the risk under which it allows.
+    ``ask_tools`` never grants: an otherwise allowed tool call it matches waits for a yes
+    from ``approver`` (``user``, ``operator`` or ``any``), for at most ``approval_ttl`` seconds.
     """
 
     id: str
@@ -190,6 +210,18 @@ class Rule:
     deny_prompts: tuple[str, ...] = ()
     allow_resources: tuple[str, ...] = ()
     deny_resources: tuple[str, ...] = ()
+    ask_tools: tuple[str, ...] = ()
+    approver: str | None = None
+    approval_ttl: float | None = None
+
+    @property
+    def effective_approver(self) -> str:
+        """Who may say yes to a call this rule asks about (``operator`` unless the rule says)."""
+        return self.approver or DEFAULT_APPROVER
+
+    @property
+    def effective_ttl(self) -> float:
+        return self.approval_ttl if self.approval_ttl is not None else DEFAULT_APPROVAL_TTL
 
     def patterns(self, kind: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """The (allow, deny) globs this rule has for targets of ``kind``."""
@@ -222,6 +254,9 @@ class Rule:
         deny_prompts: Iterable[str] = (),
         allow_resources: Iterable[str] = (),
         deny_resources: Iterable[str] = (),
+        ask_tools: Iterable[str] = (),
+        approver: str | None = None,
+        approval_ttl: float | None = None,
     ) -> Rule:
         """Construct a rule, generating its id from its content when ``id`` is None."""
         fields: dict[str, Any] = {
@@ -237,6 +272,9 @@ class Rule:
             "deny_prompts": tuple(deny_prompts),
             "allow_resources": tuple(allow_resources),
             "deny_resources": tuple(deny_resources),
+            "ask_tools": tuple(ask_tools),
+            "approver": approver,
+            "approval_ttl": approval_ttl,
         }
         rule_id = id if id is not None else generated_rule_id(_rule_body(**fields))
         return cls(id=rule_id, **fields)
@@ -256,6 +294,9 @@ class Rule:
             deny_prompts=self.deny_prompts,
             allow_resources=self.allow_resources,
             deny_resources=self.deny_resources,
+            ask_tools=self.ask_tools,
+            approver=self.approver,
+            approval_ttl=self.approval_ttl,
         )
         return {"id": self.id, **body}
 

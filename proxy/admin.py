@@ -37,8 +37,10 @@ from negotiation import (
     Proposal,
     ProposalStatus,
 )
+from negotiation.approvals import ApprovalStatus
 from negotiation.text_safety import reviewer_view
 from policy import dump_policy_yaml
+from proxy.approval import ApprovalDesk
 from proxy.dry_run import DryRunError
 from proxy.operator import OperatorView
 from proxy.tool_guard import GuardError, ToolGuard
@@ -125,6 +127,7 @@ def build_admin_app(
     max_body_bytes: int | None = None,
     allowed_hosts: Sequence[str] = LOOPBACK_HOST_PATTERNS,
     allowed_origins: Sequence[str] = (),
+    approvals: ApprovalDesk | None = None,
     operator: OperatorView | None = None,
     guard: ToolGuard | None = None,
 ) -> Starlette:
@@ -304,9 +307,11 @@ def build_admin_app(
         return JSONResponse(record.to_dict())
 
     origins = [f"http://{host}" for host in allowed_hosts] + list(allowed_origins)
+    approval_routes = _approval_routes(approvals, guarded, limit) if approvals is not None else []
     return Starlette(
         middleware=[Middleware(_HostOriginGuard, hosts=tuple(allowed_hosts), origins=tuple(origins))],
         routes=[
+            *approval_routes,
             *consoles,
             Route("/metrics", metrics, methods=["GET"]),
             Route("/api/evaluate", guarded(evaluate_call), methods=["POST"]),
@@ -322,6 +327,44 @@ def build_admin_app(
             Route("/api/tools/{name:path}", guarded(show_tool), methods=["GET"]),
         ]
     )
+
+
+def _approval_routes(desk: ApprovalDesk, guarded: Callable[[Endpoint], Endpoint], limit: int) -> list[Route]:
+    """``/api/approvals``: calls held by ``ask_tools`` rules, and the operator's yes or no."""
+
+    async def list_approvals(request: Request) -> JSONResponse:
+        raw = request.query_params.get("status")
+        try:
+            status = ApprovalStatus(raw) if raw else None
+        except ValueError:
+            statuses = ", ".join(s.value for s in ApprovalStatus)
+            raise _HttpError(400, "bad_request", f"unknown status `{raw}`; one of: {statuses}") from None
+        return JSONResponse({"approvals": [reviewer_view(a.to_dict()) for a in desk.list(status)]})
+
+    async def show_approval(request: Request) -> JSONResponse:
+        return JSONResponse(reviewer_view(desk.get(request.path_params["approval_id"]).to_dict()))
+
+    def answer(approve: bool) -> Endpoint:
+        async def endpoint(request: Request) -> JSONResponse:
+            body = await _json_body(request, limit)
+            reviewer = _string(body, "reviewer")
+            comment = body.get("comment", "")
+            if not isinstance(comment, str):
+                raise _HttpError(400, "bad_request", "`comment` must be a string")
+            approval_id = request.path_params["approval_id"]
+            if desk.get(approval_id).approver == "user":
+                raise _HttpError(409, "invalid_state", "this call waits for its user's answer (approver: user)")
+            approval = await desk.answer(approval_id, approve=approve, by=reviewer, how="admin_api", comment=comment)
+            return JSONResponse(reviewer_view(approval.to_dict()))
+
+        return endpoint
+
+    return [
+        Route("/api/approvals", guarded(list_approvals), methods=["GET"]),
+        Route("/api/approvals/{approval_id}", guarded(show_approval), methods=["GET"]),
+        Route("/api/approvals/{approval_id}/approve", guarded(answer(True)), methods=["POST"]),
+        Route("/api/approvals/{approval_id}/deny", guarded(answer(False)), methods=["POST"]),
+    ]
 
 
 def _tool_summary(record: ToolRecord) -> dict[str, Any]:

@@ -30,12 +30,14 @@ from negotiation import (
     SqliteProposalStore,
     watch_policy_file,
 )
+from negotiation.approvals import HandleSealer
 from negotiation.cli_policy import PolicyStorageConfig, open_repository
 from negotiation.errors import NegotiationError
 from negotiation.signing import generate_ed25519_keypair
 from negotiation.tool import PROPOSE_POLICY_TOOL, handle_propose
 from policy import KeyRing, ModelIdentity, PolicyError, SessionRisk, could_allow, load_model_keys
 from policy.audit_event import AuditError
+from proxy.approval import ApprovalDesk, ApprovalGate
 from proxy.audit_writer import AuditWriter, open_audit_log
 from proxy.config import GatewayConfig, exposure_warnings
 from proxy.downstream import serve_http
@@ -216,6 +218,8 @@ class App:
     def __init__(self, runtime: Runtime, *, stdio_identity: ModelIdentity | None) -> None:
         self.runtime = runtime
         config = runtime.config
+        assert config.policy.state_dir is not None
+        self.approvals = ApprovalDesk(HandleSealer.from_state_dir(config.policy.state_dir), runtime.audit.record)
         self.metrics = GatewayMetrics(models=runtime.keys.identities, upstreams=[u.name for u in config.upstreams])
         enforcer = Enforcer(
             runtime.view,
@@ -224,6 +228,7 @@ class App:
             trace_visibility=config.trace_visibility,
             result_scan=config.result_scan,
             decision_meta=config.decision_meta,
+            approvals=ApprovalGate(self.approvals),
         )
         local = {"propose_policy": ProposePolicy(runtime.service)} if config.negotiation.enabled else {}
         # Outermost first: a suspended tool is refused before anything else looks at the
@@ -333,6 +338,7 @@ class App:
                         rt.service, admin_key, live=rt.live,
                         allowed_hosts=admin_allowed_hosts(a.listen.host, a.listen.port, a.allowed_hosts),
                         allowed_origins=a.allowed_origins, operator=for_app(self), guard=rt.guard,
+                        approvals=self.approvals,
                     )
                     await tg.start(serve_http, admin_app, config.admin.listen)
                 tg.start_soon(partial(

@@ -6,6 +6,7 @@
     securegateway explain DECISION_ID | explain --model M --tool T [--args JSON] [--policy FILE]
     securegateway proposals list|show|approve|reject|impact ...
     securegateway policy verify|sign|test ;  securegateway keys generate
+    securegateway approvals list|approve|deny ...
 
 Exit codes: 0 ok, 1 a check failed (e.g. audit verify), 2 bad usage or configuration.
 """
@@ -62,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     from proxy import cli_ops
 
     cli_ops.register(sub, _config_arg, load_config_arg)
+    from proxy import cli_approvals
+
+    cli_approvals.register(sub, _config_arg, load_config_arg)
     return parser
 
 

@@ -19,6 +19,7 @@ the model sees of a decision follows ``trace_visibility`` (:mod:`proxy.disclosur
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -99,7 +100,9 @@ class Enforcer:
         result_scan: str = "flag",
         decision_meta: str = "full",
         clock: Callable[[], float] = time.time,
+        approvals: Any = None,
     ) -> None:
+        self._approvals = approvals  # a proxy.approval.ApprovalGate, or None: approval_required denies
         self._current = current
         self._audit = audit
         self._build_event = build_event
@@ -115,6 +118,17 @@ class Enforcer:
             call.session, kind="tool", server=call.server, name=call.tool, arguments=call.arguments,
             method="tools/call", input_schema=call.input_schema,
         )
+        if verdict.decision.reason_code == "approval_required" and self._approvals is not None:
+            try:
+                settled = await self._approvals.settle(call, verdict, self)
+            except Exception as exc:  # enforcement boundary: a broken approval is a deny, never a run
+                log.exception("approval failed", tool=call.qualified, decision_id=verdict.decision.decision_id)
+                settled = await self._approval_failed(call, verdict, exc)
+            if isinstance(settled, dict):
+                return settled  # an input_required round: the client comes back with the answer
+            verdict, call = settled
+        elif self._approvals is not None:
+            call = self._approvals.unheld(call)  # a retry whose hold the policy dropped meanwhile
         if not verdict.allowed:
             return denial_result(verdict.decision, self._visibility, verdict.view)
         result = await call_next(call)
@@ -122,6 +136,33 @@ class Enforcer:
         meta = dict(result.get("_meta") or {})
         meta[DECISION_META_KEY] = compact_view(verdict.view) if self._compact else verdict.view
         return {**result, "_meta": meta}
+
+    # ---- the approval gate's view of the decision point (proxy.approval.DecisionPoint) ----------------
+
+    async def decide_call(self, call: ToolCall) -> Verdict:
+        """Decide a held call again against the live policy (audited like any decision)."""
+        return await self.decide(
+            call.session, kind="tool", server=call.server, name=call.tool, arguments=call.arguments,
+            method="tools/call", input_schema=call.input_schema,
+        )
+
+    async def record_call(self, call: ToolCall, decision: Decision, extra: Mapping[str, Any]) -> Verdict:
+        """Audit a decision derived from an approval (approved_by, approval_denied, approval_expired)."""
+        view: PolicyView | None = None
+        with contextlib.suppress(Exception):  # the digest is in the decision; the version is informative
+            view = self._current()
+        return await self._record(call.session, decision, view, call.server, call.tool, call.arguments,
+                                  "tools/call", "tool", None, time.perf_counter(), extra)
+
+    def policy_version(self) -> int | None:
+        return self._current().version
+
+    async def _approval_failed(self, call: ToolCall, verdict: Verdict, exc: Exception) -> tuple[Verdict, ToolCall]:
+        decision = self._error(call.session, verdict.decision.tool, None, f"approval failed: {_one_line(exc)}")
+        try:
+            return await self.record_call(call, decision, {"asked_by_decision": verdict.decision.decision_id}), call
+        except Exception:  # the audit log is what broke: still refuse
+            return Verdict(decision, decision_view(decision.to_dict(), self._visibility)), call
 
     # ---- the decision point ------------------------------------------------------------------------
 
@@ -214,8 +255,9 @@ class Enforcer:
         kind: str,
         input_schema: Mapping[str, Any] | None,
         started: float,
+        extra: Mapping[str, Any] | None = None,
     ) -> Verdict:
-        request: dict[str, Any] = {}
+        request: dict[str, Any] = dict(extra or {})
         if input_schema is not None:
             request["input_schema"] = input_schema
         if method != "tools/call":

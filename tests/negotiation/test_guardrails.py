@@ -200,12 +200,12 @@ def test_globs_overlap_exactly_when_some_name_matches_both(a: str, b: str, overl
 
 @dataclass(frozen=True)
 class _FutureRule(Rule):
-    ask_tools: tuple[str, ...] = ()
+    approval_quorum: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         body = super().to_dict()
-        if self.ask_tools:
-            body["ask_tools"] = list(self.ask_tools)
+        if self.approval_quorum:
+            body["approval_quorum"] = list(self.approval_quorum)
         return body
 
 
@@ -217,7 +217,7 @@ def test_a_rule_field_the_guardrails_do_not_know_sends_the_proposal_to_review(
 
     def with_future_field(text: str, source: str, **kwargs: Any) -> Policy:
         loaded = real(text, source, **kwargs)
-        rules = [_FutureRule(**{f.name: getattr(r, f.name) for f in fields(r)}, ask_tools=("p.*",))
+        rules = [_FutureRule(**{f.name: getattr(r, f.name) for f in fields(r)}, approval_quorum=("p.*",))
                  for r in loaded.rules]
         return Policy.from_rules(rules)
 
@@ -228,7 +228,7 @@ def test_a_rule_field_the_guardrails_do_not_know_sends_the_proposal_to_review(
 
     assert outcome.status == "pending"
     unsupported = [v for v in outcome.verdicts if v.code == "unsupported_field"]
-    assert unsupported and "`ask_tools`" in unsupported[0].message
+    assert unsupported and "`approval_quorum`" in unsupported[0].message
     assert unsupported_fields(_FutureRule.build(models=["a"]), frozenset()) == []
 
 
@@ -288,6 +288,25 @@ def test_a_grant_that_keeps_the_operators_limits_is_auto_approved(tmp_path: Path
     outcome = world.service.propose("gpt-4o", snippet, "narrower still")
 
     assert outcome.status == "approved", outcome.verdicts
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "    ask_tools: [search.query]\n",  # an allow that could have been asked about: still a widening
+        "    ask_tools: [search.query]\n    approver: user\n",
+        "    ask_tools: [search.query]\n    approval_ttl: 10m\n",
+    ],
+)
+def test_ask_rules_always_go_to_a_reviewer(tmp_path: Path, extra: str) -> None:
+    """Turning a deny into an ask, or an ask into an allow, widens access: guardrails never judge it."""
+    world = make_world(tmp_path)
+    snippet = f"rules:\n  - model: gpt-4o\n    allow_tools: [search.query]\n    expires: {in_hours(2)}\n" + extra
+    outcome = world.service.propose("gpt-4o", snippet, "ask me each time")
+    assert outcome.status == "pending"
+    unsupported = [v for v in outcome.verdicts if v.code == "unsupported_field"]
+    assert unsupported and "ask_tools" in unsupported[0].message
+    assert {"ask_tools", "approver", "approval_ttl"}.isdisjoint(guardrails.RULE_FIELDS)
 
 
 def test_a_snippet_with_more_rules_than_the_cap_is_refused(tmp_path: Path) -> None:

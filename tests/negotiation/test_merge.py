@@ -79,3 +79,10 @@ def test_diff_entries_round_trip() -> None:
     for change in ("wider", "tighter", "replaced"):
         entry = DiffEntry("a", "fs.read", change, "x")  # type: ignore[arg-type]
         assert DiffEntry.from_dict(entry.to_dict()) == entry
+
+
+def test_effects_show_reviewers_what_an_ask_rule_holds_and_for_whom() -> None:
+    proposed = snippet("rules:\n  - model: a\n    ask_tools: [mail.send]\n    approver: user\n")
+    assert effects(LIVE, proposed.rules) == (
+        DiffEntry("a", "mail.send", "tighter", "held for a yes from the user with no expiry"),
+    )

@@ -99,7 +99,14 @@ def test_case(table: dict[str, Any], case: dict[str, Any]) -> None:
     if "suggested_rule" in expect:
         assert decision.counterfactual is not None
         assert (decision.counterfactual.suggested_rule is not None) is expect["suggested_rule"]
+    if "approval" in expect:
+        assert summary.get("approval") == expect["approval"], summary
+    else:
+        assert "approval" not in summary, summary
     if decision.allowed:
         assert decision.counterfactual is None and decision.deny_kind is None
+    elif decision.reason_code == "approval_required":
+        assert decision.counterfactual is not None and decision.counterfactual.suggested_rule is None
+        assert decision.deny_kind == "approval"
     else:
         assert decision.counterfactual is not None and decision.deny_kind in ("explicit", "default")

@@ -466,3 +466,26 @@ def test_an_unknown_tool_is_a_recorded_decision_with_its_own_code() -> None:
     decision = unknown_tool_decision(model="m", tool="nosuch.tool", policy_digest="d")
     assert decision.reason_code == "unknown_tool" and "unknown_tool" in REASON_CODES
     assert not decision.allowed and decision.deny_kind == "default"
+
+
+def test_an_answered_approval_becomes_its_own_decision_naming_rule_and_approver() -> None:
+    from policy.decision import approval_outcome
+
+    from .policy_support import call, policy
+
+    live = policy(
+        "rules:\n  - model: gpt-4o\n    allow_tools: [mail.*]\n"
+        "  - id: ask-send\n    model: gpt-4o\n    ask_tools: [mail.send]\n    approver: operator\n"
+    )
+    pending = call(live, "mail.send", {"to": "bob"})
+    assert (pending.allowed, pending.reason_code, pending.deny_kind) == (False, "approval_required", "approval")
+    assert "ask-send" in pending.reason and "operator" in pending.reasoning[0]
+    yes = approval_outcome(pending, "approved_by", by="alice", how="admin_api")
+    assert yes.allowed and yes.reason_code == "approved_by" and yes.counterfactual is None
+    assert "alice" in yes.reason and "ask-send" in yes.reasoning[0] and yes.decision_id != pending.decision_id
+    no = approval_outcome(pending, "approval_denied", by="bob", how="elicitation", why="not today")
+    assert not no.allowed and no.deny_kind == "explicit" and "not today" in no.reason
+    late = approval_outcome(pending, "approval_expired")
+    assert not late.allowed and late.reason_code == "approval_expired"
+    with pytest.raises(ValueError):
+        approval_outcome(pending, "allowed")

@@ -125,7 +125,7 @@ def test_every_error_in_the_file_is_listed_in_file_order() -> None:
     assert errors_of(text) == [
         "policies.yaml:4:5: rules[0].colour: unknown key; expected one of: id, description, model, "
         "allow_tools, deny_tools, allow_prompts, deny_prompts, allow_resources, deny_resources, "
-        "when, reason, expires, max_risk",
+        "when, reason, expires, max_risk, ask_tools, approver, approval_ttl",
         "policies.yaml:5:5: rules[1].model: expected a model id or a list of them, got int",
         "policies.yaml:7:19: rules[1].when.path.under: expected an absolute path such as `/srv/docs`, "
         "got `relative/dir`",
@@ -145,9 +145,9 @@ def test_str_of_a_load_error_is_one_line_per_issue() -> None:
     assert lines == [str(issue) for issue in caught.value.errors]
     assert lines == [
         "policies.yaml:2:5: rules[0]: a rule needs `allow_tools` or `deny_tools` "
-        "(or `allow_prompts`, `deny_prompts`, `allow_resources`, `deny_resources`)",
+        "(or `ask_tools`, `allow_prompts`, `deny_prompts`, `allow_resources`, `deny_resources`)",
         "policies.yaml:3:5: rules[1]: a rule needs `allow_tools` or `deny_tools` "
-        "(or `allow_prompts`, `deny_prompts`, `allow_resources`, `deny_resources`)",
+        "(or `ask_tools`, `allow_prompts`, `deny_prompts`, `allow_resources`, `deny_resources`)",
     ]
 
 
@@ -168,7 +168,7 @@ def test_load_issue_renders_source_line_col_key_message() -> None:
             "rules:\n  - model: a\n    deny_tool: [x]\n",
             "policies.yaml:3:5: rules[0].deny_tool: unknown key; expected one of: id, description, model, "
             "allow_tools, deny_tools, allow_prompts, deny_prompts, allow_resources, deny_resources, "
-        "when, reason, expires, max_risk",
+        "when, reason, expires, max_risk, ask_tools, approver, approval_ttl",
         ),
     ],
 )
@@ -407,3 +407,37 @@ def test_patterns_re2_cannot_compile_are_load_errors_with_their_location(pattern
     (error,) = errors_of(text)
     assert error.startswith("policies.yaml:4:16: rules[0].when.q.regex: invalid regex")
     assert detail in error
+
+
+def test_ask_fields_load_and_round_trip_without_touching_older_digests() -> None:
+    plain = load("rules:\n  - model: gpt-4o\n    allow_tools: [mail.*]\n")
+    asked = load(
+        "rules:\n  - model: gpt-4o\n    allow_tools: [mail.*]\n"
+        "  - id: ask-send\n    model: gpt-4o\n    ask_tools: [mail.send]\n    approver: user\n    approval_ttl: 5m\n"
+    )
+    rule = next(r for r in asked.rules if r.id == "ask-send")
+    assert (rule.ask_tools, rule.approver, rule.approval_ttl) == (("mail.send",), "user", 300.0)
+    assert rule.to_dict() == {
+        "id": "ask-send", "model": "gpt-4o", "ask_tools": ["mail.send"], "approver": "user", "approval_ttl": 300,
+    }
+    assert "ask_tools" not in plain.rules[0].to_dict() and "approver" not in plain.rules[0].to_dict()
+    from policy import dump_policy_yaml
+
+    assert load(dump_policy_yaml(asked)).digest == asked.digest
+
+
+@pytest.mark.parametrize(
+    ("snippet", "message"),
+    [
+        ("    ask_tools: [mail.send]\n    approver: boss\n", "rules[0].approver: expected one of: user, operator, any"),
+        ("    ask_tools: [mail.send]\n    approval_ttl: 0\n", "rules[0].approval_ttl: expected between 1 second"),
+        ("    ask_tools: [mail.send]\n    approval_ttl: 3d\n", "rules[0].approval_ttl: expected seconds or a duration"),
+        ("    ask_tools: [mail.send]\n    approval_ttl: true\n", "rules[0].approval_ttl: expected seconds"),
+        ("    allow_tools: [mail.send]\n    approver: user\n", "rules[0].approver: `approver` only applies"),
+        ("    ask_tools: []\n", "rules[0].ask_tools: expected a non-empty list"),
+    ],
+)
+def test_bad_ask_fields_are_located_errors(snippet: str, message: str) -> None:
+    with pytest.raises(PolicyLoadError) as caught:
+        load("rules:\n  - model: gpt-4o\n" + snippet)
+    assert any(message in str(issue) for issue in caught.value.errors), str(caught.value)
