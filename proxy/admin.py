@@ -274,7 +274,7 @@ def build_admin_app(
     if operator is not None:
         from proxy.console import build_console
 
-        consoles.append(Mount("/console", app=build_console(service, admin_key, operator)))
+        consoles.append(Mount("/console", app=build_console(service, admin_key, operator, guard=guard)))
     # ---- tools: quarantine, pins, releases (proxy/tool_guard.py) ----------------------------------
 
     def tool_guard() -> ToolGuard:

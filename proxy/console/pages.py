@@ -31,6 +31,7 @@ from policy.audit_verify import find_events, verify_log
 from proxy.console.auth import CSRF_FIELD, PRE_COOKIE, SESSION_COOKIE, ConsoleSession, Sessions, host_problem, same
 from proxy.console.text import show, show_json
 from proxy.operator import OperatorView
+from proxy.tool_guard import GuardError, ToolGuard
 
 __all__ = ["CSP", "build_console"]
 
@@ -49,6 +50,7 @@ _HEADERS = {
 }
 _MAX_FORM = 64 * 1024
 _PAGE = 200  # decisions shown per search
+_MAX_REVIEWER = 200
 _TEMPLATES = Path(__file__).parent / "templates"
 
 Handler = Callable[[Request, ConsoleSession], Awaitable[Response]]
@@ -67,7 +69,10 @@ def build_console(
     operator: OperatorView,
     *,
     sessions: Sessions | None = None,
+    guard: ToolGuard | None = None,
 ) -> Starlette:
+    """The console app; ``guard`` (None when tool scanning and pinning are off) feeds the
+    Tools page's statuses and its Release action."""
     expected = admin_key.encode("utf-8")
     store = sessions or Sessions()
     # An audit line missing a field renders empty rather than failing the page.
@@ -284,12 +289,37 @@ def build_console(
             contracts=list(reversed(contracts)), chain=chain, diff_lines=diff_lines, a=a, b=b, audit=audit,
         )
 
-    async def tools(request: Request, session: ConsoleSession) -> Response:
+    async def tools(request: Request, session: ConsoleSession, *, error: str | None = None,
+                    status_code: int = 200) -> Response:
         listed = operator.tools()
         by_upstream: dict[str, list[dict[str, Any]]] = {name: [] for name in operator.upstreams}
         for tool in listed:
             by_upstream.setdefault(tool["upstream"], []).append(tool)
-        return render("tools.html", session=session, by_upstream=by_upstream)
+        # The guard is read on the loop thread: a refresh may announce list_changed to clients,
+        # which must start on the gateway's task group from this thread (as the admin API does).
+        records = {record.name: record for record in guard.records()} if guard is not None else {}
+        suspended = [record for record in records.values() if record.suspended]
+        released = request.query_params.get("released", "")
+        # Only a release that really happened is announced: a crafted link cannot claim one.
+        done = released if released in records and not records[released].suspended else None
+        return render("tools.html", status_code, session=session, by_upstream=by_upstream, records=records,
+                      suspended=suspended, guarded=guard is not None, done=done, error=error)
+
+    async def release_tool(request: Request, session: ConsoleSession) -> Response:
+        form: dict[str, str] = request.state.form
+        if guard is None:
+            raise _Refused(404, "tool scanning and pinning are off on this gateway")
+        name, reviewer = form.get("name", ""), form.get("reviewer", "").strip()
+        if not reviewer or len(reviewer) > _MAX_REVIEWER:
+            return await tools(request, session, status_code=400,
+                               error=f"bad_request: a reviewer name of 1 to {_MAX_REVIEWER} characters is required")
+        try:
+            guard.release(name, by=f"console: {reviewer}")  # on the loop thread: it announces list_changed
+        except GuardError as exc:
+            status = 404 if exc.code == "not_found" else 409
+            return await tools(request, session, error=f"{exc.code}: {exc.message}", status_code=status)
+        log.info("tool released from the console", tool=name, reviewer=reviewer)
+        return RedirectResponse(f"/console/tools?{query(released=name)}", status_code=303, headers=_HEADERS)
 
     async def stylesheet(request: Request) -> Response:
         return Response((_TEMPLATES / "console.css").read_bytes(), media_type="text/css", headers=_HEADERS)
@@ -307,6 +337,7 @@ def build_console(
         Route("/decisions/{decision_id}", page(decision), methods=["GET"]),
         Route("/policy", page(policy), methods=["GET"]),
         Route("/tools", page(tools), methods=["GET"]),
+        Route("/tools/release", page(release_tool), methods=["POST"]),
     ])
 
 

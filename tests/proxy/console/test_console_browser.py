@@ -104,3 +104,31 @@ async def test_review_a_proposal_in_the_browser_from_sign_in_to_an_allowed_call(
             assert not [e for e in errors if "Content Security Policy" in e], errors  # CSP blocked nothing needed
         finally:
             await browser.close()
+
+
+async def test_release_a_quarantined_tool_in_the_browser(tmp_path: Path, monkeypatch: Any) -> None:
+    from tests.e2e.test_detection import hostile
+
+    async with console_site(tmp_path / "site", monkeypatch, upstreams=[("search", hostile("poisoned"))]) as console, \
+            connect(console.site.url, GPT_KEY) as mcp, async_api.async_playwright() as pw:
+        assert "search.fact" not in {t.name for t in (await mcp.list_tools()).tools}
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = await (await browser.new_context()).new_page()
+            await page.goto(f"{console.base}/console/tools")
+            await page.fill("#admin_key", ADMIN_KEY)
+            await page.click("#signin")
+            await page.wait_for_url("**/console/proposals")
+            await page.goto(f"{console.base}/console/tools")
+            row = page.locator('#suspended tr[data-tool="search.fact"]')
+            shown = await row.inner_text()
+            assert "quarantined" in shown and "prompt_injection" in shown and "<IMPORTANT>" in shown  # as text
+            await row.locator("input[name=reviewer]").fill("alice")
+            await row.locator("button.release").click()
+            await page.wait_for_url("**/console/tools?released=search.fact")
+            assert "search.fact" in await page.inner_text("#done")
+            assert await page.locator('#suspended tr[data-tool="search.fact"]').count() == 0
+        finally:
+            await browser.close()
+        assert "search.fact" in {t.name for t in (await mcp.list_tools()).tools}
+        assert text_of(await mcp.call_tool("search.fact", {"note": "x"})) == "fact ok"

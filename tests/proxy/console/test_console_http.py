@@ -8,12 +8,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx2
 import pytest
+from mcp import types
 
 from proxy.console.text import show
 from tests.conftest import connect
-from tests.e2e.conftest import ADMIN_KEY, GPT_KEY
+from tests.e2e.conftest import ADMIN_KEY, GPT_KEY, text_of
+from tests.e2e.test_detection import events, hostile
 from tests.proxy.console.conftest import console_site, csrf_of, signed_in
 
 pytestmark = pytest.mark.anyio
@@ -167,6 +170,70 @@ async def test_decisions_search_detail_policy_chain_and_tools_pages(tmp_path: Pa
         tools = (await http.get(f"{base}/console/tools")).text
         assert "search.echo" in tools and "calendar.add" in tools
         assert (await http.get(f"{base}/console/proposals", params={"status": "bogus"})).status_code == 400
+
+
+async def test_a_quarantined_tool_is_shown_escaped_and_released_only_with_the_csrf_token(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    changed = anyio.Event()
+
+    async def on_message(message: Any) -> None:
+        if isinstance(message, types.ToolListChangedNotification):
+            changed.set()
+
+    # Named `search` so the test model's key scope and policy (search.*) cover it.
+    async with console_site(tmp_path / "site", monkeypatch, upstreams=[("search", hostile("poisoned"))]) as console, \
+            httpx2.AsyncClient() as http, connect(console.site.url, GPT_KEY, message_handler=on_message) as mcp:
+        base = console.base
+        assert "search.fact" not in {t.name for t in (await mcp.list_tools()).tools}
+        await mcp.list_prompts()  # prompts are reviewed when a client lists them
+        csrf = await signed_in(http, base)
+        page = (await http.get(f"{base}/console/tools")).text
+        held = page.split('id="suspended"', 1)[1].split("</table>", 1)[0]
+        fact = held.split('data-tool="search.fact"', 1)[1].split("</tr>", 1)[0]
+        assert '"status quarantined">quarantined' in fact and "prompt_injection" in fact
+        assert "&lt;IMPORTANT&gt;" in fact and "<IMPORTANT>" not in page  # the finding's excerpt, escaped
+        sneaky = held.split('data-tool="search.sneaky"', 1)[1].split("</tr>", 1)[0]
+        assert "tag_character" in sneaky and "\\u{E0069}" in sneaky  # tag characters made visible
+        assert not any(0xE0000 <= ord(c) <= 0xE007F for c in page)
+        assert 'data-tool="prompt:search.review"' in held
+        assert '"status trusted">trusted' in page.split('data-tool="search.add"', 1)[1].split("</tr>", 1)[0]
+
+        release = f"{base}/console/tools/release"
+        form = {"name": "search.fact", "reviewer": "mallory"}
+        missing = await http.post(release, data=form, headers={"Origin": base})
+        forged = await http.post(release, data={**form, "csrf": "forged"}, headers={"Origin": base})
+        elsewhere = await http.post(release, data={**form, "csrf": csrf}, headers={"Origin": "http://evil.example"})
+        for response in (missing, forged, elsewhere):
+            assert response.status_code == 403, response.text
+        assert "CSRF" in missing.text and "CSRF" in forged.text
+        nobody = await http.post(release, data={**form, "reviewer": " ", "csrf": csrf}, headers={"Origin": base})
+        assert nobody.status_code == 400 and "reviewer" in nobody.text
+        unknown = await http.post(release, data={**form, "name": "search.nope", "csrf": csrf},
+                                  headers={"Origin": base})
+        assert unknown.status_code == 404 and "not_found" in unknown.text
+        trusted = await http.post(release, data={**form, "name": "search.add", "csrf": csrf}, headers={"Origin": base})
+        assert trusted.status_code == 409 and "not_suspended" in trusted.text
+        refused = await mcp.call_tool("search.fact", {"note": "x"})
+        assert refused.is_error and refused.structured_content["reason_code"] == "tool_quarantined"
+        spoofed = (await http.get(f"{base}/console/tools", params={"released": "search.sneaky"})).text
+        assert 'id="done"' not in spoofed  # a crafted link cannot announce a release
+
+        changed = anyio.Event()  # the quarantines above were announced already: wait for the release's
+        done = await http.post(release, data={**form, "reviewer": "alice", "csrf": csrf}, headers={"Origin": base})
+        assert done.status_code == 303 and done.headers["location"] == "/console/tools?released=search.fact"
+        after = (await http.get(f"{base}{done.headers['location']}")).text
+        assert 'id="done"' in after and "search.fact" in after
+        assert 'data-tool="search.fact"' not in after.split('id="suspended"', 1)[1].split("</table>", 1)[0]
+        with anyio.fail_after(10):
+            await changed.wait()
+        assert "search.fact" in {t.name for t in (await mcp.list_tools()).tools}
+        allowed = await mcp.call_tool("search.fact", {"note": "x"})
+        assert not allowed.is_error and text_of(allowed) == "fact ok"
+        again = await http.post(release, data={**form, "reviewer": "alice", "csrf": csrf}, headers={"Origin": base})
+        assert again.status_code == 409
+    (released,) = [e for e in events(console.site, "tool.released") if e["tool"] == "search.fact"]
+    assert released["by"] == "console: alice"
 
 
 def soon() -> str:
