@@ -42,7 +42,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from policy.detect.secrets import SecretHit, find_secrets
+from policy.detect.secrets import SecretHit, find_secrets, mask_hits
 from policy.encodings import decoded_views
 
 __all__ = [
@@ -159,20 +159,7 @@ def mask_text(text: str) -> tuple[str, tuple[str, ...]]:
 
     Returns the masked text and the sorted kinds found (empty when nothing was masked).
     """
-    return _mask(text, find_text_secrets(text))
-
-
-def _mask(text: str, hits: list[SecretHit]) -> tuple[str, tuple[str, ...]]:
-    if not hits:
-        return text, ()
-    parts: list[str] = []
-    cursor = 0
-    for hit in hits:
-        parts.append(text[cursor : hit.start])
-        parts.append(f"[REDACTED:{hit.kind}]")
-        cursor = hit.end
-    parts.append(text[cursor:])
-    return "".join(parts), tuple(sorted({hit.kind for hit in hits}))
+    return mask_hits(text, find_text_secrets(text))
 
 
 # Values shorter than this are hidden only where they appear quoted: replacing every
@@ -408,7 +395,7 @@ class _Walker:
             # Another part of the record may quote the secret cut short or half-masked (an
             # excerpt window, a message length cap): scrub hides any 12-character run of it.
             self.hidden.extend(found)
-            return _mask(value, hits)[0]
+            return mask_hits(value, hits)[0]
         if value is None or isinstance(value, bool | int):
             return value
         if isinstance(value, float):
@@ -432,7 +419,7 @@ class _Walker:
         for raw_key in sorted(value, key=str):
             key = str(raw_key)
             key_hits, key_found = _text_hits(key)
-            safe_key, kinds = _mask(key, key_hits)
+            safe_key, kinds = mask_hits(key, key_hits)
             if kinds:
                 self.hidden.extend(key_found)
                 while safe_key in out:  # two keys masked to the same text stay distinct

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from .literal import LiteralSearch
 
-__all__ = ["SECRET_KINDS", "SecretHit", "find_secrets", "mask_secrets"]
+__all__ = ["SECRET_KINDS", "SecretHit", "find_secrets", "mask_hits", "mask_secrets"]
 
 
 @dataclass(frozen=True)
@@ -263,7 +263,11 @@ def find_secrets(text: str, *, lowered: str | None = None) -> list[SecretHit]:
 
 def mask_secrets(text: str) -> tuple[str, tuple[str, ...]]:
     """``text`` with each secret replaced by ``[REDACTED:<kind>]``, and the sorted kinds found."""
-    hits = find_secrets(text)
+    return mask_hits(text, find_secrets(text))
+
+
+def mask_hits(text: str, hits: list[SecretHit]) -> tuple[str, tuple[str, ...]]:
+    """``text`` with each of ``hits`` (sorted, non-overlapping) replaced by ``[REDACTED:<kind>]``."""
     if not hits:
         return text, ()
     parts: list[str] = []
