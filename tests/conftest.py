@@ -14,8 +14,14 @@ from typing import Any
 
 import anyio
 import pytest
+from hypothesis import HealthCheck, settings
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Property tests judge behaviour, not speed: a loaded CI machine must not fail them on
+# generation time or per-example deadlines (speed lives in bench/).
+settings.register_profile("securegateway", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("securegateway")
 
 
 @pytest.fixture
