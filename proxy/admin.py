@@ -18,7 +18,8 @@ import hmac
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
-from typing import Any
+from enum import Enum
+from typing import Any, TypeVar
 
 import anyio.to_thread
 import structlog
@@ -180,12 +181,7 @@ def build_admin_app(
         return JSONResponse(result)
 
     async def list_proposals(request: Request) -> JSONResponse:
-        raw = request.query_params.get("status")
-        try:
-            status = ProposalStatus(raw) if raw else None
-        except ValueError:
-            statuses = ", ".join(s.value for s in ProposalStatus)
-            raise _HttpError(400, "bad_request", f"unknown status `{raw}`; one of: {statuses}") from None
+        status = _status_param(request, ProposalStatus)
         await call(service.expire_pending)
         proposals = await call(service.list, status)
         return JSONResponse({"proposals": [reviewer_view(p.to_dict()) for p in proposals]})
@@ -329,16 +325,24 @@ def build_admin_app(
     )
 
 
+_S = TypeVar("_S", bound=Enum)
+
+
+def _status_param(request: Request, kind: type[_S]) -> _S | None:
+    """The ``?status=`` filter as a member of ``kind``; an unknown value is a 400 naming the choices."""
+    raw = request.query_params.get("status")
+    try:
+        return kind(raw) if raw else None
+    except ValueError:
+        statuses = ", ".join(str(member.value) for member in kind)
+        raise _HttpError(400, "bad_request", f"unknown status `{raw}`; one of: {statuses}") from None
+
+
 def _approval_routes(desk: ApprovalDesk, guarded: Callable[[Endpoint], Endpoint], limit: int) -> list[Route]:
     """``/api/approvals``: calls held by ``ask_tools`` rules, and the operator's yes or no."""
 
     async def list_approvals(request: Request) -> JSONResponse:
-        raw = request.query_params.get("status")
-        try:
-            status = ApprovalStatus(raw) if raw else None
-        except ValueError:
-            statuses = ", ".join(s.value for s in ApprovalStatus)
-            raise _HttpError(400, "bad_request", f"unknown status `{raw}`; one of: {statuses}") from None
+        status = _status_param(request, ApprovalStatus)
         return JSONResponse({"approvals": [reviewer_view(a.to_dict()) for a in desk.list(status)]})
 
     async def show_approval(request: Request) -> JSONResponse:
