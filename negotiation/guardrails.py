@@ -32,11 +32,11 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import lru_cache
 from typing import Any, Literal
 
+from negotiation.globs import glob_within, globs_overlap, matches_any, within_any
 from negotiation.merge import DiffEntry, MergeResult, effects, is_literal, merge
-from policy import KeyRing, ModelIdentity, Policy, PolicyError, PolicyLoadError, Rule, load_policy_text, tool_matches
+from policy import KeyRing, ModelIdentity, Policy, PolicyError, PolicyLoadError, Rule, load_policy_text
 from policy.model import format_timestamp
 from policy.yaml_safe import Node, parse_yaml
 
@@ -187,87 +187,11 @@ def status_of(verdicts: Iterable[Verdict]) -> Status:
     return "pending" if failing else "approved"
 
 
-# -- glob algebra --------------------------------------------------------------------------
-
-
-_STAR = object()
-_ONE = object()
-
-
-@lru_cache(maxsize=65536)
-def glob_within(pattern: str, envelope: str) -> bool:
-    """Whether every tool ``pattern`` can match is matched by ``envelope`` (sound, and exact
-    for the ``*``/``?`` globs the policy uses).
-
-    ``pattern``'s wildcards become marker symbols; ``envelope`` must match that symbol
-    string as a glob, where its ``*`` may cover any symbols and its ``?`` any single
-    character or a ``?`` marker, never a ``*`` marker. Greedy wildcard matching with
-    backtracking to the last ``*``: no regular expression, no compile per pair.
-    """
-    symbols: list[object] = [_STAR if c == "*" else _ONE if c == "?" else c for c in pattern]
-    i = j = 0
-    star_j, star_i = -1, 0
-    while i < len(symbols):
-        if j < len(envelope) and envelope[j] == "*":
-            star_j, star_i = j, i
-            j += 1
-        elif j < len(envelope) and (
-            (envelope[j] == "?" and symbols[i] is not _STAR) or (envelope[j] not in "*?" and envelope[j] == symbols[i])
-        ):
-            i += 1
-            j += 1
-        elif star_j >= 0:
-            star_i += 1
-            i, j = star_i, star_j + 1
-        else:
-            return False
-    return all(char == "*" for char in envelope[j:])
-
-
-@lru_cache(maxsize=65536)
-def globs_overlap(a: str, b: str) -> bool:
-    """Whether some tool name matches both globs (exact: a walk of the product automaton).
-
-    A state is a position in each glob. A ``*`` may match nothing (step past it) or one more
-    character (stay); ``?`` matches any one character; a literal only itself. The alphabet is
-    unbounded, so two wildcards can always agree on a character.
-    """
-    start = (0, 0)
-    seen = {start}
-    stack = [start]
-    while stack:
-        i, j = stack.pop()
-        if i == len(a) and j == len(b):
-            return True
-        moves: list[tuple[int, int]] = []
-        if i < len(a) and a[i] == "*":
-            moves.append((i + 1, j))
-        if j < len(b) and b[j] == "*":
-            moves.append((i, j + 1))
-        if i < len(a) and j < len(b):
-            ca, cb = a[i], b[j]
-            if ca in "*?" or cb in "*?" or ca == cb:
-                moves.append((i if ca == "*" else i + 1, j if cb == "*" else j + 1))
-        for move in moves:
-            if move not in seen:
-                seen.add(move)
-                stack.append(move)
-    return False
-
-
-def _within_any(pattern: str, globs: Iterable[str]) -> bool:
-    return any(glob_within(pattern, glob) for glob in globs)
-
-
-def _matches_any(globs: Iterable[str], tool: str) -> bool:
-    return any(tool_matches(glob, tool) for glob in globs)
-
-
 def in_envelope(config: GuardrailConfig, proposer: str, model: str, tool: str, at: datetime, now: datetime) -> bool:
     """The envelope grant, as a predicate on one call: what auto-approval may add."""
-    if model != proposer or not _matches_any(config.read_only_tools, tool):
+    if model != proposer or not matches_any(config.read_only_tools, tool):
         return False
-    if _matches_any(config.sensitive_tools, tool):
+    if matches_any(config.sensitive_tools, tool):
         return False
     return config.max_expiry_hours is None or at < now + timedelta(hours=config.max_expiry_hours)
 
@@ -503,7 +427,7 @@ def _rule_verdicts(
             out.append(
                 Verdict("sensitive_tool", False, f"{where} allows sensitive tool(s) {_listed(touched)} via `{pattern}`")
             )
-        if not _within_any(pattern, config.read_only_tools):
+        if not within_any(pattern, config.read_only_tools):
             code = "outside_envelope" if is_literal(pattern) else "wildcard_beyond_envelope"
             out.append(Verdict(code, False, f"{where}: `{pattern}` is not inside the pre-approved tools"))
         for model in rule.models:
@@ -601,7 +525,7 @@ def covering_rule(rule: Rule, live: Policy, proposer: str, now: datetime) -> Rul
             continue
         if candidate.expires is not None and candidate.expires <= now:
             continue
-        if not all(_within_any(pattern, candidate.allow_tools) for pattern in rule.allow_tools):
+        if not all(within_any(pattern, candidate.allow_tools) for pattern in rule.allow_tools):
             continue
         if not set(candidate.when) <= set(rule.when):
             continue
@@ -618,7 +542,7 @@ def covering_rule(rule: Rule, live: Policy, proposer: str, now: datetime) -> Rul
 def _beyond_scope(pattern: str, identity: ModelIdentity, known: frozenset[str]) -> bool:
     """Whether nothing ``pattern`` allows lies inside ``identity``'s key scope."""
     scope = identity.tools
-    if _within_any(pattern, scope):
+    if within_any(pattern, scope):
         return False
     return not any(globs_overlap(pattern, glob) for glob in scope)
 
