@@ -39,6 +39,7 @@ class LiteralSearch:
     pattern: re.Pattern[str]
     skip: int
     rare: tuple[str, ...]
+    literal: str
 
     @classmethod
     def build(cls, source: str) -> LiteralSearch:
@@ -62,7 +63,7 @@ class LiteralSearch:
         skip = max(range(len(literal)), key=lambda index: (_rarity(literal[index]), -index))
         head = escaped if skip == 0 else f"{re.escape(literal[skip:])}(?<={escaped})"
         rare = tuple(dict.fromkeys(char for char in literal if _FREQUENT.find(char) < 0))
-        return cls(re.compile(head + rest), skip, rare)
+        return cls(re.compile(head + rest), skip, rare, literal)
 
     def may_occur(self, text: str) -> bool:
         """False only when the literal cannot occur in ``text`` (one ``memchr`` per rare char)."""
@@ -71,6 +72,23 @@ class LiteralSearch:
     def present(self, text: str) -> bool:
         """Whether the expression matches anywhere in ``text``."""
         return self.may_occur(text) and self.pattern.search(text) is not None
+
+    def matches_at(self, text: str, starts: list[int]) -> Iterator[tuple[int, re.Match[str]]]:
+        """What :meth:`matches` yields, trying only the literal occurrences at ``starts`` (sorted).
+
+        ``starts`` must include every occurrence of the literal (a superset is fine): every
+        match starts at one, so an anchored ``match`` per occurrence finds them all, and
+        skipping occurrences inside the previous match keeps ``matches``' non-overlap.
+        """
+        match_at, skip = self.pattern.match, self.skip
+        end = 0
+        for start in starts:
+            if start < end:
+                continue
+            match = match_at(text, start + skip)
+            if match is not None:
+                yield start, match
+                end = match.end()
 
     def matches(self, text: str) -> Iterator[tuple[int, re.Match[str]]]:
         """``(start, match)`` for each match that ``finditer`` over the plain expression finds."""

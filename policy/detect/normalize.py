@@ -24,9 +24,12 @@ from __future__ import annotations
 import re
 import unicodedata
 
-__all__ = ["INVISIBLE", "VIEW_SEP", "despace", "fold"]
+from .runs import Layout, text_layout
+
+__all__ = ["INVISIBLE", "VIEW_SEP", "despace", "fold", "fold_bytes"]
 
 VIEW_SEP = "\n\x00\n"
+_VIEW_SEP_BYTES = VIEW_SEP.encode("ascii")
 
 # Format and other zero-width characters that render as nothing (Unicode Cf / default
 # ignorables), variation selectors and tag characters: removed before matching.
@@ -45,6 +48,7 @@ _TAG_TEXT = re.compile("[\U000e0020-\U000e007e]{2,}")
 _LEET_BYTES = bytes.maketrans(b"013457@$", b"oieasts" + b"s")
 _CYRILLIC_GREEK = re.compile("[\u0370-\u03ff\u0400-\u04ff]")
 _LATIN = re.compile("[a-z]")
+_ASCII_LETTER = re.compile(b"[A-Za-z]")
 # Look-alikes that a reader takes for Latin letters (after case folding).
 _CONFUSABLE_MAP = {
     "а": "a", "в": "b", "е": "e", "ё": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p",
@@ -63,21 +67,92 @@ def fold(text: str) -> str:
     """``text`` lower-cased, normalised and de-obfuscated, with any extra views appended."""
     if text.isascii():
         return _leet(text.lower())
+    return fold_bytes(text).decode("utf-8", "surrogatepass")
+
+
+def fold_bytes(text: str, layout: Layout | None = None) -> bytes:
+    """:func:`fold` as UTF-8 bytes, what the anchor automaton searches (no decode, no re-encode).
+
+    ``layout`` may pass on the text's :func:`~policy.detect.runs.layout` a caller already has.
+    """
+    if text.isascii():
+        return text.lower().encode("ascii").translate(_LEET_BYTES)
+    layout = layout if layout is not None else text_layout(text)
+    if layout.runs is None:
+        return _fold_whole(text, layout.data).encode("utf-8", "surrogatepass")
+    return _fold_runs(layout.data, layout.runs)
+
+
+def _plain(text: str, data: bytes | None = None) -> str:
+    """Invisibles removed, NFKC, case folded: the main view before leetspeak."""
     # Byte searches over the UTF-8 form are several times faster than str searches on
-    # non-ASCII text; both prefilters below match a superset of their characters.
-    data = text.encode("utf-8", "surrogatepass")
+    # non-ASCII text; the prefilter matches a superset of the invisible characters.
+    data = text.encode("utf-8", "surrogatepass") if data is None else data
+    if _INVISIBLE_BYTES.search(data) is not None:
+        text = INVISIBLE.sub("", text)
+    if not unicodedata.is_normalized("NFKC", text):  # a quick check; most text already is
+        text = unicodedata.normalize("NFKC", text)
+    return text.casefold()
+
+
+def _decoded_tags(hidden: list[str]) -> str:
+    return "".join(chr(ord(char) - 0xE0000) for run in hidden for char in run).lower()
+
+
+def _confusable(plain: str) -> str:
+    return _CONFUSABLE.sub(lambda match: _CONFUSABLE_MAP[match.group()], plain)
+
+
+def _fold_whole(text: str, data: bytes) -> str:
+    """:func:`fold` of non-ASCII text, one whole-string pass per step."""
     hidden = _TAG_TEXT.findall(text) if b"\xf3\xa0" in data else []
-    visible = INVISIBLE.sub("", text) if _INVISIBLE_BYTES.search(data) is not None else text
-    if not unicodedata.is_normalized("NFKC", visible):  # a quick check; most text already is
-        visible = unicodedata.normalize("NFKC", visible)
-    plain = visible.casefold()
+    plain = _plain(text, data)
     views = [_leet(plain)]
     if _CYRILLIC_GREEK.search(plain) is not None and _LATIN.search(plain) is not None:
-        views.append(_leet(_CONFUSABLE.sub(lambda match: _CONFUSABLE_MAP[match.group()], plain)))
+        views.append(_leet(_confusable(plain)))
     if hidden:
-        decoded = "".join(chr(ord(char) - 0xE0000) for run in hidden for char in run)
-        views.append(_leet(decoded.lower()))
+        views.append(_leet(_decoded_tags(hidden)))
     return views[0] if len(views) == 1 else VIEW_SEP.join(views)
+
+
+def _fold_runs(data: bytes, runs: list[tuple[int, int]]) -> bytes:
+    """:func:`fold_bytes` of mostly-ASCII text: ASCII stretches folded as bytes, runs alone.
+
+    Exact: every step but the view decisions works character by character except NFKC,
+    and NFKC never combines across the boundary *before* an ASCII character, so each run
+    is folded together with the one ASCII character before it (``e`` + U+0301 is ``é``).
+    Leetspeak maps ASCII bytes only, so it applies piece by piece too.
+    """
+    pieces: list[bytes] = []
+    islands: list[tuple[int, str]] = []  # (index in pieces, folded run before leetspeak)
+    stretches: list[tuple[int, int]] = []  # the ASCII stretches between runs
+    hidden: list[str] = []
+    cursor = 0
+    for start, end in runs:
+        lo = start - 1 if start > 0 else 0
+        stretches.append((cursor, lo))
+        pieces.append(data[cursor:lo].lower().translate(_LEET_BYTES))
+        island = data[lo:end].decode("utf-8", "surrogatepass")
+        if b"\xf3\xa0" in data[start:end]:
+            hidden.extend(_TAG_TEXT.findall(island))
+        plain = _plain(island)
+        islands.append((len(pieces), plain))
+        pieces.append(plain.encode("utf-8", "surrogatepass").translate(_LEET_BYTES))
+        cursor = end
+    stretches.append((cursor, len(data)))
+    pieces.append(data[cursor:].lower().translate(_LEET_BYTES))
+    views = [b"".join(pieces)]
+    mixed = any(_CYRILLIC_GREEK.search(plain) is not None for _, plain in islands) and (
+        any(_LATIN.search(plain) is not None for _, plain in islands)
+        or any(_ASCII_LETTER.search(data, lo, hi) is not None for lo, hi in stretches)
+    )
+    if mixed:
+        for index, plain in islands:
+            pieces[index] = _confusable(plain).encode("utf-8", "surrogatepass").translate(_LEET_BYTES)
+        views.append(b"".join(pieces))
+    if hidden:
+        views.append(_decoded_tags(hidden).encode("utf-8", "surrogatepass").translate(_LEET_BYTES))
+    return views[0] if len(views) == 1 else _VIEW_SEP_BYTES.join(views)
 
 
 def _leet(text: str) -> str:

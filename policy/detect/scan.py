@@ -28,7 +28,8 @@ from typing import Any
 
 from .finding import Finding
 from .injection import anchor_hits, find_injections, spaced_anchor_seen
-from .normalize import VIEW_SEP, despace, fold
+from .normalize import VIEW_SEP, despace, fold, fold_bytes
+from .runs import Layout, text_layout
 from .secrets import SecretHit, find_secrets
 from .unicode import hidden_spans
 
@@ -41,6 +42,7 @@ _MAX_EXCERPT = 120
 # whitespace nor secret character, and every window is clipped to its string).
 SEP = "\n\x00\n"
 assert SEP == VIEW_SEP
+_SEP_BYTES = SEP.encode("ascii")
 _HIDDEN_SEVERITY = {"tag_character": "high", "variation_selector": "high"}
 _HIGH_SECRETS = frozenset({"private_key", "putty_private_key"})
 _UNPRINTABLE = re.compile("[\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff\ufe00-\ufe0f"
@@ -143,6 +145,9 @@ def _starts(texts: Sequence[str]) -> list[int]:
 def _per_string(spans: Sequence[tuple[int, int, int]], starts: Sequence[int]) -> dict[int, list[tuple[int, int, int]]]:
     if len(starts) == 1:
         return {0: list(spans)}
+    first = bisect_right(starts, min(item[1] for item in spans)) - 1
+    if first + 1 == len(starts) or max(item[1] for item in spans) < starts[first + 1]:
+        return {first: list(spans)}  # all in one string: the usual large result
     grouped: dict[int, list[tuple[int, int, int]]] = {}
     for item in spans:
         grouped.setdefault(bisect_right(starts, item[1]) - 1, []).append(item)
@@ -178,8 +183,8 @@ class _Scan:
             if hit.start < end:
                 self.secrets[index].append(SecretHit(hit.kind, hit.start - base, min(hit.end, end) - base))
 
-    def injections(self, folded: str, starts: list[int]) -> None:
-        hits = anchor_hits(folded)
+    def injections(self, folded: str, starts: list[int], data: bytes) -> None:
+        hits = anchor_hits(folded, data)
         if not hits:
             return
         for index, own in _per_string(hits, starts).items():
@@ -208,12 +213,13 @@ class _Scan:
             excerpt = ("…" if w_lo > lo and not excerpt.startswith("…") else "") + excerpt
         self.findings[index].append(Finding("prompt_injection", kind, self.paths[index], excerpt, severity))
 
-    def hidden(self) -> None:
+    def hidden(self, layouts: Sequence[Layout | None]) -> None:
         for index, text in enumerate(self.texts):
-            if text.isascii():
+            layout = layouts[index]
+            if layout is None:  # ASCII
                 continue
             reported: set[str] = set()
-            for kind, start, end in hidden_spans(text):
+            for kind, start, end in hidden_spans(text, layout):
                 if kind in reported:
                     continue
                 reported.add(kind)
@@ -247,17 +253,24 @@ def scan_value(value: Any, path: str = "") -> tuple[Finding, ...]:
     text = texts[0] if len(texts) == 1 else SEP.join(texts)
     plain = text.isascii()
     lowered = text.lower() if plain else ""  # find_secrets lowers its ASCII copy of other text
+    layouts: list[Layout | None] = []
     if plain:
-        folded, fold_starts = fold(lowered), None
-        if len(text) <= _QUICK_LIMIT and not anchor_hits(folded) and not find_secrets(text, lowered=lowered):
+        data = fold_bytes(lowered)
+        folded, fold_starts = data.decode("ascii"), None
+        if len(text) <= _QUICK_LIMIT and not anchor_hits(folded, data) and not find_secrets(text, lowered=lowered):
             return ()  # the common case: short, plain, nothing to report
     else:
-        parts = [fold(t) for t in texts]
+        # Each string encoded once; its layout (where its non-ASCII runs are) is shared by
+        # folding and the hidden-Unicode check.
+        layouts = [None if t.isascii() else text_layout(t) for t in texts]
+        encoded = [fold_bytes(t, layout) for t, layout in zip(texts, layouts, strict=True)]
+        data = _SEP_BYTES.join(encoded)
+        parts = [part.decode("utf-8", "surrogatepass") for part in encoded]
         folded, fold_starts = SEP.join(parts), _starts(parts)
     scan = _Scan(paths, texts, text, lowered)
-    scan.injections(folded, fold_starts or scan.starts)
+    scan.injections(folded, fold_starts or scan.starts, data)
     if not plain:
-        scan.hidden()
+        scan.hidden(layouts)
     scan.secret_findings()
     findings = [finding for per_string in scan.findings for finding in per_string]
     return tuple(findings[:MAX_FINDINGS])

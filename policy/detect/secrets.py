@@ -31,7 +31,10 @@ Nothing in this module raises for any input text.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
+
+import ahocorasick_rs
 
 from .literal import LiteralSearch
 
@@ -56,6 +59,8 @@ class _Scanner:
     lowered: bool
     # The groups holding the secret when the match also spans its context (``Bearer ``).
     value_groups: tuple[str, ...]
+    # Lower-cased literals one of which starts every match (the automaton's patterns).
+    anchors: tuple[str, ...]
 
 
 def _boundary(literal: str, before: str) -> str:
@@ -64,12 +69,24 @@ def _boundary(literal: str, before: str) -> str:
 
 
 def _scanner(
-    kinds: str | tuple[str, ...], pattern: str, *, lowered: bool = False, literal: str | None = None
+    kinds: str | tuple[str, ...],
+    pattern: str,
+    *,
+    lowered: bool = False,
+    literal: str | None = None,
+    anchors: tuple[str, ...] = (),
 ) -> _Scanner:
-    """``pattern`` starts with a literal; or, with ``literal``, ``pattern`` is what follows it."""
+    """``pattern`` starts with a literal; or, with ``literal``, ``pattern`` is what follows it.
+
+    ``anchors`` lengthen a literal too short to search for on its own (``A`` of ``AKIA``);
+    each must start with it.
+    """
     search = LiteralSearch.build(pattern) if literal is None else LiteralSearch.of(literal, pattern)
     value_groups = tuple(name for name in search.pattern.groupindex if name.startswith("v"))
-    return _Scanner((kinds,) if isinstance(kinds, str) else kinds, search, lowered, value_groups)
+    prefix = search.literal.lower()
+    anchors = anchors or (prefix,)
+    assert all(anchor.startswith(prefix) for anchor in anchors), anchors
+    return _Scanner((kinds,) if isinstance(kinds, str) else kinds, search, lowered, value_groups, anchors)
 
 
 _B64URL = r"A-Za-z0-9_\-"
@@ -111,8 +128,13 @@ _SCANNERS: tuple[_Scanner, ...] = (
         _boundary("A", _B64URL)
         + r"(?:(?P<aws_access_key>[KS]IA[A-Z0-9]{16}+(?![A-Za-z0-9]))"
         + f"|(?P<google_api_key>Iza[{_B64URL}]{{35}}(?![{_B64URL}])))",
+        anchors=("akia", "asia", "aiza"),
     ),
-    _scanner("github_token", _boundary("gh[pousr]_", "A-Za-z0-9_") + r"[A-Za-z0-9]{36,255}+(?![A-Za-z0-9_])"),
+    _scanner(
+        "github_token",
+        _boundary("gh[pousr]_", "A-Za-z0-9_") + r"[A-Za-z0-9]{36,255}+(?![A-Za-z0-9_])",
+        anchors=("ghp_", "gho_", "ghu_", "ghs_", "ghr_"),
+    ),
     _scanner("github_token", _boundary("github_pat_", "A-Za-z0-9_") + r"[A-Za-z0-9_]{22,255}+(?![A-Za-z0-9_])"),
     _scanner(
         ("anthropic_key", "openai_key"),
@@ -123,7 +145,11 @@ _SCANNERS: tuple[_Scanner, ...] = (
         + f"|(?P<openai_key>(?:proj|svcacct|admin)-[{_B64URL}]{{20,512}}+|[A-Za-z0-9]{{20,512}}+))"
         + f"(?![{_B64URL}])",
     ),
-    _scanner("slack_token", _boundary("xox[abpr]-", "A-Za-z0-9") + r"[A-Za-z0-9\-]{10,255}+(?![A-Za-z0-9\-])"),
+    _scanner(
+        "slack_token",
+        _boundary("xox[abpr]-", "A-Za-z0-9") + r"[A-Za-z0-9\-]{10,255}+(?![A-Za-z0-9\-])",
+        anchors=("xoxa-", "xoxb-", "xoxp-", "xoxr-"),
+    ),
     _scanner(
         "putty_private_key",
         # The whole .ppk file: header, key lines, MAC; comment lines keep printable ASCII.
@@ -217,6 +243,38 @@ def _lower_same_offsets(text: str) -> str:
     return "".join(char.lower()[:1] for char in text)  # pragma: no cover - future Unicode
 
 
+# Every scanner's anchors in one automaton: one native pass over a large text finds where
+# any match can start, and each scanner then tries only its own occurrences, instead of
+# nineteen regex passes over the whole text (~0.3 ms per MB each).
+_ANCHOR_SCANNERS: dict[str, list[int]] = {}
+for _index, _item in enumerate(_SCANNERS):
+    for _anchor in _item.anchors:
+        _ANCHOR_SCANNERS.setdefault(_anchor, []).append(_index)
+_ANCHOR_LIST = tuple(_ANCHOR_SCANNERS)
+_ANCHOR_OWNERS = tuple(tuple(_ANCHOR_SCANNERS[anchor]) for anchor in _ANCHOR_LIST)
+_AUTOMATON = ahocorasick_rs.BytesAhoCorasick(
+    [anchor.encode("ascii") for anchor in _ANCHOR_LIST], implementation=ahocorasick_rs.Implementation.DFA
+)
+
+
+def _anchored_passes(text: str, lowered: str) -> list[tuple[_Scanner, Iterator[tuple[int, re.Match[str]]]]]:
+    """Each scanner with the matches it finds at its anchors' occurrences in ``lowered``.
+
+    The same matches as its pass over the whole text: every match starts at an anchor, and
+    a case-sensitive literal occurs in the lower-cased text at the same offset (``lowered``
+    is ASCII, so byte offsets are character offsets).
+    """
+    starts: list[list[int]] = [[] for _ in _SCANNERS]
+    for anchor, start, _ in _AUTOMATON.find_matches_as_indexes(lowered.encode("ascii", "replace"), overlapping=True):
+        for owner in _ANCHOR_OWNERS[anchor]:
+            starts[owner].append(start)
+    passes: list[tuple[_Scanner, Iterator[tuple[int, re.Match[str]]]]] = []
+    for scanner, own in zip(_SCANNERS, starts, strict=True):
+        own.sort()
+        passes.append((scanner, scanner.search.matches_at(lowered if scanner.lowered else text, own)))
+    return passes
+
+
 def find_secrets(text: str, *, lowered: str | None = None) -> list[SecretHit]:
     """Every secret in ``text``, ordered by position; overlapping hits are merged into the first.
 
@@ -232,11 +290,15 @@ def find_secrets(text: str, *, lowered: str | None = None) -> list[SecretHit]:
         lowered = None
     if lowered is None or len(lowered) != len(text):
         lowered = _lower_same_offsets(text)
-    if len(text) < _SCREEN_BELOW and not _SCREEN.search(lowered):
-        return []
+    if len(text) < _SCREEN_BELOW:
+        if not _SCREEN.search(lowered):
+            return []
+        passes = [(scanner, scanner.search.matches(lowered if scanner.lowered else text)) for scanner in _SCANNERS]
+    else:
+        passes = _anchored_passes(text, lowered)
     found: list[tuple[int, int, int, str]] = []
-    for priority, scanner in enumerate(_SCANNERS):
-        for start, match in scanner.search.matches(lowered if scanner.lowered else text):
+    for priority, (scanner, matches) in enumerate(passes):
+        for start, match in matches:
             end = match.end()
             kind = scanner.kinds[0]
             if len(scanner.kinds) > 1:

@@ -1,0 +1,77 @@
+"""Where a text's non-ASCII characters are, when there are few of them.
+
+Most large payloads (code, logs, JSON, English documentation) are ASCII but for a handful
+of typographic quotes, dashes or emoji, and a single such character sends a whole-string
+pass down the slow path of every ``str`` operation (NFKC, case folding, regex search over
+a wide string are several times slower than over ASCII). The detectors instead treat such
+text as ASCII with a few *runs* of non-ASCII characters, found here in one native pass
+(RE2 over the UTF-8 bytes), and do the expensive work on the runs only.
+
+:func:`sparse_runs` returns ``None`` when the text is dense with non-ASCII characters:
+then per-run work would cost more than the whole-string pass, which callers fall back to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import re2
+
+__all__ = ["MAX_RUN_DENSITY", "SPARSE_FROM", "Layout", "char_offsets", "sparse_runs", "text_layout"]
+
+# Strings at least this long (UTF-8 bytes) are worth looking at run by run.
+SPARSE_FROM = 2048
+
+# At most one non-ASCII byte in 128 and one run per 1024 bytes: per-run work costs a few
+# microseconds, so beyond that the whole-string path is cheaper.
+MAX_RUN_DENSITY = 1024
+_MAX_BYTE_DENSITY = 128
+_ASCII = bytes(range(128))
+_OPTIONS = re2.Options()
+_OPTIONS.encoding = re2.Options.Encoding.LATIN1  # match bytes, not UTF-8 characters
+_RUNS = re2.compile(rb"[\x80-\xff]+", _OPTIONS)
+
+
+def sparse_runs(data: bytes) -> list[tuple[int, int]] | None:
+    """Byte spans of the maximal non-ASCII runs of UTF-8 ``data``, or None when they are many.
+
+    Each span starts and ends on a character boundary (UTF-8 never puts an ASCII byte
+    inside a multi-byte character).
+    """
+    size = len(data)
+    if len(data.translate(None, _ASCII)) * _MAX_BYTE_DENSITY > size:
+        return None
+    limit = size // MAX_RUN_DENSITY + 1
+    runs: list[tuple[int, int]] = []
+    for match in _RUNS.finditer(data):
+        runs.append(match.span())
+        if len(runs) > limit:
+            return None
+    return runs
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """A non-ASCII text's UTF-8 form, and its non-ASCII runs when they are few (else None)."""
+
+    data: bytes
+    runs: list[tuple[int, int]] | None
+
+
+def text_layout(text: str, data: bytes | None = None) -> Layout:
+    """The :class:`Layout` of ``text`` (``data``: its UTF-8 form, when the caller has it);
+    runs are looked for in long texts only."""
+    if data is None:
+        data = text.encode("utf-8", "surrogatepass")
+    return Layout(data, sparse_runs(data) if len(data) >= SPARSE_FROM else None)
+
+
+def char_offsets(data: bytes, offsets: list[int]) -> dict[int, int]:
+    """Character offset of each byte offset (sorted, on character boundaries) of UTF-8 ``data``."""
+    chars: dict[int, int] = {}
+    position = previous = 0
+    for offset in offsets:
+        position += len(data[previous:offset].decode("utf-8", "surrogatepass"))
+        chars[offset] = position
+        previous = offset
+    return chars
