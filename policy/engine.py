@@ -216,7 +216,7 @@ def _evaluate(
     arguments = request.arguments
 
     # 1. Checks that describe the call.
-    findings = scan_value(arguments, "arguments")
+    findings = scan_value(arguments, "arguments") + request.findings
     schema = check_arguments(request.input_schema, arguments)
     session_score = session.score(now.timestamp()) if session is not None else 0.0
     factors: tuple[RiskFactor, ...] = (finding_factors(findings) if findings else ()) + schema.factors()

@@ -17,6 +17,7 @@ from .canonical import canonical_json, digest
 from .errors import PolicyError
 
 if TYPE_CHECKING:
+    from .detect.finding import Finding
     from .index import CompiledPolicy
 
 __all__ = [
@@ -361,6 +362,9 @@ class CallRequest:
     arguments: Mapping[str, Any]
     input_schema: Mapping[str, Any] | None = None
     kind: str = "tool"
+    # Findings of detectors that ran outside policy (the optional classifier), added to the
+    # argument scan's own: risk factors, reasoning and denials like any other.
+    findings: tuple[Finding, ...] = ()
 
     @property
     def qualified_tool(self) -> str:

@@ -37,8 +37,10 @@ from negotiation.signing import generate_ed25519_keypair
 from negotiation.tool import PROPOSE_POLICY_TOOL, handle_propose
 from policy import KeyRing, ModelIdentity, PolicyError, SessionRisk, could_allow, load_model_keys
 from policy.audit_event import AuditError
+from policy.detect.onnx_model import ClassifierLoadError
 from proxy.approval import ApprovalDesk, ApprovalGate
 from proxy.audit_writer import AuditWriter, open_audit_log
+from proxy.classify import ClassifierRunner, load_classifier
 from proxy.config import GatewayConfig, exposure_warnings
 from proxy.downstream import serve_http
 from proxy.enforce import Enforcer, PolicyView
@@ -69,6 +71,7 @@ class Runtime:
     risk: IdentityRiskStore = field(default_factory=MemoryIdentityRiskStore)
     tool_definitions: dict[str, Mapping[str, Any]] = field(default_factory=dict)  # dotted name -> last seen
     guard: ToolGuard | None = None
+    classifier: ClassifierRunner | None = None  # loaded by build(), not for CLI commands
 
     def view(self) -> PolicyView:
         active = self.live.current
@@ -229,6 +232,7 @@ class App:
             result_scan=config.result_scan,
             decision_meta=config.decision_meta,
             approvals=ApprovalGate(self.approvals),
+            classifier=runtime.classifier,
         )
         local = {"propose_policy": ProposePolicy(runtime.service)} if config.negotiation.enabled else {}
         # Outermost first: a suspended tool is refused before anything else looks at the
@@ -404,4 +408,16 @@ def build(config: GatewayConfig, *, model_key: str | None) -> App:
         identity = runtime.keys.authenticate(model_key)
         if identity is None:
             raise IdentityError("the model key given for the stdio client is not in model_keys.yaml")
+    runtime.classifier = open_classifier(config)
     return App(runtime, stdio_identity=identity)
+
+
+def open_classifier(config: GatewayConfig) -> ClassifierRunner | None:
+    """The ``[detectors] classifier``, loaded once; a ConfigError names what is wrong with it."""
+    settings = config.detectors.classifier
+    if settings is None:
+        return None
+    try:
+        return load_classifier(settings)
+    except ClassifierLoadError as exc:
+        raise ConfigError(f"{config.path.name}: detectors.classifier: {exc}") from None

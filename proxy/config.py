@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from proxy.classify import CHANNELS, ON_ERROR, ClassifierConfig
 from proxy.errors import ConfigError
 
 UPSTREAM_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
@@ -138,6 +139,7 @@ class DetectorsConfig:
     taint_window_s: float = 600.0
     sink_tools: tuple[str, ...] = ()  # dotted globs always treated as sinks
     store: Path | None = None  # default: <state_dir>/tools.db
+    classifier: ClassifierConfig | None = None  # the optional model-based detector (securegateway[ml])
 
 
 @dataclass(frozen=True)
@@ -481,7 +483,7 @@ class _Reader:
 
     def detectors(self, t: Mapping[str, Any]) -> DetectorsConfig:
         d = "detectors"
-        self.only(t, d, {"tool_scan", "tool_pinning", "taint", "taint_window_s", "sink_tools", "store"})
+        self.only(t, d, {"tool_scan", "tool_pinning", "taint", "taint_window_s", "sink_tools", "store", "classifier"})
         return DetectorsConfig(
             tool_scan=self.choice(t, d, "tool_scan", ("quarantine", "flag", "off"), "quarantine"),
             tool_pinning=self.choice(t, d, "tool_pinning", ("tofu", "approve", "off"), "tofu"),
@@ -489,6 +491,39 @@ class _Reader:
             taint_window_s=self.number(t, d, "taint_window_s", 600.0, minimum=0.0),
             sink_tools=self.strs(t, d, "sink_tools"),
             store=self.path_(t, d, "store", None),
+            classifier=self.classifier(t),
+        )
+
+    def classifier(self, t: Mapping[str, Any]) -> ClassifierConfig | None:
+        c = "detectors.classifier"
+        raw = t.get("classifier")
+        if raw is None:
+            return None
+        if not isinstance(raw, dict):
+            self.err(c, "must be a table: { model = \"model.onnx\", tokenizer = \"tokenizer.json\" }")
+            return None
+        self.only(raw, c, {"model", "tokenizer", "threshold", "budget_ms", "channels", "on_error", "label",
+                           "max_tokens", "max_windows"})  # fmt: skip
+        model, tokenizer = self.path_(raw, c, "model", None), self.path_(raw, c, "tokenizer", None)
+        for key, value in (("model", model), ("tokenizer", tokenizer)):
+            if value is None:
+                self.err(f"{c}.{key}", "is required (a local file path)")
+        channels = self.strs(raw, c, "channels") if "channels" in raw else CHANNELS
+        unknown = [channel for channel in channels if channel not in CHANNELS]
+        if unknown or not channels:
+            self.err(f"{c}.channels", f"must list some of {', '.join(CHANNELS)}; got {list(channels)}")
+        if model is None or tokenizer is None:
+            return None
+        return ClassifierConfig(
+            model=model,
+            tokenizer=tokenizer,
+            threshold=self.number(raw, c, "threshold", 0.9, minimum=0.0, maximum=1.0),
+            budget_ms=self.number(raw, c, "budget_ms", 50.0, minimum=1.0),
+            channels=tuple(dict.fromkeys(channels)),
+            on_error=self.choice(raw, c, "on_error", ON_ERROR, "ignore"),
+            label=self.integer(raw, c, "label", 1),
+            max_tokens=self.integer(raw, c, "max_tokens", 512, minimum=1),
+            max_windows=self.integer(raw, c, "max_windows", 16, minimum=1),
         )
 
     def negotiation(self, t: Mapping[str, Any]) -> NegotiationConfig:

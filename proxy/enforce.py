@@ -30,6 +30,7 @@ import structlog
 from policy import (
     CallRequest,
     Decision,
+    Finding,
     KeyRing,
     Policy,
     evaluate,
@@ -37,6 +38,7 @@ from policy import (
     unknown_tool_decision,
 )
 from policy.engine import scope_reaches
+from proxy.classify import ClassifierRunner
 from proxy.disclosure import decision_view
 from proxy.intercept import CallNext, ToolCall, ToolResult
 from proxy.result_scan import ScanOutcome, finding_summary, scan_payload
@@ -101,7 +103,9 @@ class Enforcer:
         decision_meta: str = "full",
         clock: Callable[[], float] = time.time,
         approvals: Any = None,
+        classifier: ClassifierRunner | None = None,
     ) -> None:
+        self._classifier = classifier  # the optional model-based detector (proxy.classify)
         self._approvals = approvals  # a proxy.approval.ApprovalGate, or None: approval_required denies
         self._current = current
         self._audit = audit
@@ -114,9 +118,10 @@ class Enforcer:
     # ---- tools/call --------------------------------------------------------------------------------
 
     async def __call__(self, call: ToolCall, call_next: CallNext) -> ToolResult:
+        extra = await self._classifier.findings(call.arguments, "arguments", "arguments") if self._classifier else ()
         verdict = await self.decide(
             call.session, kind="tool", server=call.server, name=call.tool, arguments=call.arguments,
-            method="tools/call", input_schema=call.input_schema,
+            method="tools/call", input_schema=call.input_schema, findings=extra,
         )
         if verdict.decision.reason_code == "approval_required" and self._approvals is not None:
             try:
@@ -176,14 +181,18 @@ class Enforcer:
         arguments: Mapping[str, Any],
         method: str,
         input_schema: Mapping[str, Any] | None = None,
+        findings: tuple[Finding, ...] = (),
     ) -> Verdict:
-        """Decide one request, audit it, and say what the model may see. Never raises."""
+        """Decide one request, audit it, and say what the model may see. Never raises.
+
+        ``findings`` come from detectors outside policy (the classifier) and count like the
+        argument scan's own."""
         started = time.perf_counter()
         view: PolicyView | None = None
         target = name if kind == "resource" else f"{server}.{name}"
         try:
             view = self._current()
-            decision = self._evaluate(session, view, kind, server, name, arguments, input_schema)
+            decision = self._evaluate(session, view, kind, server, name, arguments, input_schema, findings)
         except Exception as exc:  # enforcement boundary: fail closed
             log.exception("evaluation failed", target=target, method=method, session=session.id)
             decision = self._error(session, target, view, f"evaluation failed: {_one_line(exc)}")
@@ -230,12 +239,14 @@ class Enforcer:
         name: str,
         arguments: Mapping[str, Any],
         input_schema: Mapping[str, Any] | None,
+        findings: tuple[Finding, ...] = (),
     ) -> Decision:
         model_id = _model_id(session)
         if model_id is None:
             raise LookupError("the connection has no authenticated model identity")
         request = CallRequest(
             model=model_id, server=server, tool=name, arguments=arguments, input_schema=input_schema, kind=kind,
+            findings=findings,
         )
         risk = session.risk
         decision = evaluate(request, view.policy, view.keys, session=risk)
@@ -295,7 +306,10 @@ class Enforcer:
     ) -> ScanOutcome:
         """Scan one upstream -> client payload; findings are audited. Blocked (payload None) when
         the mode is ``block`` or the findings could not be audited."""
-        outcome = scan_payload(payload, self._result_scan)
+        extra: tuple[Finding, ...] = ()
+        if self._classifier is not None and self._result_scan != "off":
+            extra = await self._classifier.findings(payload, "", "results")
+        outcome = scan_payload(payload, self._result_scan, extra=extra)
         if not outcome.findings:
             return outcome
         if session.risk is not None:

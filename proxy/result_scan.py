@@ -44,11 +44,15 @@ class ScanOutcome:
         return self.payload is None
 
 
-def scan_payload(payload: Any, mode: str, root: str = "") -> ScanOutcome:
-    """Scan ``payload`` in ``mode``; the input is never mutated."""
+def scan_payload(payload: Any, mode: str, root: str = "", extra: tuple[Finding, ...] = ()) -> ScanOutcome:
+    """Scan ``payload`` in ``mode``; the input is never mutated.
+
+    ``extra`` are findings of detectors outside :func:`policy.scan_value` (the classifier),
+    acted on like its own.
+    """
     if mode == "off":
         return ScanOutcome(payload, ())
-    findings = scan_value(payload, root)
+    findings = scan_value(payload, root) + extra
     if not findings:
         return ScanOutcome(payload, ())
     if mode == "block":

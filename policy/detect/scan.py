@@ -33,7 +33,7 @@ from .runs import Layout, text_layout
 from .secrets import SecretHit, find_secrets
 from .unicode import hidden_spans
 
-__all__ = ["MAX_FINDINGS", "SEP", "scan_text", "scan_value"]
+__all__ = ["MAX_FINDINGS", "SEP", "scan_text", "scan_value", "value_strings"]
 
 MAX_FINDINGS = 200
 _CONTEXT = 24
@@ -131,6 +131,12 @@ def _strings(value: Any, path: str) -> tuple[list[str], list[str]]:
             seen.add(id(current))
             stack.extend([(current[index], f"{where}[{index}]") for index in range(len(current) - 1, -1, -1)])
     return paths, texts
+
+
+def value_strings(value: Any, path: str = "") -> tuple[list[str], list[str]]:
+    """Paths and texts of every non-empty string in ``value``, in document order: what
+    :func:`scan_value` scans (and the classifier scores)."""
+    return _strings(value, path)
 
 
 def _starts(texts: Sequence[str]) -> list[int]:

@@ -18,6 +18,7 @@ import httpx2
 import pytest
 from mcp import types
 
+from proxy.errors import ConfigError
 from tests.conftest import ROOT, connect, gateway_env, running
 from tests.e2e.conftest import ADMIN_KEY, GPT_KEY, Site, cli, make_site, text_of
 
@@ -151,3 +152,38 @@ async def test_taint_can_be_switched_off(tmp_path: Path) -> None:
     async with running(site.app()), connect(site.url, GPT_KEY) as client:
         await client.call_tool("search.page", {})
         assert not (await client.call_tool("search.send", {"to": "bob", "body": "hi"})).is_error
+
+
+async def test_the_classifier_flags_what_the_model_scores_high_in_arguments_and_results(tmp_path: Path) -> None:
+    support = pytest.importorskip("tests.policy.detect.classifier_support")
+    # A tiny model built here: "pwned" and "standup" (calendar.list_events says "standup 09:00; ...")
+    # are what it calls injections; none of the deterministic detectors flags either text.
+    model, tokenizer = support.build_pair(
+        tmp_path / "model", words=(*support.WORDS, "standup"), flagged=("pwned", "standup")
+    )
+    site = make_site(
+        tmp_path / "ml",
+        detectors=f'classifier = {{ model = "{model}", tokenizer = "{tokenizer}", budget_ms = 5000 }}',
+    )
+    async with running(site.app()), connect(site.url, GPT_KEY) as client:
+        denied = await client.call_tool("search.echo", {"text": "the weather report says you are pwned"})
+        assert denied.is_error and denied.structured_content["reason_code"] == "suspicious_arguments"
+        assert "classifier_injection" in "\n".join(denied.structured_content["reasoning"])
+        fine = await client.call_tool("search.echo", {"text": "the weather report says it is sunny"})
+        assert not fine.is_error and "io.securegateway/result_scan" not in (fine.meta or {})
+
+        events_listed = await client.call_tool("calendar.list_events", {})
+        assert text_of(events_listed) == "standup 09:00; review 14:00"  # result_scan = flag passes it on
+        assert events_listed.meta["io.securegateway/result_scan"] == [
+            {"code": "prompt_injection", "kind": "classifier_injection", "path": "content[0].text"}
+        ]
+        tainted = await client.call_tool("search.echo", {"text": "the weather report says it is sunny"})
+        assert tainted.structured_content["reason_code"] == "session_tainted"
+    (flagged,) = events(site, "result.flagged")
+    assert flagged["tool"] == "list_events" and flagged["findings"][0]["kind"] == "classifier_injection"
+
+
+async def test_a_classifier_that_cannot_load_stops_the_gateway_at_startup(tmp_path: Path) -> None:
+    site = make_site(tmp_path / "bad", detectors='classifier = { model = "missing.onnx", tokenizer = "t.json" }')
+    with pytest.raises(ConfigError, match=r"detectors.classifier: classifier model `.*missing.onnx` does not exist"):
+        site.app()
