@@ -50,7 +50,8 @@ from proxy.metrics import GatewayMetrics
 from proxy.quarantine import Quarantine
 from proxy.session import DownstreamSession
 from proxy.suggestions import SuggestionVetting
-from proxy.taint import MemoryTaintStore, Taint
+from proxy.taint import Taint
+from proxy.taint_store import SqliteTaintStore
 from proxy.tool_guard import ToolGuard
 from proxy.tool_store import SqliteToolStore, ToolRecord
 
@@ -246,7 +247,8 @@ class App:
             runtime.guard.subscribe(self._tools_changed)
         if config.detectors.taint:
             interceptors.append(Taint(
-                MemoryTaintStore(), runtime.view, runtime.audit.record, build_event=runtime.audit.decision_event,
+                SqliteTaintStore(config.policy.state_dir / "taint.db"),  # survives restarts
+                runtime.view, runtime.audit.record, build_event=runtime.audit.decision_event,
                 window_s=config.detectors.taint_window_s, sink_tools=config.detectors.sink_tools,
                 trace_visibility=config.trace_visibility,
             ))  # fmt: skip

@@ -9,16 +9,16 @@ tainting result (tool, decision id, findings). A sink is a tool listed in
 ``[detectors] sink_tools``, or annotated ``destructiveHint`` or ``openWorldHint``, or not
 annotated ``readOnlyHint`` (MCP's defaults assume the worst, and so does this).
 
-Taint marks live behind :class:`TaintStore`; :class:`MemoryTaintStore` is the embedded
-default (a restart clears taint, which only ever lasts minutes).
+Taint marks live behind :class:`~proxy.taint_store.TaintStore`; the gateway's default is
+SQLite in the state directory (:class:`~proxy.taint_store.SqliteTaintStore`), so a
+restart does not clear a taint before its window ends.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
@@ -26,37 +26,11 @@ from policy import tool_matches
 from policy.decision import refusal_decision
 from proxy.enforce import DECISION_META_KEY, SCAN_META_KEY, AuditFn, PolicyView, denial_result
 from proxy.intercept import CallNext, ToolCall, ToolResult
+from proxy.taint_store import MemoryTaintStore, SqliteTaintStore, TaintMark, TaintStore
+
+__all__ = ["MemoryTaintStore", "SqliteTaintStore", "Taint", "TaintMark", "TaintStore", "is_sink"]
 
 log = structlog.get_logger("securegateway.taint")
-
-
-@dataclass(frozen=True)
-class TaintMark:
-    """Which result tainted an identity, and when."""
-
-    tool: str
-    decision_id: str
-    kinds: tuple[str, ...]
-    at: float
-
-
-class TaintStore(Protocol):
-    def get(self, identity: str) -> TaintMark | None: ...
-
-    def mark(self, identity: str, mark: TaintMark) -> None: ...
-
-
-class MemoryTaintStore:
-    """Taint marks in memory, one per identity (the latest wins)."""
-
-    def __init__(self) -> None:
-        self._marks: dict[str, TaintMark] = {}
-
-    def get(self, identity: str) -> TaintMark | None:
-        return self._marks.get(identity)
-
-    def mark(self, identity: str, mark: TaintMark) -> None:
-        self._marks[identity] = mark
 
 
 def is_sink(qualified: str, definition: Mapping[str, Any] | None, sink_tools: Sequence[str]) -> bool:
@@ -111,6 +85,7 @@ class Taint:
             if kinds:
                 decision = (result.get("_meta") or {}).get(DECISION_META_KEY) or {}
                 decision_id = str(decision.get("decision_id", "")) if isinstance(decision, Mapping) else ""
+                self._store.expire(now - self._window)  # expired marks go whenever a new one comes
                 self._store.mark(identity, TaintMark(call.qualified, decision_id, kinds, now))
                 log.warning("session tainted", identity=identity, tool=call.qualified, kinds=kinds)
         return result

