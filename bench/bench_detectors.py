@@ -265,16 +265,19 @@ def time_per_call(values: list[Any]) -> tuple[float, float]:
     return percentile(samples, 0.5), percentile(samples, 0.99)
 
 
-def ms_per_mb(text: str, rounds: int) -> float:
+def ms_per_mb(text: str, rounds: int) -> tuple[float, float]:
+    """Best wall-clock and CPU milliseconds per MB over ``rounds`` (CPU time is what a shared,
+    loaded machine still measures faithfully; scanning is single-threaded)."""
     value = as_result(text)
-    best = min(_once(value) for _ in range(rounds))
-    return best * 1e3 / (len(text.encode()) / 1e6)
+    samples = [_once(value) for _ in range(rounds)]
+    size = len(text.encode()) / 1e6
+    return min(wall for wall, _ in samples) * 1e3 / size, min(cpu for _, cpu in samples) * 1e3 / size
 
 
-def _once(value: Any) -> float:
-    started = time.perf_counter()
+def _once(value: Any) -> tuple[float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
     scan_value(value, "content")
-    return time.perf_counter() - started
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 # ---- main ------------------------------------------------------------------------------------------
@@ -384,8 +387,9 @@ def main() -> None:
     documentation = ("\n".join(docs) * 40)[:1_000_000]
     for label, text in (("package docs", documentation), ("code", source), ("trigger-dense ASCII prose", ascii_prose),
                         ("trigger-dense multilingual", prose)):  # fmt: skip
-        cost = ms_per_mb(text, rounds)
-        print(f"  scan_value, 1 MB {label:<26} {cost:6.2f} ms/MB  target <= 5 ms/MB  {'PASS' if cost <= 5 else 'MISS'}")
+        wall, cpu = ms_per_mb(text, rounds)
+        print(f"  scan_value, 1 MB {label:<26} {cpu:6.2f} ms/MB CPU ({wall:6.2f} wall)  target <= 5 ms/MB  "
+              f"{'PASS' if cpu <= 5 else 'MISS'}")
 
 
 if __name__ == "__main__":

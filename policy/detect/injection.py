@@ -63,6 +63,10 @@ class Rule:
     # 0: a match starts at its anchor (one ``match`` call per anchor occurrence); otherwise
     # how far before the anchor a match may start (a bounded ``search``).
     back: int = 0
+    # Literals one of which every match contains: when none occurs in the window, the
+    # expression is not tried (a few ``str.find`` cost far less than a failing match of
+    # a long expression at every occurrence of a common anchor such as "send" or "print").
+    requires: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,10 +376,11 @@ RULES: tuple[Rule, ...] = (
     Rule("assistant_directive", "high", _DIRECTIVE_ANCHORS, re.compile(_DIRECTIVE)),
     Rule("role_override", "high", _ROLE_ANCHORS, re.compile(_ROLE)),
     Rule("conceal_from_user", "high", _CONCEAL_ANCHORS, re.compile(_CONCEAL)),
-    Rule("system_prompt_exfiltration", "medium", _SYSTEM_PROMPT_ANCHORS, re.compile(_SYSTEM_PROMPT)),
+    Rule("system_prompt_exfiltration", "medium", _SYSTEM_PROMPT_ANCHORS, re.compile(_SYSTEM_PROMPT),
+         requires=("system", "initial", "instructions", "developer", "системный", "系统提示", "システムプロンプト")),
     Rule("exfiltration", "medium", _PATH_ANCHORS, re.compile(_PATHS)),
     Rule("exfiltration", "medium", _SEND_ANCHORS, re.compile(_SEND), back=100),
-    Rule("exfiltration", "medium", _MAIL_ANCHORS, re.compile(_MAIL)),
+    Rule("exfiltration", "medium", _MAIL_ANCHORS, re.compile(_MAIL), requires=("@",)),
 )
 
 # Spaced-out spellings of the words attacks most often obfuscate: seeing one makes the
@@ -447,6 +452,10 @@ def find_injections(
                 continue
             tried.add((rule_index, start))
             hi = min(ceiling, start + _REACH)
+            if rule.requires:
+                lo = max(floor, start - rule.back)
+                if not any(folded.find(literal, lo, hi) >= 0 for literal in rule.requires):
+                    continue
             if rule.back:
                 match = rule.pattern.search(folded, max(floor, start - rule.back), hi)
             else:

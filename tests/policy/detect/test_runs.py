@@ -126,3 +126,4 @@ def test_char_offsets_map_utf8_byte_offsets_to_characters() -> None:
     data = text.encode()
     offsets = [0, 1, 3, 6, 10, 11]
     assert char_offsets(data, offsets) == {0: 0, 1: 1, 3: 2, 6: 3, 10: 4, 11: 5}
+
