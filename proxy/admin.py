@@ -272,7 +272,8 @@ def build_admin_app(
     if operator is not None:
         from proxy.console import build_console
 
-        consoles.append(Mount("/console", app=build_console(service, admin_key, operator, guard=guard)))
+        consoles.append(Mount("/console", app=build_console(service, admin_key, operator, guard=guard,
+                                                            approvals=approvals)))
     # ---- tools: quarantine, pins, releases (proxy/tool_guard.py) ----------------------------------
 
     def tool_guard() -> ToolGuard:
