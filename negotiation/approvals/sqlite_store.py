@@ -120,6 +120,15 @@ class SqliteApprovalStore:
             return self._set(before, after) if after is not None else None
 
     def expire_due(self) -> Approvals:
+        now = self._clock()
+        with self._lock:
+            # the gateway sweeps every second: take the write lock only when there is work
+            work = self._conn.execute(
+                "SELECT 1 FROM approvals WHERE (status IN (?, ?) AND expires_at <= ?) "
+                "OR (finished_at IS NOT NULL AND finished_at < ?) LIMIT 1", (*_LIVE, now, now - self._keep),
+            ).fetchone()
+        if work is None:
+            return []
         with self._lock, _immediate(self._conn):
             rows = self._conn.execute(
                 "SELECT record FROM approvals WHERE status IN (?, ?) AND expires_at <= ?", (*_LIVE, self._clock())

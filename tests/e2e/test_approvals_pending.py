@@ -298,3 +298,47 @@ async def test_approvals_survive_a_gateway_restart_and_a_waiting_call_is_abandon
     (abandoned,) = kinds(site, "approval.abandoned")
     assert abandoned["approval_id"] == waiting["id"] and abandoned["mode"] == "wait"
     verify_audit(site)
+
+
+async def test_two_racing_retries_with_one_approved_handle_run_the_call_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = pending_site(tmp_path, monkeypatch)
+    outcomes: list[Any] = []
+    async with running(site.app()), connect(site.url, GPT_KEY, mode=MODERN) as client, \
+            httpx2.AsyncClient() as http:
+        state = pending_of(await call(client, "race"))
+        await answer(http, site, state["approval_id"], "approve")
+        async with anyio.create_task_group() as tg:
+            for _ in range(4):
+                async def retry() -> None:
+                    outcomes.append(await call(client, "race", state["handle"]))
+
+                tg.start_soon(retry)
+    ran = [o for o in outcomes if not o.is_error]
+    refused = [o for o in outcomes if o.is_error]
+    assert len(ran) == 1 and len(refused) == 3
+    assert all(o.structured_content["reason_code"] == "approval_denied" for o in refused)
+    assert reached(site) == ["called race"]
+    assert len(kinds(site, "approval.consumed")) == 1
+
+
+async def test_a_policy_change_voids_a_pending_approval_and_a_non_string_handle_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = pending_site(tmp_path, monkeypatch)
+    app = site.app()
+    async with running(app), connect(site.url, GPT_KEY, mode=MODERN) as client, httpx2.AsyncClient() as http:
+        odd = await client.session.call_tool("calendar.record", {"note": "v"}, meta={APPROVAL_META_KEY: {"id": 1}})
+        assert odd.is_error and odd.structured_content["reason_code"] == "approval_denied"
+        state = pending_of(await call(client, "v"))
+        await answer(http, site, state["approval_id"], "approve")
+        version = app.runtime.live.current.version
+        (site.root / "policies.yaml").write_text(ask_policy("operator", "90"))  # still asks; another policy
+        with anyio.fail_after(15):
+            while app.runtime.live.current.version == version:
+                await anyio.sleep(0.05)
+        voided = await call(client, "v", state["handle"])
+        assert voided.is_error and voided.structured_content["reason_code"] == "approval_denied"
+        assert "policy_digest" in voided.structured_content["reason"]
+    assert reached(site) == []
