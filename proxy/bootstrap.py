@@ -215,15 +215,17 @@ def _tool_error(text: str) -> dict[str, Any]:
 class App:
     """A configured gateway plus its admin API and background jobs."""
 
-    def __init__(self, runtime: Runtime, *, stdio_identity: ModelIdentity | None) -> None:
+    def __init__(self, runtime: Runtime, *, stdio_identity: ModelIdentity | None, tracing: Any = None) -> None:
         self.runtime = runtime
         config = runtime.config
         assert config.policy.state_dir is not None
         self.approvals = ApprovalDesk(HandleSealer.from_state_dir(config.policy.state_dir), runtime.audit.record)
         self.metrics = GatewayMetrics(models=runtime.keys.identities, upstreams=[u.name for u in config.upstreams])
+        self.tracing = tracing  # a proxy.telemetry.Tracing when [telemetry] traces is on
+        record = runtime.audit.record if self.tracing is None else self.tracing.observe_audit(runtime.audit.record)
         enforcer = Enforcer(
             runtime.view,
-            self.metrics.observe_audit(runtime.audit.record),
+            self.metrics.observe_audit(record),
             build_event=runtime.audit.decision_event,
             trace_visibility=config.trace_visibility,
             result_scan=config.result_scan,
@@ -236,28 +238,32 @@ class App:
         interceptors: list[Any] = []
         if runtime.guard is not None:
             interceptors.append(Quarantine(
-                runtime.guard, runtime.view, runtime.audit.record,
+                runtime.guard, runtime.view, record,
                 build_event=runtime.audit.decision_event, trace_visibility=config.trace_visibility,
             ))  # fmt: skip
             runtime.guard.subscribe(self._tools_changed)
         if config.detectors.taint:
             interceptors.append(Taint(
-                MemoryTaintStore(), runtime.view, runtime.audit.record, build_event=runtime.audit.decision_event,
+                MemoryTaintStore(), runtime.view, record, build_event=runtime.audit.decision_event,
                 window_s=config.detectors.taint_window_s, sink_tools=config.detectors.sink_tools,
                 trace_visibility=config.trace_visibility,
             ))  # fmt: skip
         if config.negotiation.enabled:
             interceptors.append(SuggestionVetting(runtime.service))
         interceptors.append(enforcer)
+        outermost: list[Any] = [self.metrics.interceptor]
+        if self.tracing is not None:
+            outermost.insert(0, self.tracing.interceptor)
         self.gateway = Gateway(
             config,
-            interceptors=[self.metrics.interceptor, *interceptors],
+            interceptors=[*outermost, *interceptors],
             local_tools=local,
             stdio_identity=stdio_identity,
             authenticate=self._authenticate,
             visible=self._visible,
             on_session=self._on_session,
             access=enforcer,
+            middleware=[self.tracing.middleware] if self.tracing is not None else (),
         )
         self.metrics.watch(self)
 
@@ -353,6 +359,8 @@ class App:
         finally:
             rt.audit.record_sync("gateway.stopped", {"listen": config.listen.url})
             rt.audit.close()
+            if self.tracing is not None:
+                self.tracing.shutdown()
 
     async def _serve(
         self, scope: anyio.CancelScope, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -384,8 +392,18 @@ class App:
                 log.exception("expiring pending proposals failed")
 
 
+def _open_tracing(config: GatewayConfig) -> Any:
+    """The tracer, or None: with ``traces = "off"`` OpenTelemetry is not even imported."""
+    if config.telemetry.traces == "off":
+        return None
+    from proxy.telemetry import open_tracing
+
+    return open_tracing(config.telemetry)
+
+
 def build(config: GatewayConfig, *, model_key: str | None) -> App:
     """Load everything and check identities up front; raise a GatewayError naming any problem."""
+    tracing = _open_tracing(config)  # first: a missing extra must not leave the audit log locked
     runtime = open_runtime(config)
     identity = None
     anonymous = config.anonymous_model
@@ -404,4 +422,4 @@ def build(config: GatewayConfig, *, model_key: str | None) -> App:
         identity = runtime.keys.authenticate(model_key)
         if identity is None:
             raise IdentityError("the model key given for the stdio client is not in model_keys.yaml")
-    return App(runtime, stdio_identity=identity)
+    return App(runtime, stdio_identity=identity, tracing=tracing)

@@ -140,6 +140,18 @@ class DetectorsConfig:
     store: Path | None = None  # default: <state_dir>/tools.db
 
 
+TRACES = ("off", "console", "otlp")
+
+
+@dataclass(frozen=True)
+class TelemetryConfig:
+    """``[telemetry]``: optional OpenTelemetry traces (docs/operations.md, extra ``securegateway[otel]``)."""
+
+    traces: str = "off"  # off | console (stderr) | otlp (OTLP/HTTP to ``endpoint``)
+    endpoint: str = "http://127.0.0.1:4318/v1/traces"
+    service_name: str = "securegateway"
+
+
 @dataclass(frozen=True)
 class GatewayConfig:
     path: Path
@@ -161,6 +173,7 @@ class GatewayConfig:
     admin: AdminConfig = AdminConfig()
     negotiation: NegotiationConfig = NegotiationConfig()
     detectors: DetectorsConfig = DetectorsConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
 
     @property
     def base_dir(self) -> Path:
@@ -200,7 +213,8 @@ def load_config(path: str | Path) -> GatewayConfig:
 
 def parse_config(raw: Mapping[str, Any], path: Path) -> GatewayConfig:
     r = _Reader(path)
-    r.only(raw, "", {"gateway", "upstreams", "policy", "audit", "admin", "negotiation", "detectors"})
+    r.only(raw, "", {"gateway", "upstreams", "policy", "audit", "admin", "negotiation", "detectors",
+                     "telemetry"})
     gw = r.table(raw, "gateway")
     r.only(gw, "gateway", {
         "listen", "name", "separator", "page_size", "max_message_bytes", "allowed_hosts",
@@ -262,6 +276,7 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> GatewayConfig:
         admin=r.admin(r.table(raw, "admin")),
         negotiation=r.negotiation(r.table(raw, "negotiation")),
         detectors=r.detectors(r.table(raw, "detectors")),
+        telemetry=r.telemetry(r.table(raw, "telemetry")),
     )
     if r.problems:
         raise ConfigError(r.problems)
@@ -489,6 +504,20 @@ class _Reader:
             taint_window_s=self.number(t, d, "taint_window_s", 600.0, minimum=0.0),
             sink_tools=self.strs(t, d, "sink_tools"),
             store=self.path_(t, d, "store", None),
+        )
+
+    def telemetry(self, t: Mapping[str, Any]) -> TelemetryConfig:
+        self.only(t, "telemetry", {"traces", "endpoint", "service_name"})
+        endpoint = self.string(t, "telemetry", "endpoint", TelemetryConfig.endpoint)
+        if urlsplit(endpoint).scheme not in ("http", "https") or not urlsplit(endpoint).hostname:
+            self.err("telemetry.endpoint", f"expected an http(s) url, got `{endpoint}`")
+            endpoint = TelemetryConfig.endpoint
+        name = self.string(t, "telemetry", "service_name", TelemetryConfig.service_name)
+        if not name.strip():
+            self.err("telemetry.service_name", "must not be empty")
+            name = TelemetryConfig.service_name
+        return TelemetryConfig(
+            traces=self.choice(t, "telemetry", "traces", TRACES, "off"), endpoint=endpoint, service_name=name,
         )
 
     def negotiation(self, t: Mapping[str, Any]) -> NegotiationConfig:
