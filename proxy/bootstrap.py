@@ -10,6 +10,7 @@ the policy-file watcher and the proposal-expiry loop.
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from negotiation import (
     MemoryIdentityRiskStore,
     NegotiationService,
     PolicyRepository,
+    SqliteIdentityRiskStore,
     SqliteProposalStore,
     watch_policy_file,
 )
@@ -163,7 +165,12 @@ def open_runtime(config: GatewayConfig) -> Runtime:
     if recovered:
         log.warning("recovered proposals approved before a restart", proposals=[pr.id for pr in recovered])
     guard = open_guard(config, audit=audit.record_sync)
-    return Runtime(config, keys, repo, live, audit, service, runtime_tools, guard=guard)
+    try:
+        risk = SqliteIdentityRiskStore(p.state_dir / "identity_risk.db")
+    except sqlite3.Error as exc:
+        audit.close()
+        raise ConfigError(f"{p.state_dir / 'identity_risk.db'}: cannot open the identity risk store: {exc}") from None
+    return Runtime(config, keys, repo, live, audit, service, runtime_tools, risk=risk, guard=guard)
 
 
 def open_guard(config: GatewayConfig, *, audit: Any = None) -> ToolGuard:
@@ -359,6 +366,7 @@ class App:
         finally:
             rt.audit.record_sync("gateway.stopped", {"listen": config.listen.url})
             rt.audit.close()
+            rt.risk.close()
             if self.tracing is not None:
                 self.tracing.shutdown()
 
