@@ -114,7 +114,7 @@ def seed_policy(config: GatewayConfig) -> None:
 
 def open_runtime(config: GatewayConfig) -> Runtime:
     """Load keys, policy, audit log and proposal store; raise ConfigError naming what is wrong."""
-    from proxy.operator import operator_test_suites
+    from proxy.operator import operator_test_files
 
     p = config.policy
     if p.model_keys is None:
@@ -156,7 +156,7 @@ def open_runtime(config: GatewayConfig) -> Runtime:
             max_refused_per_window=n.max_refused_per_window,
             refused_window_minutes=n.refused_window_minutes,
             max_snippet_rules=n.max_snippet_rules,
-            policy_tests=operator_test_suites(config),
+            policy_test_files=operator_test_files(config),
         ),
         audit=audit.record_sync,
         known_tools=lambda: sorted(runtime_tools),

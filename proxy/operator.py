@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from negotiation import LivePolicy, PolicyRepository, Proposal
 from negotiation.impact import DEFAULT_LIMIT, DEFAULT_WINDOW, Impact, proposal_impact
+from negotiation.policy_tests import PolicyTestFiles
 from policy import Decision, KeyRing, SessionRisk
 from policy.testing import TestSuite
 from proxy.config import GatewayConfig
@@ -150,19 +151,32 @@ def _definition(app: App, dotted: str) -> Mapping[str, Any] | None:
     return app.runtime.tool_definitions.get(dotted)
 
 
-def operator_test_suites(config: GatewayConfig) -> tuple[TestSuite, ...]:
+def operator_test_files(config: GatewayConfig) -> PolicyTestFiles:
     """The operator's policy tests (``*.tests.yaml`` beside the live policy, else beside its
-    seed), loaded once at start-up for the ``breaks_policy_tests`` guardrail. A file that does
-    not load stops start-up with its located errors, like a bad policy."""
-    from policy import PolicyError
-    from policy.testing import find_test_files, load_policy_tests
-    from proxy.errors import ConfigError
+    seed) for the ``breaks_policy_tests`` guardrail, found and read again at each check. A
+    file that does not load at start-up stops it with its located errors, like a bad policy."""
+    from policy.testing import find_test_files
 
     p = config.policy
-    files = find_test_files(p.file) if p.file is not None else []
-    if not files and p.seed is not None:
-        files = find_test_files(p.seed)
+
+    def find() -> list[Path]:
+        files = find_test_files(p.file) if p.file is not None else []
+        if not files and p.seed is not None:
+            files = find_test_files(p.seed)
+        return files
+
+    tests = PolicyTestFiles(find)
+    operator_test_suites(tests)
+    return tests
+
+
+def operator_test_suites(source: GatewayConfig | PolicyTestFiles) -> tuple[TestSuite, ...]:
+    """The operator's policy tests as they are now; a ConfigError locating a file that does not load."""
+    from policy import PolicyError
+    from proxy.errors import ConfigError
+
+    files = operator_test_files(source) if isinstance(source, GatewayConfig) else source
     try:
-        return tuple(load_policy_tests(path) for path in files)
+        return files.suites()
     except PolicyError as exc:
         raise ConfigError(str(exc)) from None
