@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from proxy.bootstrap import App
     from proxy.metrics import GatewayMetrics
 
-__all__ = ["OperatorView", "for_app", "operator_test_suites"]
+__all__ = ["OperatorView", "for_app", "operator_test_files", "operator_test_suites"]
 
 
 def _utcnow() -> datetime:
