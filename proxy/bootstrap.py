@@ -351,7 +351,7 @@ class App:
                         rt.service, admin_key, live=rt.live,
                         allowed_hosts=admin_allowed_hosts(a.listen.host, a.listen.port, a.allowed_hosts),
                         allowed_origins=a.allowed_origins, operator=for_app(self), guard=rt.guard,
-                        approvals=self.approvals,
+                        approvals=self.approvals, audit=rt.audit.record,
                     )
                     await tg.start(serve_http, admin_app, config.admin.listen)
                 tg.start_soon(partial(
