@@ -6,7 +6,7 @@ The flow, one module per stage::
                                       │     text_safety.py (scan,        (verdicts,   (add-only merge,
                                       │     redact, escape)              rule by rule) rule effects)
                                       ├─► store.py (proposals, SQLite) ◄─ proposal.py (status machine)
-                                      └─► repository.py (signed versions) ─► live.py (hot swap)
+                                      └─► repository/ (signed versions) ─► live.py (hot swap)
                                               contracts.py, signing.py
 
 ``identity_risk.py`` keeps risk per model identity (``identity_risk_store.py``: on disk).
