@@ -17,7 +17,7 @@ from negotiation import LivePolicy, PolicyRepository, Proposal
 from negotiation.impact import DEFAULT_LIMIT, DEFAULT_WINDOW, Impact, proposal_impact
 from negotiation.policy_tests import PolicyTestFiles
 from policy import Decision, KeyRing, SessionRisk
-from policy.testing import TestSuite
+from policy.testing import TestReport, TestSuite, run_policy_tests
 from proxy.config import GatewayConfig
 from proxy.dry_run import DryRunRequest, dry_run, parse_request
 
@@ -64,6 +64,8 @@ class OperatorView:
     vet: Callable[..., Any] | None = None
     # The risk the model's identity carries into any session (read, never updated here).
     risk: Callable[[str], SessionRisk | None] = _no_risk
+    # The operator's policy test files (read as they are now on each run).
+    policy_tests: PolicyTestFiles | None = None
 
     def request(self, body: Mapping[str, Any]) -> DryRunRequest:
         """Parse a dry-run body (``DryRunError`` on bad input), filling in the tool's schema."""
@@ -93,6 +95,11 @@ class OperatorView:
         if review is not None:
             data["counterfactual"] = {**counterfactual, "suggested_rule": dict(review.rule), "review": review.to_dict()}
         return data
+
+    def test_policy(self) -> TestReport:
+        """The operator's policy tests on the live policy; ``PolicyError`` if a file does not load."""
+        suites = self.policy_tests.suites() if self.policy_tests is not None else ()
+        return run_policy_tests(suites, self.live.current.policy, self.keys(), now=self.clock())
 
     def impact(self, proposal: Proposal, *, limit: int | None = None, window: timedelta | None = None) -> Impact:
         """Replay the recent audit log with and without ``proposal`` (``MergeConflictError``)."""
@@ -134,6 +141,7 @@ def for_app(app: App) -> OperatorView:
         metrics=getattr(app, "metrics", None),
         vet=rt.service.vet_suggestion if config.negotiation.enabled else None,
         risk=rt.risk.for_identity,
+        policy_tests=rt.service.config.policy_test_files,
     )
 
 
