@@ -10,6 +10,7 @@ from typing import Any
 import httpx2
 import pytest
 
+from policy.audit_verify import verify_log
 from proxy.admin_guard import RefusalBudget
 from tests.conftest import running
 from tests.e2e.conftest import ADMIN_KEY, make_site
@@ -56,6 +57,8 @@ async def test_refusals_are_audited_without_key_material_and_a_flood_is_capped(
     # 63 refusals in well under a minute: the burst (20) is written, the rest only counted
     assert len(refused) == 20
     assert all(e["suppressed"] == 0 for e in refused)
+    report = verify_log(site.audit_path)  # a known, typed event: the log still verifies
+    assert report.ok, report.message
 
 
 def test_the_budget_refills_and_the_next_written_refusal_counts_the_suppressed() -> None:
