@@ -6,11 +6,12 @@ The flow, one module per stage::
                                       │     text_safety.py (scan,        (verdicts,   (add-only merge,
                                       │     redact, escape)              rule by rule) rule effects)
                                       ├─► store.py (proposals, SQLite) ◄─ proposal.py (status machine)
-                                      └─► repository.py (signed versions) ─► live.py (hot swap)
+                                      └─► repository/ (signed versions) ─► live.py (hot swap)
                                               contracts.py, signing.py
 
-``identity_risk.py`` keeps risk per model identity. ``cli_proposals.py`` is the reviewers'
-command line; the HTTP admin API lives in ``proxy/admin.py``. Errors: see ``negotiation.errors``.
+``identity_risk.py`` keeps risk per model identity (``identity_risk_store.py``: on disk).
+``cli_proposals.py`` is the reviewers' command line; the HTTP admin API lives in
+``proxy/admin.py``. Errors: see ``negotiation.errors``.
 """
 
 from negotiation.cli_policy import PolicyStorageConfig, open_repository
@@ -27,6 +28,7 @@ from negotiation.errors import (
 )
 from negotiation.guardrails import REJECTING_CODES, Assessment, GuardrailConfig, Verdict, assess
 from negotiation.identity_risk import IdentityRiskStore, MemoryIdentityRiskStore
+from negotiation.identity_risk_store import SqliteIdentityRiskStore
 from negotiation.live import LivePolicy, watch_policy_file
 from negotiation.merge import DiffEntry, MergeResult, effects, merge
 from negotiation.proposal import TRANSITIONS, Proposal, ProposalStatus, new_proposal_id
@@ -82,6 +84,7 @@ __all__ = [
     "RepositoryError",
     "Signer",
     "SigningError",
+    "SqliteIdentityRiskStore",
     "SqliteProposalStore",
     "Verdict",
     "Verifier",

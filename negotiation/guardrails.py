@@ -124,6 +124,8 @@ class GuardrailConfig:
     # The operator's policy tests (policy.testing.TestSuite); a merge that breaks one that
     # passes now is held for review (``breaks_policy_tests``, negotiation/policy_tests.py).
     policy_tests: tuple[Any, ...] = ()
+    # Or where they are kept (negotiation.policy_tests.PolicyTestFiles): read at each check.
+    policy_test_files: Any = None
 
     def __post_init__(self) -> None:
         if self.max_snippet_bytes <= 0:
@@ -308,10 +310,11 @@ def assess(
             message = f"already allowed by rule {holders}; nothing is merged"
         verdicts.append(Verdict("auto_approved", True, message))
     assessment = Assessment(status_of(verdicts), tuple(verdicts), diff, snippet, merged, tuple(covered))
-    if config.policy_tests:
+    if config.policy_tests or config.policy_test_files is not None:
         from negotiation.policy_tests import check_policy_tests  # it builds on this module
 
-        assessment = check_policy_tests(assessment, live, keys, config.policy_tests, now=now)
+        assessment = check_policy_tests(assessment, live, keys, config.policy_tests, now=now,
+                                        files=config.policy_test_files)
     return assessment
 
 

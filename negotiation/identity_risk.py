@@ -3,9 +3,10 @@
 The guardrails' ``session_risk_high`` check and the policy's ``deny_risk_above`` both read
 this score, so a model cannot shed its risk by reconnecting: every connection of one
 identity raises and reads the same ``SessionRisk`` (which decays by half every
-``half_life_s``). ``IdentityRiskStore`` is the seam; ``MemoryIdentityRiskStore`` the
-embedded default, which lives as long as the gateway process (a restart starts every
-identity from zero, like the decay would within a few half-lives).
+``half_life_s``). ``IdentityRiskStore`` is the seam; the gateway's default is
+``SqliteIdentityRiskStore`` (negotiation/identity_risk_store.py, in the state directory, so
+a restart does not reset anyone); ``MemoryIdentityRiskStore`` lives as long as the process
+(tests, embedding).
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ class IdentityRiskStore(Protocol):
         """The decayed score of ``model_id`` at ``now`` (0 for a model never seen)."""
         ...
 
+    def close(self) -> None:
+        """Release the store (the gateway stops)."""
+        ...
+
 
 class MemoryIdentityRiskStore:
     """Identity risk in process memory."""
@@ -49,3 +54,6 @@ class MemoryIdentityRiskStore:
         with self._lock:
             risk = self._risks.get(model_id)
         return 0.0 if risk is None else risk.score(now)
+
+    def close(self) -> None:
+        """Nothing to release."""

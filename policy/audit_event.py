@@ -77,6 +77,8 @@ EVENT_TYPES: frozenset[str] = frozenset(
         "policy.reload_failed",
         "gateway.started",
         "gateway.stopped",
+        # The admin listener's Host/Origin guard refused a request (rate-limited; proxy/admin_guard.py).
+        "admin.refused",
         # Per-call approvals (ask_tools), each naming the decision_id that asked; see docs/policy-language.md.
         "approval.requested",
         "approval.answered",

@@ -16,6 +16,7 @@ only *reads* a session; the caller records the decision afterwards.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -146,6 +147,17 @@ class SessionRisk:
                 continue
             seen.add((finding.code, finding.kind))
             self._raise_by(finding_weight(finding.code, finding.kind) * SESSION_FINDING_SHARE, now)
+
+    def snapshot(self) -> tuple[float, float | None]:
+        """``(level, at)``: all a store keeps to bring this risk back later (:meth:`restore`)."""
+        return self._level, self._at
+
+    def restore(self, level: float, at: float | None) -> None:
+        """Take back a :meth:`snapshot`; values outside the range a score can have are refused."""
+        valid_at = math.isfinite(at) if at is not None else level == 0.0  # a level needs a time to decay from
+        if not (0.0 <= level <= 1.0 and valid_at):
+            raise ValueError(f"not a risk snapshot: level={level!r}, at={at!r}")
+        self._level, self._at = float(level), at
 
     def __repr__(self) -> str:
         return f"SessionRisk(half_life_s={self.half_life_s}, level={self._level:.3f}, at={self._at})"

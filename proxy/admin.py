@@ -3,7 +3,8 @@
 Every request must name an allowed ``Host`` (and, when it sends one, an allowed ``Origin``)
 before anything else is looked at: a browser page on another site that rebinds its DNS name
 to 127.0.0.1 must not reach the API (421 ``invalid_host``, 403 ``invalid_origin``, the same
-rule as the MCP listener). Every route needs ``X-Admin-Key`` (compared in constant time). Bodies are JSON, capped in
+rule as the MCP listener; proxy/admin_guard.py, which audits refusals as ``admin.refused``).
+Every route needs ``X-Admin-Key`` (compared in constant time). Bodies are JSON, capped in
 size before they are read whole. The negotiation service is synchronous and takes a lock,
 so each call runs in a worker thread. Errors are JSON with a stable ``code``::
 
@@ -24,12 +25,10 @@ from typing import Any, TypeVar
 import anyio.to_thread
 import structlog
 from starlette.applications import Starlette
-from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from negotiation import (
     LivePolicy,
@@ -41,6 +40,7 @@ from negotiation import (
 from negotiation.approvals import ApprovalStatus
 from negotiation.text_safety import reviewer_view
 from policy import dump_policy_yaml
+from proxy.admin_guard import AuditFn, HostOriginGuard
 from proxy.approval import ApprovalDesk
 from proxy.dry_run import DryRunError
 from proxy.operator import OperatorView
@@ -60,43 +60,6 @@ def admin_allowed_hosts(host: str, port: int, extra: Sequence[str] = ()) -> tupl
     own = f"[{host.strip('[]')}]" if ":" in host.strip("[]") else host
     return (f"{own}:{port}", *LOOPBACK_HOST_PATTERNS, *extra)
 
-
-def _allowed(value: str, patterns: Sequence[str]) -> bool:
-    for pattern in patterns:
-        if pattern.endswith(":*"):
-            base = pattern[:-2]
-            if value == base or (value.startswith(base + ":") and value[len(base) + 1 :].isdigit()):
-                return True
-        elif value == pattern:
-            return True
-    return False
-
-
-class _HostOriginGuard:
-    """ASGI middleware: refuse a request whose Host or Origin is not on the allow-lists."""
-
-    def __init__(self, app: ASGIApp, hosts: Sequence[str], origins: Sequence[str]) -> None:
-        self.app = app
-        self.hosts = tuple(hosts)
-        self.origins = tuple(origins)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = Headers(scope=scope)
-        host = headers.get("host", "")
-        origin = headers.get("origin")
-        if not _allowed(host, self.hosts):
-            log.warning("admin request refused: host not allowed", host=host)
-            response = _error(421, "invalid_host", f"host `{host}` is not allowed for the admin API")
-        elif origin is not None and not _allowed(origin, self.origins):
-            log.warning("admin request refused: origin not allowed", origin=origin)
-            response = _error(403, "invalid_origin", f"origin `{origin}` is not allowed for the admin API")
-        else:
-            await self.app(scope, receive, send)
-            return
-        await response(scope, receive, send)
 
 _STATUS_FOR_CODE = {
     "bad_request": 400,
@@ -133,13 +96,15 @@ def build_admin_app(
     approvals: ApprovalDesk | None = None,
     operator: OperatorView | None = None,
     guard: ToolGuard | None = None,
+    audit: AuditFn | None = None,
 ) -> Starlette:
     """The admin API as a Starlette app. ``max_body_bytes`` defaults to four times the
     guardrails' snippet cap (JSON escaping can double a snippet) plus 16 KiB.
 
     ``allowed_hosts`` are ``Host`` values (``name:port``, ``name:*`` for any port; see
     :func:`admin_allowed_hosts`); an ``Origin`` must be ``http://`` one of them or in
-    ``allowed_origins``. ``operator`` enables the dry-run, impact, metrics and console routes."""
+    ``allowed_origins``. ``operator`` enables the dry-run, impact, metrics and console routes.
+    ``audit`` records Host/Origin refusals (``admin.refused``, rate-limited)."""
     if not admin_key:
         raise ValueError("the admin API needs a non-empty admin key")
     expected = admin_key.encode("utf-8")
@@ -308,7 +273,7 @@ def build_admin_app(
     origins = [f"http://{host}" for host in allowed_hosts] + list(allowed_origins)
     approval_routes = _approval_routes(approvals, guarded, limit) if approvals is not None else []
     return Starlette(
-        middleware=[Middleware(_HostOriginGuard, hosts=tuple(allowed_hosts), origins=tuple(origins))],
+        middleware=[Middleware(HostOriginGuard, hosts=tuple(allowed_hosts), origins=tuple(origins), audit=audit)],
         routes=[
             *approval_routes,
             *consoles,

@@ -10,6 +10,7 @@ the policy-file watcher and the proposal-expiry loop.
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from negotiation import (
     MemoryIdentityRiskStore,
     NegotiationService,
     PolicyRepository,
+    SqliteIdentityRiskStore,
     SqliteProposalStore,
     watch_policy_file,
 )
@@ -116,7 +118,7 @@ def seed_policy(config: GatewayConfig) -> None:
 
 def open_runtime(config: GatewayConfig) -> Runtime:
     """Load keys, policy, audit log and proposal store; raise ConfigError naming what is wrong."""
-    from proxy.operator import operator_test_suites
+    from proxy.operator import operator_test_files
 
     p = config.policy
     if p.model_keys is None:
@@ -158,7 +160,7 @@ def open_runtime(config: GatewayConfig) -> Runtime:
             max_refused_per_window=n.max_refused_per_window,
             refused_window_minutes=n.refused_window_minutes,
             max_snippet_rules=n.max_snippet_rules,
-            policy_tests=operator_test_suites(config),
+            policy_test_files=operator_test_files(config),
         ),
         audit=audit.record_sync,
         known_tools=lambda: sorted(runtime_tools),
@@ -167,7 +169,12 @@ def open_runtime(config: GatewayConfig) -> Runtime:
     if recovered:
         log.warning("recovered proposals approved before a restart", proposals=[pr.id for pr in recovered])
     guard = open_guard(config, audit=audit.record_sync)
-    return Runtime(config, keys, repo, live, audit, service, runtime_tools, guard=guard)
+    try:
+        risk = SqliteIdentityRiskStore(p.state_dir / "identity_risk.db")
+    except sqlite3.Error as exc:
+        audit.close()
+        raise ConfigError(f"{p.state_dir / 'identity_risk.db'}: cannot open the identity risk store: {exc}") from None
+    return Runtime(config, keys, repo, live, audit, service, runtime_tools, risk=risk, guard=guard)
 
 
 def open_guard(config: GatewayConfig, *, audit: Any = None) -> ToolGuard:
@@ -219,7 +226,7 @@ def _tool_error(text: str) -> dict[str, Any]:
 class App:
     """A configured gateway plus its admin API and background jobs."""
 
-    def __init__(self, runtime: Runtime, *, stdio_identity: ModelIdentity | None) -> None:
+    def __init__(self, runtime: Runtime, *, stdio_identity: ModelIdentity | None, tracing: Any = None) -> None:
         self.runtime = runtime
         config = runtime.config
         assert config.policy.state_dir is not None
@@ -229,9 +236,11 @@ class App:
                                       max_pending=config.approvals.max_pending),
         )
         self.metrics = GatewayMetrics(models=runtime.keys.identities, upstreams=[u.name for u in config.upstreams])
+        self.tracing = tracing  # a proxy.telemetry.Tracing when [telemetry] traces is on
+        record = runtime.audit.record if self.tracing is None else self.tracing.observe_audit(runtime.audit.record)
         enforcer = Enforcer(
             runtime.view,
-            self.metrics.observe_audit(runtime.audit.record),
+            self.metrics.observe_audit(record),
             build_event=runtime.audit.decision_event,
             trace_visibility=config.trace_visibility,
             result_scan=config.result_scan,
@@ -245,29 +254,33 @@ class App:
         interceptors: list[Any] = []
         if runtime.guard is not None:
             interceptors.append(Quarantine(
-                runtime.guard, runtime.view, runtime.audit.record,
+                runtime.guard, runtime.view, record,
                 build_event=runtime.audit.decision_event, trace_visibility=config.trace_visibility,
             ))  # fmt: skip
             runtime.guard.subscribe(self._tools_changed)
         if config.detectors.taint:
             interceptors.append(Taint(
                 SqliteTaintStore(config.policy.state_dir / "taint.db"),  # survives restarts
-                runtime.view, runtime.audit.record, build_event=runtime.audit.decision_event,
+                runtime.view, record, build_event=runtime.audit.decision_event,
                 window_s=config.detectors.taint_window_s, sink_tools=config.detectors.sink_tools,
                 trace_visibility=config.trace_visibility,
             ))  # fmt: skip
         if config.negotiation.enabled:
             interceptors.append(SuggestionVetting(runtime.service))
         interceptors.append(enforcer)
+        outermost: list[Any] = [self.metrics.interceptor]
+        if self.tracing is not None:
+            outermost.insert(0, self.tracing.interceptor)
         self.gateway = Gateway(
             config,
-            interceptors=[self.metrics.interceptor, *interceptors],
+            interceptors=[*outermost, *interceptors],
             local_tools=local,
             stdio_identity=stdio_identity,
             authenticate=self._authenticate,
             visible=self._visible,
             on_session=self._on_session,
             access=enforcer,
+            middleware=[self.tracing.middleware] if self.tracing is not None else (),
         )
         self.metrics.watch(self)
 
@@ -349,7 +362,7 @@ class App:
                         rt.service, admin_key, live=rt.live,
                         allowed_hosts=admin_allowed_hosts(a.listen.host, a.listen.port, a.allowed_hosts),
                         allowed_origins=a.allowed_origins, operator=for_app(self), guard=rt.guard,
-                        approvals=self.approvals,
+                        approvals=self.approvals, audit=rt.audit.record,
                     )
                     await tg.start(serve_http, admin_app, config.admin.listen)
                 tg.start_soon(partial(
@@ -365,6 +378,9 @@ class App:
         finally:
             rt.audit.record_sync("gateway.stopped", {"listen": config.listen.url})
             rt.audit.close()
+            rt.risk.close()
+            if self.tracing is not None:
+                self.tracing.shutdown()
 
     async def _serve(
         self, scope: anyio.CancelScope, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -405,8 +421,18 @@ class App:
                 log.exception("expiring pending proposals failed")
 
 
+def _open_tracing(config: GatewayConfig) -> Any:
+    """The tracer, or None: with ``traces = "off"`` OpenTelemetry is not even imported."""
+    if config.telemetry.traces == "off":
+        return None
+    from proxy.telemetry import open_tracing
+
+    return open_tracing(config.telemetry)
+
+
 def build(config: GatewayConfig, *, model_key: str | None) -> App:
     """Load everything and check identities up front; raise a GatewayError naming any problem."""
+    tracing = _open_tracing(config)  # first: a missing extra must not leave the audit log locked
     runtime = open_runtime(config)
     identity = None
     anonymous = config.anonymous_model
@@ -426,7 +452,7 @@ def build(config: GatewayConfig, *, model_key: str | None) -> App:
         if identity is None:
             raise IdentityError("the model key given for the stdio client is not in model_keys.yaml")
     runtime.classifier = open_classifier(config)
-    return App(runtime, stdio_identity=identity)
+    return App(runtime, stdio_identity=identity, tracing=tracing)
 
 
 def open_classifier(config: GatewayConfig) -> ClassifierRunner | None:

@@ -142,6 +142,18 @@ class DetectorsConfig:
     classifier: ClassifierConfig | None = None  # the optional model-based detector (securegateway[ml])
 
 
+TRACES = ("off", "console", "otlp")
+
+
+@dataclass(frozen=True)
+class TelemetryConfig:
+    """``[telemetry]``: optional OpenTelemetry traces (docs/operations.md, extra ``securegateway[otel]``)."""
+
+    traces: str = "off"  # off | console (stderr) | otlp (OTLP/HTTP to ``endpoint``)
+    endpoint: str = "http://127.0.0.1:4318/v1/traces"
+    service_name: str = "securegateway"
+
+
 @dataclass(frozen=True)
 class ApprovalsConfig:
     """``[approvals]``: per-call approvals (``ask_tools``; docs/policy-language.md)."""
@@ -173,6 +185,7 @@ class GatewayConfig:
     negotiation: NegotiationConfig = NegotiationConfig()
     detectors: DetectorsConfig = DetectorsConfig()
     approvals: ApprovalsConfig = ApprovalsConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
 
     @property
     def base_dir(self) -> Path:
@@ -212,7 +225,8 @@ def load_config(path: str | Path) -> GatewayConfig:
 
 def parse_config(raw: Mapping[str, Any], path: Path) -> GatewayConfig:
     r = _Reader(path)
-    r.only(raw, "", {"gateway", "upstreams", "policy", "audit", "admin", "negotiation", "detectors", "approvals"})
+    r.only(raw, "", {"gateway", "upstreams", "policy", "audit", "admin", "negotiation", "detectors", "approvals",
+                     "telemetry"})
     gw = r.table(raw, "gateway")
     r.only(gw, "gateway", {
         "listen", "name", "separator", "page_size", "max_message_bytes", "allowed_hosts",
@@ -275,6 +289,7 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> GatewayConfig:
         negotiation=r.negotiation(r.table(raw, "negotiation")),
         detectors=r.detectors(r.table(raw, "detectors")),
         approvals=r.approvals(r.table(raw, "approvals")),
+        telemetry=r.telemetry(r.table(raw, "telemetry")),
     )
     if r.problems:
         raise ConfigError(r.problems)
@@ -544,6 +559,20 @@ class _Reader:
             operator_mode=self.choice(t, a, "operator_mode", ("wait", "pending"), "wait"),
             store=self.path_(t, a, "store", None),
             max_pending=self.integer(t, a, "max_pending", 1000, minimum=1),
+        )
+
+    def telemetry(self, t: Mapping[str, Any]) -> TelemetryConfig:
+        self.only(t, "telemetry", {"traces", "endpoint", "service_name"})
+        endpoint = self.string(t, "telemetry", "endpoint", TelemetryConfig.endpoint)
+        if urlsplit(endpoint).scheme not in ("http", "https") or not urlsplit(endpoint).hostname:
+            self.err("telemetry.endpoint", f"expected an http(s) url, got `{endpoint}`")
+            endpoint = TelemetryConfig.endpoint
+        name = self.string(t, "telemetry", "service_name", TelemetryConfig.service_name)
+        if not name.strip():
+            self.err("telemetry.service_name", "must not be empty")
+            name = TelemetryConfig.service_name
+        return TelemetryConfig(
+            traces=self.choice(t, "telemetry", "traces", TRACES, "off"), endpoint=endpoint, service_name=name,
         )
 
     def negotiation(self, t: Mapping[str, Any]) -> NegotiationConfig:

@@ -1,8 +1,9 @@
 """The one decision point: everything bound for an upstream is decided, explained, audited.
 
 ``tools/call`` runs through :class:`Enforcer` as an interceptor; ``prompts/get``,
-``resources/read``, ``resources/subscribe``, ``resources/unsubscribe`` and
-``completion/complete`` ask :meth:`Enforcer.authorize` from the relay; a call naming no
+``resources/read``, ``resources/subscribe``, ``resources/unsubscribe``,
+``completion/complete`` and ``logging/setLevel`` (once per upstream) ask
+:meth:`Enforcer.authorize` from the relay; a call naming no
 known tool is recorded by :meth:`Enforcer.unknown_tool`. Each gets an identity check, a
 policy decision and a ``decision`` audit event, in that order, before anything is forwarded.
 What comes back (tool results, prompt messages, resource contents, completions) and what an

@@ -48,6 +48,7 @@ class Gateway:
         visible: Any = None,
         on_session: Any = None,
         access: Any = None,
+        middleware: Sequence[Any] = (),
     ) -> None:
         self.config = config
         self._chain = compose(interceptors, forward_tool_call)
@@ -61,7 +62,7 @@ class Gateway:
         self._modern: dict[str, DownstreamSession] = {}
         self._modern_lock = anyio.Lock()
         self.server: Server[Any] = Server(config.name, version=GATEWAY_VERSION)
-        self.server.middleware = [Relay(self)]
+        self.server.middleware = [*middleware, Relay(self)]  # e.g. tracing (proxy/telemetry.py), then the relay
         self.sessions: set[DownstreamSession] = set()
 
     # ---- running ---------------------------------------------------------------------------------

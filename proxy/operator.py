@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from negotiation import LivePolicy, PolicyRepository, Proposal
 from negotiation.impact import DEFAULT_LIMIT, DEFAULT_WINDOW, Impact, proposal_impact
+from negotiation.policy_tests import PolicyTestFiles
 from policy import Decision, KeyRing, SessionRisk
-from policy.testing import TestSuite
+from policy.testing import TestReport, TestSuite, run_policy_tests
 from proxy.config import GatewayConfig
 from proxy.dry_run import DryRunRequest, dry_run, parse_request
 
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from proxy.bootstrap import App
     from proxy.metrics import GatewayMetrics
 
-__all__ = ["OperatorView", "for_app", "operator_test_suites"]
+__all__ = ["OperatorView", "for_app", "operator_test_files", "operator_test_suites"]
 
 
 def _utcnow() -> datetime:
@@ -63,6 +64,8 @@ class OperatorView:
     vet: Callable[..., Any] | None = None
     # The risk the model's identity carries into any session (read, never updated here).
     risk: Callable[[str], SessionRisk | None] = _no_risk
+    # The operator's policy test files (read as they are now on each run).
+    policy_tests: PolicyTestFiles | None = None
 
     def request(self, body: Mapping[str, Any]) -> DryRunRequest:
         """Parse a dry-run body (``DryRunError`` on bad input), filling in the tool's schema."""
@@ -92,6 +95,11 @@ class OperatorView:
         if review is not None:
             data["counterfactual"] = {**counterfactual, "suggested_rule": dict(review.rule), "review": review.to_dict()}
         return data
+
+    def test_policy(self) -> TestReport:
+        """The operator's policy tests on the live policy; ``PolicyError`` if a file does not load."""
+        suites = self.policy_tests.suites() if self.policy_tests is not None else ()
+        return run_policy_tests(suites, self.live.current.policy, self.keys(), now=self.clock())
 
     def impact(self, proposal: Proposal, *, limit: int | None = None, window: timedelta | None = None) -> Impact:
         """Replay the recent audit log with and without ``proposal`` (``MergeConflictError``)."""
@@ -133,6 +141,7 @@ def for_app(app: App) -> OperatorView:
         metrics=getattr(app, "metrics", None),
         vet=rt.service.vet_suggestion if config.negotiation.enabled else None,
         risk=rt.risk.for_identity,
+        policy_tests=rt.service.config.policy_test_files,
     )
 
 
@@ -150,19 +159,32 @@ def _definition(app: App, dotted: str) -> Mapping[str, Any] | None:
     return app.runtime.tool_definitions.get(dotted)
 
 
-def operator_test_suites(config: GatewayConfig) -> tuple[TestSuite, ...]:
+def operator_test_files(config: GatewayConfig) -> PolicyTestFiles:
     """The operator's policy tests (``*.tests.yaml`` beside the live policy, else beside its
-    seed), loaded once at start-up for the ``breaks_policy_tests`` guardrail. A file that does
-    not load stops start-up with its located errors, like a bad policy."""
-    from policy import PolicyError
-    from policy.testing import find_test_files, load_policy_tests
-    from proxy.errors import ConfigError
+    seed) for the ``breaks_policy_tests`` guardrail, found and read again at each check. A
+    file that does not load at start-up stops it with its located errors, like a bad policy."""
+    from policy.testing import find_test_files
 
     p = config.policy
-    files = find_test_files(p.file) if p.file is not None else []
-    if not files and p.seed is not None:
-        files = find_test_files(p.seed)
+
+    def find() -> list[Path]:
+        files = find_test_files(p.file) if p.file is not None else []
+        if not files and p.seed is not None:
+            files = find_test_files(p.seed)
+        return files
+
+    tests = PolicyTestFiles(find)
+    operator_test_suites(tests)
+    return tests
+
+
+def operator_test_suites(source: GatewayConfig | PolicyTestFiles) -> tuple[TestSuite, ...]:
+    """The operator's policy tests as they are now; a ConfigError locating a file that does not load."""
+    from policy import PolicyError
+    from proxy.errors import ConfigError
+
+    files = operator_test_files(source) if isinstance(source, GatewayConfig) else source
     try:
-        return tuple(load_policy_tests(path) for path in files)
+        return files.suites()
     except PolicyError as exc:
         raise ConfigError(str(exc)) from None

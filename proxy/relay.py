@@ -424,8 +424,21 @@ class Relay:
         return await self._screened(session, ctx.method, link.name, name, result, decision_id)
 
     async def _fan_out(self, session: DownstreamSession, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
-        """logging/setLevel applies to every upstream that logs."""
+        """logging/setLevel applies to every upstream that logs and that the model may reach:
+        decided (kind ``method``) and audited per upstream; denied only if every one is."""
         serving = [lk for lk in session.ready_links if lk.info and "logging" in lk.info.capabilities]
+        allowed, denied = [], None
+        for link in serving:
+            try:
+                await self._decide(session, ctx.method, "method", link.name, ctx.method,
+                                   {"level": (ctx.params or {}).get("level")})
+            except MCPError as exc:  # this upstream is out of the model's reach: skipped
+                denied = exc
+                continue
+            allowed.append(link)
+        if denied is not None and not allowed:
+            raise denied
+        serving = allowed
         async with anyio.create_task_group() as tg:
             for link in serving:
                 tg.start_soon(_forward, link, ctx, ctx.params)

@@ -26,7 +26,7 @@ from starlette.routing import Route
 
 from negotiation import NegotiationError, NegotiationService, Proposal, ProposalStatus
 from negotiation.impact import recent_decisions
-from policy import CallRequest, dump_policy_yaml, evaluate, scan_value
+from policy import CallRequest, PolicyError, dump_policy_yaml, evaluate, scan_value
 from policy.audit_verify import find_events, verify_log
 from proxy.approval import ApprovalDesk
 from proxy.console.approvals import approval_routes
@@ -288,9 +288,16 @@ def build_console(
         audit = None
         if request.query_params.get("verify") == "audit":
             audit = (await call(verify_log, operator.audit_path)).message
+        tests, tests_error = None, None
+        if request.query_params.get("verify") == "tests":
+            try:
+                tests = await call(operator.test_policy)
+            except PolicyError as exc:
+                tests_error = str(exc).splitlines()[0]
         return render(
             "policy.html", session=session, active=active, yaml=dump_policy_yaml(active.policy),
             contracts=list(reversed(contracts)), chain=chain, diff_lines=diff_lines, a=a, b=b, audit=audit,
+            tests=tests, tests_error=tests_error,
         )
 
     async def tools(request: Request, session: ConsoleSession, *, error: str | None = None,

@@ -54,3 +54,64 @@ def test_a_broken_test_file_stops_start_up_with_its_location(tmp_path: Path) -> 
     (site.root / "policies.tests.yaml").write_text("tests:\n  - {name: x}\n")
     with pytest.raises(ConfigError, match=r"policies.tests.yaml:2:5: tests\[0\].model: required"):
         operator_test_suites(load_config(site.config_path))
+
+
+BENIGN = """\
+tests:
+  - name: gpt-4o may list events
+    model: gpt-4o
+    tool: calendar.list_events
+    expect: {allowed: true}
+"""
+
+
+async def test_edited_test_files_count_from_the_next_proposal_without_a_restart(tmp_path: Path) -> None:
+    site = make_site(tmp_path / "site")
+    tests_file = site.root / "policies.tests.yaml"
+    tests_file.write_text(BENIGN)
+
+    def snippet(minutes: int) -> str:  # one distinct proposal per step
+        expires = (datetime.now(UTC) + timedelta(hours=2, minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return f"rules:\n  - model: gpt-4o\n    allow_tools: [calendar.add]\n    expires: {expires}\n"
+
+    async with running(site.app()), connect(site.url, GPT_KEY) as client:
+
+        async def propose(minutes: int) -> dict:
+            result = await client.call_tool("propose_policy", {"yaml": snippet(minutes), "justification": "sums"})
+            return dict(result.structured_content)
+
+        tests_file.write_text("tests:\n  - {name: x}\n")  # broken while the gateway runs
+        broken = await propose(1)
+        assert broken["status"] == "pending"
+        [unloadable] = [v for v in broken["verdicts"] if v["code"] == "policy_tests_unloadable"]
+        assert "policies.tests.yaml:2:5" in unloadable["message"] and not unloadable["ok"]
+
+        tests_file.write_text(TESTS)  # now a test the proposal breaks
+        held = await propose(2)
+        assert held["status"] == "pending"
+        assert [v["code"] for v in held["verdicts"] if not v["ok"]] == ["breaks_policy_tests"]
+
+        tests_file.unlink()  # no tests at all: nothing holds it
+        (site.root / "other.tests.yaml").write_text(BENIGN)  # a new file is found too
+        approved = await propose(3)
+        assert approved["status"] == "approved", approved["verdicts"]
+        assert not (await client.call_tool("calendar.add", {"a": 1, "b": 2})).is_error
+
+
+def test_an_edit_is_seen_by_content_even_with_the_same_size_and_mtime(tmp_path: Path) -> None:
+    import os
+
+    from negotiation.policy_tests import PolicyTestFiles
+
+    path = tmp_path / "p.tests.yaml"
+    path.write_text(TESTS)
+    files = PolicyTestFiles(lambda: [path])
+    [suite] = files.suites()
+    assert suite.tests[0].expect.allowed is False
+    stat = path.stat()
+    path.write_text(TESTS.replace("allowed: false", "allowed: true "))  # same length
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size
+    [suite] = files.suites()
+    assert suite.tests[0].expect.allowed is True
+    assert files.suites()[0] is suite  # unchanged content: not parsed again

@@ -240,3 +240,32 @@ def soon() -> str:
     from datetime import UTC, datetime, timedelta
 
     return (datetime.now(UTC) + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def test_the_policy_page_runs_the_operators_policy_tests_as_the_files_are_now(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    root = tmp_path / "site"
+    root.mkdir()
+    tests_file = root / "policies.tests.yaml"
+    tests_file.write_text(
+        "tests:\n  - name: gpt-4o may search\n    model: gpt-4o\n    tool: search.echo\n"
+        "    expect: {allowed: true}\n"
+    )
+    async with console_site(root, monkeypatch) as console, httpx2.AsyncClient() as http:
+        base = console.base
+        await signed_in(http, base)
+        before = (await http.get(f"{base}/console/policy")).text
+        passing = (await http.get(f"{base}/console/policy", params={"verify": "tests"})).text
+        tests_file.write_text(tests_file.read_text() + (
+            "  - name: <b>claude</b> may search\n    model: claude\n    tool: search.echo\n"
+            "    expect: {allowed: true}\n"))
+        failing = (await http.get(f"{base}/console/policy", params={"verify": "tests"})).text
+        tests_file.write_text("tests: 3\n")
+        broken = (await http.get(f"{base}/console/policy", params={"verify": "tests"})).text
+    assert "run policy tests" in before
+    assert "OK: 1 test(s) passed" in passing
+    assert "FAILED</span> 1 of 2" in failing and "&lt;b&gt;claude&lt;/b&gt; may search" in failing
+    assert "<b>claude</b>" not in failing  # test names are escaped like every other string
+    assert "allowed expected true, got false" in failing
+    assert "does not load" in broken and "policies.tests.yaml:1" in broken

@@ -1,17 +1,13 @@
 """The versioned policy repository: the live policy file plus its signed history.
 
-On disk::
+On disk: ``<policy_path>``, the live policy file (policies.yaml), which operators may edit;
+the history under ``<state_dir>`` (negotiation/repository/history.py); and
+``<state_dir>/policy.lock``, an fcntl lock: one writer at a time, across processes. Every
+operation that writes, and ``load()``, runs under the lock, so the gateway and a reviewer's
+CLI can commit against one state directory.
 
-    <policy_path>                       the live policy file (policies.yaml); operators may edit it
-    <state_dir>/contracts.jsonl         one Contract per line, version 1, 2, 3, ... in order
-    <state_dir>/policies/v<N>-<hex12>.yaml   the policy text of each version, never rewritten
-    <state_dir>/pending.json            the contract being committed; exists only mid-commit
-    <state_dir>/policy.lock             fcntl lock: one writer at a time, across processes
-
-Every operation that writes, and ``load()``, runs under the exclusive lock, so the gateway
-and a reviewer's CLI can commit against one state directory.
-
-**Commit order.** A commit writes, fsyncing each before the next:
+**Commit order.** A commit writes, fsyncing each before the next
+(negotiation/repository/files.py):
 
 1. the archive file (temp file, fsync, rename, fsync dir);
 2. ``pending.json``, the same way: **the commit point**. From here the commit completes;
@@ -35,44 +31,27 @@ signer is configured), keeping the operator's text in the archive. With
 recorded: it has to be signed on purpose (``securegateway policy sign``), or a process
 holding the key would vouch for any text someone drops in place.
 
-**No rollback.** The newest version accepted is also remembered outside the history, in a
-signed high-water mark (:mod:`negotiation.high_water`), raised after every commit and load.
-With ``require_signature`` a history whose head is older than the mark (or the same version
-with another digest), or a mark that is unsigned or forged, is refused
-(``policy_rollback`` / ``policy_state_invalid``) by ``load()`` and reported by
-``verify_chain()``; ``accept_rollback()`` is the operator's explicit way past it.
+**No rollback**: see negotiation/repository/rollback.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
-import os
-import re
-import stat
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from negotiation.contracts import Contract, utc_now
-from negotiation.errors import (
-    ContractError,
-    NegotiationError,
-    PolicyTamperedError,
-    RepositoryError,
-    SigningError,
-)
+from negotiation.errors import NegotiationError, PolicyTamperedError, RepositoryError, SigningError
 from negotiation.high_water import FileHighWaterStore, HighWater, HighWaterStore
+from negotiation.repository.files import append_line, atomic_write, exclusive_lock, remove, truncate_partial_line
+from negotiation.repository.history import History, contract_line, link_problems
+from negotiation.repository.rollback import RollbackGuard
 from negotiation.signing import Signer, Verifier
 from policy import Policy, PolicyError, dump_policy_yaml, load_policy_text
-from policy.canonical import canonical_bytes
 from policy.yaml_safe import DEFAULT_MAX_BYTES, read_capped
 
 __all__ = ["ActivePolicy", "ChainReport", "PolicyRepository"]
-
-_ARCHIVE_NAME = re.compile(r"v(\d+)-([0-9a-f]{12})\.yaml")
 
 
 @dataclass(frozen=True)
@@ -121,10 +100,14 @@ class PolicyRepository:
         self.require_signature = require_signature
         self._signer = signer
         self._verifier = verifier
-        self._log = self.state_dir / "contracts.jsonl"
-        self._pending = self.state_dir / "pending.json"
-        self._archive_dir = self.state_dir / "policies"
+        self._history = History(self.state_dir)
+        self._log = self._history.log
+        self._pending = self._history.pending
+        self._archive_dir = self._history.archive_dir
         self._high_water = high_water or FileHighWaterStore(self.state_dir / "policy-high-water.json")
+        self._rollback = RollbackGuard(
+            self._high_water, signer=signer, verifier=verifier, require_signature=require_signature
+        )
         # Policies already checked against their archive and contract, keyed by the whole
         # contract so that an edited log record misses the cache and is checked afresh.
         self._verified: dict[Contract, Policy] = {}
@@ -152,7 +135,7 @@ class PolicyRepository:
             contracts, torn = self._read_log()
         except RepositoryError as exc:
             return ChainReport(False, 0, (str(exc),), self._verifier is not None)
-        problems = _link_problems(contracts)
+        problems = link_problems(contracts)
         if torn:
             problems.append("`contracts.jsonl` ends in a partial record (interrupted commit)")
         if self._pending.exists():
@@ -291,55 +274,16 @@ class PolicyRepository:
             if not contracts:
                 raise RepositoryError("there is no recorded policy version to accept")
             self._check_head(contracts)
-            try:
-                previous = self._high_water.read()
-            except PolicyTamperedError:
-                previous = None  # a mark that does not parse is replaced too: that is the point
             head = contracts[-1]
-            self._high_water.write(HighWater(head.version, head.digest).sign(self._signer))
-            return previous, head
+            return self._rollback.accept(head), head
 
     # -- internals ------------------------------------------------------------------------------
 
     def _check_rollback(self, contracts: list[Contract]) -> None:
-        """With require_signature: refuse a history that ends before the version last accepted."""
-        if not self.require_signature:
-            return
-        mark = self._high_water.read()
-        if mark is None:
-            return  # first start, or an upgrade: the mark is set by this load (trust on first use)
-        assert self._verifier is not None  # require_signature guarantees one
-        if not mark.verifies(self._verifier):
-            raise PolicyTamperedError(
-                f"the policy high-water mark (v{mark.version}) is unsigned or its signature does not verify; "
-                "restore it, or accept the current history with `securegateway policy verify --accept-rollback`",
-                code="policy_state_invalid",
-            )
-        head = contracts[-1] if contracts else None
-        version = head.version if head else 0
-        if version > mark.version or (head is not None and (head.version, head.digest) == (mark.version, mark.digest)):
-            return
-        what = f"ends at v{version} ({head.digest})" if head else "is empty"
-        raise PolicyTamperedError(
-            f"policy rollback refused: the history {what} but v{mark.version} ({mark.digest}) was accepted "
-            "before; restore the newer contracts.jsonl and policy file, or accept this version on purpose "
-            "with `securegateway policy verify --accept-rollback`",
-            code="policy_rollback",
-        )
+        self._rollback.check(contracts)
 
     def _raise_high_water(self, contract: Contract) -> None:
-        """Record ``contract`` as the newest accepted version if it is newer than the mark."""
-        if self._signer is None:
-            return
-        try:
-            mark = self._high_water.read()
-        except PolicyTamperedError:
-            if self.require_signature:
-                raise
-            mark = None
-        if mark is not None and mark.version >= contract.version:
-            return
-        self._high_water.write(HighWater(contract.version, contract.digest).sign(self._signer))
+        self._rollback.raise_to(contract)
 
     def _reached(self, step: str) -> None:
         """A named point between two durable writes; tests make it crash to check recovery."""
@@ -347,14 +291,8 @@ class PolicyRepository:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         self._archive_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.state_dir / "policy.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            # flock belongs to the open file description, so this also serialises threads
-            # of one process that each opened the lock file.
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with exclusive_lock(self.state_dir / "policy.lock"):
             yield
-        finally:
-            os.close(fd)  # closing releases the lock
 
     def _record(
         self,
@@ -381,17 +319,17 @@ class PolicyRepository:
         )
         if self._signer is not None:
             contract = contract.sign(self._signer, policy.canonical())
-        line = _contract_line(contract)
-        _atomic_write(self._archive_path(contract), text.encode("utf-8"))
+        line = contract_line(contract)
+        atomic_write(self._archive_path(contract), text.encode("utf-8"))
         self._reached("archived")
-        _atomic_write(self._pending, line)
+        atomic_write(self._pending, line)
         self._reached("pending")
-        _append(self._log, line)
+        append_line(self._log, line)
         self._reached("appended")
         if write_live:
-            _atomic_write(self.policy_path, text.encode("utf-8"))
+            atomic_write(self.policy_path, text.encode("utf-8"))
             self._reached("live")
-        _remove(self._pending)
+        remove(self._pending)
         self._verified[contract] = policy
         self._raise_high_water(contract)
         return ActivePolicy(policy, contract.version, contract)
@@ -406,7 +344,7 @@ class PolicyRepository:
             self._remove_orphan_archives(contracts[-1].version if contracts else 0)
             return contracts
         if torn:
-            _truncate_partial_line(self._log)
+            truncate_partial_line(self._log)
         head = contracts[-1] if contracts else None
         if head != pending:
             expected = (head.version + 1 if head else 1, head.digest if head else None)
@@ -414,7 +352,7 @@ class PolicyRepository:
                 raise RepositoryError(
                     f"pending commit v{pending.version} does not follow the log's head v{head.version if head else 0}"
                 )
-            _append(self._log, _contract_line(pending))
+            append_line(self._log, contract_line(pending))
             contracts.append(pending)
         archive = self._archive_path(pending)
         try:
@@ -422,8 +360,8 @@ class PolicyRepository:
         except FileNotFoundError as exc:
             raise RepositoryError(f"pending commit v{pending.version} has no archive `{archive}`") from exc
         if self._live_digest() in (pending.parent_digest, None):
-            _atomic_write(self.policy_path, text)
-        _remove(self._pending)
+            atomic_write(self.policy_path, text)
+        remove(self._pending)
         return contracts
 
     def _live_digest(self) -> str | None:
@@ -453,7 +391,7 @@ class PolicyRepository:
 
     def _check_head(self, contracts: list[Contract]) -> None:
         """Refuse a broken chain of links, or a head whose archive or signature fails."""
-        problems = _link_problems(contracts)
+        problems = link_problems(contracts)
         if problems:
             raise PolicyTamperedError(f"the policy history is broken: {problems[0]}", code="chain_broken")
         self._archived(contracts[-1])
@@ -472,16 +410,7 @@ class PolicyRepository:
         return policy
 
     def _read_archive(self, contract: Contract) -> Policy:
-        path = self._archive_path(contract)
-        if not path.exists():
-            raise RepositoryError(f"archive `{path.name}` is missing")
-        try:
-            policy = load_policy_text(read_capped(path, DEFAULT_MAX_BYTES), str(path))
-        except PolicyError as exc:  # we wrote it loadable; failing now means it was altered
-            raise PolicyTamperedError(f"archive `{path.name}` no longer loads: {str(exc).splitlines()[0]}") from exc
-        if policy.digest != contract.digest:
-            raise PolicyTamperedError(f"archive `{path.name}` hashes to `{policy.digest}`, not its contract's")
-        return policy
+        return self._history.read_archive(contract)
 
     def _signature_problem(self, contract: Contract, policy: Policy) -> str | None:
         if contract.signature is None:
@@ -493,112 +422,13 @@ class PolicyRepository:
         return None
 
     def _archive_path(self, contract: Contract) -> Path:
-        hex12 = contract.digest.removeprefix("sha256:")[:12]
-        return self._archive_dir / f"v{contract.version}-{hex12}.yaml"
+        return self._history.archive_path(contract)
 
     def _read_log(self) -> tuple[list[Contract], bool]:
-        """The parsed log and whether its last line is torn (a crash mid-append)."""
-        try:
-            data = self._log.read_bytes()
-        except FileNotFoundError:
-            return [], False
-        torn = bool(data) and not data.endswith(b"\n")
-        if torn:
-            data = data[: data.rfind(b"\n") + 1]
-        contracts: list[Contract] = []
-        for lineno, line in enumerate(data.splitlines(), start=1):
-            try:
-                contracts.append(Contract.from_dict(json.loads(line)))
-            except (ValueError, ContractError) as exc:
-                raise RepositoryError(f"`{self._log}:{lineno}`: {exc}") from exc
-        return contracts, torn
+        return self._history.read()
 
     def _read_pending(self) -> Contract | None:
-        try:
-            data = self._pending.read_bytes()
-        except FileNotFoundError:
-            return None
-        try:
-            return Contract.from_dict(json.loads(data))
-        except (ValueError, ContractError) as exc:
-            raise RepositoryError(f"`{self._pending}`: {exc}") from exc
+        return self._history.read_pending()
 
     def _remove_orphan_archives(self, head_version: int) -> None:
-        for path in self._archive_dir.iterdir():
-            match = _ARCHIVE_NAME.fullmatch(path.name)
-            if match and int(match.group(1)) > head_version:
-                path.unlink()
-
-
-def _link_problems(contracts: list[Contract]) -> list[str]:
-    problems: list[str] = []
-    previous: Contract | None = None
-    for index, contract in enumerate(contracts, start=1):
-        if contract.version != index:
-            problems.append(f"record {index} has version {contract.version}, expected {index}")
-        expected_parent = previous.digest if previous else None
-        if contract.parent_digest != expected_parent:
-            problems.append(
-                f"v{contract.version}: parent `{contract.parent_digest}` is not the previous version's "
-                f"`{expected_parent}`"
-            )
-        previous = contract
-    return problems
-
-
-def _contract_line(contract: Contract) -> bytes:
-    return canonical_bytes(contract.to_dict()) + b"\n"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so a reader or a crash sees the old or the new bytes, whole."""
-    try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-    except FileNotFoundError:
-        mode = 0o644
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)  # mkstemp makes 0600; keep the file readable as it was
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _append(path: Path, line: bytes) -> None:
-    created = not path.exists()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    if created:
-        _fsync_dir(path.parent)
-
-
-def _truncate_partial_line(path: Path) -> None:
-    data = path.read_bytes()
-    with open(path, "r+b") as handle:
-        handle.truncate(data.rfind(b"\n") + 1)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _remove(path: Path) -> None:
-    path.unlink()
-    _fsync_dir(path.parent)
+        self._history.remove_orphan_archives(head_version)
