@@ -38,6 +38,7 @@ from negotiation.tool import PROPOSE_POLICY_TOOL, handle_propose
 from policy import KeyRing, ModelIdentity, PolicyError, SessionRisk, could_allow, load_model_keys
 from policy.audit_event import AuditError
 from proxy.approval import ApprovalDesk, ApprovalGate
+from proxy.audit_hold import DurableReplies
 from proxy.audit_writer import AuditWriter, open_audit_log
 from proxy.config import GatewayConfig, exposure_warnings
 from proxy.downstream import serve_http
@@ -129,7 +130,7 @@ def open_runtime(config: GatewayConfig) -> Runtime:
     live = LivePolicy(active)
     assert p.state_dir is not None
     try:
-        audit = AuditWriter(open_audit_log(config, p.state_dir))
+        audit = AuditWriter(open_audit_log(config, p.state_dir), durability=config.audit.durability)
     except AuditError as exc:
         hint = " (a running gateway holds it: use its admin API instead)" if exc.code == "locked" else ""
         raise ConfigError(f"{exc}{hint}") from None
@@ -249,9 +250,11 @@ class App:
         if config.negotiation.enabled:
             interceptors.append(SuggestionVetting(runtime.service))
         interceptors.append(enforcer)
+        # Second only to metrics: every reply below waits for its call's audit events to be durable.
+        held = DurableReplies(runtime.audit, on_failure=self.metrics.audit_failures.inc)
         self.gateway = Gateway(
             config,
-            interceptors=[self.metrics.interceptor, *interceptors],
+            interceptors=[self.metrics.interceptor, held, *interceptors],
             local_tools=local,
             stdio_identity=stdio_identity,
             authenticate=self._authenticate,
