@@ -60,12 +60,12 @@ from policy.audit_event import (
     GENESIS_HASH,
     SCHEMA,
     AuditError,
-    canonical_event,
     event_hash,
     format_ts,
-    jsonable,
     new_event_id,
+    plain_body,
     scrub_event,
+    sealed_line,
 )
 
 __all__ = [
@@ -414,13 +414,13 @@ class JsonlAuditLog:
         reserved = sorted(_SINK_FIELDS & set(event))
         if reserved:
             raise AuditError("reserved_field", f"field `{reserved[0]}` is assigned by the audit log")
-        body = jsonable(dict(event))
+        body, strings = plain_body(event)
         body.setdefault("schema", SCHEMA)
         body.setdefault("event_id", new_event_id())
         if body["schema"] != SCHEMA:
             raise AuditError("reserved_field", f"unsupported schema `{body['schema']}`")
         # Whatever built the event, no secret the scanners know reaches the file.
-        return scrub_event(body)
+        return scrub_event(body, strings)
 
     def _checkpoint_body(self, head: Head) -> dict[str, Any]:
         assert self._signer is not None
@@ -445,9 +445,9 @@ class JsonlAuditLog:
             body = queue[index]
             index += 1
             full = {**body, "seq": head.seq + 1, "ts": format_ts(self._clock()), "prev_hash": head.hash}
-            full["hash"] = event_hash(full)
+            full["hash"], line = sealed_line(full)  # one encoding, hashed as those bytes
             written.append({name: full[name] for name in ENVELOPE_FIELDS} | full)
-            lines.append(canonical_event(full).encode("ascii") + b"\n")
+            lines.append(line)
             head = Head(full["seq"], full["hash"])
             if full["type"] == "audit.checkpoint":
                 vouched = Checkpoint.from_dict(full.get("checkpoint"))
