@@ -168,7 +168,7 @@ class AuditWriter:
             raise ValueError(f"unknown audit durability `{durability}`")
         self.sink = sink
         self.durability = durability
-        self._in_thread = sync_in_thread
+        self.sync_in_thread = sync_in_thread
         self._yields = yields
         self._batch = Receipt()
         self._wake: anyio.Event | None = None
@@ -223,7 +223,7 @@ class AuditWriter:
 
     async def _commit(self, batch: Receipt) -> None:
         try:
-            if self._in_thread:
+            if self.sync_in_thread:
                 await anyio.to_thread.run_sync(self.sink.sync)
             else:
                 self.sink.sync()  # fdatasync of a small append: cheaper on the loop than a thread hop
