@@ -33,10 +33,10 @@ from negotiation.signing import HmacSigner, HmacVerifier, Signer, Verifier, load
 from policy.audit_checkpoint import Checkpoint, CheckpointFile, CheckpointSink
 from policy.audit_event import AuditError, decision_event, event
 from policy.audit_log import JsonlAuditLog
-from proxy.config import GatewayConfig
+from proxy.config import AUDIT_DURABILITY, GatewayConfig
 from proxy.errors import ConfigError
 
-DURABILITY = ("before-forward", "before-response")
+DURABILITY = AUDIT_DURABILITY
 COMMIT_YIELDS = 4
 """Loop turns the commit task lets pass before it syncs: enough for a tools/call that just
 wrote its decision to reach the upstream's pipe (stdio), cheap next to the fsync."""
@@ -119,15 +119,12 @@ class Receipt:
         self.error = error
         self._done.set()
 
-    @property
-    def settled(self) -> bool:
-        return self._done.is_set()
-
     async def wait(self) -> None:
-        """Return once the events are durable; raise what the sync raised if they are not."""
+        """Return once the events are durable; raise ``AuditError`` if the sync failed."""
         await self._done.wait()
-        if self.error is not None:
-            raise self.error
+        if self.error is not None:  # a fresh exception per waiter: many tasks share one failure
+            code = self.error.code if isinstance(self.error, AuditError) else "write_failed"
+            raise AuditError(code, str(self.error) or type(self.error).__name__)
 
 
 _HOLD: contextvars.ContextVar[list[Receipt] | None] = contextvars.ContextVar("securegateway_audit_hold", default=None)
