@@ -154,3 +154,52 @@ def test_record_sync_from_a_thread_writes_and_syncs(tmp_path: Path) -> None:
     writer.record_sync("proposal.proposed", {"id": "p1"})
     assert read_head(path).seq == 1 and lines(path)[0]["id"] == "p1"  # type: ignore[union-attr]
     writer.close()
+
+
+@pytest.mark.parametrize("algorithm", ["hmac", "ed25519"])
+async def test_batched_signed_writes_verify_and_checkpoints_are_published_only_once_durable(
+    tmp_path: Path, algorithm: str
+) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from negotiation.signing import Ed25519Signer, Ed25519Verifier, HmacSigner, HmacVerifier
+    from policy.audit_checkpoint import Checkpoint, CheckpointFile
+
+    if algorithm == "hmac":
+        secret = b"audit-secret-for-tests-0123456789abcdef"
+        signer: Any = HmacSigner(secret)
+        verifier: Any = HmacVerifier(secret)
+    else:
+        private = Ed25519PrivateKey.generate()
+        signer, verifier = Ed25519Signer(private), Ed25519Verifier(private.public_key())
+    path, anchors = tmp_path / "audit.jsonl", tmp_path / "anchors" / "checkpoints.jsonl"
+    published: list[tuple[int, int]] = []  # (checkpoint seq, head the sidecar named when it was published)
+
+    class Watching(CheckpointFile):
+        def publish(self, checkpoint: Checkpoint) -> None:
+            published.append((checkpoint.seq, read_head(path).seq))  # type: ignore[union-attr]
+            super().publish(checkpoint)
+
+    log = JsonlAuditLog(path, signer=signer, verifier=verifier, checkpoint_every=5, sinks=[Watching(anchors)])
+    writer = AuditWriter(log, durability="before-response")
+
+    async def caller(n: int) -> None:
+        with holding() as held:
+            await writer.record({"type": "gateway.started", "n": n})
+        for receipt in held:
+            await receipt.wait()
+
+    async with running(writer):
+        for wave in range(4):
+            async with anyio.create_task_group() as tg:
+                for n in range(7):
+                    tg.start_soon(caller, wave * 7 + n)
+    writer.close()
+    assert published and all(head >= seq for seq, head in published)  # never ahead of the disk
+    from policy.audit_checkpoint import read_checkpoint_file
+
+    copies, problems = read_checkpoint_file(anchors)
+    assert copies and not problems
+    report = verify_log(path, verifier=verifier, checkpoints=copies)
+    assert report.ok, report
+    assert sorted(e["n"] for e in lines(path) if e["type"] == "gateway.started") == list(range(28))
