@@ -50,6 +50,7 @@ POLICY_RULES = 120
 SIZES = (1024, 100 * 1024, 1024 * 1024)
 CALLERS = 8
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+DURABILITY = ("before-response", "before-forward")  # [audit] durability; the first is the default
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,7 @@ def _toml_list(items: list[str]) -> str:
     return "[" + ", ".join('"' + i.replace("\\", "\\\\").replace('"', '\\"') + '"' for i in items) + "]"
 
 
-def write_site(root: Path, *, listen: str, upstream: str) -> Path:
+def write_site(root: Path, *, listen: str, upstream: str, durability: str = "before-response") -> Path:
     """A gateway deployment under ``root``; ``upstream`` is a URL or `stdio`. Returns gateway.toml."""
     root.mkdir(parents=True)
     (root / "policies.yaml").write_text(policy_yaml())
@@ -186,6 +187,7 @@ def write_site(root: Path, *, listen: str, upstream: str) -> Path:
 
         [audit]
         file = "state/audit.jsonl"
+        durability = "{durability}"
         """))
     return config
 
@@ -415,10 +417,18 @@ async def measure_starts(
                 figures[name].starts.append(time.perf_counter() - started)
 
 
-async def bench_stdio(tmp: Path, counts: Counts, log: TextIO, progress: Callable[[str], None]) -> dict[str, Figures]:
-    calls_config = write_site(tmp / "stdio-calls", listen="stdio", upstream="stdio")
-    starts_config = write_site(tmp / "stdio-starts", listen="stdio", upstream="stdio")  # its own audit lock
+def gateway_side(mode: str) -> str:
+    """The figures' key of the gateway side running ``[audit] durability = mode``."""
+    return "gateway" if mode == DURABILITY[0] else f"gateway:{mode}"
+
+
+async def bench_stdio(
+    tmp: Path, counts: Counts, log: TextIO, progress: Callable[[str], None], modes: tuple[str, ...]
+) -> dict[str, Figures]:
     env = {"SECUREGATEWAY_MODEL_KEY": MODEL_KEY}
+    configs = {mode: write_site(tmp / f"stdio-calls-{mode}", listen="stdio", upstream="stdio", durability=mode)
+               for mode in modes}
+    starts_config = write_site(tmp / "stdio-starts", listen="stdio", upstream="stdio")  # its own audit lock
 
     def direct() -> contextlib.AbstractAsyncContextManager[Any]:
         return stdio_session(upstream_argv(), log)
@@ -426,22 +436,27 @@ async def bench_stdio(tmp: Path, counts: Counts, log: TextIO, progress: Callable
     def gateway(config: Path) -> Callable[[], contextlib.AbstractAsyncContextManager[Any]]:
         return lambda: stdio_session(gateway_argv(config), log, env)
 
-    sides = [
-        Side("direct", "echo", direct, lazy_pid("upstream", "demo.testserver", parent=os.getpid())),
-        Side("gateway", f"{UPSTREAM}.echo", gateway(calls_config),
-             lazy_pid(f"gateway with `{calls_config}`", "proxy.cli", str(calls_config))),
+    sides = [Side("direct", "echo", direct, lazy_pid("upstream", "demo.testserver", parent=os.getpid()))]
+    sides += [
+        Side(gateway_side(mode), f"{UPSTREAM}.echo", gateway(config),
+             lazy_pid(f"gateway with `{config}`", "proxy.cli", str(config)))
+        for mode, config in configs.items()
     ]
     figures = await measure(sides, counts, progress)
     progress("session starts")
-    await measure_starts([("direct", direct), ("gateway", gateway(starts_config))], figures, counts.starts)
-    check_audited(calls_config.parent, figures["gateway"])
+    await measure_starts([("direct", direct), (gateway_side(modes[0]), gateway(starts_config))], figures,
+                         counts.starts)
+    for mode, config in configs.items():
+        check_audited(config.parent, figures[gateway_side(mode)])
     return figures
 
 
-async def bench_http(tmp: Path, counts: Counts, log: TextIO, progress: Callable[[str], None]) -> dict[str, Figures]:
+async def bench_http(
+    tmp: Path, counts: Counts, log: TextIO, progress: Callable[[str], None], modes: tuple[str, ...]
+) -> dict[str, Figures]:
     up_port, gw_port = free_port(), free_port()
     up_url, gw_url = f"http://127.0.0.1:{up_port}/mcp", f"http://127.0.0.1:{gw_port}/mcp"
-    config = write_site(tmp / "http", listen=gw_url, upstream=up_url)
+    config = write_site(tmp / "http", listen=gw_url, upstream=up_url, durability=modes[0])
     with (
         spawned(upstream_argv("--http", f"127.0.0.1:{up_port}"), up_port, log) as up_pid,
         spawned(gateway_argv(config), gw_port, log) as gw_pid,
@@ -485,8 +500,10 @@ def median(samples: list[float]) -> float:
 Row = tuple[str, str, str, str, str, str]
 
 
-def rows_for(transport: str, figures: dict[str, Figures]) -> list[Row]:
-    d, g = figures["direct"], figures["gateway"]
+def rows_for(transport: str, figures: dict[str, Figures], side: str = "gateway") -> list[Row]:
+    d, g = figures["direct"], figures[side]
+    if side != "gateway":
+        transport = f"{transport} ({side.partition(':')[2]})"
     rows: list[Row] = []
 
     def ratio_row(metric: str, direct: float, gateway: float, target: Target | None, digits: int = 2) -> None:
@@ -512,7 +529,8 @@ def rows_for(transport: str, figures: dict[str, Figures]) -> list[Row]:
         label = f"{size // 1024} KB" if size < 1024 * 1024 else "1 MB"
         target = MB if size == 1024 * 1024 else None
         ratio_row(f"echo {label} p50 (ms)", median(d.payload[size]) * 1e3, median(g.payload[size]) * 1e3, target)
-    ratio_row("session start (ms)", median(d.starts) * 1e3, median(g.starts) * 1e3, None, digits=1)
+    if g.starts:
+        ratio_row("session start (ms)", median(d.starts) * 1e3, median(g.starts) * 1e3, None, digits=1)
     return rows
 
 
@@ -576,7 +594,10 @@ def main() -> int:
     parser.add_argument("--profile", type=Path, metavar="FILE",
                         help="write a cProfile of the gateway under sequential load to FILE instead")
     parser.add_argument("--profile-calls", type=int, default=3000)
+    parser.add_argument("--durability", choices=(*DURABILITY, "both"), default=DURABILITY[0],
+                        help="[audit] durability of the gateway; `both` runs one stdio gateway per mode, interleaved")
     args = parser.parse_args()
+    modes = DURABILITY if args.durability == "both" else (args.durability,)
     counts = QUICK if args.quick else DEFAULT
     if args.rounds:
         counts = Counts(**{**counts.__dict__, "rounds": max(1, args.rounds)})
@@ -599,7 +620,9 @@ def main() -> int:
                 for transport, bench in (("stdio", bench_stdio), ("http", bench_http)):
                     if args.transport in (transport, "both"):
                         progress(f"{transport}: client -> upstream, direct and through the gateway")
-                        rows += rows_for(transport, anyio.run(bench, tmp, counts, log, progress))
+                        figures = anyio.run(bench, tmp, counts, log, progress, modes)
+                        for mode in modes if transport == "stdio" else modes[:1]:
+                            rows += rows_for(transport, figures, gateway_side(mode))
             except Exception:
                 log.flush()
                 tail = (tmp / "processes.log").read_text()[-3000:]
@@ -609,7 +632,7 @@ def main() -> int:
     elapsed = time.perf_counter() - started
     c = counts
     print(f"SecureGateway relay benchmark: gateway = `securegateway run` process; policy {POLICY_RULES} rules,"
-          f" audit log on (fsync), result_scan = flag")
+          f" audit log on (fsync, durability {' / '.join(modes)}), result_scan = flag")
     print(f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} CPUs;"
           f" {c.rounds} interleaved rounds x ({c.sequential} sequential + {c.callers}x{c.per_caller} concurrent +"
           f" {'/'.join(map(str, c.payload))} payload calls) per side; {c.starts} session starts per side;"

@@ -29,7 +29,15 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from policy.redact import digest, mask_text, redact, scrub, scrub_all, value_contains_secret
+from policy.redact import (
+    collect_strings,
+    digest,
+    mask_text,
+    redact,
+    scrub,
+    scrub_all,
+    strings_contain_secret,
+)
 
 __all__ = [
     "DECISION_FIELDS",
@@ -46,8 +54,10 @@ __all__ = [
     "format_ts",
     "jsonable",
     "new_event_id",
+    "plain_body",
     "redacted_payload",
     "scrub_event",
+    "sealed_line",
 ]
 
 SCHEMA = "securegateway.audit/1"
@@ -155,8 +165,70 @@ def jsonable(value: Any, path: str = "$", depth: int = 0) -> Any:
     raise AuditError("unserializable", f"field `{path}` has no json form ({type(value).__name__})")
 
 
+class _NotPlain(Exception):
+    """Raised by :func:`_plain`; :func:`jsonable` then names the offending field."""
+
+
+def _plain(value: Any, strings: list[str] | None, depth: int) -> Any:
+    """:func:`jsonable` without building a path per node, appending every string and key to ``strings``."""
+    if isinstance(value, str):
+        if strings is not None:
+            strings.append(value)
+        return value
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if depth > _MAX_NESTING:
+        raise _NotPlain
+    if isinstance(value, list | tuple):
+        return [_plain(item, strings, depth + 1) for item in value]
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            name = key if isinstance(key, str) else str(key)
+            if strings is not None:
+                strings.append(name)
+            out[name] = _plain(item, strings, depth + 1)
+        return out
+    raise _NotPlain
+
+
+def plain_body(event: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``event`` as plain JSON data (:func:`jsonable`) and every string and key of its payload.
+
+    One walk serves both the log's normalisation and its secret check (:func:`scrub_event`).
+    """
+    strings: list[str] = []
+    try:
+        body = {
+            (key if isinstance(key, str) else str(key)): _plain(value, None if key in ENVELOPE_FIELDS else strings, 1)
+            for key, value in event.items()
+        }
+    except _NotPlain:
+        jsonable(dict(event))  # raises AuditError naming the field
+        raise  # pragma: no cover - jsonable refuses whatever _plain refused
+    return body, strings
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def sealed_line(body: Mapping[str, Any]) -> tuple[str, bytes]:
+    """The ``hash`` of ``body`` (an event without one) and the line of the event with it.
+
+    One encoding: the canonical text of ``body`` is written as its keys before ``"hash"`` and
+    those after, so that the bytes hashed are exactly the line minus its ``"hash"`` member.
+    Equal to ``event_hash(body)`` and ``canonical_event({**body, "hash": ...})`` (tested).
+    """
+    low = _dumps({key: value for key, value in body.items() if key < "hash"})[1:-1]
+    high = _dumps({key: value for key, value in body.items() if key > "hash"})[1:-1]
+    text = "{" + low + ("," if low and high else "") + high + "}"
+    hashed = "sha256:" + hashlib.sha256(text.encode("ascii")).hexdigest()
+    member = f'"hash":"{hashed}"'
+    line = "{" + (low + "," if low else "") + member + ("," + high if high else "") + "}\n"
+    return hashed, line.encode("ascii")
 
 
 def canonical_event(event: Mapping[str, Any]) -> str:
@@ -249,14 +321,20 @@ def _mask_strings(value: Any, path: str, masked: list[str], depth: int = 0) -> A
     return value
 
 
-def scrub_event(body: dict[str, Any]) -> dict[str, Any]:
+def scrub_event(body: dict[str, Any], strings: list[str] | None = None) -> dict[str, Any]:
     """``body`` (plain JSON data) with every secret left in any payload string masked.
 
-    The last line of defence, run by the log on every event whatever built it: one walk of
-    its strings decides whether any needs masking, so a clean event costs one pass. Paths of
-    what it masked are added to ``masked``.
+    The last line of defence, run by the log on every event whatever built it: one scan of
+    its strings together (``strings``, from :func:`plain_body`, or collected here) decides
+    whether any needs masking, so a clean event costs one pass. Paths of what it masked are
+    added to ``masked``.
     """
-    if not any(value_contains_secret(value) for key, value in body.items() if key not in ENVELOPE_FIELDS):
+    if strings is None:
+        strings = []
+        for key, value in body.items():
+            if key not in ENVELOPE_FIELDS:
+                collect_strings(value, strings)
+    if not strings_contain_secret(strings):
         return body
     masked: list[str] = []
     out = {
@@ -319,7 +397,7 @@ def decision_event(
     hidden = arguments_view.hidden + (request_view.hidden if request_view else ())
     arguments_value: Any = arguments_view.value
     decision_value: Any = dict(decision)
-    if masked or value_contains_secret(decision_value):
+    if masked or strings_contain_secret(collect_strings(decision_value, [])):
         # One scan of the whole decision is cheap; walking it string by string is not, so
         # that is done only when something in it (or in the arguments) needs masking.
         decision_view = redact(decision_value, root="decision", sensitive_keys=frozenset())
@@ -357,5 +435,7 @@ def decision_event(
         payload["request"] = request_value
         masked.extend(request_view.masked_paths)
     payload["masked"] = list(dict.fromkeys(masked))
-    return event("decision", **payload)
+    # The pieces are plain already (redact's output, the decision's dict); the log normalises
+    # whatever it is given anyway, so no second jsonable walk here.
+    return {"schema": SCHEMA, "event_id": new_event_id(), "type": "decision", **payload}
 

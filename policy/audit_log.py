@@ -8,10 +8,12 @@ Files, for ``path = audit.jsonl``::
                                         (a checkpoint) when the log has a signer
     audit.jsonl.lock                    held (flock) by the one writer
 
-Durability: each event is one ``write()`` of its whole line, ``\\n`` included, on an
-``O_APPEND`` descriptor, then ``fdatasync`` when ``fsync`` is on; only then is the head
-sidecar rewritten in place (one fixed-size ``pwrite``, not synced). So the sidecar is never
-ahead of the data it names: a sidecar ahead of the file means events were lost.
+Durability: a batch of events is one ``write()`` of their whole lines, ``\\n`` included, on
+an ``O_APPEND`` descriptor (``write_many``: the bytes are in the kernel, so a crash of the
+process loses nothing written); ``sync`` then makes everything written so far durable with one
+``fdatasync`` (when ``fsync`` is on), and only then is the head sidecar rewritten in place (one
+fixed-size ``pwrite``, not synced). So the sidecar is never ahead of the data it names: a
+sidecar ahead of the file means events were lost. ``append_many`` is both.
 
 Crash recovery, on open and after any failed write: the head of the chain is the last
 complete event of the current file, else of the newest rotated file, else genesis. A torn
@@ -58,12 +60,12 @@ from policy.audit_event import (
     GENESIS_HASH,
     SCHEMA,
     AuditError,
-    canonical_event,
     event_hash,
     format_ts,
-    jsonable,
     new_event_id,
+    plain_body,
     scrub_event,
+    sealed_line,
 )
 
 __all__ = [
@@ -277,6 +279,8 @@ class JsonlAuditLog:
         self._lock_fd: int | None = None
         self._size = 0
         self._head = GENESIS
+        self._synced = GENESIS  # the head as of the last completed sync: what the sidecar may name
+        self._unpublished: list[Checkpoint] = []
         self._head_sized = False
         self._closed = False
         try:
@@ -302,16 +306,24 @@ class JsonlAuditLog:
         return self._head
 
     def append(self, event: Mapping[str, Any]) -> dict[str, Any]:
-        """Write ``event`` as the next link of the chain; returns it as written."""
+        """Write ``event`` as the next link of the chain and make it durable; returns it as written."""
         return self.append_many([event])[0]
 
     def append_many(self, events: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        """Write ``events`` in order as consecutive links, with one sync for them all.
+        """Write ``events`` in order as consecutive links, with one sync for them all (group commit)."""
+        written = self.write_many(events)
+        if written:
+            self.sync()
+        return written
 
-        Group commit for a caller that batches (the async gateway's writer task). Every event
-        is validated before anything is written, so a malformed one fails the whole call and
-        writes nothing; a write failure part-way may leave the leading events of the batch
-        in the log (each complete and chained), like a crash would.
+    def write_many(self, events: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Write ``events`` in order as consecutive links, without waiting for the disk.
+
+        Every event is validated before anything is written, so a malformed one fails the whole
+        call and writes nothing; a write failure part-way may leave the leading events of the
+        batch in the log (each complete and chained), like a crash would. Once this returns the
+        lines are in the kernel: a crash of the process keeps them, a power loss may not until
+        :meth:`sync` has returned.
         """
         bodies = [self._prepare(item) for item in events]
         if not bodies:
@@ -326,13 +338,63 @@ class JsonlAuditLog:
                     raise AuditError("write_failed", f"cannot recover audit log: {exc.strerror}") from exc
             return self._write(bodies)
 
+    @property
+    def unsynced(self) -> bool:
+        """Whether events were written since the last completed :meth:`sync`."""
+        return self._head.seq > self._synced.seq
+
+    def sync(self) -> None:
+        """Make every event written so far durable, then advance the head sidecar.
+
+        One ``fdatasync`` (with ``fsync`` on), issued without holding the writer's lock so that
+        other threads can keep writing meanwhile. Raises ``AuditError("write_failed")`` when the
+        sync fails: the events stay in the file (and the chain) but are not confirmed durable,
+        and the next write reopens the file first.
+        """
+        with self._lock:
+            if self._closed:
+                raise AuditError("closed", f"audit log `{self.path}` is closed")
+            target = self._head
+            if target.seq <= self._synced.seq and not self._unpublished:
+                return
+            try:
+                if self._file is None:
+                    self._recover()
+                assert self._file is not None
+                fd = os.dup(self._file.fileno()) if self.fsync else -1
+            except OSError as exc:
+                raise AuditError("write_failed", f"audit sync failed: {exc.strerror}") from exc
+            published, self._unpublished = self._unpublished, []
+        try:
+            if fd >= 0:
+                os.fdatasync(fd)
+        except OSError as exc:
+            with self._lock:
+                self._unpublished = published + self._unpublished
+                self._abandon_file()
+            raise AuditError("write_failed", f"audit sync failed: {exc.strerror}") from exc
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        with self._lock:
+            if target.seq > self._synced.seq:
+                self._synced = target
+                try:
+                    self._write_sidecar(target)
+                except OSError as exc:
+                    raise AuditError("write_failed", f"audit head sidecar write failed: {exc.strerror}") from exc
+        self._publish(published)
+
     def close(self) -> None:
         with self._lock:
-            active = not self._closed and self._signer is not None and self._file is not None
-            if active and self._head.seq > self._checkpointed:
+            active = not self._closed and self._file is not None
+            if active and self._signer is not None and self._head.seq > self._checkpointed:
                 # The last word of a run: a checkpoint a later truncation cannot fake.
                 with contextlib.suppress(AuditError, OSError):
                     self._write([], checkpoint=True)
+            if active and (self._head != self._synced or self._unpublished):
+                with contextlib.suppress(AuditError, OSError):
+                    self._sync_locked()
             self._closed = True
             self._release()
 
@@ -352,13 +414,13 @@ class JsonlAuditLog:
         reserved = sorted(_SINK_FIELDS & set(event))
         if reserved:
             raise AuditError("reserved_field", f"field `{reserved[0]}` is assigned by the audit log")
-        body = jsonable(dict(event))
+        body, strings = plain_body(event)
         body.setdefault("schema", SCHEMA)
         body.setdefault("event_id", new_event_id())
         if body["schema"] != SCHEMA:
             raise AuditError("reserved_field", f"unsupported schema `{body['schema']}`")
         # Whatever built the event, no secret the scanners know reaches the file.
-        return scrub_event(body)
+        return scrub_event(body, strings)
 
     def _checkpoint_body(self, head: Head) -> dict[str, Any]:
         assert self._signer is not None
@@ -383,9 +445,9 @@ class JsonlAuditLog:
             body = queue[index]
             index += 1
             full = {**body, "seq": head.seq + 1, "ts": format_ts(self._clock()), "prev_hash": head.hash}
-            full["hash"] = event_hash(full)
+            full["hash"], line = sealed_line(full)  # one encoding, hashed as those bytes
             written.append({name: full[name] for name in ENVELOPE_FIELDS} | full)
-            lines.append(canonical_event(full).encode("ascii") + b"\n")
+            lines.append(line)
             head = Head(full["seq"], full["hash"])
             if full["type"] == "audit.checkpoint":
                 vouched = Checkpoint.from_dict(full.get("checkpoint"))
@@ -407,23 +469,30 @@ class JsonlAuditLog:
                 chunk.append(line)
                 pending += len(line)
             self._write_all(b"".join(chunk))
-            if self.fsync:
-                assert self._file is not None
-                os.fdatasync(self._file.fileno())
         except OSError as exc:
             self._abandon_file()
             raise AuditError("write_failed", f"audit write failed: {exc.strerror}") from exc
         self._head = head
         self._checkpointed = checkpointed
-        try:
-            self._write_sidecar()
-        except OSError as exc:
-            raise AuditError("write_failed", f"audit head sidecar write failed: {exc.strerror}") from exc
+        self._unpublished.extend(published)  # handed to the sinks once durable (sync)
+        return written[: len(bodies)]  # a checkpoint added at the end is the log's own
+
+    def _sync_locked(self) -> None:
+        """:meth:`sync` for callers that hold the lock (recovery, closing)."""
+        assert self._file is not None
+        if self.fsync:
+            os.fdatasync(self._file.fileno())
+        published, self._unpublished = self._unpublished, []
+        if self._head != self._synced:
+            self._synced = self._head
+            self._write_sidecar(self._head)
+        self._publish(published)
+
+    def _publish(self, published: list[Checkpoint]) -> None:
         for vouched in published:
             for sink in self._sinks:
                 with contextlib.suppress(Exception):  # an anchor that fails must not fail the audit write
                     sink.publish(vouched)
-        return written[: len(bodies)]  # a checkpoint added at the end is the log's own
 
     def _write_all(self, data: bytes) -> None:
         """One ``write()`` of ``data`` (looping only on a short write)."""
@@ -436,10 +505,10 @@ class JsonlAuditLog:
             view = view[count:]
         self._size += len(data)
 
-    def _write_sidecar(self) -> None:
+    def _write_sidecar(self, head: Head) -> None:
         assert self._head_fd is not None
-        signed = sign_checkpoint(self._signer, self._head.seq, self._head.hash) if self._signer else None
-        os.pwrite(self._head_fd, _head_record(self._head, signed), 0)
+        signed = sign_checkpoint(self._signer, head.seq, head.hash) if self._signer else None
+        os.pwrite(self._head_fd, _head_record(head, signed), 0)
         if not self._head_sized:  # drop anything a longer foreign file left past the record
             os.ftruncate(self._head_fd, _HEAD_SIZE)
             self._head_sized = True
@@ -494,7 +563,13 @@ class JsonlAuditLog:
             if prefix:
                 self._append_raw(prefix)
             if recorded != tail.head:
-                self._write_sidecar()
+                # What a crashed process wrote may still be only in the page cache: make it
+                # durable before the sidecar names it.
+                if self.fsync:
+                    assert self._file is not None
+                    os.fdatasync(self._file.fileno())
+                self._write_sidecar(tail.head)
+            self._synced = tail.head
             return
         sidecar = {"seq": recorded.seq, "hash": recorded.hash} if isinstance(recorded, Head) else None
         body = {
@@ -507,6 +582,7 @@ class JsonlAuditLog:
             "sidecar": sidecar,
         }
         self._write([body], prefix=prefix)
+        self._sync_locked()
 
     def _unvouched(self, record: HeadRecord) -> str | None:
         """Why a sidecar that agrees with the files is not to be trusted, or None."""

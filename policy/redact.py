@@ -34,6 +34,7 @@ escaped, whitespace-collapsed and truncated forms, from any other value; see
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -43,13 +44,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from policy.detect.secrets import SecretHit, find_secrets, mask_hits
-from policy.encodings import decoded_views
+from policy.encodings import decoded_views, may_be_encoded
 
 __all__ = [
     "DEFAULT_SENSITIVE_KEYS",
     "MAX_DEPTH",
     "REDACTED",
+    "SECRET_JOIN",
     "Redacted",
+    "collect_strings",
     "contains_secret",
     "digest",
     "find_text_secrets",
@@ -59,6 +62,7 @@ __all__ = [
     "redact_text",
     "scrub",
     "scrub_all",
+    "strings_contain_secret",
     "value_contains_secret",
 ]
 
@@ -134,24 +138,63 @@ def contains_secret(text: str) -> bool:
     return bool(find_text_secrets(text))
 
 
+# Joins the strings of a value for one scan. No pattern can match across it: no secret
+# pattern's left context, character classes or look-arounds accept a line feed except the PEM
+# body (whose match needs its header, inside one string) and the PuTTY key lines (a line feed
+# then a printable character, which the second line feed denies). So a joined scan finds a
+# secret exactly when one of the strings has one (tests/policy/test_redact_properties.py).
+SECRET_JOIN = "\n\n"
+
+
+def strings_contain_secret(strings: Iterable[str]) -> bool:
+    """Whether any of ``strings`` holds a secret, plain or encoded (:func:`contains_secret` of each).
+
+    The plain text of all of them is scanned once, joined by :data:`SECRET_JOIN`; only strings
+    that a decoder could change (a ``\\``, ``%`` or ``+``) have their decoded views scanned one by one.
+    """
+    items = strings if isinstance(strings, list) else list(strings)
+    if not items:
+        return False
+    joined = items[0] if len(items) == 1 else SECRET_JOIN.join(items)
+    if find_secrets(joined):
+        return True
+    if not may_be_encoded(joined):
+        return False
+    encoded = (text for text in items if may_be_encoded(text))
+    return any(find_secrets(view.text) for text in encoded for view in decoded_views(text))
+
+
+def collect_strings(value: Any, out: list[str], depth: int = 0) -> list[str]:
+    """Every string and string key inside ``value`` (to ``MAX_DEPTH``), appended to ``out``."""
+    if isinstance(value, str):
+        out.append(value)
+    elif depth > MAX_DEPTH:
+        pass
+    elif isinstance(value, list | tuple):
+        for item in value:
+            if isinstance(item, str):
+                out.append(item)
+            elif item is not None and not isinstance(item, bool | int | float):
+                collect_strings(item, out, depth + 1)
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            if isinstance(key, str):
+                out.append(key)
+            if isinstance(item, str):
+                out.append(item)
+            elif item is not None and not isinstance(item, bool | int | float):
+                collect_strings(item, out, depth + 1)
+    return out
+
+
 def value_contains_secret(value: Any, depth: int = 0) -> bool:
     """Whether any string (or key) inside ``value`` holds a secret, plain or encoded.
 
-    Walks the strings rather than scanning a serialisation of ``value``: JSON escaping would
-    give every string with a quote or a newline backslashes to decode, for nothing.
+    Collects the strings rather than scanning a serialisation of ``value`` (JSON escaping
+    would give every string with a quote or a newline backslashes to decode, for nothing),
+    then scans them together (:func:`strings_contain_secret`).
     """
-    if isinstance(value, str):
-        return contains_secret(value)
-    if depth > MAX_DEPTH:
-        return False
-    if isinstance(value, Mapping):
-        return any(
-            (isinstance(key, str) and contains_secret(key)) or value_contains_secret(item, depth + 1)
-            for key, item in value.items()
-        )
-    if isinstance(value, list | tuple):
-        return any(value_contains_secret(item, depth + 1) for item in value)
-    return False
+    return strings_contain_secret(collect_strings(value, [], depth))
 
 
 def mask_text(text: str) -> tuple[str, tuple[str, ...]]:
@@ -364,9 +407,12 @@ def normalise_key(name: str) -> str:
     return _SEPARATORS.sub("", name.lower())
 
 
-def _is_sensitive(key: str, names: frozenset[str]) -> bool:
-    normal = normalise_key(key)
-    return any(normal.endswith(name) for name in names)
+# The same few key names come back on every call (schemas, arguments): normalise them once.
+_normal_key = functools.lru_cache(maxsize=4096)(normalise_key)
+
+
+def _is_sensitive(key: str, names: tuple[str, ...]) -> bool:
+    return (_normal_key(key) if len(key) <= 128 else normalise_key(key)).endswith(names)
 
 
 def _child(path: str, key: str) -> str:
@@ -382,7 +428,7 @@ def _item(path: str, index: int) -> str:
 
 class _Walker:
     def __init__(self, names: frozenset[str]) -> None:
-        self.names = names
+        self.names = _suffixes(names)
         self.masked: list[str] = []
         self.hidden: list[str] = []
 
@@ -438,9 +484,19 @@ class _Walker:
         return out
 
 
+@functools.lru_cache(maxsize=32)
+def _suffixes(names: frozenset[str]) -> tuple[str, ...]:
+    return tuple(sorted(names))
+
+
+@functools.lru_cache(maxsize=32)
+def _sensitive_names(sensitive_keys: frozenset[str]) -> frozenset[str]:
+    return frozenset(normalise_key(name) for name in sensitive_keys)
+
+
 def redact(value: Any, *, root: str = "", sensitive_keys: frozenset[str] = DEFAULT_SENSITIVE_KEYS) -> Redacted:
     """A copy of ``value`` safe to write to a log, and the paths of what was replaced."""
-    walker = _Walker(frozenset(normalise_key(name) for name in sensitive_keys))
+    walker = _Walker(_sensitive_names(sensitive_keys))
     copy = walker.walk(value, root or "$", 0)
     return Redacted(
         value=copy, masked_paths=tuple(dict.fromkeys(walker.masked)), hidden=tuple(dict.fromkeys(walker.hidden))

@@ -1,10 +1,13 @@
 """Durable audit writes from async code, with group commit.
 
-The JSONL sink is synchronous (write + fsync); calling it on the event loop would
-stall every client. ``AuditWriter.record`` hands the event to one writer task that
-drains whatever is queued and writes the batch in a worker thread with a single
-fsync, then wakes each caller once its event is on disk. A caller that gets no
-confirmation gets an exception: enforcement then denies (fail closed).
+Every event is written (one ``write()``, in order) on the event-loop thread the moment it
+is recorded, so a crash of the gateway process never loses it; durability (``fdatasync``)
+is group-committed by one commit task, one sync for every event written since the last.
+``[audit] durability`` says who waits for that sync (docs/audit.md, "Durability modes"):
+``before-forward``, the recording caller, so nothing is forwarded before its decision is on
+disk; ``before-response`` (the default), the reply, held by proxy.audit_hold until the sync
+that covers every event of its call. A caller that gets no confirmation gets an exception:
+enforcement then denies, or withholds the reply (fail closed).
 
 ``open_audit_log`` also wires the signed checkpoints of docs/audit.md: the key that signs
 them (the policy signing key, or an HMAC secret from the environment) and where copies go
@@ -13,25 +16,30 @@ besides the log (``[audit] checkpoint_file``, ``checkpoint_log``).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import structlog
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from negotiation.errors import SigningError
 from negotiation.signing import HmacSigner, HmacVerifier, Signer, Verifier, load_signing
 from policy.audit_checkpoint import Checkpoint, CheckpointFile, CheckpointSink
-from policy.audit_event import decision_event, event
+from policy.audit_event import AuditError, decision_event, event
 from policy.audit_log import JsonlAuditLog
-from proxy.config import GatewayConfig
+from proxy.config import AUDIT_DURABILITY, GatewayConfig
 from proxy.errors import ConfigError
 
-MAX_BATCH = 512
+DURABILITY = AUDIT_DURABILITY
+COMMIT_YIELDS = 4
+"""Loop turns the commit task lets pass before it syncs: enough for a tools/call that just
+wrote its decision to reach the upstream's pipe (stdio), cheap next to the fsync."""
 
 log = structlog.get_logger("securegateway.audit")
 
@@ -98,85 +106,134 @@ def open_audit_log(config: GatewayConfig, state_dir: Path) -> JsonlAuditLog:
     )
 
 
-class _Pending:
-    __slots__ = ("done", "error", "event")
+class Receipt:
+    """The durability of one group commit: every event written since the previous sync."""
 
-    def __init__(self, event: Mapping[str, Any]) -> None:
-        self.event = event
-        self.done = anyio.Event()
+    __slots__ = ("_done", "error")
+
+    def __init__(self) -> None:
+        self._done = anyio.Event()
         self.error: BaseException | None = None
+
+    def settle(self, error: BaseException | None = None) -> None:
+        self.error = error
+        self._done.set()
+
+    async def wait(self) -> None:
+        """Return once the events are durable; raise ``AuditError`` if the sync failed."""
+        await self._done.wait()
+        if self.error is not None:  # a fresh exception per waiter: many tasks share one failure
+            code = self.error.code if isinstance(self.error, AuditError) else "write_failed"
+            raise AuditError(code, str(self.error) or type(self.error).__name__)
+
+
+_HOLD: contextvars.ContextVar[list[Receipt] | None] = contextvars.ContextVar("securegateway_audit_hold", default=None)
+
+
+@contextlib.contextmanager
+def holding() -> Iterator[list[Receipt]]:
+    """While active, ``record`` in ``before-response`` mode returns once the event is *written*
+    and leaves its receipt here, for whoever holds the reply (proxy.audit_hold) to wait on."""
+    held: list[Receipt] = []
+    token = _HOLD.set(held)
+    try:
+        yield held
+    finally:
+        _HOLD.reset(token)
 
 
 class AuditWriter:
-    """Async front of an AuditSink: ``record`` returns once the event is durably written."""
+    """Async front of the audit sink: writes on the event loop, one fsync per batch (group commit).
 
-    def __init__(self, sink: JsonlAuditLog) -> None:
+    ``record`` writes the event at once (one ``write()``: a crash of the process can no longer
+    lose it) and then waits until a sync covers it, except inside :func:`holding` in
+    ``before-response`` mode, where the holder waits instead. The commit task (``run``) issues
+    the sync after letting the tasks that just wrote run on (so their requests reach the
+    upstream first and concurrent writers join the batch), on the event-loop thread, or in a
+    worker thread with ``sync_in_thread``.
+    """
+
+    def __init__(
+        self,
+        sink: JsonlAuditLog,
+        *,
+        durability: str = "before-response",
+        sync_in_thread: bool = False,
+        yields: int = COMMIT_YIELDS,
+    ) -> None:
+        if durability not in DURABILITY:
+            raise ValueError(f"unknown audit durability `{durability}`")
         self.sink = sink
-        self._send: MemoryObjectSendStream[_Pending] | None = None
-        self._receive: MemoryObjectReceiveStream[_Pending] | None = None
+        self.durability = durability
+        self.sync_in_thread = sync_in_thread
+        self._yields = yields
+        self._batch = Receipt()
+        self._wake: anyio.Event | None = None
+        self.syncs = 0  # completed group commits, for tests and metrics
+        self.sync_failures = 0
 
     decision_event = staticmethod(decision_event)
 
     async def record(self, item: Mapping[str, Any]) -> None:
-        """Write one event (a built event, or ``{"type": ..., **payload}``); raise if it was not written."""
+        """Write one event (a built event, or ``{"type": ..., **payload}``); raise if it was not written
+        (or, outside a before-response hold, not made durable)."""
         built = item if "schema" in item else event(str(item["type"]), **{k: v for k, v in item.items() if k != "type"})
-        if self._send is None:  # not running (tests, CLI): write inline in a thread
+        if self._wake is None:  # not running (tests, CLI): write and sync inline, in a thread
             await anyio.to_thread.run_sync(self.sink.append, built)
             return
-        pending = _Pending(built)
-        await self._send.send(pending)
-        await pending.done.wait()
-        if pending.error is not None:
-            raise pending.error
+        receipt = self.submit(built)
+        held = _HOLD.get()
+        if held is not None and self.durability == "before-response":
+            held.append(receipt)
+            return
+        await receipt.wait()
+
+    def submit(self, built: Mapping[str, Any]) -> Receipt:
+        """Write ``built`` now (raises AuditError if it cannot be) and return the receipt of its sync."""
+        assert self._wake is not None, "the commit task is not running"
+        self.sink.write_many([built])
+        self._wake.set()
+        return self._batch
 
     def record_sync(self, type_: str, payload: Mapping[str, Any]) -> None:
-        """For synchronous callers (the negotiation service, in its worker thread)."""
+        """For synchronous callers (the negotiation service, in its worker thread): written and synced."""
         self.sink.append(event(type_, **dict(payload)))
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        send, receive = anyio.create_memory_object_stream[_Pending](MAX_BATCH)
-        self._send, self._receive = send, receive
+        self._wake = anyio.Event()
         task_status.started()
         try:
-            async with receive:
-                async for first in receive:
-                    batch = [first]
-                    while len(batch) < MAX_BATCH:
-                        try:
-                            batch.append(receive.receive_nowait())
-                        except anyio.WouldBlock:
-                            break
-                    await self._write(batch)
+            while True:
+                await self._wake.wait()
+                # Let the writers run on first: their requests go upstream before the disk is
+                # waited for, and concurrent callers write into this batch meanwhile.
+                for _ in range(self._yields):
+                    await anyio.lowlevel.checkpoint()
+                batch, self._batch, self._wake = self._batch, Receipt(), anyio.Event()
+                await self._commit(batch)
         finally:
-            self._send = None
-            send.close()
+            wake, self._wake = self._wake, None
+            with anyio.CancelScope(shield=True):
+                if wake is not None and wake.is_set():
+                    await self._commit(self._batch)
+            self._batch = Receipt()
 
-    async def _write(self, batch: list[_Pending]) -> None:
-        def write_all() -> list[BaseException | None]:
-            try:  # group commit: the whole batch, one fsync
-                self.sink.append_many([p.event for p in batch])
-                return [None] * len(batch)
-            except Exception:
-                pass  # find out which event failed: one at a time, each its own outcome
-            outcomes: list[BaseException | None] = []
-            for pending in batch:
-                try:
-                    self.sink.append(pending.event)
-                    outcomes.append(None)
-                except Exception as exc:  # reported to exactly the caller whose event failed
-                    outcomes.append(exc)
-            return outcomes
-
+    async def _commit(self, batch: Receipt) -> None:
         try:
-            outcomes = await anyio.to_thread.run_sync(write_all)
+            if self.sync_in_thread:
+                await anyio.to_thread.run_sync(self.sink.sync)
+            else:
+                self.sink.sync()  # fdatasync of a small append: cheaper on the loop than a thread hop
+        except Exception as exc:
+            self.sync_failures += 1
+            log.error("audit sync failed", error=str(exc))
+            batch.settle(exc)
         except BaseException as exc:
-            for pending in batch:
-                pending.error = exc
-                pending.done.set()
-            raise
-        for pending, error in zip(batch, outcomes, strict=True):
-            pending.error = error
-            pending.done.set()
+            batch.settle(AuditError("write_failed", "the gateway stopped before the audit sync completed"))
+            raise exc
+        else:
+            self.syncs += 1
+            batch.settle()
 
     def close(self) -> None:
         self.sink.close()

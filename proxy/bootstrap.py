@@ -41,6 +41,7 @@ from policy import KeyRing, ModelIdentity, PolicyError, SessionRisk, could_allow
 from policy.audit_event import AuditError
 from policy.detect.onnx_model import ClassifierLoadError
 from proxy.approval import ApprovalDesk, ApprovalGate
+from proxy.audit_hold import DurableReplies
 from proxy.audit_writer import AuditWriter, open_audit_log
 from proxy.classify import ClassifierRunner, load_classifier
 from proxy.config import GatewayConfig, exposure_warnings
@@ -135,7 +136,7 @@ def open_runtime(config: GatewayConfig) -> Runtime:
     live = LivePolicy(active)
     assert p.state_dir is not None
     try:
-        audit = AuditWriter(open_audit_log(config, p.state_dir))
+        audit = AuditWriter(open_audit_log(config, p.state_dir), durability=config.audit.durability)
     except AuditError as exc:
         hint = " (a running gateway holds it: use its admin API instead)" if exc.code == "locked" else ""
         raise ConfigError(f"{exc}{hint}") from None
@@ -268,7 +269,9 @@ class App:
         if config.negotiation.enabled:
             interceptors.append(SuggestionVetting(runtime.service))
         interceptors.append(enforcer)
-        outermost: list[Any] = [self.metrics.interceptor]
+        # Second only to metrics: every reply below waits for its call's audit events to be durable.
+        held = DurableReplies(runtime.audit, on_failure=self.metrics.audit_failures.inc)
+        outermost: list[Any] = [self.metrics.interceptor, held]
         if self.tracing is not None:
             outermost.insert(0, self.tracing.interceptor)
         self.gateway = Gateway(

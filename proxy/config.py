@@ -87,6 +87,7 @@ class PolicyConfig:
 
 
 AUDIT_SIGNING = ("auto", "policy", "hmac", "off")
+AUDIT_DURABILITY = ("before-response", "before-forward")
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,9 @@ class AuditConfig:
     file: Path | None = None
     max_bytes: int = 50 * 2**20
     fsync: bool = True
+    # Who waits for the fsync of a decision event (docs/audit.md, "Durability modes"): the reply
+    # (default) or the forward. Either way the event is written before the call is forwarded.
+    durability: str = "before-response"
     # Signed checkpoints (docs/audit.md): "auto" signs with the policy key when one is configured.
     signing: str = "auto"
     hmac_key_env: str = "SECUREGATEWAY_AUDIT_KEY"
@@ -473,13 +477,14 @@ class _Reader:
 
     def audit(self, t: Mapping[str, Any]) -> AuditConfig:
         self.only(t, "audit", {
-            "file", "max_bytes", "fsync", "signing", "hmac_key_env", "checkpoint_every", "checkpoint_file",
-            "checkpoint_log",
+            "file", "max_bytes", "fsync", "durability", "signing", "hmac_key_env", "checkpoint_every",
+            "checkpoint_file", "checkpoint_log",
         })
         return AuditConfig(
             file=self.path_(t, "audit", "file", None),
             max_bytes=self.integer(t, "audit", "max_bytes", 50 * 2**20, minimum=4096),
             fsync=self.flag(t, "audit", "fsync", True),
+            durability=self.choice(t, "audit", "durability", AUDIT_DURABILITY, "before-response"),
             signing=self.choice(t, "audit", "signing", AUDIT_SIGNING, "auto"),
             hmac_key_env=self.string(t, "audit", "hmac_key_env", "SECUREGATEWAY_AUDIT_KEY"),
             checkpoint_every=self.integer(t, "audit", "checkpoint_every", 1000, minimum=0),

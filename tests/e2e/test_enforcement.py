@@ -125,21 +125,15 @@ async def test_a_fault_inside_enforcement_denies_with_gateway_error(site: Site, 
         app.gateway._on_session = lambda session: setattr(session, "identity", None)
     async with running(app), connect(site.url, GPT_KEY) as client:
         if fault == "audit":
-            original = app.runtime.audit.sink.append
-            original_many = app.runtime.audit.sink.append_many
+            original_many = app.runtime.audit.sink.write_many
 
-            def failing(event: Any) -> Any:
-                if event.get("type") == "decision":
-                    raise OSError("injected disk failure")
-                return original(event)
-
-            def failing_batch(events: Any) -> Any:
+            def failing_batch(events: Any) -> Any:  # every event is written through write_many
+                events = list(events)
                 if any(e.get("type") == "decision" for e in events):
                     raise OSError("injected disk failure")
                 return original_many(events)
 
-            monkeypatch.setattr(app.runtime.audit.sink, "append", failing)
-            monkeypatch.setattr(app.runtime.audit.sink, "append_many", failing_batch)
+            monkeypatch.setattr(app.runtime.audit.sink, "write_many", failing_batch)
         result = await client.call_tool("search.record", {"note": "must not arrive"})
         assert result.is_error
         assert result.structured_content["reason_code"] == "gateway_error"

@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from policy.audit_event import (
     DECISION_FIELDS,
@@ -21,7 +23,9 @@ from policy.audit_event import (
     event_hash,
     format_ts,
     jsonable,
+    plain_body,
     redacted_payload,
+    sealed_line,
 )
 from policy.redact import digest
 
@@ -215,3 +219,53 @@ def test_a_missing_envelope_field_is_named() -> None:
     del broken["prev_hash"]
     assert envelope_problem(broken) == "missing envelope field `prev_hash`"
     assert envelope_problem([1]) == "line is not a json object"
+
+
+# ---- one encoding per event: sealed_line, plain_body ----------------------------------------------
+
+_keys = st.sampled_from(["a", "hash_", "has", "hasg", "hasi", "h", "z", "seq", "ts", "prev_hash", "arguments", "\u00e9",
+                         "decision", "type", "0", "H", "hash\u0000"]) | st.text(max_size=6)
+_plain_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False),
+              st.text(max_size=20)),
+    lambda children: st.one_of(
+        st.lists(children, max_size=3), st.dictionaries(st.text(max_size=5), children, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+@given(body=st.dictionaries(_keys.filter(lambda k: k != "hash"), _plain_values, max_size=8))
+def test_sealed_line_is_the_canonical_line_and_hash_of_the_event(body: dict[str, Any]) -> None:
+    hashed, line = sealed_line(body)
+    assert hashed == event_hash(body)
+    assert line == canonical_event({**body, "hash": hashed}).encode("ascii") + b"\n"
+    assert canonical_event(json.loads(line)) == line[:-1].decode("ascii")  # what a verifier recomputes
+
+
+def test_sealed_line_hashes_exactly_the_bytes_of_the_line_without_its_hash_member() -> None:
+    hashed, line = sealed_line({"arguments": {"t": "\u00e9\ud800"}, "seq": 1, "type": "decision"})
+    member = f',"hash":"{hashed}"'.encode()
+    assert member in line
+    assert hashed == "sha256:" + hashlib.sha256(line[:-1].replace(member, b"")).hexdigest()
+
+
+@given(value=st.dictionaries(st.text(max_size=5), _plain_values | st.tuples(st.integers(), st.text(max_size=3)),
+                             max_size=6))
+def test_plain_body_is_jsonable_and_collects_every_payload_string(value: dict[str, Any]) -> None:
+    from policy.redact import collect_strings
+
+    event_ = {"schema": SCHEMA, "type": "decision", **value}
+    body, strings = plain_body(event_)
+    assert body == jsonable(event_)
+    expected: list[str] = []
+    for key, item in body.items():
+        if key not in ("schema", "type", "seq", "event_id", "ts", "prev_hash", "hash"):
+            collect_strings(item, expected)
+    assert sorted(strings) == sorted(expected)
+
+
+def test_plain_body_names_the_field_that_has_no_json_form() -> None:
+    with pytest.raises(AuditError, match=r"`\$\.arguments\.blob`") as caught:
+        plain_body({"type": "decision", "arguments": {"blob": b"raw"}})
+    assert caught.value.code == "unserializable"

@@ -245,3 +245,102 @@ def test_many_large_key_masked_values_are_still_hidden_when_quoted() -> None:
     )
     assert last[:40] not in json.dumps(built)
     assert "'[REDACTED]' is too long" in built["decision"]["reason"]
+
+
+# ---- the joined secret scan (policy.redact.strings_contain_secret) --------------------------------
+# Invariant: scanning the strings of a value together finds a secret exactly when scanning
+# them one by one does, whatever the strings hold: whole secrets in any encoding, secrets cut
+# in two across neighbouring strings, bare literals and contexts, line ends and escapes at the
+# edges. A miss would let a secret into the log; a false alarm only costs the slow path, but
+# the property is equality.
+
+_PIECES = [
+    "AKIA", "AIza", "ghp_", "github_pat_", "sk-", "sk-ant-", "xoxb-", "eyJ", "Bearer ", "bearer\t",
+    "-----BEGIN RSA PRIVATE KEY-----", "-----END RSA PRIVATE KEY-----", "PuTTY-User-Key-File-2: ssh-rsa",
+    "Encryption: none", "password=", 'password = "', "api_key: ", "token=", "secret:", "credentials=",
+    "AccountKey=", "postgres://app:", "@db.example.com", "hooks.slack.com/services/",
+    "discord.com/api/webhooks/1234567/",
+    "\n", "\r\n", "\\", "\\n", "%", "%0A", "+", "\"", "'", "(", " ", "\t", "=", ":", ".", "-", "_", "7",
+    "abcdef", "QWERTY123456", "x" * 30, "Zm9vYmFy" * 5, "Version: 1",
+]
+_piece = st.one_of(
+    st.sampled_from(_PIECES),
+    st.text(ALNUM + "+/=_-.:@ \n\\%", max_size=40),
+    st.tuples(secrets_, encodings).map(lambda pair: ENCODINGS[pair[1]](pair[0][1])),
+)
+_string = st.lists(_piece, max_size=5).map("".join)
+
+
+def _split_secret(secret: str, cut: int) -> list[str]:
+    at = cut % (len(secret) + 1)
+    return [secret[:at], secret[at:]]
+
+
+@settings(max_examples=400)
+@given(strings=st.lists(_string, max_size=6))
+def test_a_joined_scan_finds_a_secret_iff_one_of_the_strings_has_one(strings: list[str]) -> None:
+    from policy.redact import contains_secret, strings_contain_secret
+
+    assert strings_contain_secret(strings) == any(contains_secret(text) for text in strings)
+
+
+@settings(max_examples=200)
+@given(secret=secrets_, encoding=encodings, cut=st.integers(min_value=0), before=_string, after=_string)
+def test_a_secret_cut_across_two_strings_is_judged_as_the_strings_are(
+    secret: tuple[str, str, str], encoding: str, cut: int, before: str, after: str
+) -> None:
+    from policy.redact import contains_secret, strings_contain_secret
+
+    head, tail = _split_secret(ENCODINGS[encoding](secret[1]), cut)
+    strings = [before + head, tail + after]
+    assert strings_contain_secret(strings) == any(contains_secret(text) for text in strings)
+
+
+def _value_contains_secret_one_by_one(value: Any, depth: int = 0) -> bool:
+    """The per-string walk that strings_contain_secret replaced, kept as the reference."""
+    from policy.redact import MAX_DEPTH, contains_secret
+
+    if isinstance(value, str):
+        return contains_secret(value)
+    if depth > MAX_DEPTH:
+        return False
+    if isinstance(value, dict):
+        return any((isinstance(k, str) and contains_secret(k)) or _value_contains_secret_one_by_one(v, depth + 1)
+                   for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_value_contains_secret_one_by_one(item, depth + 1) for item in value)
+    return False
+
+
+_json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), _string),
+    lambda children: st.one_of(st.lists(children, max_size=4), st.dictionaries(_string, children, max_size=4)),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300)
+@given(value=_json_values)
+def test_value_contains_secret_agrees_with_the_string_by_string_walk(value: Any) -> None:
+    from policy.redact import value_contains_secret
+
+    assert value_contains_secret(value) == _value_contains_secret_one_by_one(value)
+
+
+def test_no_secret_is_made_across_the_join() -> None:
+    from policy.redact import contains_secret, strings_contain_secret
+
+    halves = [
+        ["PuTTY-User-Key-File-2: ssh-rsa", "AAAAB3NzaC1yc2E"],  # a header line, then what looks like key lines
+        ["password=abcde", "f"],  # a value that only the next string lengthens to six characters
+        ["AKIA", "ABCDEFGHIJKLMNOP"],
+        ["-----BEGIN RSA PRIVATE", " KEY-----"],
+        ["postgres://app:hunter22", "@db.example.com"],
+        ["Bearer", "abc123def456ghi789"],
+        ["sk-ant-", "A" * 10 + "b" * 20],
+    ]
+    for strings in halves:
+        assert not any(contains_secret(text) for text in strings), strings
+        assert not strings_contain_secret(strings), strings
+        # ... though a weaker separator (none, a line feed, a space) would have made one
+        assert any(contains_secret(sep.join(strings)) for sep in ("", "\n", " ")), strings
