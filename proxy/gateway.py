@@ -19,7 +19,8 @@ from mcp.server import Server
 from mcp.server.context import ServerRequestContext
 
 from proxy.config import GatewayConfig
-from proxy.downstream import IDENTITY_STATE_KEY, http_app, serve_http, serve_stdio
+from proxy.downstream import serve_stdio
+from proxy.front.http import IDENTITY_STATE_KEY, http_app, serve_http
 from proxy.intercept import CallNext, Interceptor, compose
 from proxy.mrtr import InputBridge
 from proxy.relay import LocalTool, Relay, connection_of, forward_tool_call
