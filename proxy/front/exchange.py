@@ -16,7 +16,9 @@ alone gets JSON (with no back-channel: server-to-client requests tied to the cal
 refused and its notifications dropped, as in the SDK's JSON mode); ``text/event-stream``
 alone gets SSE. A session with an event store (resumable streams) keeps the SDK's
 always-SSE replies, whose priming events resumption depends on. Everything else (GET
-streams, DELETE, session checks, errors) is the SDK's transport unchanged.
+streams, DELETE, session checks, errors) is the SDK's transport unchanged, except that a
+request reusing an id still in flight on the session is refused (``-32600``): the SDK keys
+each request's stream by id, so it would take over the first request's answers.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import pydantic_core
 import structlog
 from mcp.server.auth.middleware.bearer_auth import AuthorizationContext
 from mcp.server.streamable_http import (
+    CONTENT_TYPE_JSON,
     CONTENT_TYPE_SSE,
     MCP_SESSION_ID_HEADER,
     REQUEST_STREAM_BUFFER_SIZE,
@@ -43,7 +46,9 @@ from mcp.shared.message import ServerMessageMetadata, SessionMessage
 from mcp_types import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
+    INVALID_REQUEST,
     PARSE_ERROR,
+    ErrorData,
     JSONRPCError,
     JSONRPCRequest,
     JSONRPCResponse,
@@ -51,6 +56,7 @@ from mcp_types import (
 )
 from pydantic import ValidationError
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 __all__ = ["PING_INTERVAL", "ExchangeSessionManager", "ExchangeTransport"]
@@ -116,6 +122,11 @@ class ExchangeTransport(StreamableHTTPServerTransport):
             return
 
         request_id = str(message.id)
+        if request_id in self._request_streams:
+            # The streams are keyed by id: a second request with an id still in flight would take
+            # the first one's answers. The holder keeps its id; the newcomer is refused.
+            await _refuse_duplicate(message, scope, receive, send)
+            return
         streams = anyio.create_memory_object_stream[EventMessage](REQUEST_STREAM_BUFFER_SIZE)
         self._request_streams[request_id] = streams
         reader = streams[1]
@@ -189,6 +200,14 @@ class ExchangeTransport(StreamableHTTPServerTransport):
         else:
             response = self._create_error_response(text, status, code)
         await response(scope, receive, send)
+
+
+async def _refuse_duplicate(message: JSONRPCRequest, scope: Scope, receive: Receive, send: Send) -> None:
+    text = f"request id `{str(message.id)[:80]}` is already in flight on this session; use a new id"
+    error = JSONRPCError(jsonrpc="2.0", id=message.id, error=ErrorData(code=INVALID_REQUEST, message=text))
+    log.warning("duplicate in-flight request id refused", id=str(message.id)[:80])
+    await Response(error.model_dump_json(by_alias=True, exclude_unset=True), media_type=CONTENT_TYPE_JSON)(
+        scope, receive, send)
 
 
 def _is_response(event: EventMessage) -> bool:

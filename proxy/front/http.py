@@ -34,7 +34,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.config import GatewayConfig, ListenSpec
 from proxy.front.exchange import ExchangeSessionManager
-from proxy.request_ids import UniqueRequestIds
 
 log = structlog.get_logger("securegateway.front")
 
@@ -112,9 +111,7 @@ def http_app(server: Server[Any], config: GatewayConfig, listen: ListenSpec, aut
             with contextlib.suppress(Exception):
                 await transport.terminate()
 
-    endpoint = ModelKeyAuth(
-        UniqueRequestIds(StreamableHTTPASGIApp(manager), max_body_bytes=config.max_message_bytes), authenticate
-    )
+    endpoint = ModelKeyAuth(StreamableHTTPASGIApp(manager), authenticate)
     app = Starlette(routes=[Route(listen.path, endpoint=endpoint)], lifespan=lifespan)
     app.state.close_sessions = close_sessions
     return app
