@@ -45,9 +45,9 @@ from proxy.audit_hold import DurableReplies
 from proxy.audit_writer import AuditWriter, open_audit_log
 from proxy.classify import ClassifierRunner, load_classifier
 from proxy.config import GatewayConfig, exposure_warnings
-from proxy.downstream import serve_http
 from proxy.enforce import Enforcer, PolicyView
 from proxy.errors import ConfigError, IdentityError
+from proxy.front.http import serve_http
 from proxy.gateway import Gateway
 from proxy.metrics import GatewayMetrics
 from proxy.quarantine import Quarantine

@@ -19,7 +19,9 @@ from mcp.server import Server
 from mcp.server.context import ServerRequestContext
 
 from proxy.config import GatewayConfig
-from proxy.downstream import IDENTITY_STATE_KEY, http_app, serve_http, serve_stdio
+from proxy.downstream import serve_stdio
+from proxy.front.http import IDENTITY_STATE_KEY, http_app, serve_http
+from proxy.http_pool import shared_pool
 from proxy.intercept import CallNext, Interceptor, compose
 from proxy.mrtr import InputBridge
 from proxy.relay import LocalTool, Relay, connection_of, forward_tool_call
@@ -69,7 +71,7 @@ class Gateway:
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Serve the configured front until cancelled (HTTP) or until stdin closes (stdio)."""
-        async with anyio.create_task_group() as tg:
+        async with shared_pool(), anyio.create_task_group() as tg:  # keep-alive to HTTP upstreams
             self._tg = tg
             listen = self.config.listen
             try:

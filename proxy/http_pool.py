@@ -1,4 +1,11 @@
-"""The HTTP client for Streamable HTTP upstreams: one keep-alive pool per link, reused per call.
+"""The HTTP client for Streamable HTTP upstreams: one keep-alive pool shared by every link.
+
+Every link (one per downstream session and upstream) gets its own ``httpx2.AsyncClient``
+(its own headers and cookie jar: an upstream's cookies never cross from one client's
+session to another's) over one connection pool per event loop, so calls reuse connections
+across calls and across sessions; a new session opens only the connection its standalone
+GET stream holds. The pool has no connection cap, because each open session holds one
+connection for that stream: a cap would make session N+1 wait for a free connection.
 
 The SDK's client transport closes a POST's SSE response as soon as the JSON-RPC answer has
 arrived, a moment before the server ends the stream. httpx discards a connection whose
@@ -12,14 +19,19 @@ closed as before, so the server still sees the disconnect.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 
 import anyio
+import anyio.lowlevel
 import httpx2
 from mcp.shared._httpx_utils import MCP_DEFAULT_SSE_READ_TIMEOUT, MCP_DEFAULT_TIMEOUT
 
 DRAIN_SECONDS = 0.05
 DRAIN_BYTES = 256 * 1024
+KEEPALIVE_CONNECTIONS = 64
+"""Idle connections the shared pool keeps open (the rest close when they go idle)."""
 
 
 class _DrainOnClose(httpx2.AsyncByteStream):
@@ -52,7 +64,8 @@ class DrainingTransport(httpx2.AsyncBaseTransport):
     """``httpx2.AsyncHTTPTransport`` whose event-stream responses finish before they close."""
 
     def __init__(self) -> None:
-        self._inner = httpx2.AsyncHTTPTransport()
+        limits = httpx2.Limits(max_connections=None, max_keepalive_connections=KEEPALIVE_CONNECTIONS)
+        self._inner = httpx2.AsyncHTTPTransport(limits=limits)
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         response = await self._inner.handle_async_request(request)
@@ -65,10 +78,63 @@ class DrainingTransport(httpx2.AsyncBaseTransport):
         await self._inner.aclose()
 
 
-def upstream_http_client(headers: Mapping[str, str]) -> httpx2.AsyncClient:
-    """What ``create_mcp_http_client`` builds (same timeouts), over the draining pool."""
-    return httpx2.AsyncClient(
-        headers=dict(headers),
-        timeout=httpx2.Timeout(MCP_DEFAULT_TIMEOUT, read=MCP_DEFAULT_SSE_READ_TIMEOUT),
-        transport=DrainingTransport(),
-    )
+class _Borrowed(httpx2.AsyncBaseTransport):
+    """The shared pool as one client sees it: closing the client does not close the pool."""
+
+    def __init__(self, pool: DrainingTransport) -> None:
+        self._pool = pool
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        return await self._pool.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        pass
+
+
+@dataclass
+class _Shared:
+    transport: DrainingTransport = field(default_factory=DrainingTransport)
+    users: int = 0
+
+
+_POOLS: dict[anyio.lowlevel.EventLoopToken, _Shared] = {}
+
+
+@contextlib.asynccontextmanager
+async def shared_pool() -> AsyncIterator[DrainingTransport]:
+    """Hold this event loop's shared pool open for the block (the gateway holds it while it runs,
+    so that idle connections outlive the sessions that opened them); it closes with its last user."""
+    token = anyio.lowlevel.current_token()
+    shared = _POOLS.get(token)
+    if shared is None:
+        shared = _POOLS[token] = _Shared()
+    shared.users += 1
+    try:
+        yield shared.transport
+    finally:
+        shared.users -= 1
+        if shared.users == 0:
+            if _POOLS.get(token) is shared:
+                del _POOLS[token]
+            with anyio.CancelScope(shield=True):
+                await shared.transport.aclose()
+
+
+@contextlib.asynccontextmanager
+async def upstream_http_client(headers: Mapping[str, str]) -> AsyncIterator[httpx2.AsyncClient]:
+    """What ``create_mcp_http_client`` builds (same timeouts), over this event loop's shared pool."""
+    async with (
+        shared_pool() as pool,
+        httpx2.AsyncClient(
+            headers=dict(headers),
+            timeout=httpx2.Timeout(MCP_DEFAULT_TIMEOUT, read=MCP_DEFAULT_SSE_READ_TIMEOUT),
+            transport=_Borrowed(pool),
+        ) as client,
+    ):
+        yield client
+
+
+def shared_pool_users() -> int:
+    """Holders of this event loop's shared pool: the running gateway and its links (for tests)."""
+    shared = _POOLS.get(anyio.lowlevel.current_token())
+    return 0 if shared is None else shared.users

@@ -13,6 +13,7 @@ from typing import Any
 import anyio
 import pytest
 
+from proxy.http_pool import shared_pool_users
 from tests.conftest import connect, running
 from tests.e2e.conftest import GPT_KEY, make_site
 from tests.e2e.tcp_counter import CountingRelay
@@ -41,3 +42,34 @@ async def test_calls_to_an_http_upstream_reuse_their_connections(
             opened = relay.accepted - before
     assert before >= 1
     assert opened <= 2, f"{opened} new connections for {CALLS} calls"  # was one per call
+
+
+
+async def test_sessions_share_one_pool_to_an_http_upstream_that_lives_with_the_gateway(
+    tmp_path: Path, http_upstream_factory: Any,
+) -> None:
+    # Each link (one per client session and upstream) has its own client and cookie jar over the
+    # gateway's one pool; calls from both sessions, interleaved, reuse the pooled connections.
+    url = http_upstream_factory("search")
+    async with CountingRelay(int(url.split(":")[2].split("/")[0])).running() as relay:
+        site = make_site(tmp_path / "site", upstreams=[("search", ["replaced"])])
+        site.config_path.write_text(site.config_path.read_text().replace(
+            'command = ["replaced"]', f'url = "http://127.0.0.1:{relay.port}/mcp"'))
+        async with running(site.app()):
+            assert shared_pool_users() == 1  # the gateway holds it
+            async with connect(site.url, GPT_KEY) as first, connect(site.url, GPT_KEY) as second:
+                assert shared_pool_users() == 3  # and each session's link borrows it
+                for client in (first, second):
+                    assert not (await client.call_tool("search.echo", {"text": "warm"})).is_error
+                before = relay.accepted
+                with anyio.fail_after(60):
+                    for i in range(CALLS):
+                        client = (first, second)[i % 2]
+                        result = await client.call_tool("search.echo", {"text": str(i)})
+                        assert result.structured_content == {"text": str(i), "server": "search"}
+                opened = relay.accepted - before
+            with anyio.fail_after(15):  # the closed sessions give their clients back as they wind down
+                while shared_pool_users() > 1:
+                    await anyio.sleep(0.05)
+        assert shared_pool_users() == 0  # the pool closed with the gateway
+    assert opened <= 2, f"{opened} new connections for {CALLS} calls from two sessions"

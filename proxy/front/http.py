@@ -1,0 +1,170 @@
+"""The Streamable HTTP front: the gateway's listener for MCP clients on the network.
+
+What a network listener needs in front of the session transport: Host/Origin checks
+against DNS rebinding, a request-size limit, and model-key authentication
+(``Authorization: Bearer`` or ``X-Model-Key``) answered with 401 before any MCP
+processing. Sessions run on ``ExchangeTransport`` (a JSON body per reply unless the
+exchange needs a stream); sessionless 2026-era requests take the SDK's single-exchange
+path, which already answers JSON unless a notification comes first.
+
+The server under it is uvicorn on its httptools parser when that is installed (measured
+faster than h11 for the gateway's small requests; see bench/README.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import anyio
+import anyio.abc
+import structlog
+import uvicorn
+from mcp.server import Server
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.applications import Starlette
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from proxy.config import GatewayConfig, ListenSpec
+from proxy.front.exchange import ExchangeSessionManager
+
+log = structlog.get_logger("securegateway.front")
+
+IDENTITY_STATE_KEY = "securegateway.identity"
+Authenticate = Callable[[str | None], Any]
+"""Maps a presented model key (or None) to an identity; returns None when refused."""
+
+
+def security_settings(config: GatewayConfig, listen: ListenSpec) -> TransportSecuritySettings:
+    """Host/Origin allow-lists: the listener's own loopback names plus what the operator adds."""
+    hosts = [f"{listen.host}:{listen.port}", f"{listen.host}:*"]
+    if listen.host in ("127.0.0.1", "localhost"):
+        hosts += ["127.0.0.1:*", "localhost:*"]
+    if listen.host in ("::1", "[::1]"):
+        hosts += ["[::1]:*"]
+    hosts += list(config.allowed_hosts)
+    origins = [f"http://{h}" for h in hosts] + list(config.allowed_origins)
+    return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins)
+
+
+class ModelKeyAuth:
+    """ASGI wrapper: resolve the model key to an identity, or answer 401 with a clear message."""
+
+    def __init__(self, app: ASGIApp, authenticate: Authenticate) -> None:
+        self.app = app
+        self.authenticate = authenticate
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        key = None
+        auth = headers.get("authorization", "")
+        if auth[:7].lower() == "bearer ":
+            key = auth[7:].strip() or None
+        key = key or headers.get("x-model-key") or None
+        identity = self.authenticate(key)
+        if identity is None:
+            message = "missing model key: send `Authorization: Bearer <model key>`" if key is None else (
+                "unknown model key"
+            )
+            body = json.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": -32001, "message": message}}).encode()
+            await send({
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b'Bearer realm="mcp"')],
+            })
+            await send({"type": "http.response.body", "body": body})
+            return
+        scope.setdefault("state", {})[IDENTITY_STATE_KEY] = identity
+        # The SDK binds each HTTP session to the principal that opened it: another model's
+        # key cannot ride a session id it learned (it gets 404, as for an unknown session).
+        principal = str(getattr(identity, "model_id", identity))
+        scope["user"] = AuthenticatedUser(AccessToken(token="model-key", client_id=principal, scopes=[]))
+        await self.app(scope, receive, send)
+
+
+def http_app(server: Server[Any], config: GatewayConfig, listen: ListenSpec, authenticate: Authenticate) -> Starlette:
+    manager = ExchangeSessionManager(
+        app=server,
+        security_settings=security_settings(config, listen),
+        max_request_body_size=config.max_message_bytes,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        async with manager.run():
+            yield
+
+    async def close_sessions() -> None:
+        # Open GET streams would hold uvicorn's graceful shutdown until its timeout; end
+        # the sessions first (the manager keeps no public handle on them in mcp 2.3.0).
+        for transport in list(getattr(manager, "_server_instances", {}).values()):
+            with contextlib.suppress(Exception):
+                await transport.terminate()
+
+    endpoint = ModelKeyAuth(StreamableHTTPASGIApp(manager), authenticate)
+    app = Starlette(routes=[Route(listen.path, endpoint=endpoint)], lifespan=lifespan)
+    app.state.close_sessions = close_sessions
+    return app
+
+
+HTTP_PARSER = "httptools" if importlib.util.find_spec("httptools") else "h11"
+"""uvicorn's HTTP/1.1 parser: httptools when installed (a dependency), h11 otherwise."""
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: the gateway's task group owns shutdown."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Any:
+        yield
+
+
+async def serve_http(
+    app: ASGIApp, listen: ListenSpec, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve ``app`` on ``listen`` until cancelled, then close the listener gracefully.
+
+    uvicorn runs shielded so that cancellation becomes an orderly shutdown (lifespan
+    exit, connections drained within ``timeout_graceful_shutdown``) rather than an
+    abandoned socket.
+    """
+    config = uvicorn.Config(
+        app, host=listen.host.strip("[]"), port=listen.port, lifespan="on", log_level="warning",
+        access_log=False, timeout_graceful_shutdown=3, http=HTTP_PARSER,
+    )
+    server = _Uvicorn(config)
+    done = anyio.Event()
+
+    async def run() -> None:
+        try:
+            with anyio.CancelScope(shield=True):
+                await server.serve()
+        finally:
+            done.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        try:
+            while not server.started:
+                if done.is_set():
+                    raise OSError(f"could not listen on {listen.url} (is the port in use?)")
+                await anyio.sleep(0.01)
+            log.info("listening", url=listen.url)
+            task_status.started()
+            await done.wait()
+        finally:
+            close_sessions = getattr(getattr(app, "state", None), "close_sessions", None)
+            if close_sessions is not None:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                    await close_sessions()
+            server.should_exit = True
