@@ -155,6 +155,7 @@ class GatewayConfig:
     result_scan: str = "flag"
     anonymous_model: str | None = None  # clients without a key act as this model (loopback only)
     decision_meta: str = "full"  # "compact": allowed calls carry a short decision in _meta
+    fast_lane: bool = True  # stdio: tools/call and tools/list answered by the lean lane (False: the SDK path)
     upstreams: tuple[UpstreamConfig, ...] = ()
     policy: PolicyConfig = PolicyConfig()
     audit: AuditConfig = AuditConfig()
@@ -205,6 +206,7 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> GatewayConfig:
     r.only(gw, "gateway", {
         "listen", "name", "separator", "page_size", "max_message_bytes", "allowed_hosts",
         "allowed_origins", "tools_list", "trace_visibility", "result_scan", "anonymous_model", "decision_meta",
+        "fast_lane",
     })
     listen = r.listen(gw.get("listen", "stdio"), "gateway.listen", allow_stdio=True)
     separator = r.string(gw, "gateway", "separator", ".")
@@ -256,6 +258,7 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> GatewayConfig:
         result_scan=r.choice(gw, "gateway", "result_scan", ("off", "flag", "redact", "block"), "flag"),
         anonymous_model=anonymous,
         decision_meta=r.choice(gw, "gateway", "decision_meta", ("full", "compact"), "full"),
+        fast_lane=r.flag(gw, "gateway", "fast_lane", True),
         upstreams=tuple(upstreams),
         policy=r.policy(r.table(raw, "policy")),
         audit=r.audit(r.table(raw, "audit")),
