@@ -15,17 +15,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import os
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
 
 from proxy import logs
 from proxy.config import GatewayConfig, ListenSpec, load_config
-from proxy.errors import GatewayError
+from proxy.errors import ConfigError, GatewayError
 
 MODEL_KEY_ENV = "SECUREGATEWAY_MODEL_KEY"
 
@@ -92,8 +94,18 @@ def _run(args: argparse.Namespace) -> int:
             await app.run()
             tg.cancel_scope.cancel()
 
-    anyio.run(serve)
+    anyio.run(serve, backend_options=_loop_options(config))
     return 0
+
+
+def _loop_options(config: GatewayConfig) -> dict[str, Any]:
+    if config.event_loop != "uvloop":
+        return {}
+    if importlib.util.find_spec("uvloop") is None:
+        raise ConfigError(
+            f"{config.path.name}: gateway.event_loop: `uvloop` is not installed (pip install 'securegateway[uvloop]')"
+        )
+    return {"use_uvloop": True}
 
 
 async def _cancel_on_signal(scope: anyio.CancelScope) -> None:

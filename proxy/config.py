@@ -156,6 +156,7 @@ class GatewayConfig:
     anonymous_model: str | None = None  # clients without a key act as this model (loopback only)
     decision_meta: str = "full"  # "compact": allowed calls carry a short decision in _meta
     fast_lane: bool = True  # stdio: tools/call and tools/list answered by the lean lane (False: the SDK path)
+    event_loop: str = "asyncio"  # "uvloop": the optional libuv event loop (pip install 'securegateway[uvloop]')
     upstreams: tuple[UpstreamConfig, ...] = ()
     policy: PolicyConfig = PolicyConfig()
     audit: AuditConfig = AuditConfig()
@@ -206,7 +207,7 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> GatewayConfig:
     r.only(gw, "gateway", {
         "listen", "name", "separator", "page_size", "max_message_bytes", "allowed_hosts",
         "allowed_origins", "tools_list", "trace_visibility", "result_scan", "anonymous_model", "decision_meta",
-        "fast_lane",
+        "fast_lane", "event_loop",
     })
     listen = r.listen(gw.get("listen", "stdio"), "gateway.listen", allow_stdio=True)
     separator = r.string(gw, "gateway", "separator", ".")
@@ -259,6 +260,7 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> GatewayConfig:
         anonymous_model=anonymous,
         decision_meta=r.choice(gw, "gateway", "decision_meta", ("full", "compact"), "full"),
         fast_lane=r.flag(gw, "gateway", "fast_lane", True),
+        event_loop=r.choice(gw, "gateway", "event_loop", ("asyncio", "uvloop"), "asyncio"),
         upstreams=tuple(upstreams),
         policy=r.policy(r.table(raw, "policy")),
         audit=r.audit(r.table(raw, "audit")),
