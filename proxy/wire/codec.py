@@ -31,10 +31,12 @@ def decode(line: bytes) -> Any:
     transport does, so a stray byte in a string does not cost the whole message."""
     try:
         return _decoder.decode(line)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         repaired = line.decode("utf-8", "replace").encode("utf-8")
         if repaired == line:
-            raise
+            if isinstance(exc, msgspec.DecodeError):
+                raise
+            raise msgspec.DecodeError(str(exc)) from None
         return _decoder.decode(repaired)
 
 
