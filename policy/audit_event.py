@@ -81,6 +81,7 @@ EVENT_TYPES: frozenset[str] = frozenset(
         "approval.requested",
         "approval.answered",
         "approval.expired",
+        "approval.abandoned",
         "approval.consumed",
         # Written by the log itself when it reopens after a crash or finds its head sidecar
         # disagreeing with the file; see docs/audit.md.

@@ -104,6 +104,8 @@ _STATUS_FOR_CODE = {
     "invalid_state": 409,
     "merge_conflict": 409,
     "policy_conflict": 409,
+    "expired": 409,
+    "too_many_pending": 409,
 }
 
 Endpoint = Callable[[Request], Awaitable[JSONResponse]]
@@ -270,7 +272,8 @@ def build_admin_app(
     if operator is not None:
         from proxy.console import build_console
 
-        consoles.append(Mount("/console", app=build_console(service, admin_key, operator, guard=guard)))
+        consoles.append(Mount("/console", app=build_console(service, admin_key, operator, guard=guard,
+                                                            approvals=approvals)))
     # ---- tools: quarantine, pins, releases (proxy/tool_guard.py) ----------------------------------
 
     def tool_guard() -> ToolGuard:
@@ -343,10 +346,10 @@ def _approval_routes(desk: ApprovalDesk, guarded: Callable[[Endpoint], Endpoint]
 
     async def list_approvals(request: Request) -> JSONResponse:
         status = _status_param(request, ApprovalStatus)
-        return JSONResponse({"approvals": [reviewer_view(a.to_dict()) for a in desk.list(status)]})
+        return JSONResponse({"approvals": [reviewer_view(a.to_dict()) for a in await desk.list(status)]})
 
     async def show_approval(request: Request) -> JSONResponse:
-        return JSONResponse(reviewer_view(desk.get(request.path_params["approval_id"]).to_dict()))
+        return JSONResponse(reviewer_view((await desk.get(request.path_params["approval_id"])).to_dict()))
 
     def answer(approve: bool) -> Endpoint:
         async def endpoint(request: Request) -> JSONResponse:
@@ -355,10 +358,9 @@ def _approval_routes(desk: ApprovalDesk, guarded: Callable[[Endpoint], Endpoint]
             comment = body.get("comment", "")
             if not isinstance(comment, str):
                 raise _HttpError(400, "bad_request", "`comment` must be a string")
-            approval_id = request.path_params["approval_id"]
-            if desk.get(approval_id).approver == "user":
-                raise _HttpError(409, "invalid_state", "this call waits for its user's answer (approver: user)")
-            approval = await desk.answer(approval_id, approve=approve, by=reviewer, how="admin_api", comment=comment)
+            approval = await desk.operator_answer(
+                request.path_params["approval_id"], approve=approve, by=reviewer, how="admin_api", comment=comment
+            )
             return JSONResponse(reviewer_view(approval.to_dict()))
 
         return endpoint

@@ -30,7 +30,7 @@ from negotiation import (
     SqliteProposalStore,
     watch_policy_file,
 )
-from negotiation.approvals import HandleSealer
+from negotiation.approvals import HandleSealer, SqliteApprovalStore
 from negotiation.cli_policy import PolicyStorageConfig, open_repository
 from negotiation.errors import NegotiationError
 from negotiation.signing import generate_ed25519_keypair
@@ -219,7 +219,11 @@ class App:
         self.runtime = runtime
         config = runtime.config
         assert config.policy.state_dir is not None
-        self.approvals = ApprovalDesk(HandleSealer.from_state_dir(config.policy.state_dir), runtime.audit.record)
+        self.approvals = ApprovalDesk(
+            HandleSealer.from_state_dir(config.policy.state_dir), runtime.audit.record,
+            store=SqliteApprovalStore(config.approvals.store or config.policy.state_dir / "approvals.db",
+                                      max_pending=config.approvals.max_pending),
+        )
         self.metrics = GatewayMetrics(models=runtime.keys.identities, upstreams=[u.name for u in config.upstreams])
         enforcer = Enforcer(
             runtime.view,
@@ -228,7 +232,7 @@ class App:
             trace_visibility=config.trace_visibility,
             result_scan=config.result_scan,
             decision_meta=config.decision_meta,
-            approvals=ApprovalGate(self.approvals),
+            approvals=ApprovalGate(self.approvals, operator_mode=config.approvals.operator_mode),
         )
         local = {"propose_policy": ProposePolicy(runtime.service)} if config.negotiation.enabled else {}
         # Outermost first: a suspended tool is refused before anything else looks at the
@@ -324,6 +328,7 @@ class App:
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(rt.audit.run)
+                await self.approvals.recover()  # calls that waited in the previous process are gone
                 admin_key = os.environ.get(config.admin.key_env, "")
                 if config.admin.listen is not None and not admin_key:
                     log.warning("admin API disabled: set the admin key", variable=config.admin.key_env,
@@ -346,6 +351,7 @@ class App:
                     interval=config.policy.watch_interval,
                 ))
                 tg.start_soon(self._expire_pending)
+                tg.start_soon(self._sweep_approvals)
                 if config.tools_list == "hide":
                     tg.start_soon(self._announce_policy_changes)
                 await tg.start(self._serve, tg.cancel_scope)
@@ -374,6 +380,15 @@ class App:
                     await session.channel.notify("notifications/tools/list_changed", None)
                 except Exception:  # a client that went away must not stop the others hearing
                     log.debug("list_changed not delivered", session=session.id)
+
+    async def _sweep_approvals(self) -> None:
+        """Expire (and audit) approvals nobody answered or used in time, within a second of their expiry."""
+        while True:
+            await anyio.sleep(1.0)
+            try:
+                await self.approvals.sweep()
+            except Exception:
+                log.exception("sweeping approvals failed")
 
     async def _expire_pending(self) -> None:
         while True:

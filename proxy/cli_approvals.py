@@ -1,7 +1,8 @@
 """``securegateway approvals list|approve|deny``: answer held calls through the running gateway.
 
-Pending approvals live in the gateway process that holds the calls, so these commands talk
-to its admin API (``[admin] listen``, key from ``[admin] key_env``) instead of reading files.
+Answers go through the running gateway, which holds the waiting calls, so these commands talk
+to its admin API (``[admin] listen``, key from ``[admin] key_env``) instead of writing the
+approval store (``<state_dir>/approvals.db``) themselves.
 Exit codes: 0 ok, 1 the gateway refused (unknown id, already answered), 2 bad usage or no
 admin API to talk to.
 """
@@ -33,7 +34,7 @@ def register(sub: Any, config_arg: ConfigArg, load: LoadConfig) -> None:
     listing = verbs.add_parser("list", help="calls waiting for a yes (and recent answers)")
     config_arg(listing)
     listing.add_argument(
-        "--status", default="pending", help="pending (default), approved, denied, expired, consumed, all"
+        "--status", default="pending", help="pending (default), approved, denied, expired, consumed, abandoned, all"
     )
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(func=lambda a: _list(a, load))
@@ -58,7 +59,8 @@ def _list(args: argparse.Namespace, load: LoadConfig) -> int:
     if not items:
         print("no approvals")
     for item in items:
-        print(f"{item['id']}  {item['status']:<8}  {item['model']} -> {item['tool']}  approver={item['approver']}")
+        print(f"{item['id']}  {item['status']:<9}  {item['model']} -> {item['tool']}  approver={item['approver']}"
+              f"  mode={item.get('mode', 'wait')}")
         print(f"    arguments: {json.dumps(item['arguments'], sort_keys=True)[:300]}")
         print(f"    reason: {item['reason']}")
     return 0

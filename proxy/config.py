@@ -141,6 +141,15 @@ class DetectorsConfig:
 
 
 @dataclass(frozen=True)
+class ApprovalsConfig:
+    """``[approvals]``: per-call approvals (``ask_tools``; docs/policy-language.md)."""
+
+    operator_mode: str = "wait"  # wait (hold the call) | pending (2026 clients: a pending result + handle)
+    store: Path | None = None  # default: <state_dir>/approvals.db
+    max_pending: int = 1000
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     path: Path
     listen: ListenSpec
@@ -163,6 +172,7 @@ class GatewayConfig:
     admin: AdminConfig = AdminConfig()
     negotiation: NegotiationConfig = NegotiationConfig()
     detectors: DetectorsConfig = DetectorsConfig()
+    approvals: ApprovalsConfig = ApprovalsConfig()
 
     @property
     def base_dir(self) -> Path:
@@ -202,7 +212,7 @@ def load_config(path: str | Path) -> GatewayConfig:
 
 def parse_config(raw: Mapping[str, Any], path: Path) -> GatewayConfig:
     r = _Reader(path)
-    r.only(raw, "", {"gateway", "upstreams", "policy", "audit", "admin", "negotiation", "detectors"})
+    r.only(raw, "", {"gateway", "upstreams", "policy", "audit", "admin", "negotiation", "detectors", "approvals"})
     gw = r.table(raw, "gateway")
     r.only(gw, "gateway", {
         "listen", "name", "separator", "page_size", "max_message_bytes", "allowed_hosts",
@@ -267,6 +277,7 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> GatewayConfig:
         admin=r.admin(r.table(raw, "admin")),
         negotiation=r.negotiation(r.table(raw, "negotiation")),
         detectors=r.detectors(r.table(raw, "detectors")),
+        approvals=r.approvals(r.table(raw, "approvals")),
     )
     if r.problems:
         raise ConfigError(r.problems)
@@ -494,6 +505,15 @@ class _Reader:
             taint_window_s=self.number(t, d, "taint_window_s", 600.0, minimum=0.0),
             sink_tools=self.strs(t, d, "sink_tools"),
             store=self.path_(t, d, "store", None),
+        )
+
+    def approvals(self, t: Mapping[str, Any]) -> ApprovalsConfig:
+        a = "approvals"
+        self.only(t, a, {"operator_mode", "store", "max_pending"})
+        return ApprovalsConfig(
+            operator_mode=self.choice(t, a, "operator_mode", ("wait", "pending"), "wait"),
+            store=self.path_(t, a, "store", None),
+            max_pending=self.integer(t, a, "max_pending", 1000, minimum=1),
         )
 
     def negotiation(self, t: Mapping[str, Any]) -> NegotiationConfig:

@@ -15,7 +15,7 @@ from typing import Any
 from policy.canonical import digest
 from policy.redact import digest as value_digest
 
-__all__ = ["Approval", "ApprovalBinding", "ApprovalStatus", "arguments_digest"]
+__all__ = ["LIVE", "MODES", "WAITING_MODES", "Approval", "ApprovalBinding", "ApprovalStatus", "arguments_digest"]
 
 
 def arguments_digest(arguments: Any) -> str:
@@ -54,6 +54,16 @@ class ApprovalStatus(StrEnum):
     DENIED = "denied"
     EXPIRED = "expired"
     CONSUMED = "consumed"
+    ABANDONED = "abandoned"  # the call waiting for it died with its gateway process
+
+
+LIVE = (ApprovalStatus.PENDING, ApprovalStatus.APPROVED)
+
+# How the asking call waits for the answer. ``wait`` and ``elicitation`` hold a running request,
+# so they die with the process; ``input_required`` and ``pending`` end the request and hand the
+# client a sealed handle to come back with, so they survive a restart.
+MODES = ("wait", "elicitation", "input_required", "pending")
+WAITING_MODES = ("wait", "elicitation")
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,28 @@ class Approval:
     answered_how: str | None = None
     comment: str | None = None
     answered_at: float | None = None
+    mode: str = "wait"
+
+    @property
+    def live(self) -> bool:
+        """Still answerable or usable (pending, or approved and not yet consumed)."""
+        return self.status in LIVE
+
+    def to_record(self) -> dict[str, Any]:
+        """Everything, for a store (the inverse of :meth:`from_record`)."""
+        record = asdict(self)
+        record["status"] = self.status.value
+        record["rules"] = list(self.rules)
+        record["arguments"] = dict(self.arguments)
+        return record
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Approval:
+        fields = dict(record)
+        fields["binding"] = ApprovalBinding(**fields["binding"])
+        fields["status"] = ApprovalStatus(fields["status"])
+        fields["rules"] = tuple(fields["rules"])
+        return cls(**fields)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -97,4 +129,5 @@ class Approval:
             "answered_how": self.answered_how,
             "comment": self.comment,
             "answered_at": self.answered_at,
+            "mode": self.mode,
         }

@@ -1,29 +1,41 @@
-"""The approval store: one seam, an in-memory default.
+"""The approval store: one seam, the transitions every implementation shares, an in-memory store.
 
 Transitions (anything else is ``invalid_state``)::
 
     pending --answer(yes)--> approved --consume--> consumed
     pending --answer(no)---> denied
-    pending/approved --expire or past expires_at--> expired
+    pending/approved --expire, or expire_due past expires_at--> expired
+    pending (a waiting mode) --abandon, at start-up--> abandoned
 
-``consume`` is the single use: it checks the binding of the call about to run against the
-approved one and flips the approval to ``consumed`` under the store's lock, so two retries
-racing with one handle cannot both run. Finished approvals are kept for ``keep_seconds`` so
-operators can read what happened; pending ones are capped per store (``max_pending``).
+The transitions are pure functions (:func:`answered`, :func:`expired`, :func:`consumed`); a
+store loads the approval, applies one and writes the result back under its lock or
+transaction, so two answers or two retries racing with one handle cannot both win.
+Nothing changes status silently: an approval past its ``expires_at`` stays as stored until
+:meth:`ApprovalStore.expire_due` flips it, so whoever flips it (the desk) audits it exactly once.
+``answer`` and ``consume`` refuse an approval past its expiry all the same (code ``expired``).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Protocol
 
-from negotiation.approvals.binding import Approval, ApprovalBinding, ApprovalStatus
+from negotiation.approvals.binding import LIVE, Approval, ApprovalBinding, ApprovalStatus
 from negotiation.errors import NegotiationError
 
-__all__ = ["ApprovalError", "ApprovalStore", "MemoryApprovalStore"]
+__all__ = [
+    "ApprovalError",
+    "ApprovalStore",
+    "MemoryApprovalStore",
+    "answered",
+    "consumed",
+    "expired",
+]
+
+Approvals = list[Approval]  # (the stores\' ``list`` method shadows the builtin in class bodies)
 
 
 class ApprovalError(NegotiationError):
@@ -34,23 +46,86 @@ class ApprovalError(NegotiationError):
 
 
 class ApprovalStore(Protocol):
-    """Where approvals live (memory now; a database when gateways share approvals)."""
+    """Where approvals live. Every method returns only after the change is stored."""
 
     def add(self, approval: Approval) -> None: ...
 
     def get(self, approval_id: str) -> Approval: ...
 
-    def list(self, status: ApprovalStatus | None = None) -> list[Approval]: ...
+    def list(self, status: ApprovalStatus | None = None) -> Approvals: ...
 
-    def answer(self, approval_id: str, *, approve: bool, by: str, how: str, comment: str | None = None) -> Approval: ...
+    def find_pending(self, binding: ApprovalBinding, mode: str) -> Approval | None:
+        """A pending approval of ``mode`` for exactly this call, if one is open (no duplicate asks)."""
+        ...
 
-    def expire(self, approval_id: str) -> Approval | None: ...
+    def answer(self, approval_id: str, *, approve: bool, by: str, how: str, comment: str | None = None) -> Approval:
+        ...
+
+    def expire(self, approval_id: str) -> Approval | None:
+        """Expire a live approval now; None if it had already finished otherwise."""
+        ...
+
+    def expire_due(self) -> Approvals:
+        """Expire every live approval past its ``expires_at``; return those this call flipped."""
+        ...
+
+    def abandon(self, modes: Iterable[str]) -> Approvals:
+        """Mark pending approvals whose mode is one of ``modes`` abandoned; return them."""
+        ...
 
     def consume(self, approval_id: str, binding: ApprovalBinding) -> Approval: ...
 
+    def close(self) -> None: ...
+
+
+# ---- the transitions -----------------------------------------------------------------------------
+
+
+def answered(
+    approval: Approval, *, approve: bool, by: str, how: str, comment: str | None, now: float
+) -> Approval:
+    if approval.status is not ApprovalStatus.PENDING:
+        raise ApprovalError(f"approval `{approval.id}` is {approval.status.value}, not pending")
+    if now >= approval.expires_at:
+        raise ApprovalError(f"approval `{approval.id}` expired before it was answered", code="expired")
+    return replace(
+        approval,
+        status=ApprovalStatus.APPROVED if approve else ApprovalStatus.DENIED,
+        answered_by=by,
+        answered_how=how,
+        comment=comment or None,
+        answered_at=now,
+    )
+
+
+def expired(approval: Approval) -> Approval | None:
+    return replace(approval, status=ApprovalStatus.EXPIRED) if approval.status in LIVE else None
+
+
+def consumed(approval: Approval, binding: ApprovalBinding, now: float) -> Approval:
+    if approval.status is ApprovalStatus.EXPIRED or (approval.live and now >= approval.expires_at):
+        raise ApprovalError(f"approval `{approval.id}` expired", code="expired")
+    if approval.status is not ApprovalStatus.APPROVED:
+        raise ApprovalError(f"approval `{approval.id}` is {approval.status.value}, not approved")
+    differs = approval.binding.differences(binding)
+    if differs:
+        raise ApprovalError(
+            f"approval `{approval.id}` was given for another call (differs in {', '.join(differs)}); "
+            "this call needs its own approval",
+            code="binding_mismatch",
+        )
+    return replace(approval, status=ApprovalStatus.CONSUMED)
+
+
+def not_found(approval_id: str) -> ApprovalError:
+    return ApprovalError(f"no approval `{approval_id[:80]}`", code="not_found")
+
+
+# ---- in memory -----------------------------------------------------------------------------------
+
 
 class MemoryApprovalStore:
-    """Approvals in a dict under one lock (the admin API and the gateway share a process)."""
+    """Approvals in a dict under one lock: for tests and embedding (nothing survives the process)."""
 
     def __init__(
         self, *, max_pending: int = 1000, keep_seconds: float = 3600.0, clock: Callable[[], float] = time.time
@@ -63,7 +138,7 @@ class MemoryApprovalStore:
 
     def add(self, approval: Approval) -> None:
         with self._lock:
-            self._sweep()
+            self._purge()
             pending = sum(1 for a in self._items.values() if a.status is ApprovalStatus.PENDING)
             if pending >= self._max_pending:
                 raise ApprovalError(f"{pending} approvals are already waiting", code="too_many_pending")
@@ -73,72 +148,73 @@ class MemoryApprovalStore:
 
     def get(self, approval_id: str) -> Approval:
         with self._lock:
-            return self._current(approval_id)
+            return self._get(approval_id)
 
-    def list(self, status: ApprovalStatus | None = None) -> list[Approval]:
+    def list(self, status: ApprovalStatus | None = None) -> Approvals:
         with self._lock:
-            self._sweep()
-            items = [self._current(i) for i in list(self._items)]
+            self._purge()
+            items = list(self._items.values())
         return sorted((a for a in items if status is None or a.status is status), key=lambda a: a.created_at)
+
+    def find_pending(self, binding: ApprovalBinding, mode: str) -> Approval | None:
+        with self._lock:
+            now = self._clock()
+            return next((a for a in self._items.values() if a.status is ApprovalStatus.PENDING and a.mode == mode
+                         and a.binding == binding and now < a.expires_at), None)
 
     def answer(self, approval_id: str, *, approve: bool, by: str, how: str, comment: str | None = None) -> Approval:
         with self._lock:
-            approval = self._current(approval_id)
-            if approval.status is not ApprovalStatus.PENDING:
-                raise ApprovalError(f"approval `{approval_id}` is {approval.status.value}, not pending")
-            answered = replace(
-                approval,
-                status=ApprovalStatus.APPROVED if approve else ApprovalStatus.DENIED,
-                answered_by=by,
-                answered_how=how,
-                comment=comment or None,
-                answered_at=self._clock(),
-            )
-            self._items[approval_id] = answered
-            return answered
+            new = answered(self._get(approval_id), approve=approve, by=by, how=how, comment=comment,
+                           now=self._clock())
+            self._items[approval_id] = new
+            return new
 
     def expire(self, approval_id: str) -> Approval | None:
-        """Mark a pending or approved-but-unused approval expired; None if it had already finished."""
         with self._lock:
-            approval = self._current(approval_id)
-            if approval.status not in (ApprovalStatus.PENDING, ApprovalStatus.APPROVED):
-                return approval if approval.status is ApprovalStatus.EXPIRED else None
-            expired = replace(approval, status=ApprovalStatus.EXPIRED)
-            self._items[approval_id] = expired
-            return expired
+            new = expired(self._get(approval_id))
+            if new is not None:
+                self._items[approval_id] = new
+            return new
+
+    def expire_due(self) -> Approvals:
+        with self._lock:
+            now = self._clock()
+            flipped = []
+            for approval in list(self._items.values()):
+                if approval.live and now >= approval.expires_at:
+                    new = replace(approval, status=ApprovalStatus.EXPIRED)
+                    self._items[approval.id] = new
+                    flipped.append(new)
+            return flipped
+
+    def abandon(self, modes: Iterable[str]) -> Approvals:
+        wanted = set(modes)
+        with self._lock:
+            flipped = []
+            for approval in list(self._items.values()):
+                if approval.status is ApprovalStatus.PENDING and approval.mode in wanted:
+                    new = replace(approval, status=ApprovalStatus.ABANDONED)
+                    self._items[approval.id] = new
+                    flipped.append(new)
+            return flipped
 
     def consume(self, approval_id: str, binding: ApprovalBinding) -> Approval:
         with self._lock:
-            approval = self._current(approval_id)
-            if approval.status is ApprovalStatus.EXPIRED:
-                raise ApprovalError(f"approval `{approval_id}` expired", code="expired")
-            if approval.status is not ApprovalStatus.APPROVED:
-                raise ApprovalError(f"approval `{approval_id}` is {approval.status.value}, not approved")
-            differs = approval.binding.differences(binding)
-            if differs:
-                raise ApprovalError(
-                    f"approval `{approval_id}` was given for another call (differs in {', '.join(differs)}); "
-                    "this call needs its own approval",
-                    code="binding_mismatch",
-                )
-            consumed = replace(approval, status=ApprovalStatus.CONSUMED)
-            self._items[approval_id] = consumed
-            return consumed
+            new = consumed(self._get(approval_id), binding, self._clock())
+            self._items[approval_id] = new
+            return new
 
-    def _current(self, approval_id: str) -> Approval:
+    def close(self) -> None:
+        pass
+
+    def _get(self, approval_id: str) -> Approval:
         approval = self._items.get(approval_id)
         if approval is None:
-            raise ApprovalError(f"no approval `{approval_id[:80]}`", code="not_found")
-        live = (ApprovalStatus.PENDING, ApprovalStatus.APPROVED)
-        if approval.status in live and self._clock() >= approval.expires_at:
-            approval = replace(approval, status=ApprovalStatus.EXPIRED)
-            self._items[approval_id] = approval
+            raise not_found(approval_id)
         return approval
 
-    def _sweep(self) -> None:
+    def _purge(self) -> None:
         horizon = self._clock() - self._keep
         for approval_id, approval in list(self._items.items()):
-            if approval.status not in (ApprovalStatus.PENDING, ApprovalStatus.APPROVED) and (
-                (approval.answered_at or approval.expires_at) < horizon
-            ):
+            if not approval.live and (approval.answered_at or approval.expires_at) < horizon:
                 del self._items[approval_id]

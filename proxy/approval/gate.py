@@ -7,7 +7,12 @@ Routes, by the asking rules' ``approver`` and what the client can do:
   carrying the same form and a sealed handle as ``requestState``, and the call continues when
   it retries with the answer. A client that can do neither is refused (``approval_denied``).
 * ``operator`` - the call waits (progress notifications if the caller sent a progress token)
-  while the approval is listed by the admin API and ``securegateway approvals``.
+  while the approval is listed by the admin API, the console and ``securegateway approvals``.
+  With ``[approvals] operator_mode = "pending"`` a 2026-era (sessionless) client is not held:
+  its call ends at once with a *pending approval* result carrying a sealed handle, and the
+  client retries the same call with the handle in ``_meta["io.securegateway/approval"]`` (or
+  as ``requestState``). Before the operator answers, a retry answers "pending" again (the same
+  approval: nothing new is asked); after a yes, the retry runs the call once.
 * ``any`` - the user route when the client has one (an operator may still answer first), the
   operator route otherwise.
 
@@ -20,24 +25,35 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, Protocol
 
 import anyio
 import structlog
 
-from negotiation.approvals import Approval, ApprovalBinding, ApprovalError, ApprovalStatus, arguments_digest
+from negotiation.approvals import (
+    Approval,
+    ApprovalBinding,
+    ApprovalError,
+    ApprovalStatus,
+    HandleSealer,
+    arguments_digest,
+)
 from policy import Decision
 from policy.decision import approval_outcome
 from proxy.approval.desk import ApprovalDesk
 from proxy.approval.form import approval_form, is_yes
+from proxy.enforce import DECISION_META_KEY
 from proxy.intercept import ToolCall, ToolResult
 from proxy.mrtr import InputBridge
 
 log = structlog.get_logger("securegateway.approval")
 
-__all__ = ["APPROVAL_INPUT_KEY", "ApprovalGate", "DecisionPoint"]
+__all__ = ["APPROVAL_INPUT_KEY", "APPROVAL_META_KEY", "OPERATOR_MODES", "ApprovalGate", "DecisionPoint"]
 
 APPROVAL_INPUT_KEY = "approval"
+APPROVAL_META_KEY = "io.securegateway/approval"  # the handle on a retry; the pending state on a result
+OPERATOR_MODES = ("wait", "pending")
 _CAPS_KEY = "io.modelcontextprotocol/clientCapabilities"
 _ROUND_KEYS = ("requestState", "inputResponses")
 
@@ -65,21 +81,31 @@ Settled = tuple[Any, ToolCall]  # (the final Verdict, the call to forward if it 
 class ApprovalGate:
     """Turns a pending decision into ``approved_by``, ``approval_denied`` or ``approval_expired``."""
 
-    def __init__(self, desk: ApprovalDesk, *, progress_interval: float = 5.0) -> None:
+    def __init__(self, desk: ApprovalDesk, *, progress_interval: float = 5.0, operator_mode: str = "wait") -> None:
+        if operator_mode not in OPERATOR_MODES:
+            raise ValueError(f"operator_mode must be one of {', '.join(OPERATOR_MODES)}")
         self.desk = desk
         self._tick = progress_interval
+        self._operator_mode = operator_mode
 
     async def settle(self, call: ToolCall, verdict: Any, point: DecisionPoint) -> Settled | ToolResult:
-        """Return the settled verdict (and the call to forward), or an ``input_required`` round."""
+        """Return the settled verdict (and the call to forward), an ``input_required`` round or a pending result."""
         decision: Decision = verdict.decision
-        if self.desk.sealer.is_handle(call.params.get("requestState")):
-            return await self._resume(call, verdict, point)
+        handle = _handle_of(call)
+        if handle is not None:
+            return await self._resume(call, verdict, point, handle)
         assert decision.approval is not None
         route = _route(call, decision.approval.approver)
         if route is None:
             why = "the rule asks the user, and this client cannot show the user a question (no elicitation)"
             return await self._refuse(call, decision, point, "approval_denied", why=why, by="gateway")
-        approval = await self.desk.open(self._binding(call, decision, point), decision, call.arguments)
+        binding = self._binding(call, decision, point)
+        if route == "operator" and self._operator_mode == "pending" and _sessionless(call):
+            approval = await self.desk.find_or_open(binding, decision, call.arguments, mode="pending")
+            log.info("approval pending", approval=approval.id, tool=call.qualified)
+            return self._pending(call, verdict, approval)
+        mode = {"operator": "wait"}.get(route, route)
+        approval = await self.desk.open(binding, decision, call.arguments, mode=mode)
         log.info("approval requested", approval=approval.id, tool=call.qualified, route=route)
         if route == "input_required":
             return {
@@ -87,7 +113,7 @@ class ApprovalGate:
                 "inputRequests": {
                     APPROVAL_INPUT_KEY: {"method": "elicitation/create", "params": approval_form(approval)},
                 },
-                "requestState": self.desk.sealer.seal(approval.id, decision.model),
+                "requestState": self.desk.handle(approval),
             }
         try:
             if route == "elicitation":
@@ -105,7 +131,7 @@ class ApprovalGate:
 
     def unheld(self, call: ToolCall) -> ToolCall:
         """A call that needs no approval (any more): drop a handle of ours before it goes upstream."""
-        return _without_rounds(call) if self.desk.sealer.is_handle(call.params.get("requestState")) else call
+        return _without_rounds(call) if _handle_of(call) is not None else call
 
     # ---- routes ----------------------------------------------------------------------------------
 
@@ -135,14 +161,22 @@ class ApprovalGate:
         with contextlib.suppress(ApprovalError):  # already answered (an operator) or expired
             await self.desk.answer(approval.id, approve=yes, by="user", how="elicitation", comment=comment)
 
-    async def _resume(self, call: ToolCall, verdict: Any, point: DecisionPoint) -> Settled:
-        """A 2026 client's retry with the sealed handle and (maybe) the user's answer."""
+    async def _resume(self, call: ToolCall, verdict: Any, point: DecisionPoint, handle: str) -> Settled | ToolResult:
+        """A retry with a sealed handle: the user's answer to an ``input_required`` round, or a
+        pending-approval retry (still pending, or approved and now run once)."""
         decision: Decision = verdict.decision
         try:
-            approval_id = self.desk.sealer.open(call.params.get("requestState"), decision.model)
-            approval = self.desk.get(approval_id)
+            approval = await self.desk.redeem(handle, decision.model)
         except ApprovalError as exc:
             return await self._refuse(call, decision, point, "approval_denied", why=exc.message, by="gateway")
+        if approval.status is ApprovalStatus.PENDING and approval.mode == "pending":
+            differs = approval.binding.differences(self._binding(call, decision, point))
+            if differs:
+                why = (f"approval {approval.id} was asked for another call (differs in {', '.join(differs)}); "
+                       "call again without the handle to ask for this one")
+                return await self._refuse(call, decision, point, "approval_denied", why=why, by="gateway",
+                                          extra={"approval_id": approval.id})
+            return self._pending(call, verdict, approval)  # not answered yet: the same request, nothing new
         if approval.status is ApprovalStatus.PENDING and approval.approver != "operator":
             responses = call.params.get("inputResponses")
             answer = responses.get(APPROVAL_INPUT_KEY) if isinstance(responses, Mapping) else None
@@ -168,7 +202,9 @@ class ApprovalGate:
         if approval.status is ApprovalStatus.EXPIRED:
             return await self._refuse(call, pending, point, "approval_expired", extra=extra)
         if approval.status is not ApprovalStatus.APPROVED:
-            why = f"approval {approval.id} is {approval.status.value}; an approval is used once"
+            why = (f"approval {approval.id} was already used; an approval is used once"
+                   if approval.status is ApprovalStatus.CONSUMED else
+                   f"approval {approval.id} is {approval.status.value}; ask again")
             return await self._refuse(call, pending, point, "approval_denied", why=why, by="gateway", extra=extra)
         if fresh is None:
             fresh = await point.decide_call(call)  # right before forwarding: the live policy decides again
@@ -190,10 +226,15 @@ class ApprovalGate:
         outcome = approval_outcome(pending, code, by=by, how=how, why=why)
         return await point.record_call(call, outcome, extra or {}), call
 
+    def _pending(self, call: ToolCall, verdict: Any, approval: Approval) -> ToolResult:
+        return pending_result(call, verdict.view, approval, self.desk.handle(approval), self.desk.remaining(approval))
+
     def _binding(self, call: ToolCall, decision: Decision, point: DecisionPoint) -> ApprovalBinding:
+        # A sessionless (2026) client has no session that outlives one request: its calls are
+        # bound to the model identity instead, so a handle works on any later request of it.
         return ApprovalBinding(
             model=decision.model,
-            session=call.session.id,
+            session=f"identity:{decision.model}" if _sessionless(call) else call.session.id,
             upstream=call.server,
             tool=call.tool,
             arguments_digest=arguments_digest(dict(call.arguments)),
@@ -214,9 +255,50 @@ class ApprovalGate:
         return tick
 
 
+def pending_result(
+    call: ToolCall, view: Mapping[str, Any], approval: Approval, handle: str, remaining: float
+) -> ToolResult:
+    """A call held for an operator, ended now: what is pending and how to come back (nothing ran)."""
+    state = {
+        "status": "pending", "approval_id": approval.id, "handle": handle, "expires_at": approval.expires_at,
+        "expires_in_s": max(0, round(remaining)), "approver": approval.approver, "rules": list(approval.rules),
+        "retry": {"name": call.name, "arguments": "the same arguments, unchanged",
+                  "_meta": {APPROVAL_META_KEY: handle}},
+    }
+    rules = ", ".join(approval.rules)
+    text = "\n".join([
+        f"Pending approval: `{call.qualified}` waits for an operator's yes (rule {rules}). Nothing ran.",
+        f"Approval {approval.id}; it lapses in {state['expires_in_s']}s.",
+        f"When an operator has approved it, call `{call.name}` again with exactly the same arguments and",
+        f'`_meta: {{"{APPROVAL_META_KEY}": "{handle}"}}`; the call then runs once. Until then the same retry',
+        "answers pending again; other arguments need their own approval.",
+        f"Decision id: {view.get('decision_id', approval.decision_id)}",
+    ])
+    return {
+        "content": [{"type": "text", "text": text}],
+        "structuredContent": {**view, "pending_approval": state},
+        "isError": True,
+        "_meta": {DECISION_META_KEY: dict(view), APPROVAL_META_KEY: state},
+    }
+
+
+def _handle_of(call: ToolCall) -> str | None:
+    """A handle of ours on a retry: ``_meta["io.securegateway/approval"]`` or ``requestState``."""
+    meta = call.params.get("_meta")
+    carried = meta.get(APPROVAL_META_KEY) if isinstance(meta, Mapping) else None
+    if carried is not None:
+        return carried if isinstance(carried, str) else repr(carried)[:100]  # present but malformed: refused
+    state = call.params.get("requestState")
+    return state if HandleSealer.is_handle(state) else None
+
+
+def _sessionless(call: ToolCall) -> bool:
+    return isinstance(call.session.channel, InputBridge)
+
+
 def _route(call: ToolCall, approver: str) -> str | None:
     """``input_required``, ``elicitation``, ``operator`` or None (nobody can be asked)."""
-    modern = isinstance(call.session.channel, InputBridge)
+    modern = _sessionless(call)
     if modern:
         meta = call.params.get("_meta")
         caps = meta.get(_CAPS_KEY) if isinstance(meta, Mapping) else None
@@ -231,12 +313,15 @@ def _route(call: ToolCall, approver: str) -> str | None:
 
 
 def _without_rounds(call: ToolCall) -> ToolCall:
-    """The call as it goes upstream: the gateway's own round keys never leave it."""
-    if not any(key in call.params for key in _ROUND_KEYS):
+    """The call as it goes upstream: the gateway's own round keys and handle never leave it."""
+    meta = call.params.get("_meta")
+    ours = isinstance(meta, Mapping) and APPROVAL_META_KEY in meta
+    if not ours and not any(key in call.params for key in _ROUND_KEYS):
         return call
-    from dataclasses import replace
-
     params = {k: v for k, v in call.params.items() if k not in _ROUND_KEYS}
+    if ours:
+        assert isinstance(meta, Mapping)
+        params["_meta"] = {k: v for k, v in meta.items() if k != APPROVAL_META_KEY}
     return replace(call, params=params)
 
 

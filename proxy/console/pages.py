@@ -28,6 +28,8 @@ from negotiation import NegotiationError, NegotiationService, Proposal, Proposal
 from negotiation.impact import recent_decisions
 from policy import CallRequest, dump_policy_yaml, evaluate, scan_value
 from policy.audit_verify import find_events, verify_log
+from proxy.approval import ApprovalDesk
+from proxy.console.approvals import approval_routes
 from proxy.console.auth import CSRF_FIELD, PRE_COOKIE, SESSION_COOKIE, ConsoleSession, Sessions, host_problem, same
 from proxy.console.text import show, show_json
 from proxy.operator import OperatorView
@@ -70,9 +72,10 @@ def build_console(
     *,
     sessions: Sessions | None = None,
     guard: ToolGuard | None = None,
+    approvals: ApprovalDesk | None = None,
 ) -> Starlette:
     """The console app; ``guard`` (None when tool scanning and pinning are off) feeds the
-    Tools page's statuses and its Release action."""
+    Tools page's statuses and its Release action; ``approvals`` the Approvals page."""
     expected = admin_key.encode("utf-8")
     store = sessions or Sessions()
     # An audit line missing a field renders empty rather than failing the page.
@@ -81,6 +84,7 @@ def build_console(
     )
     env.filters["show"] = show
     env.filters["json"] = show_json
+    env.filters["when"] = _when
 
     def render(template: str, code: int = 200, **context: Any) -> HTMLResponse:
         html = env.get_template(template).render(**context)
@@ -324,7 +328,9 @@ def build_console(
     async def stylesheet(request: Request) -> Response:
         return Response((_TEMPLATES / "console.css").read_bytes(), media_type="text/css", headers=_HEADERS)
 
+    held = approval_routes(approvals, page, render, _HEADERS) if approvals is not None else []
     return Starlette(routes=[
+        *held,
         Route("/", page(home), methods=["GET"]),
         Route("/console.css", stylesheet, methods=["GET"]),
         Route("/signin", signin, methods=["GET", "POST"]),
@@ -374,6 +380,13 @@ def _moment(value: str, name: str) -> datetime | None:
     except ValueError:
         raise _Refused(400, f"`{name}` must be an ISO date or time") from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _when(epoch: Any) -> str:
+    """An epoch time as ISO UTC to the second (empty for none)."""
+    if not isinstance(epoch, int | float):
+        return ""
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _ts(moment: datetime) -> str:

@@ -172,3 +172,14 @@ def test_a_non_loopback_admin_listen_needs_allow_remote_and_is_then_a_warning(tm
     config = parse_config(_minimal(admin=remote), tmp_path / "gateway.toml")
     assert config.admin.allow_remote and config.admin.allowed_hosts == ("admin.example:8081",)
     assert [w for w in exposure_warnings(config) if w.startswith("admin.listen")]
+
+
+def test_approvals_default_to_waiting_in_the_state_dir_and_bad_values_name_their_key(tmp_path: Path) -> None:
+    approvals = parse_config({}, tmp_path / "g.toml").approvals
+    assert (approvals.operator_mode, approvals.store, approvals.max_pending) == ("wait", None, 1000)
+    chosen = parse_config({"approvals": {"operator_mode": "pending", "store": "db/a.db", "max_pending": 5}},
+                          tmp_path / "g.toml").approvals
+    assert (chosen.operator_mode, chosen.store, chosen.max_pending) == ("pending", tmp_path / "db/a.db", 5)
+    found = problems({"approvals": {"operator_mode": "later", "max_pending": 0, "mode": "x"}}, tmp_path)
+    assert any("approvals.operator_mode: must be one of wait, pending" in p for p in found), found
+    assert any("approvals.max_pending" in p for p in found) and any("approvals.mode" in p for p in found), found

@@ -63,7 +63,7 @@ async def test_an_approval_the_audit_log_cannot_record_is_a_gateway_error_deny(t
     assert result["isError"] is True
     assert result["structuredContent"]["reason_code"] == "gateway_error"
     assert "approval failed" in result["structuredContent"]["reason"]
-    assert desk.list() == []  # nothing became answerable
+    assert await desk.list() == []  # nothing became answerable
 
 
 async def test_a_cancelled_caller_leaves_no_approval_to_answer(tmp_path: Path) -> None:
@@ -76,10 +76,10 @@ async def test_a_cancelled_caller_leaves_no_approval_to_answer(tmp_path: Path) -
     async with anyio.create_task_group() as tg:
         tg.start_soon(enforcer, call, never)
         with anyio.fail_after(5):
-            while not desk.list(ApprovalStatus.PENDING):
+            while not await desk.list(ApprovalStatus.PENDING):
                 await anyio.sleep(0.01)
         tg.cancel_scope.cancel()
-    (approval,) = desk.list()
+    (approval,) = await desk.list()
     assert approval.status is ApprovalStatus.EXPIRED
     assert [e["type"] for e in written if e["type"].startswith("approval.")] == [
         "approval.requested", "approval.expired"]
