@@ -1,7 +1,8 @@
 """Client-facing fronts: stdio, and Streamable HTTP on loopback.
 
 Both serve the same SDK ``Server`` (whose only middleware is the relay), so every
-client era the SDK accepts is accepted here. The HTTP front adds what a network
+client era the SDK accepts is accepted here. On stdio the lines are framed and decoded by
+the lean path (:mod:`proxy.wire`), whose fast lane answers hot requests itself. The HTTP front adds what a network
 listener needs: Host/Origin checks against DNS rebinding, a request-size limit,
 and model-key authentication (``Authorization: Bearer`` or ``X-Model-Key``)
 answered with 401 before any MCP processing.
