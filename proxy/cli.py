@@ -21,12 +21,13 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
 
 from proxy import logs
 from proxy.config import GatewayConfig, ListenSpec, load_config
-from proxy.errors import GatewayError
+from proxy.errors import ConfigError, GatewayError
 
 MODEL_KEY_ENV = "SECUREGATEWAY_MODEL_KEY"
 EVENT_LOOP_ENV = "SECUREGATEWAY_EVENT_LOOP"
@@ -94,16 +95,27 @@ def _run(args: argparse.Namespace) -> int:
             await app.run()
             tg.cancel_scope.cancel()
 
-    anyio.run(serve, backend_options=event_loop_options())
+    anyio.run(serve, backend_options=event_loop_options(config.event_loop, config.path.name))
     return 0
 
 
-def event_loop_options() -> dict[str, bool]:
-    """uvloop when installed (measured: ~13% less gateway CPU per HTTP call), unless
-    ``SECUREGATEWAY_EVENT_LOOP=asyncio`` asks for the standard loop."""
-    if os.environ.get(EVENT_LOOP_ENV, "").strip().lower() == "asyncio":
+def event_loop_options(choice: str = "auto", source: str = "gateway.toml") -> dict[str, Any]:
+    """The loop ``[gateway] event_loop`` asks for; ``SECUREGATEWAY_EVENT_LOOP`` overrides it.
+
+    ``auto`` (the default) is uvloop when installed (measured: ~0.1 ms less gateway CPU per
+    stdio call, ~13% less per HTTP call), else the standard loop; ``uvloop`` insists on it."""
+    override = os.environ.get(EVENT_LOOP_ENV, "").strip().lower()
+    choice = override or choice
+    installed = importlib.util.find_spec("uvloop") is not None
+    if choice == "asyncio":
         return {}
-    return {"use_uvloop": importlib.util.find_spec("uvloop") is not None}
+    if choice == "uvloop" and not installed:
+        raise ConfigError(
+            f"{source}: gateway.event_loop: `uvloop` is not installed (pip install 'securegateway[uvloop]')"
+        )
+    if choice not in ("auto", "uvloop"):
+        raise ConfigError(f"{EVENT_LOOP_ENV}: must be one of auto, asyncio, uvloop; got `{override[:40]}`")
+    return {"use_uvloop": installed}
 
 
 async def _cancel_on_signal(scope: anyio.CancelScope) -> None:

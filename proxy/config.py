@@ -182,6 +182,8 @@ class GatewayConfig:
     result_scan: str = "flag"
     anonymous_model: str | None = None  # clients without a key act as this model (loopback only)
     decision_meta: str = "full"  # "compact": allowed calls carry a short decision in _meta
+    fast_lane: bool = True  # stdio: tools/call and tools/list answered by the lean lane (False: the SDK path)
+    event_loop: str = "auto"  # uvloop when installed; "asyncio" | "uvloop" force one (env SECUREGATEWAY_EVENT_LOOP)
     upstreams: tuple[UpstreamConfig, ...] = ()
     policy: PolicyConfig = PolicyConfig()
     audit: AuditConfig = AuditConfig()
@@ -235,6 +237,7 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> GatewayConfig:
     r.only(gw, "gateway", {
         "listen", "name", "separator", "page_size", "max_message_bytes", "allowed_hosts",
         "allowed_origins", "tools_list", "trace_visibility", "result_scan", "anonymous_model", "decision_meta",
+        "fast_lane", "event_loop",
     })
     listen = r.listen(gw.get("listen", "stdio"), "gateway.listen", allow_stdio=True)
     separator = r.string(gw, "gateway", "separator", ".")
@@ -286,6 +289,8 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> GatewayConfig:
         result_scan=r.choice(gw, "gateway", "result_scan", ("off", "flag", "redact", "block"), "flag"),
         anonymous_model=anonymous,
         decision_meta=r.choice(gw, "gateway", "decision_meta", ("full", "compact"), "full"),
+        fast_lane=r.flag(gw, "gateway", "fast_lane", True),
+        event_loop=r.choice(gw, "gateway", "event_loop", ("auto", "asyncio", "uvloop"), "auto"),
         upstreams=tuple(upstreams),
         policy=r.policy(r.table(raw, "policy")),
         audit=r.audit(r.table(raw, "audit")),

@@ -27,6 +27,8 @@ from proxy.mrtr import InputBridge
 from proxy.relay import LocalTool, Relay, connection_of, forward_tool_call
 from proxy.session import DownstreamSession
 from proxy.upstream import ClientHello
+from proxy.wire.framing import LineWriter
+from proxy.wire.lane import FastLane
 
 log = structlog.get_logger("securegateway.gateway")
 
@@ -64,7 +66,9 @@ class Gateway:
         self._modern: dict[str, DownstreamSession] = {}
         self._modern_lock = anyio.Lock()
         self.server: Server[Any] = Server(config.name, version=GATEWAY_VERSION)
-        self.server.middleware = [*middleware, Relay(self)]  # e.g. tracing (proxy/telemetry.py), then the relay
+        self._relay = Relay(self)
+        self.server.middleware = [*middleware, self._relay]  # e.g. tracing (proxy/telemetry.py), then the relay
+        self._lane: FastLane | None = None
         self.sessions: set[DownstreamSession] = set()
 
     # ---- running ---------------------------------------------------------------------------------
@@ -77,7 +81,10 @@ class Gateway:
             try:
                 if listen.kind == "stdio":
                     task_status.started()
-                    await serve_stdio(self.server, max_message_bytes=self.config.max_message_bytes)
+                    await serve_stdio(
+                        self.server, max_message_bytes=self.config.max_message_bytes,
+                        lane=self._open_lane if self.config.fast_lane else None,
+                    )
                 else:
                     app = http_app(self.server, self.config, listen, self._authenticate)
                     await tg.start(serve_http, app, listen)
@@ -100,6 +107,8 @@ class Gateway:
             raise RuntimeError("the SDK no longer exposes the connection on the request session")
         session = DownstreamSession(self.config, hello, connection, identity=self._identity(ctx))
         await self._start(session)
+        if self._lane is not None and ctx.request is None:  # the stdio connection: its hot requests go lean
+            self._lane.attach(connection)
         if connection is not None:
             connection.exit_stack.push_async_callback(self._end, session)
         return session
@@ -156,6 +165,10 @@ class Gateway:
         )
 
     # ---- internals -------------------------------------------------------------------------------
+
+    def _open_lane(self, writer: LineWriter) -> FastLane:
+        self._lane = FastLane(self._relay, writer)
+        return self._lane
 
     def _identity(self, ctx: ServerRequestContext[Any, Any]) -> Any:
         request = ctx.request

@@ -36,13 +36,13 @@ from mcp_types import (
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from proxy.catalog import LISTS
-from proxy.downstream import OVERSIZED_METHOD
 from proxy.enforce import DECISION_META_KEY, POLICY_DENIED, RESULT_BLOCKED, Verdict
 from proxy.intercept import CallNext, ToolCall, ToolResult
 from proxy.mrtr import InputBridge
 from proxy.session import DownstreamSession
 from proxy.tasks import TASK_METHODS, merged_capability
 from proxy.upstream import ClientHello, UpstreamLink
+from proxy.wire.framing import OVERSIZED_METHOD
 
 log = structlog.get_logger("securegateway.relay")
 
@@ -286,13 +286,17 @@ class Relay:
     # ---- routes ----------------------------------------------------------------------------------
 
     async def _list(self, session: DownstreamSession, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
-        kind = LISTS[ctx.method]
-        items = await session.catalog.merged(ctx.method)
-        if ctx.method == "tools/list":
+        return await self.list_items(session, ctx.method, ctx.params or {})
+
+    async def list_items(self, session: DownstreamSession, method: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        """One page of a merged list (``tools/list`` and friends); shared with the lean stdio lane."""
+        kind = LISTS[method]
+        items = await session.catalog.merged(method)
+        if method == "tools/list":
             items = await self._host.visible_tools(session, items)  # the gateway's own tools first
         else:
             items = await self._listable(session, kind, items)
-        page, next_cursor = session.catalog.page(items, (ctx.params or {}).get("cursor"))
+        page, next_cursor = session.catalog.page(items, params.get("cursor"))
         result: dict[str, Any] = {kind.field: page}
         if next_cursor is not None:
             result["nextCursor"] = next_cursor
@@ -321,7 +325,12 @@ class Relay:
         return kept
 
     async def _tools_call(self, session: DownstreamSession, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
-        params = ctx.params or {}
+        return await self.call_tool(session, ctx.params or {}, _progress_relay(ctx))
+
+    async def call_tool(
+        self, session: DownstreamSession, params: Mapping[str, Any], progress: ProgressFnT | None
+    ) -> dict[str, Any]:
+        """Route one tools/call and run it through the host's chain; shared with the lean stdio lane."""
         name = params.get("name")
         arguments = params.get("arguments") or {}
         if not isinstance(name, str):
@@ -353,7 +362,7 @@ class Relay:
             params=params,
             link=link,
             input_schema=(definition or {}).get("inputSchema"),
-            progress=_progress_relay(ctx),
+            progress=progress,
         )
         return _as_task(session, params, link.name, await self._host.tool_chain(call), tool)
 

@@ -29,7 +29,6 @@ import anyio.abc
 import structlog
 from mcp import MCPError, StdioServerParameters
 from mcp.client.sse import sse_client
-from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.dispatcher import CallOptions, DispatchContext, ProgressFnT
 from mcp.shared.inbound import (
@@ -58,6 +57,7 @@ from mcp_types.version import LATEST_HANDSHAKE_VERSION, LATEST_MODERN_VERSION
 from proxy.config import UpstreamConfig
 from proxy.http_pool import upstream_http_client
 from proxy.upstream_repair import repair_responses
+from proxy.wire.upstream import stdio_upstream
 
 log = structlog.get_logger("securegateway.upstream")
 
@@ -415,7 +415,9 @@ class UpstreamLink:
             params = StdioServerParameters(
                 command=cfg.command[0], args=list(cfg.command[1:]), env=env, cwd=cfg.cwd
             )
-            async with stdio_client(params, errlog=sys.stderr) as streams:
+            async with stdio_upstream(
+                params, upstream=self.name, max_message_bytes=self._max_message_bytes, errlog=sys.stderr
+            ) as streams:
                 yield repair_responses(streams, self.name)
         elif cfg.sse:
             assert cfg.url is not None

@@ -121,6 +121,16 @@ def test_decision_meta_is_full_by_default_and_checked(tmp_path: Path) -> None:
         {"gateway": {"decision_meta": "tiny"}}, tmp_path)[0]
 
 
+def test_fast_lane_and_event_loop_default_to_the_lean_lane_on_the_auto_loop_and_are_checked(tmp_path: Path) -> None:
+    config = parse_config({}, tmp_path / "g.toml")
+    assert config.fast_lane is True and config.event_loop == "auto"
+    tuned = parse_config({"gateway": {"fast_lane": False, "event_loop": "uvloop"}}, tmp_path / "g.toml")
+    assert tuned.fast_lane is False and tuned.event_loop == "uvloop"
+    assert "gateway.event_loop: must be one of auto, asyncio, uvloop" in problems({"gateway": {"event_loop": "trio"}},
+                                                                             tmp_path)[0]
+    assert "gateway.fast_lane" in problems({"gateway": {"fast_lane": "yes"}}, tmp_path)[0]
+
+
 def _minimal(**tables: dict) -> dict:
     return {"gateway": {"listen": "stdio"}, "policy": {"file": "p.yaml", "model_keys": "k.yaml"}, **tables}
 

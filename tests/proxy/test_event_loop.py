@@ -31,3 +31,15 @@ def test_the_chosen_options_run_a_uvloop_loop(monkeypatch: pytest.MonkeyPatch) -
         return type(asyncio.get_running_loop()).__module__
 
     assert anyio.run(loop_module, backend_options=event_loop_options()).startswith("uvloop")
+
+
+def test_the_environment_overrides_the_file_and_a_bad_value_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    from proxy.errors import ConfigError
+
+    monkeypatch.setenv(EVENT_LOOP_ENV, "asyncio")
+    assert event_loop_options("uvloop") == {}
+    monkeypatch.setenv(EVENT_LOOP_ENV, "trio")
+    with pytest.raises(ConfigError, match="SECUREGATEWAY_EVENT_LOOP: must be one of auto, asyncio, uvloop"):
+        event_loop_options("auto")
+    monkeypatch.delenv(EVENT_LOOP_ENV)
+    assert event_loop_options("asyncio") == {}

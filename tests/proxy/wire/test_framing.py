@@ -1,0 +1,148 @@
+"""LineReader / LineWriter: whole lines, however the bytes arrive; oversized lines refused.
+
+Invariant: for any split of a byte stream into chunks, the reader yields the same
+messages as splitting the whole stream on newlines (CR stripped, blank lines skipped);
+a line over the limit is never held in memory and becomes a stand-in request with its id
+(or nothing, when it names no id).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from proxy.wire.framing import OVERSIZED_METHOD, LineReader, LineWriter
+
+pytestmark = pytest.mark.anyio
+
+
+class Chunks:
+    """A byte source handing out the given chunks, one per read (what a pipe does)."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self._chunks = list(chunks)
+        self.largest_read = 0
+
+    async def read(self, n: int) -> bytes:
+        await anyio.lowlevel.checkpoint()
+        if not self._chunks:
+            return b""
+        chunk = self._chunks.pop(0)
+        if len(chunk) > n:
+            chunk, rest = chunk[:n], chunk[n:]
+            self._chunks.insert(0, rest)
+        return chunk
+
+
+async def read_all(chunks: list[bytes], limit: int = 1 << 20) -> list[Any]:
+    return [line async for line in LineReader(Chunks(chunks), limit)]
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in itertools.pairwise(points) if b > a]
+
+
+def expected(data: bytes) -> list[bytes]:
+    lines = [line[:-1] if line.endswith(b"\r") else line for line in data.split(b"\n")]
+    return [line for line in lines if line.strip()]
+
+
+lines_strategy = st.lists(
+    st.one_of(
+        st.dictionaries(st.text(max_size=5), st.text(max_size=30), max_size=4).map(
+            lambda d: json.dumps(d, ensure_ascii=False).encode()
+        ),
+        st.sampled_from([b"", b"  ", b"not json", "\u00e9t\u00e9 \u2603".encode()]),
+    ),
+    max_size=12,
+)
+
+
+@given(lines=lines_strategy, ends=st.lists(st.sampled_from([b"\n", b"\r\n"]), min_size=12, max_size=12),
+       cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=20))
+def test_any_chunking_yields_the_same_lines(lines: list[bytes], ends: list[bytes], cuts: list[int]) -> None:
+    data = b"".join(line + end for line, end in zip(lines, ends, strict=False))
+    got = anyio.run(read_all, split(data, cuts))
+    assert got == expected(data)
+
+
+async def test_a_last_line_without_a_newline_still_counts() -> None:
+    assert await read_all([b'{"a": 1}\n{"b"', b": 2}"]) == [b'{"a": 1}', b'{"b": 2}']
+
+
+async def test_crlf_is_stripped_and_blank_lines_skipped() -> None:
+    assert await read_all([b"\r\n", b'{"id": 1}\r', b"\n\n  \n"]) == [b'{"id": 1}']
+
+
+@pytest.mark.parametrize("chunk", [7, 100, 5000])
+async def test_an_oversized_request_becomes_a_stand_in_with_its_id(chunk: int) -> None:
+    big = b'{"jsonrpc": "2.0", "id": "big-1", "method": "tools/call", "params": {"x": "' + b"y" * 5000 + b'"}}'
+    data = big + b"\n" + b'{"id": 2}\n'
+    got = await read_all([data[i:i + chunk] for i in range(0, len(data), chunk)], limit=1024)
+    assert got[0] == {"jsonrpc": "2.0", "id": "big-1", "method": OVERSIZED_METHOD,
+                      "params": {"bytes": len(big), "limit": 1024}}
+    assert got[1:] == [b'{"id": 2}']
+
+
+async def test_an_oversized_line_without_an_id_is_dropped_and_reading_goes_on() -> None:
+    data = b'{"method": "notifications/x", "params": {"x": "' + b"y" * 4000 + b'"}}\n{"id": 3}\n'
+    assert await read_all([data[i:i + 512] for i in range(0, len(data), 512)], limit=1024) == [b'{"id": 3}']
+
+
+async def test_an_oversized_line_is_never_held_whole() -> None:
+    """The buffer stays near the limit while megabytes of one line stream past."""
+    reader = LineReader(Chunks([b'{"id": 9, "x": "'] + [b"z" * 65536] * 64 + [b'"}\n']), 4096)
+    peak = 0
+
+    async def watch() -> Any:
+        nonlocal peak
+        async for item in reader:
+            return item
+
+    original = reader._source.read
+
+    async def tracked(n: int) -> bytes:
+        nonlocal peak
+        peak = max(peak, len(reader._buf))
+        return await original(n)
+
+    reader._source.read = tracked  # type: ignore[method-assign]
+    item = await watch()
+    assert item["id"] == 9 and item["method"] == OVERSIZED_METHOD
+    assert peak < 4096 + 65536 * 2
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    async def drain(self) -> None:
+        await anyio.lowlevel.checkpoint()  # let another sender run between lines
+
+
+async def test_concurrent_senders_never_interleave_within_a_line() -> None:
+    sink = Sink()
+    writer = LineWriter(sink)
+
+    async def sender(n: int) -> None:
+        for i in range(50):
+            await writer.send(json.dumps({"sender": n, "i": i, "pad": "p" * (n * 100)}).encode())
+
+    async with anyio.create_task_group() as tg:
+        for n in range(5):
+            tg.start_soon(sender, n)
+    assert all(w.endswith(b"\n") and w.count(b"\n") == 1 for w in sink.writes)
+    seen = [json.loads(w) for w in sink.writes]
+    for n in range(5):
+        assert [m["i"] for m in seen if m["sender"] == n] == list(range(50))
