@@ -11,7 +11,7 @@ The flow, one module per stage::
 
 ``identity_risk.py`` keeps risk per model identity (``identity_risk_store.py``: on disk).
 ``cli_proposals.py`` is the reviewers' command line; the HTTP admin API lives in
-``proxy/admin.py``. Errors: see ``negotiation.errors``.
+``proxy/admin/app.py``. Errors: see ``negotiation.errors``.
 """
 
 from negotiation.cli_policy import PolicyStorageConfig, open_repository

@@ -67,7 +67,7 @@ EVENT_TYPES: frozenset[str] = frozenset(
     {
         "decision",
         "result.flagged",
-        # tool-definition review (proxy/tool_guard.py, docs/detection.md)
+        # tool-definition review (proxy/tools/guard.py, docs/detection.md)
         "tool.quarantined",
         "tool.pinned",
         "tool.changed",
@@ -87,7 +87,7 @@ EVENT_TYPES: frozenset[str] = frozenset(
         "policy.reload_failed",
         "gateway.started",
         "gateway.stopped",
-        # The admin listener's Host/Origin guard refused a request (rate-limited; proxy/admin_guard.py).
+        # The admin listener's Host/Origin guard refused a request (rate-limited; proxy/admin/guard.py).
         "admin.refused",
         # Per-call approvals (ask_tools), each naming the decision_id that asked; see docs/policy-language.md.
         "approval.requested",

@@ -41,22 +41,22 @@ from policy import KeyRing, ModelIdentity, PolicyError, SessionRisk, could_allow
 from policy.audit_event import AuditError
 from policy.detect.onnx_model import ClassifierLoadError
 from proxy.approval import ApprovalDesk, ApprovalGate
-from proxy.audit_hold import DurableReplies
-from proxy.audit_writer import AuditWriter, open_audit_log
-from proxy.classify import ClassifierRunner, load_classifier
+from proxy.audit.hold import DurableReplies
+from proxy.audit.writer import AuditWriter, open_audit_log
 from proxy.config import GatewayConfig, exposure_warnings
 from proxy.enforce import Enforcer, PolicyView
 from proxy.errors import ConfigError, IdentityError
 from proxy.front.http import serve_http
 from proxy.gateway import Gateway
 from proxy.metrics import GatewayMetrics
-from proxy.quarantine import Quarantine
+from proxy.screen.classify import ClassifierRunner, load_classifier
+from proxy.screen.taint import Taint
+from proxy.screen.taint_store import SqliteTaintStore
 from proxy.session import DownstreamSession
 from proxy.suggestions import SuggestionVetting
-from proxy.taint import Taint
-from proxy.taint_store import SqliteTaintStore
-from proxy.tool_guard import ToolGuard
-from proxy.tool_store import SqliteToolStore, ToolRecord
+from proxy.tools.guard import ToolGuard
+from proxy.tools.quarantine import Quarantine
+from proxy.tools.store import SqliteToolStore, ToolRecord
 
 log = structlog.get_logger("securegateway.bootstrap")
 
@@ -356,7 +356,7 @@ class App:
                     log.warning("admin API disabled: set the admin key", variable=config.admin.key_env,
                                 listen=config.admin.listen.url)
                 elif config.admin.listen is not None:
-                    from proxy.admin import admin_allowed_hosts, build_admin_app
+                    from proxy.admin.app import admin_allowed_hosts, build_admin_app
                     from proxy.operator import for_app
 
                     a = config.admin

@@ -9,7 +9,7 @@ is read in full (every page) and cached while the upstream promises to announce
 changes (``listChanged``); otherwise it is read fresh on every list request. The
 merged list is paginated towards the client with the gateway's own cursor.
 
-When a :class:`~proxy.tool_guard.ToolGuard` is attached (``catalog.guard``), every tool,
+When a :class:`~proxy.tools.guard.ToolGuard` is attached (``catalog.guard``), every tool,
 prompt and resource template of a fresh list is reviewed (scanned, pin-checked) as it is
 adopted, and suspended items (quarantined, changed, unapproved) are left out of the merged
 list -- their definitions stay known, so a call is refused with a reason instead of
@@ -31,8 +31,8 @@ import structlog
 from mcp import MCPError
 from mcp_types import INVALID_PARAMS
 
-from proxy.tool_guard import ToolGuard, guard_key
-from proxy.upstream import UpstreamLink
+from proxy.tools.guard import ToolGuard, guard_key
+from proxy.upstream.link import UpstreamLink
 
 
 @dataclass(frozen=True)

@@ -39,10 +39,10 @@ from policy import (
     unknown_tool_decision,
 )
 from policy.engine import scope_reaches
-from proxy.classify import ClassifierRunner
 from proxy.disclosure import decision_view
 from proxy.intercept import CallNext, ToolCall, ToolResult
-from proxy.result_scan import ScanOutcome, finding_summary, scan_payload
+from proxy.screen.classify import ClassifierRunner
+from proxy.screen.result_scan import ScanOutcome, finding_summary, scan_payload
 
 log = structlog.get_logger("securegateway.enforce")
 
@@ -106,7 +106,7 @@ class Enforcer:
         approvals: Any = None,
         classifier: ClassifierRunner | None = None,
     ) -> None:
-        self._classifier = classifier  # the optional model-based detector (proxy.classify)
+        self._classifier = classifier  # the optional model-based detector (proxy.screen.classify)
         self._approvals = approvals  # a proxy.approval.ApprovalGate, or None: approval_required denies
         self._current = current
         self._audit = audit

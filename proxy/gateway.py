@@ -21,12 +21,12 @@ from mcp.server.context import ServerRequestContext
 from proxy.config import GatewayConfig
 from proxy.downstream import serve_stdio
 from proxy.front.http import IDENTITY_STATE_KEY, http_app, serve_http
-from proxy.http_pool import shared_pool
 from proxy.intercept import CallNext, Interceptor, compose
 from proxy.mrtr import InputBridge
 from proxy.relay import LocalTool, Relay, connection_of, forward_tool_call
 from proxy.session import DownstreamSession
-from proxy.upstream import ClientHello
+from proxy.upstream.http_pool import shared_pool
+from proxy.upstream.link import ClientHello
 from proxy.wire.framing import LineWriter
 from proxy.wire.lane import FastLane
 

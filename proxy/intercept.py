@@ -14,7 +14,7 @@ from typing import Any
 from mcp.shared.dispatcher import ProgressFnT
 
 from proxy.session import DownstreamSession
-from proxy.upstream import UpstreamLink
+from proxy.upstream.link import UpstreamLink
 
 ToolResult = dict[str, Any]
 CallNext = Callable[["ToolCall"], Awaitable[ToolResult]]

@@ -41,7 +41,7 @@ from proxy.intercept import CallNext, ToolCall, ToolResult
 from proxy.mrtr import InputBridge
 from proxy.session import DownstreamSession
 from proxy.tasks import TASK_METHODS, merged_capability
-from proxy.upstream import ClientHello, UpstreamLink
+from proxy.upstream.link import ClientHello, UpstreamLink
 from proxy.wire.framing import OVERSIZED_METHOD
 
 log = structlog.get_logger("securegateway.relay")

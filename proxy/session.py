@@ -19,7 +19,7 @@ import structlog
 from proxy.catalog import CHANGED, Catalog
 from proxy.config import GatewayConfig
 from proxy.tasks import TaskRoutes
-from proxy.upstream import ClientHello, UpstreamLink
+from proxy.upstream.link import ClientHello, UpstreamLink
 
 log = structlog.get_logger("securegateway.session")
 

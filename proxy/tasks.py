@@ -24,7 +24,7 @@ import anyio
 from mcp import MCPError
 from mcp_types import INVALID_PARAMS, METHOD_NOT_FOUND
 
-from proxy.upstream import UpstreamLink
+from proxy.upstream.link import UpstreamLink
 
 TASK_METHODS = frozenset({"tasks/get", "tasks/result", "tasks/cancel", "tasks/list"})
 LOCAL_PREFIX = "sg-"

@@ -6,7 +6,7 @@ The gateway's implementation is :class:`policy.detect.onnx_model.OnnxClassifier`
 ``securegateway[ml]`` extra); tests and embedders may plug in any other.
 
 This module decides *what* is scored and *what a score means*; when and under which
-time budget the model runs is the proxy's business (:mod:`proxy.classify`), because a
+time budget the model runs is the proxy's business (:mod:`proxy.screen.classify`), because a
 model call is slow enough to belong off the event loop.
 
 * :func:`classifier_windows` -- the strings of a value worth scoring (at least

@@ -8,7 +8,7 @@ Modules, one concept each::
     approvals.py  the Approvals page: held calls (ask_tools), approve once / deny, history
     templates/  Jinja2 templates (autoescaped)
 
-``build_console(...)`` returns a Starlette app that ``proxy/admin.py`` mounts at ``/console``.
+``build_console(...)`` returns a Starlette app that ``proxy/admin/app.py`` mounts at ``/console``.
 """
 
 from proxy.console.pages import build_console

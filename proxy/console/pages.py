@@ -33,7 +33,7 @@ from proxy.console.approvals import approval_routes
 from proxy.console.auth import CSRF_FIELD, PRE_COOKIE, SESSION_COOKIE, ConsoleSession, Sessions, host_problem, same
 from proxy.console.text import show, show_json
 from proxy.operator import OperatorView
-from proxy.tool_guard import GuardError, ToolGuard
+from proxy.tools.guard import GuardError, ToolGuard
 
 __all__ = ["CSP", "build_console"]
 

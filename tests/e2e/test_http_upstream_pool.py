@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import pytest
 
-from proxy.http_pool import shared_pool_users
+from proxy.upstream.http_pool import shared_pool_users
 from tests.conftest import connect, running
 from tests.e2e.conftest import GPT_KEY, make_site
 from tests.e2e.tcp_counter import CountingRelay

@@ -15,7 +15,7 @@ import httpx2
 import pytest
 import uvicorn
 
-from proxy.admin import build_admin_app
+from proxy.admin.app import build_admin_app
 from tests.negotiation.support import World, in_hours, make_world
 
 ADMIN_KEY = "s3cret-admin-key"

@@ -16,7 +16,7 @@ import pytest
 from mcp_types import JSONRPCError, JSONRPCNotification, JSONRPCRequest, JSONRPCResponse
 from pydantic import ValidationError
 
-from proxy.upstream_repair import malformed_response
+from proxy.upstream.repair import malformed_response
 from proxy.wire.framing import OVERSIZED_METHOD
 from proxy.wire.upstream import encode_outbound, parse_line
 from tests.e2e.test_stdio_wire import stdio_gateway

@@ -1,4 +1,4 @@
-"""proxy.audit_writer's group commit and durability modes, on a real audit log in tmp_path.
+"""proxy.audit.writer's group commit and durability modes, on a real audit log in tmp_path.
 
 Invariants: an event is written (in the file) when ``record`` returns or hands back its
 receipt; every ``record`` outside a before-response hold returns only once a sync covers its
@@ -19,7 +19,7 @@ import pytest
 
 from policy.audit_log import JsonlAuditLog, read_head
 from policy.audit_verify import verify_log
-from proxy.audit_writer import AuditWriter, holding
+from proxy.audit.writer import AuditWriter, holding
 from proxy.config import parse_config
 from tests.conftest import running
 

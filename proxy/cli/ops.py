@@ -24,7 +24,7 @@ LoadConfig = Callable[[argparse.Namespace], GatewayConfig]
 
 def register(sub: Any, config_arg: ConfigArg, load: LoadConfig) -> None:
     from negotiation import cli_policy, cli_proposals
-    from proxy import cli_operator
+    from proxy.cli import operator as cli_operator
 
     audit = sub.add_parser("audit", help="verify or read the audit log")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
@@ -68,7 +68,7 @@ def register(sub: Any, config_arg: ConfigArg, load: LoadConfig) -> None:
     cli_operator.add_policy_test(sub.choices["policy"], config_arg, load)
     cli_operator.add_init(sub)
 
-    from proxy import cli_tools
+    from proxy.cli import tools as cli_tools
 
     cli_tools.register(sub, config_arg, load)
 
@@ -84,7 +84,7 @@ def _audit_path(args: argparse.Namespace, load: LoadConfig, explicit: Path | Non
 def _audit_verify(args: argparse.Namespace, load: LoadConfig) -> int:
     from policy.audit_checkpoint import read_checkpoint_file
     from policy.audit_verify import verify_log
-    from proxy.audit_writer import audit_keys
+    from proxy.audit.writer import audit_keys
 
     verifier = None
     anchor_file = args.checkpoints

@@ -1,4 +1,4 @@
-"""proxy.taint: which tools are sinks (a decision table over annotations and the operator list)."""
+"""proxy.screen.taint: which tools are sinks (a decision table over annotations and the operator list)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from proxy.taint import MemoryTaintStore, TaintMark, is_sink
+from proxy.screen.taint import MemoryTaintStore, TaintMark, is_sink
 
 
 @pytest.mark.parametrize(

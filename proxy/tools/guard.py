@@ -32,7 +32,7 @@ import structlog
 from policy import scan_definition
 from policy.detect import poisoned
 from proxy.config import DetectorsConfig
-from proxy.tool_store import ToolRecord, ToolStore
+from proxy.tools.store import ToolRecord, ToolStore
 
 __all__ = ["GuardError", "ToolGuard", "canonical_digest", "guard_key"]
 

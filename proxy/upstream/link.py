@@ -55,8 +55,8 @@ from mcp_types import (
 from mcp_types.version import LATEST_HANDSHAKE_VERSION, LATEST_MODERN_VERSION
 
 from proxy.config import UpstreamConfig
-from proxy.http_pool import upstream_http_client
-from proxy.upstream_repair import repair_responses
+from proxy.upstream.http_pool import upstream_http_client
+from proxy.upstream.repair import repair_responses
 from proxy.wire.upstream import stdio_upstream
 
 log = structlog.get_logger("securegateway.upstream")

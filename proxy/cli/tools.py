@@ -14,8 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 from proxy.config import GatewayConfig
-from proxy.tool_guard import GuardError, ToolGuard
-from proxy.tool_store import STATUSES
+from proxy.tools.guard import GuardError, ToolGuard
+from proxy.tools.store import STATUSES
 
 LoadConfig = Callable[[argparse.Namespace], GatewayConfig]
 

@@ -3,7 +3,7 @@
 Every request must name an allowed ``Host`` (and, when it sends one, an allowed ``Origin``)
 before anything else is looked at: a browser page on another site that rebinds its DNS name
 to 127.0.0.1 must not reach the API (421 ``invalid_host``, 403 ``invalid_origin``, the same
-rule as the MCP listener; proxy/admin_guard.py, which audits refusals as ``admin.refused``).
+rule as the MCP listener; proxy/admin/guard.py, which audits refusals as ``admin.refused``).
 Every route needs ``X-Admin-Key`` (compared in constant time). Bodies are JSON, capped in
 size before they are read whole. The negotiation service is synchronous and takes a lock,
 so each call runs in a worker thread. Errors are JSON with a stable ``code``::
@@ -40,12 +40,12 @@ from negotiation import (
 from negotiation.approvals import ApprovalStatus
 from negotiation.text_safety import reviewer_view
 from policy import dump_policy_yaml
-from proxy.admin_guard import AuditFn, HostOriginGuard
+from proxy.admin.guard import AuditFn, HostOriginGuard
 from proxy.approval import ApprovalDesk
 from proxy.dry_run import DryRunError
 from proxy.operator import OperatorView
-from proxy.tool_guard import GuardError, ToolGuard
-from proxy.tool_store import STATUSES, ToolRecord
+from proxy.tools.guard import GuardError, ToolGuard
+from proxy.tools.store import STATUSES, ToolRecord
 
 __all__ = ["ADMIN_KEY_HEADER", "LOOPBACK_HOST_PATTERNS", "admin_allowed_hosts", "build_admin_app"]
 
@@ -239,7 +239,7 @@ def build_admin_app(
 
         consoles.append(Mount("/console", app=build_console(service, admin_key, operator, guard=guard,
                                                             approvals=approvals)))
-    # ---- tools: quarantine, pins, releases (proxy/tool_guard.py) ----------------------------------
+    # ---- tools: quarantine, pins, releases (proxy/tools/guard.py) ----------------------------------
 
     def tool_guard() -> ToolGuard:
         if guard is None:

@@ -1,4 +1,4 @@
-"""proxy.audit_writer: which key signs audit checkpoints, and clear errors when it is missing."""
+"""proxy.audit.writer: which key signs audit checkpoints, and clear errors when it is missing."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from negotiation.signing import generate_ed25519_keypair
 from policy.audit_checkpoint import read_checkpoint_file
 from policy.audit_event import event
 from policy.audit_verify import verify_log
-from proxy.audit_writer import audit_keys, open_audit_log
+from proxy.audit.writer import audit_keys, open_audit_log
 from proxy.config import GatewayConfig, parse_config
 from proxy.errors import ConfigError
 

@@ -1,4 +1,4 @@
-"""proxy.taint_store: marks by identity, the latest wins, expired marks dropped, SQLite survives a reopen."""
+"""proxy.screen.taint_store: marks by identity, the latest wins, expired marks dropped, SQLite survives a reopen."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.taint_store import MemoryTaintStore, SqliteTaintStore, TaintMark, TaintStore
+from proxy.screen.taint_store import MemoryTaintStore, SqliteTaintStore, TaintMark, TaintStore
 
 
 def memory(_: Path) -> TaintStore:

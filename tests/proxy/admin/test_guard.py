@@ -11,7 +11,7 @@ import httpx2
 import pytest
 
 from policy.audit_verify import verify_log
-from proxy.admin_guard import RefusalBudget
+from proxy.admin.guard import RefusalBudget
 from tests.conftest import running
 from tests.e2e.conftest import ADMIN_KEY, make_site
 

@@ -9,8 +9,8 @@ tainting result (tool, decision id, findings). A sink is a tool listed in
 ``[detectors] sink_tools``, or annotated ``destructiveHint`` or ``openWorldHint``, or not
 annotated ``readOnlyHint`` (MCP's defaults assume the worst, and so does this).
 
-Taint marks live behind :class:`~proxy.taint_store.TaintStore`; the gateway's default is
-SQLite in the state directory (:class:`~proxy.taint_store.SqliteTaintStore`), so a
+Taint marks live behind :class:`~proxy.screen.taint_store.TaintStore`; the gateway's default is
+SQLite in the state directory (:class:`~proxy.screen.taint_store.SqliteTaintStore`), so a
 restart does not clear a taint before its window ends.
 """
 
@@ -26,7 +26,7 @@ from policy import tool_matches
 from policy.decision import refusal_decision
 from proxy.enforce import DECISION_META_KEY, SCAN_META_KEY, AuditFn, PolicyView, denial_result
 from proxy.intercept import CallNext, ToolCall, ToolResult
-from proxy.taint_store import MemoryTaintStore, SqliteTaintStore, TaintMark, TaintStore
+from proxy.screen.taint_store import MemoryTaintStore, SqliteTaintStore, TaintMark, TaintStore
 
 __all__ = ["MemoryTaintStore", "SqliteTaintStore", "Taint", "TaintMark", "TaintStore", "is_sink"]
 

@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 from mcp import MCPError
 
-from proxy.audit_writer import AuditWriter, Receipt, holding
+from proxy.audit.writer import AuditWriter, Receipt, holding
 from proxy.enforce import DECISION_META_KEY
 from proxy.intercept import CallNext, ToolCall, ToolResult
 

@@ -63,10 +63,10 @@ def _parser() -> argparse.ArgumentParser:
                      "start the gateway: Claude Desktop, Cursor, VS Code, the MCP Inspector)")
     run.set_defaults(func=_run)
 
-    from proxy import cli_ops
+    from proxy.cli import ops as cli_ops
 
     cli_ops.register(sub, _config_arg, load_config_arg)
-    from proxy import cli_approvals
+    from proxy.cli import approvals as cli_approvals
 
     cli_approvals.register(sub, _config_arg, load_config_arg)
     return parser

@@ -5,7 +5,7 @@ is recorded, so a crash of the gateway process never loses it; durability (``fda
 is group-committed by one commit task, one sync for every event written since the last.
 ``[audit] durability`` says who waits for that sync (docs/audit.md, "Durability modes"):
 ``before-forward``, the recording caller, so nothing is forwarded before its decision is on
-disk; ``before-response`` (the default), the reply, held by proxy.audit_hold until the sync
+disk; ``before-response`` (the default), the reply, held by proxy.audit.hold until the sync
 that covers every event of its call. A caller that gets no confirmation gets an exception:
 enforcement then denies, or withholds the reply (fail closed).
 
@@ -133,7 +133,7 @@ _HOLD: contextvars.ContextVar[list[Receipt] | None] = contextvars.ContextVar("se
 @contextlib.contextmanager
 def holding() -> Iterator[list[Receipt]]:
     """While active, ``record`` in ``before-response`` mode returns once the event is *written*
-    and leaves its receipt here, for whoever holds the reply (proxy.audit_hold) to wait on."""
+    and leaves its receipt here, for whoever holds the reply (proxy.audit.hold) to wait on."""
     held: list[Receipt] = []
     token = _HOLD.set(held)
     try:

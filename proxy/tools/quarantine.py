@@ -1,6 +1,6 @@
 """The quarantine interceptor: calls to a suspended tool are refused before policy is consulted.
 
-A tool is suspended while the :class:`~proxy.tool_guard.ToolGuard` has it quarantined
+A tool is suspended while the :class:`~proxy.tools.guard.ToolGuard` has it quarantined
 (``tool_quarantined``: its definition was flagged), changed (``tool_changed``: its
 definition differs from the pinned one, a possible rug-pull) or awaiting approval
 (``tool_unapproved``). The refusal is a decision like any other -- returned to the model
@@ -20,8 +20,8 @@ from policy import Decision, Finding
 from policy.decision import refusal_decision
 from proxy.enforce import AuditFn, PolicyView, denial_result
 from proxy.intercept import CallNext, ToolCall, ToolResult
-from proxy.tool_guard import ToolGuard
-from proxy.tool_store import ToolRecord
+from proxy.tools.guard import ToolGuard
+from proxy.tools.store import ToolRecord
 
 log = structlog.get_logger("securegateway.quarantine")
 

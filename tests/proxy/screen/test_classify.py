@@ -1,4 +1,4 @@
-"""proxy.classify: the classifier runs in a worker thread within its budget; failures are counted."""
+"""proxy.screen.classify: the classifier runs in a worker thread within its budget; failures are counted."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 from policy.detect.onnx_model import ClassifierLoadError
-from proxy.classify import ClassifierConfig, ClassifierRunner, load_classifier
+from proxy.screen.classify import ClassifierConfig, ClassifierRunner, load_classifier
 from tests.policy.detect.classifier_support import build_pair
 
 pytestmark = pytest.mark.anyio

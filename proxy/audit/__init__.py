@@ -1,0 +1,1 @@
+"""The gateway's side of the audit log: the group-committing writer and the reply hold."""

@@ -1,0 +1,1 @@
+"""Screening what flows through: result scanning, session taint, the optional classifier."""

@@ -1,0 +1,1 @@
+"""The upstream tool catalogue's guard: definition review, pins, quarantine."""

@@ -1,0 +1,1 @@
+"""Links to upstream servers: the supervised link, response repair, the HTTP pool."""
