@@ -32,7 +32,7 @@ from negotiation.guardrails import SNIPPET_SOURCE
 from negotiation.merge import merge
 from negotiation.proposal import Proposal
 from policy import CallRequest, Decision, KeyRing, Policy, PolicyError, evaluate, load_policy_text
-from policy.audit_log import log_files
+from policy.audit.head import log_files
 
 __all__ = [
     "DEFAULT_LIMIT",

@@ -38,7 +38,7 @@ from negotiation.errors import NegotiationError
 from negotiation.signing import generate_ed25519_keypair
 from negotiation.tool import PROPOSE_POLICY_TOOL, handle_propose
 from policy import KeyRing, ModelIdentity, PolicyError, SessionRisk, could_allow, load_model_keys
-from policy.audit_event import AuditError
+from policy.audit.event import AuditError
 from policy.detect.onnx_model import ClassifierLoadError
 from proxy.approval import ApprovalDesk, ApprovalGate
 from proxy.audit.hold import DurableReplies

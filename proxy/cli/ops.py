@@ -82,8 +82,8 @@ def _audit_path(args: argparse.Namespace, load: LoadConfig, explicit: Path | Non
 
 
 def _audit_verify(args: argparse.Namespace, load: LoadConfig) -> int:
-    from policy.audit_checkpoint import read_checkpoint_file
-    from policy.audit_verify import verify_log
+    from policy.audit.checkpoint import read_checkpoint_file
+    from policy.audit.verify import verify_log
     from proxy.audit.writer import audit_keys
 
     verifier = None
@@ -107,7 +107,7 @@ def _audit_verify(args: argparse.Namespace, load: LoadConfig) -> int:
 
 
 def _audit_show(args: argparse.Namespace, load: LoadConfig) -> int:
-    from policy.audit_verify import find_events
+    from policy.audit.verify import find_events
 
     events = find_events(_audit_path(args, load, args.file), decision_id=args.decision_id)
     if not events:
@@ -121,7 +121,7 @@ def _audit_show(args: argparse.Namespace, load: LoadConfig) -> int:
 def _explain(args: argparse.Namespace, load: LoadConfig) -> int:
     from negotiation.cli_policy import open_repository
     from policy import CallRequest, evaluate, load_model_keys
-    from policy.audit_verify import find_events
+    from policy.audit.verify import find_events
     from proxy.bootstrap import storage_config
 
     config = load(args)

@@ -27,7 +27,7 @@ from starlette.routing import Route
 from negotiation import NegotiationError, NegotiationService, Proposal, ProposalStatus
 from negotiation.impact import recent_decisions
 from policy import CallRequest, PolicyError, dump_policy_yaml, evaluate, scan_value
-from policy.audit_verify import find_events, verify_log
+from policy.audit.verify import find_events, verify_log
 from proxy.approval import ApprovalDesk
 from proxy.console.approvals import approval_routes
 from proxy.console.auth import CSRF_FIELD, PRE_COOKIE, SESSION_COOKIE, ConsoleSession, Sessions, host_problem, same

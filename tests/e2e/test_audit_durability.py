@@ -25,8 +25,8 @@ import anyio
 import pytest
 from mcp import MCPError
 
-from policy.audit_log import read_head
-from policy.audit_verify import verify_log
+from policy.audit.log import read_head
+from policy.audit.verify import verify_log
 from proxy.audit.hold import AUDIT_NOT_DURABLE
 from tests.conftest import ROOT, connect, gateway_env, running
 from tests.e2e.conftest import GPT_KEY, Site, cli, make_site

@@ -15,7 +15,7 @@ from negotiation.review import NegotiationService
 from negotiation.signing import Ed25519Signer, Ed25519Verifier, generate_ed25519_keypair
 from negotiation.store import SqliteProposalStore
 from policy import KeyRing, load_model_keys_text
-from policy.audit_event import EVENT_TYPES
+from policy.audit.event import EVENT_TYPES
 
 NOW = datetime(2030, 6, 1, 12, 0, tzinfo=UTC)
 

@@ -12,8 +12,8 @@ import pytest
 from negotiation.errors import MergeConflictError
 from negotiation.impact import proposal_impact, recent_decisions, replay
 from policy import CallRequest, evaluate, load_policy_text
-from policy.audit_event import decision_event
-from policy.audit_log import JsonlAuditLog
+from policy.audit.event import decision_event
+from policy.audit.log import JsonlAuditLog
 from tests.negotiation.support import NOW, Clock, make_world
 
 WIDER = "rules:\n  - id: gpt-fs\n    model: gpt-4o\n    allow_tools: [fs.*]\n"

@@ -10,7 +10,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from policy.audit_verify import verify_log
+from policy.audit.verify import verify_log
 from proxy.admin.guard import RefusalBudget
 from tests.conftest import running
 from tests.e2e.conftest import ADMIN_KEY, make_site

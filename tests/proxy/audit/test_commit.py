@@ -17,8 +17,8 @@ from typing import Any
 import anyio
 import pytest
 
-from policy.audit_log import JsonlAuditLog, read_head
-from policy.audit_verify import verify_log
+from policy.audit.log import JsonlAuditLog, read_head
+from policy.audit.verify import verify_log
 from proxy.audit.writer import AuditWriter, holding
 from proxy.config import parse_config
 from tests.conftest import running
@@ -163,7 +163,7 @@ async def test_batched_signed_writes_verify_and_checkpoints_are_published_only_o
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from negotiation.signing import Ed25519Signer, Ed25519Verifier, HmacSigner, HmacVerifier
-    from policy.audit_checkpoint import Checkpoint, CheckpointFile
+    from policy.audit.checkpoint import Checkpoint, CheckpointFile
 
     if algorithm == "hmac":
         secret = b"audit-secret-for-tests-0123456789abcdef"
@@ -196,7 +196,7 @@ async def test_batched_signed_writes_verify_and_checkpoints_are_published_only_o
                     tg.start_soon(caller, wave * 7 + n)
     writer.close()
     assert published and all(head >= seq for seq, head in published)  # never ahead of the disk
-    from policy.audit_checkpoint import read_checkpoint_file
+    from policy.audit.checkpoint import read_checkpoint_file
 
     copies, problems = read_checkpoint_file(anchors)
     assert copies and not problems

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from negotiation.signing import generate_ed25519_keypair
-from policy.audit_checkpoint import read_checkpoint_file
-from policy.audit_event import event
-from policy.audit_verify import verify_log
+from policy.audit.checkpoint import read_checkpoint_file
+from policy.audit.event import event
+from policy.audit.verify import verify_log
 from proxy.audit.writer import audit_keys, open_audit_log
 from proxy.config import GatewayConfig, parse_config
 from proxy.errors import ConfigError

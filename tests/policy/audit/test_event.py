@@ -1,4 +1,4 @@
-"""policy.audit_event: the envelope, the builders, the pinned hash form."""
+"""policy.audit.event: the envelope, the builders, the pinned hash form."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from policy.audit_event import (
+from policy.audit.event import (
     DECISION_FIELDS,
     GENESIS_HASH,
     SCHEMA,

@@ -25,7 +25,7 @@ log has a signer, a sidecar that is unsigned or whose signature does not verify 
 cut off and the sidecar rewritten while the gateway was down). The writer then continues:
 the gap is evidence in the chain, not a reason to stop auditing.
 
-Checkpoints (policy.audit_checkpoint): with a ``signer``, the sidecar holds a signed
+Checkpoints (policy.audit.checkpoint): with a ``signer``, the sidecar holds a signed
 checkpoint of the head, an ``audit.checkpoint`` event is appended every
 ``checkpoint_every`` events and when the log is closed, and each such event is handed to the
 ``sinks`` (a second file, the gateway's log) once it is durable.
@@ -37,35 +37,45 @@ import contextlib
 import errno
 import fcntl
 import hashlib
-import json
 import os
-import re
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from policy.audit_checkpoint import (
+from policy.audit.checkpoint import (
     Checkpoint,
     CheckpointSigner,
     CheckpointSink,
     CheckpointVerifier,
     sign_checkpoint,
 )
-from policy.audit_event import (
+from policy.audit.event import (
     ENVELOPE_FIELDS,
     EVENT_TYPES,
-    GENESIS_HASH,
     SCHEMA,
     AuditError,
-    event_hash,
     format_ts,
     new_event_id,
     plain_body,
     scrub_event,
     sealed_line,
+)
+from policy.audit.head import (
+    _HEAD_SIZE,
+    GENESIS,
+    HEAD_SCHEMA,
+    SIGNED_HEAD_SCHEMA,
+    Head,
+    HeadRecord,
+    head_path,
+    head_record_bytes,
+    log_files,
+    read_head,
+    read_head_record,
+    scan_tail,
+    sidecar_disagreement,
 )
 
 __all__ = [
@@ -82,10 +92,6 @@ __all__ = [
     "read_head_record",
 ]
 
-HEAD_SCHEMA = "securegateway.audit-head/1"
-SIGNED_HEAD_SCHEMA = "securegateway.audit-head/2"
-# The sidecar is one fixed-size record (JSON padded with spaces), rewritten in place.
-_HEAD_SIZE = 512
 _SINK_FIELDS = frozenset({"seq", "ts", "prev_hash", "hash"})
 
 
@@ -95,154 +101,6 @@ class AuditSink(Protocol):
     def append(self, event: Mapping[str, Any]) -> dict[str, Any]: ...
 
     def close(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class Head:
-    """The last event of a chain: its ``seq`` (0 for an empty log) and ``hash``."""
-
-    seq: int
-    hash: str
-
-
-GENESIS = Head(0, GENESIS_HASH)
-
-
-def log_files(path: str | os.PathLike[str]) -> list[Path]:
-    """The files of the log at ``path``, oldest first: rotated ``<name>.<N>`` by N, then current."""
-    current = Path(path)
-    pattern = re.compile(re.escape(current.name) + r"\.([0-9]+)")
-    rotated: list[tuple[int, Path]] = []
-    if current.parent.is_dir():
-        for entry in current.parent.iterdir():
-            match = pattern.fullmatch(entry.name)
-            if match and entry.is_file():
-                rotated.append((int(match.group(1)), entry))
-    files = [entry for _, entry in sorted(rotated)]
-    if current.is_file():
-        files.append(current)
-    return files
-
-
-def head_path(path: str | os.PathLike[str]) -> Path:
-    return Path(f"{os.fspath(path)}.head")
-
-
-@dataclass(frozen=True)
-class HeadRecord:
-    """What the sidecar says: the head, and the checkpoint vouching for it when signed."""
-
-    head: Head
-    checkpoint: Checkpoint | None
-
-
-def read_head(path: str | os.PathLike[str]) -> Head | str | None:
-    """The head recorded in the sidecar of the log at ``path``: a Head, None if absent, or why unreadable.
-
-    An empty sidecar counts as absent: the writer creates it before its first event.
-    """
-    record = read_head_record(path)
-    return record.head if isinstance(record, HeadRecord) else record
-
-
-def read_head_record(path: str | os.PathLike[str]) -> HeadRecord | str | None:
-    """The sidecar's record (its head and signature, if any), None if absent, or why unreadable."""
-    try:
-        raw = head_path(path).read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        return f"head sidecar unreadable: {exc.strerror}"
-    if not raw:
-        return None
-    checkpoint: Checkpoint | None = None
-    try:
-        record = json.loads(raw)
-        if record.get("schema") not in (HEAD_SCHEMA, SIGNED_HEAD_SCHEMA):
-            raise ValueError
-        seq, hash_ = record["seq"], record["hash"]
-        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0 or not isinstance(hash_, str):
-            raise ValueError
-        if record["schema"] == SIGNED_HEAD_SCHEMA:
-            checkpoint = Checkpoint.from_dict(record.get("checkpoint"))
-            if checkpoint is None or (checkpoint.seq, checkpoint.hash) != (seq, hash_):
-                raise ValueError
-    except (ValueError, AttributeError, KeyError, UnicodeDecodeError):
-        return "head sidecar is not a valid head record"
-    return HeadRecord(Head(seq, hash_), checkpoint)
-
-
-def _head_record(head: Head, checkpoint: Checkpoint | None = None) -> bytes:
-    record: dict[str, Any] = {"schema": HEAD_SCHEMA, "seq": head.seq, "hash": head.hash}
-    if checkpoint is not None:
-        record = {**record, "schema": SIGNED_HEAD_SCHEMA, "checkpoint": checkpoint.to_dict()}
-    text = json.dumps(record, separators=(",", ":"))
-    return text.encode("ascii").ljust(_HEAD_SIZE - 1) + b"\n"
-
-
-def _reverse_lines(handle: BinaryIO, size: int, block: int = 1 << 16) -> Iterator[bytes]:
-    """Lines of a file from the end, without their ``\\n``; the first is what follows the last ``\\n``."""
-    position = size
-    pending = b""
-    while position > 0:
-        step = min(block, position)
-        position -= step
-        handle.seek(position)
-        pending = handle.read(step) + pending
-        lines = pending.split(b"\n")
-        pending = lines[0]
-        yield from reversed(lines[1:])
-    yield pending
-
-
-def _parse_event(line: bytes) -> dict[str, Any] | None:
-    """The event on ``line`` if it is one whose hash checks out, else None."""
-    try:
-        parsed = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if not isinstance(parsed, dict) or not isinstance(parsed.get("seq"), int) or "hash" not in parsed:
-        return None
-    try:
-        if parsed["hash"] != event_hash(parsed):
-            return None
-    except (TypeError, ValueError):
-        return None
-    return parsed
-
-
-@dataclass(frozen=True)
-class _Tail:
-    head: Head
-    fragment: bytes  # bytes after the last newline of the current file
-    fragment_is_event: bool  # ... which are a complete event missing only its newline
-
-
-def _scan_tail(files: list[Path], current: Path) -> _Tail:
-    fragment = b""
-    fragment_is_event = False
-    for file in reversed(files):
-        with file.open("rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            lines = _reverse_lines(handle, size)
-            last = next(lines, b"")
-            if file == current and last:
-                fragment = last
-                parsed = _parse_event(last)
-                if parsed is not None:
-                    return _Tail(Head(parsed["seq"], parsed["hash"]), last, True)
-            for line in lines:
-                # The chain continues from the last complete line that carries an envelope,
-                # verified or not: an edited line stays in the chain for the verifier to name.
-                try:
-                    parsed = json.loads(line)
-                except (ValueError, UnicodeDecodeError):
-                    continue
-                if isinstance(parsed, dict):
-                    seq, hash_ = parsed.get("seq"), parsed.get("hash")
-                    if isinstance(seq, int) and not isinstance(seq, bool) and isinstance(hash_, str):
-                        return _Tail(Head(seq, hash_), fragment, fragment_is_event)
-    return _Tail(GENESIS, fragment, fragment_is_event)
 
 
 def _utcnow() -> datetime:
@@ -508,7 +366,7 @@ class JsonlAuditLog:
     def _write_sidecar(self, head: Head) -> None:
         assert self._head_fd is not None
         signed = sign_checkpoint(self._signer, head.seq, head.hash) if self._signer else None
-        os.pwrite(self._head_fd, _head_record(head, signed), 0)
+        os.pwrite(self._head_fd, head_record_bytes(head, signed), 0)
         if not self._head_sized:  # drop anything a longer foreign file left past the record
             os.ftruncate(self._head_fd, _HEAD_SIZE)
             self._head_sized = True
@@ -547,14 +405,14 @@ class JsonlAuditLog:
 
     def _recover(self) -> None:
         files = log_files(self.path)
-        tail = _scan_tail(files, self.path)
+        tail = scan_tail(files, self.path)
         self._head = tail.head
         if not self._checkpointed:
             self._checkpointed = tail.head.seq
         self._open_current()
         record = read_head_record(self.path)
         recorded = record.head if isinstance(record, HeadRecord) else record
-        reason = _sidecar_disagreement(recorded, tail.head)
+        reason = sidecar_disagreement(recorded, tail.head)
         if reason is None and self._signer is not None and isinstance(record, HeadRecord) and tail.head.seq > 0:
             reason = self._unvouched(record)
         torn = tail.fragment if tail.fragment and not tail.fragment_is_event else b""
@@ -606,20 +464,3 @@ class JsonlAuditLog:
             if fd is not None:
                 os.close(fd)  # closing the lock descriptor releases the flock
                 setattr(self, name, None)
-
-
-def _sidecar_disagreement(recorded: Head | str | None, head: Head) -> str | None:
-    """Why the sidecar contradicts the head found in the files, or None when it is consistent.
-
-    A sidecar *behind* the file is consistent (a crash between the event's write and the
-    sidecar's): it can only guard the tail, and the verifier checks the hash it names.
-    """
-    if recorded is None:
-        return "head_missing" if head.seq > 0 else None
-    if isinstance(recorded, str):
-        return "head_invalid"
-    if recorded.seq > head.seq:
-        return "truncated"
-    if recorded.seq == head.seq and recorded.hash != head.hash:
-        return "head_mismatch"
-    return None

@@ -98,7 +98,7 @@ EVENT_TYPES: frozenset[str] = frozenset(
         # Written by the log itself when it reopens after a crash or finds its head sidecar
         # disagreeing with the file; see docs/audit.md.
         "audit.recovered",
-        # A signed (seq, hash) of the event before it; see policy.audit_checkpoint.
+        # A signed (seq, hash) of the event before it; see policy.audit.checkpoint.
         "audit.checkpoint",
     }
 )

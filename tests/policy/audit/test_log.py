@@ -1,4 +1,4 @@
-"""policy.audit_log: append-only, chained, rotated, recovered after crashes, one writer."""
+"""policy.audit.log: append-only, chained, rotated, recovered after crashes, one writer."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from policy.audit_event import GENESIS_HASH, AuditError, canonical_event, event, event_hash
-from policy.audit_log import AuditSink, Head, JsonlAuditLog, head_path, log_files, read_head
-from policy.audit_verify import verify_log
+from policy.audit.event import GENESIS_HASH, AuditError, canonical_event, event, event_hash
+from policy.audit.log import AuditSink, Head, JsonlAuditLog, head_path, log_files, read_head
+from policy.audit.verify import verify_log
 
 
 def ticking_clock() -> Callable[[], datetime]:

@@ -1,4 +1,4 @@
-"""policy.audit_checkpoint: signed checkpoints make a cut-off tail fail verification."""
+"""policy.audit.checkpoint: signed checkpoints make a cut-off tail fail verification."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from policy.audit_checkpoint import Checkpoint, CheckpointFile, read_checkpoint_file, sign_checkpoint
-from policy.audit_event import event, event_hash
-from policy.audit_log import SIGNED_HEAD_SCHEMA, JsonlAuditLog, head_path, read_head_record
-from policy.audit_verify import verify_log
+from policy.audit.checkpoint import Checkpoint, CheckpointFile, read_checkpoint_file, sign_checkpoint
+from policy.audit.event import event, event_hash
+from policy.audit.log import SIGNED_HEAD_SCHEMA, JsonlAuditLog, head_path, read_head_record
+from policy.audit.verify import verify_log
 
 
 class Hmac:

@@ -1,4 +1,4 @@
-"""policy.audit_verify: a clean log verifies; every edit, deletion, reorder or cut is named."""
+"""policy.audit.verify: a clean log verifies; every edit, deletion, reorder or cut is named."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policy.audit_event import decision_event, event, event_hash
-from policy.audit_log import Head, JsonlAuditLog, head_path, log_files
-from policy.audit_verify import PROBLEMS, find_events, verify_log
+from policy.audit.event import decision_event, event, event_hash
+from policy.audit.log import Head, JsonlAuditLog, head_path, log_files
+from policy.audit.verify import PROBLEMS, find_events, verify_log
 
 
 def ticking_clock() -> Callable[[], datetime]:

@@ -43,9 +43,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from policy.audit_checkpoint import Checkpoint, CheckpointVerifier
-from policy.audit_event import GENESIS_HASH, canonical_event, envelope_problem, event_hash
-from policy.audit_log import GENESIS, Head, HeadRecord, log_files, read_head_record
+from policy.audit.checkpoint import Checkpoint, CheckpointVerifier
+from policy.audit.event import GENESIS_HASH, canonical_event, envelope_problem, event_hash
+from policy.audit.head import GENESIS, Head, HeadRecord, log_files, read_head_record
 
 __all__ = ["PROBLEMS", "BadEvent", "VerifyReport", "find_events", "verify_log"]
 
