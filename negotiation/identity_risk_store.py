@@ -15,7 +15,6 @@ full risk, which then decays (fail closed, visibly).
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from negotiation.sqlite import open_store
 from policy import SessionRisk
 
 if TYPE_CHECKING:
@@ -69,13 +69,10 @@ class SqliteIdentityRiskStore:
 
     def __init__(self, path: str | Path, half_life_s: float = 600.0) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._half_life_s = half_life_s
         self._lock = threading.Lock()
         self._risks: dict[str, _StoredRisk] = {}
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = open_store(self.path, synchronous="NORMAL")
         self._db.execute(_SCHEMA)
 
     def for_identity(self, model_id: str) -> SessionRisk:

@@ -13,8 +13,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,6 +22,7 @@ from negotiation.errors import InvalidStateError, ProposalNotFoundError
 from negotiation.guardrails import Verdict
 from negotiation.merge import DiffEntry
 from negotiation.proposal import Proposal, ProposalStatus
+from negotiation.sqlite import immediate, open_store
 
 __all__ = ["ProposalStore", "SqliteProposalStore"]
 
@@ -138,15 +138,9 @@ class SqliteProposalStore:
         # One connection guarded by a lock: the service serialises its own work anyway, and
         # a single connection keeps WAL checkpoints simple. Autocommit mode, explicit
         # transactions below.
-        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._conn.row_factory = sqlite3.Row
+        self._conn = open_store(self.path, synchronous="FULL", busy_timeout_ms=busy_timeout_ms, rows=True)
         self._lock = threading.Lock()
         with self._lock:
-            self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise RuntimeError(f"sqlite refused WAL mode for `{self.path}` (got {mode})")
-            self._conn.execute("PRAGMA synchronous = FULL")
             existing = {row[1] for row in self._conn.execute("PRAGMA table_info(proposals)")}
             for name, kind in _ADDED_COLUMNS.items():
                 if existing and name not in existing:
@@ -154,7 +148,7 @@ class SqliteProposalStore:
             self._conn.executescript(_SCHEMA)
 
     def add(self, proposal: Proposal) -> None:
-        with self._lock, _immediate(self._conn):
+        with self._lock, immediate(self._conn):
             self._conn.execute(
                 f"INSERT INTO proposals ({_COLUMNS}) VALUES ({', '.join('?' * 15)})",
                 _row(proposal),
@@ -187,12 +181,12 @@ class SqliteProposalStore:
             return int(self._conn.execute(query, params).fetchone()[0])
 
     def update(self, proposal: Proposal, *, expected: ProposalStatus) -> None:
-        with self._lock, _immediate(self._conn):
+        with self._lock, immediate(self._conn):
             self._compare_and_set(proposal, expected)
 
     def expire_pending(self, now: datetime) -> tuple[Proposal, ...]:
         expired: list[Proposal] = []
-        with self._lock, _immediate(self._conn):
+        with self._lock, immediate(self._conn):
             rows = self._conn.execute(
                 f"SELECT {_COLUMNS} FROM proposals WHERE status = 'pending' AND expires_at <= ?",
                 (_ts(now),),
@@ -222,19 +216,3 @@ class SqliteProposalStore:
             raise InvalidStateError(
                 f"proposal `{proposal.id}` is {current['status']}, not {ProposalStatus(expected).value}"
             )
-
-
-@contextmanager
-def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
-    """``BEGIN IMMEDIATE`` … ``COMMIT``, rolled back on any exception.
-
-    IMMEDIATE takes the write lock up front, so a compare-and-set read and its write see
-    the same database even when another process writes between them.
-    """
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")

@@ -16,13 +16,13 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 
 from negotiation.approvals.binding import Approval, ApprovalBinding, ApprovalStatus
 from negotiation.approvals.store import ApprovalError, answered, consumed, expired, not_found
+from negotiation.sqlite import immediate, open_store
 
 __all__ = ["SqliteApprovalStore"]
 
@@ -53,23 +53,16 @@ class SqliteApprovalStore:
         clock: Callable[[], float] = time.time, busy_timeout_ms: int = 10_000,
     ) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._max_pending = max_pending
         self._keep = keep_seconds
         self._clock = clock
-        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._conn.row_factory = sqlite3.Row
+        self._conn = open_store(self.path, synchronous="FULL", busy_timeout_ms=busy_timeout_ms, rows=True)
         self._lock = threading.Lock()
         with self._lock:
-            self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise RuntimeError(f"sqlite refused WAL mode for `{self.path}` (got {mode})")
-            self._conn.execute("PRAGMA synchronous = FULL")
             self._conn.executescript(_SCHEMA)
 
     def add(self, approval: Approval) -> None:
-        with self._lock, _immediate(self._conn):
+        with self._lock, immediate(self._conn):
             self._purge()
             pending = self._conn.execute("SELECT COUNT(*) FROM approvals WHERE status = 'pending'").fetchone()[0]
             if pending >= self._max_pending:
@@ -108,13 +101,13 @@ class SqliteApprovalStore:
         return found[0] if found else None
 
     def answer(self, approval_id: str, *, approve: bool, by: str, how: str, comment: str | None = None) -> Approval:
-        with self._lock, _immediate(self._conn):
+        with self._lock, immediate(self._conn):
             before = self._get(approval_id)
             return self._set(before, answered(before, approve=approve, by=by, how=how, comment=comment,
                                               now=self._clock()))
 
     def expire(self, approval_id: str) -> Approval | None:
-        with self._lock, _immediate(self._conn):
+        with self._lock, immediate(self._conn):
             before = self._get(approval_id)
             after = expired(before)
             return self._set(before, after) if after is not None else None
@@ -129,7 +122,7 @@ class SqliteApprovalStore:
             ).fetchone()
         if work is None:
             return []
-        with self._lock, _immediate(self._conn):
+        with self._lock, immediate(self._conn):
             rows = self._conn.execute(
                 "SELECT record FROM approvals WHERE status IN (?, ?) AND expires_at <= ?", (*_LIVE, self._clock())
             ).fetchall()
@@ -146,7 +139,7 @@ class SqliteApprovalStore:
         wanted = tuple(modes)
         if not wanted:
             return []
-        with self._lock, _immediate(self._conn):
+        with self._lock, immediate(self._conn):
             rows = self._conn.execute(
                 f"SELECT record FROM approvals WHERE status = 'pending' AND mode IN ({', '.join('?' * len(wanted))})",
                 wanted,
@@ -157,7 +150,7 @@ class SqliteApprovalStore:
             ]
 
     def consume(self, approval_id: str, binding: ApprovalBinding) -> Approval:
-        with self._lock, _immediate(self._conn):
+        with self._lock, immediate(self._conn):
             before = self._get(approval_id)
             return self._set(before, consumed(before, binding, self._clock()))
 
@@ -195,15 +188,3 @@ def _dump(approval: Approval) -> str:
 
 def _load(text: str) -> Approval:
     return Approval.from_record(json.loads(text))
-
-
-@contextmanager
-def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
-    """``BEGIN IMMEDIATE`` … ``COMMIT``, rolled back on any exception (see negotiation.store)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")

@@ -11,11 +11,12 @@ dropped whenever a new mark is written. A server database can implement
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+from negotiation.sqlite import open_store
 
 __all__ = ["MemoryTaintStore", "SqliteTaintStore", "TaintMark", "TaintStore"]
 
@@ -74,12 +75,9 @@ class SqliteTaintStore:
     """:class:`TaintStore` in one SQLite file (WAL); marks survive restarts."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10.0)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = open_store(path, synchronous="NORMAL")
         self._db.execute(_SCHEMA)
 
     def get(self, identity: str) -> TaintMark | None:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from negotiation.sqlite import open_store
+
 __all__ = ["STATUSES", "SqliteToolStore", "ToolRecord", "ToolStore"]
 
 # trusted: listed and callable; the others are suspended (not listed, calls denied).
@@ -89,11 +91,9 @@ class SqliteToolStore:
     """:class:`ToolStore` in one SQLite file (WAL), safe to share with the CLI."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10.0)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = open_store(path, synchronous="FULL")
         self._db.execute(_SCHEMA)
         self._version = self._data_version()
 
