@@ -123,7 +123,3 @@ async def _cancel_on_signal(scope: anyio.CancelScope) -> None:
         async for _ in signals:
             scope.cancel()
             return
-
-
-if __name__ == "__main__":
-    sys.exit(main())
