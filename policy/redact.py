@@ -56,6 +56,7 @@ __all__ = [
     "contains_secret",
     "digest",
     "find_text_secrets",
+    "is_sensitive_key",
     "mask_text",
     "normalise_key",
     "redact",
@@ -63,6 +64,7 @@ __all__ = [
     "scrub",
     "scrub_all",
     "strings_contain_secret",
+    "strings_contain_secret_memo",
     "value_contains_secret",
 ]
 
@@ -162,6 +164,31 @@ def strings_contain_secret(strings: Iterable[str]) -> bool:
         return False
     encoded = (text for text in items if may_be_encoded(text))
     return any(find_secrets(view.text) for text in encoded for view in decoded_views(text))
+
+
+# Strings a scan found free of secrets: the scanners are a pure function of the text, so a
+# string seen clean once is clean for good. Most strings of a decision event (reasoning
+# sentences, rule ids and notes, schema keys, digests) come back on every call; bounded,
+# emptied when full, and only short strings are kept.
+_KNOWN_CLEAN: dict[str, None] = {}
+_KNOWN_CLEAN_MAX = 8192
+_KNOWN_CLEAN_LENGTH = 512
+
+
+def strings_contain_secret_memo(strings: list[str]) -> bool:
+    """:func:`strings_contain_secret`, scanning only the strings not already seen clean."""
+    known = _KNOWN_CLEAN
+    fresh = [text for text in strings if text not in known]
+    if not fresh:
+        return False
+    if strings_contain_secret(fresh):
+        return True
+    if len(known) + len(fresh) > _KNOWN_CLEAN_MAX:
+        known.clear()
+    for text in fresh:
+        if len(text) <= _KNOWN_CLEAN_LENGTH:
+            known[text] = None
+    return False
 
 
 def collect_strings(value: Any, out: list[str], depth: int = 0) -> list[str]:
@@ -492,6 +519,18 @@ def _suffixes(names: frozenset[str]) -> tuple[str, ...]:
 @functools.lru_cache(maxsize=32)
 def _sensitive_names(sensitive_keys: frozenset[str]) -> frozenset[str]:
     return frozenset(normalise_key(name) for name in sensitive_keys)
+
+
+def is_sensitive_key(key: str, sensitive_keys: frozenset[str] = DEFAULT_SENSITIVE_KEYS) -> bool:
+    """Whether :func:`redact` replaces the value under ``key`` whatever it is (see the rules above)."""
+    if sensitive_keys is DEFAULT_SENSITIVE_KEYS and len(key) <= 128:
+        return _default_sensitive(key)
+    return _is_sensitive(key, _suffixes(_sensitive_names(sensitive_keys)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _default_sensitive(key: str) -> bool:
+    return _is_sensitive(key, _suffixes(_sensitive_names(DEFAULT_SENSITIVE_KEYS)))
 
 
 def redact(value: Any, *, root: str = "", sensitive_keys: frozenset[str] = DEFAULT_SENSITIVE_KEYS) -> Redacted:

@@ -1,8 +1,10 @@
 """The audit log's files on disk: rotated files, the head sidecar, and the scan of the tail.
 
 The head sidecar (``<log>.head``) is one fixed-size record naming the last durable event's
-``seq`` and ``hash`` (signed as a checkpoint when the log has a signer); the tail scan finds
-the head of the chain in the files themselves, so the two can be compared on open.
+``seq`` and ``hash``; when the log has a signer it also carries the latest signed checkpoint,
+of that event (schema ``/2``) or of an earlier one (``/3``: the signature lags the head by at
+most the log's signing interval, docs/audit.md). The tail scan finds the head of the chain
+in the files themselves, so the two can be compared on open.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ from policy.audit.event import GENESIS_HASH, event_hash
 
 HEAD_SCHEMA = "securegateway.audit-head/1"
 SIGNED_HEAD_SCHEMA = "securegateway.audit-head/2"
+# The head and an earlier signed checkpoint: the unsigned events after it are the signing lag.
+LAGGING_HEAD_SCHEMA = "securegateway.audit-head/3"
+_HEAD_SCHEMAS = (HEAD_SCHEMA, SIGNED_HEAD_SCHEMA, LAGGING_HEAD_SCHEMA)
+_HASH = re.compile(r"sha256:[0-9a-f]{64}")
 # The sidecar is one fixed-size record (JSON padded with spaces), rewritten in place.
 _HEAD_SIZE = 512
 
@@ -57,10 +63,16 @@ def head_path(path: str | os.PathLike[str]) -> Path:
 
 @dataclass(frozen=True)
 class HeadRecord:
-    """What the sidecar says: the head, and the checkpoint vouching for it when signed."""
+    """What the sidecar says: the head, and the latest signed checkpoint (of the head, or of an
+    earlier event when signing lags) when the log has a signer."""
 
     head: Head
     checkpoint: Checkpoint | None
+
+    @property
+    def lag(self) -> int:
+        """Events after the signed checkpoint (all of them when there is none)."""
+        return self.head.seq - (self.checkpoint.seq if self.checkpoint is not None else 0)
 
 
 def read_head(path: str | os.PathLike[str]) -> Head | str | None:
@@ -85,26 +97,64 @@ def read_head_record(path: str | os.PathLike[str]) -> HeadRecord | str | None:
     checkpoint: Checkpoint | None = None
     try:
         record = json.loads(raw)
-        if record.get("schema") not in (HEAD_SCHEMA, SIGNED_HEAD_SCHEMA):
+        if record.get("schema") not in _HEAD_SCHEMAS:
             raise ValueError
         seq, hash_ = record["seq"], record["hash"]
         if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0 or not isinstance(hash_, str):
             raise ValueError
-        if record["schema"] == SIGNED_HEAD_SCHEMA:
+        if record["schema"] != HEAD_SCHEMA:
             checkpoint = Checkpoint.from_dict(record.get("checkpoint"))
-            if checkpoint is None or (checkpoint.seq, checkpoint.hash) != (seq, hash_):
+            if checkpoint is None:
                 raise ValueError
+            if record["schema"] == SIGNED_HEAD_SCHEMA and (checkpoint.seq, checkpoint.hash) != (seq, hash_):
+                raise ValueError
+            # A lagging checkpoint is taken as it is, even past the head (never written so):
+            # what it vouches for is checked against the files by whoever reads it.
     except (ValueError, AttributeError, KeyError, UnicodeDecodeError):
         return "head sidecar is not a valid head record"
     return HeadRecord(Head(seq, hash_), checkpoint)
 
 
-def head_record_bytes(head: Head, checkpoint: Checkpoint | None = None) -> bytes:
-    record: dict[str, Any] = {"schema": HEAD_SCHEMA, "seq": head.seq, "hash": head.hash}
+def head_record_bytes(head: Head, checkpoint: Checkpoint | None = None, signed: bytes | None = None) -> bytes:
+    """The sidecar record of ``head`` and the latest ``checkpoint`` (of ``head``, or lagging behind it).
+
+    ``signed`` is ``checkpoint_json(checkpoint)``, passed by a writer that keeps it between records.
+    """
+    schema = HEAD_SCHEMA
     if checkpoint is not None:
-        record = {**record, "schema": SIGNED_HEAD_SCHEMA, "checkpoint": checkpoint.to_dict()}
-    text = json.dumps(record, separators=(",", ":"))
-    return text.encode("ascii").ljust(_HEAD_SIZE - 1) + b"\n"
+        same = (checkpoint.seq, checkpoint.hash) == (head.seq, head.hash)
+        schema = SIGNED_HEAD_SCHEMA if same else LAGGING_HEAD_SCHEMA
+    if _HASH.fullmatch(head.hash):  # the usual record, without a json.dumps per write
+        text = f'{{"schema":"{schema}","seq":{int(head.seq)},"hash":"{head.hash}"'.encode("ascii")
+    else:
+        text = json.dumps({"schema": schema, "seq": head.seq, "hash": head.hash}, separators=(",", ":"))[:-1].encode()
+    if checkpoint is not None:
+        text += b',"checkpoint":' + (signed if signed is not None else checkpoint_json(checkpoint))
+    return (text + b"}").ljust(_HEAD_SIZE - 1) + b"\n"
+
+
+def checkpoint_json(checkpoint: Checkpoint) -> bytes:
+    return json.dumps(checkpoint.to_dict(), separators=(",", ":")).encode("ascii")
+
+
+def hash_at(files: list[Path], seq: int) -> str | None:
+    """The ``hash`` the event ``seq`` carries in ``files`` (read from the end), or None if it is not there."""
+    for file in reversed(files):
+        with file.open("rb") as handle:
+            for line in _reverse_lines(handle, os.fstat(handle.fileno()).st_size):
+                try:
+                    parsed = json.loads(line)
+                except (ValueError, UnicodeDecodeError):
+                    continue
+                found = parsed.get("seq") if isinstance(parsed, dict) else None
+                if not isinstance(found, int) or isinstance(found, bool):
+                    continue
+                if found == seq:
+                    hash_ = parsed.get("hash")
+                    return hash_ if isinstance(hash_, str) else None
+                if found < seq:
+                    return None
+    return None
 
 
 def _reverse_lines(handle: BinaryIO, size: int, block: int = 1 << 16) -> Iterator[bytes]:

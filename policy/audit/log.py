@@ -39,6 +39,7 @@ import fcntl
 import hashlib
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,6 +57,7 @@ from policy.audit.event import (
     EVENT_TYPES,
     SCHEMA,
     AuditError,
+    PlainEvent,
     format_ts,
     new_event_id,
     plain_body,
@@ -69,6 +71,8 @@ from policy.audit.head import (
     SIGNED_HEAD_SCHEMA,
     Head,
     HeadRecord,
+    checkpoint_json,
+    hash_at,
     head_path,
     head_record_bytes,
     log_files,
@@ -93,6 +97,12 @@ __all__ = [
 ]
 
 _SINK_FIELDS = frozenset({"seq", "ts", "prev_hash", "hash"})
+
+HEAD_SIGN_INTERVAL = 1.0
+"""Seconds a signed head may lag the durable head while events keep coming (and, through
+:meth:`JsonlAuditLog.sign_head`, once the writer goes idle); see docs/audit.md."""
+HEAD_SIGN_EVENTS = 1000
+"""Events a signed head may lag the durable head, whatever the time."""
 
 
 class AuditSink(Protocol):
@@ -121,6 +131,9 @@ class JsonlAuditLog:
         verifier: CheckpointVerifier | None = None,
         checkpoint_every: int = 1000,
         sinks: Sequence[CheckpointSink] = (),
+        head_sign_interval: float = HEAD_SIGN_INTERVAL,
+        head_sign_events: int = HEAD_SIGN_EVENTS,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
@@ -130,6 +143,14 @@ class JsonlAuditLog:
         self._verifier = verifier
         self._checkpoint_every = checkpoint_every
         self._sinks = tuple(sinks)
+        self.head_sign_interval = head_sign_interval
+        self._head_sign_events = head_sign_events
+        self._monotonic = monotonic
+        # The checkpoint the sidecar carries (None until this process signs one), its json, and when.
+        self._signed: Checkpoint | None = None
+        self._signed_json = b""
+        self._signed_at = 0.0
+        self._sign_due = True  # the next sidecar write signs: set on opening and by a rotation
         self._checkpointed = 0
         self._lock = threading.Lock()
         self._file: BinaryIO | None = None
@@ -250,7 +271,7 @@ class JsonlAuditLog:
                 # The last word of a run: a checkpoint a later truncation cannot fake.
                 with contextlib.suppress(AuditError, OSError):
                     self._write([], checkpoint=True)
-            if active and (self._head != self._synced or self._unpublished):
+            if active and (self._head != self._synced or self._unpublished or self.signing_lags):
                 with contextlib.suppress(AuditError, OSError):
                     self._sync_locked()
             self._closed = True
@@ -265,20 +286,25 @@ class JsonlAuditLog:
     # -- internals; every method below runs under self._lock -------------------------------
 
     @staticmethod
-    def _prepare(event: Mapping[str, Any]) -> dict[str, Any]:
+    def _prepare(event: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+        """The body to write and whether it is a :class:`PlainEvent` (plain, scanned, tame numbers)."""
         kind = event.get("type")
         if kind not in EVENT_TYPES:
             raise AuditError("unknown_event_type", f"unknown audit event type `{kind}`")
-        reserved = sorted(_SINK_FIELDS & set(event))
+        reserved = sorted(_SINK_FIELDS & event.keys())
         if reserved:
             raise AuditError("reserved_field", f"field `{reserved[0]}` is assigned by the audit log")
-        body, strings = plain_body(event)
+        plain = isinstance(event, PlainEvent)
+        if plain:  # its builder walked and scanned it already: written as it is
+            body = dict(event)
+        else:
+            body, strings = plain_body(event)
         body.setdefault("schema", SCHEMA)
         body.setdefault("event_id", new_event_id())
         if body["schema"] != SCHEMA:
             raise AuditError("reserved_field", f"unsupported schema `{body['schema']}`")
         # Whatever built the event, no secret the scanners know reaches the file.
-        return scrub_event(body, strings)
+        return (body, True) if plain else (scrub_event(body, strings), False)
 
     def _checkpoint_body(self, head: Head) -> dict[str, Any]:
         assert self._signer is not None
@@ -287,23 +313,24 @@ class JsonlAuditLog:
                 "checkpoint": checkpoint.to_dict()}
 
     def _write(
-        self, bodies: Sequence[dict[str, Any]], prefix: bytes = b"", *, checkpoint: bool = False
+        self, bodies: Sequence[tuple[dict[str, Any], bool]], prefix: bytes = b"", *, checkpoint: bool = False
     ) -> list[dict[str, Any]]:
+        """Chain and write ``bodies`` (each with its ``tame`` flag, see ``sealed_line``) in one ``write()``."""
         head = self._head
         written: list[dict[str, Any]] = []
         lines: list[bytes] = []
         queue = list(bodies)
         due = self._signer is not None and self._checkpoint_every > 0
         if self._signer is not None and checkpoint:
-            queue.append(self._checkpoint_body(head))
+            queue.append((self._checkpoint_body(head), True))
         published: list[Checkpoint] = []
         checkpointed = self._checkpointed
         index = 0
         while index < len(queue):
-            body = queue[index]
+            body, tame = queue[index]
             index += 1
             full = {**body, "seq": head.seq + 1, "ts": format_ts(self._clock()), "prev_hash": head.hash}
-            full["hash"], line = sealed_line(full)  # one encoding, hashed as those bytes
+            full["hash"], line = sealed_line(full, tame=tame)  # one encoding, hashed as those bytes
             written.append({name: full[name] for name in ENVELOPE_FIELDS} | full)
             lines.append(line)
             head = Head(full["seq"], full["hash"])
@@ -313,7 +340,7 @@ class JsonlAuditLog:
                     published.append(vouched)
                 checkpointed = head.seq
             elif due and index == len(queue) and head.seq - checkpointed >= self._checkpoint_every:
-                queue.append(self._checkpoint_body(head))
+                queue.append((self._checkpoint_body(head), True))
         try:
             chunk: list[bytes] = [prefix] if prefix else []
             pending = len(prefix)
@@ -336,14 +363,14 @@ class JsonlAuditLog:
         return written[: len(bodies)]  # a checkpoint added at the end is the log's own
 
     def _sync_locked(self) -> None:
-        """:meth:`sync` for callers that hold the lock (recovery, closing)."""
+        """:meth:`sync` for callers that hold the lock (recovery, closing); the head is signed."""
         assert self._file is not None
         if self.fsync:
             os.fdatasync(self._file.fileno())
         published, self._unpublished = self._unpublished, []
-        if self._head != self._synced:
+        if self._head != self._synced or self.signing_lags:
             self._synced = self._head
-            self._write_sidecar(self._head)
+            self._write_sidecar(self._head, sign=True)
         self._publish(published)
 
     def _publish(self, published: list[Checkpoint]) -> None:
@@ -363,16 +390,50 @@ class JsonlAuditLog:
             view = view[count:]
         self._size += len(data)
 
-    def _write_sidecar(self, head: Head) -> None:
+    def _write_sidecar(self, head: Head, *, sign: bool = False) -> None:
+        """Name ``head`` (durable) in the sidecar, with the latest signed checkpoint.
+
+        The head is re-signed when ``sign``, on the first write of this process and after a
+        rotation, and when the signature would otherwise lag by :data:`HEAD_SIGN_EVENTS` events or
+        :data:`HEAD_SIGN_INTERVAL` seconds; otherwise the record carries the previous checkpoint
+        (schema ``/3``). One signature per interval instead of one per batch: under sequential
+        load every call is its own batch, and an Ed25519 signature costs more than the rest of
+        the write.
+        """
         assert self._head_fd is not None
-        signed = sign_checkpoint(self._signer, head.seq, head.hash) if self._signer else None
-        os.pwrite(self._head_fd, head_record_bytes(head, signed), 0)
+        if self._signer is not None:
+            signed = self._signed
+            if signed is None or (signed.seq, signed.hash) != (head.seq, head.hash):
+                now = self._monotonic()
+                if (sign or self._sign_due or signed is None or head.seq - signed.seq >= self._head_sign_events
+                        or now - self._signed_at >= self.head_sign_interval):
+                    self._signed = sign_checkpoint(self._signer, head.seq, head.hash)
+                    self._signed_json = checkpoint_json(self._signed)
+                    self._signed_at = now
+                    self._sign_due = False
+        os.pwrite(self._head_fd, head_record_bytes(head, self._signed, self._signed_json or None), 0)
         if not self._head_sized:  # drop anything a longer foreign file left past the record
             os.ftruncate(self._head_fd, _HEAD_SIZE)
             self._head_sized = True
         # Not synced, on purpose: it is written after the event it names is durable, so a
         # power loss can only leave it behind (or unreadable, recorded on reopening), never
         # ahead; syncing it too would halve append throughput for no added guarantee.
+
+    @property
+    def signing_lags(self) -> bool:
+        """Whether the sidecar names a durable head its signature does not cover yet."""
+        signed = self._signed
+        return self._signer is not None and signed is not None and signed.seq != self._synced.seq
+
+    def sign_head(self) -> None:
+        """Sign the durable head into the sidecar now, if the signature lags it (an idle writer's call)."""
+        with self._lock:
+            if self._closed or self._head_fd is None or not self.signing_lags:
+                return
+            try:
+                self._write_sidecar(self._synced, sign=True)
+            except OSError as exc:
+                raise AuditError("write_failed", f"audit head sidecar write failed: {exc.strerror}") from exc
 
     def _rotate(self) -> None:
         assert self._file is not None
@@ -384,6 +445,7 @@ class JsonlAuditLog:
         numbers = [int(file.name.rsplit(".", 1)[1]) for file in files if file != self.path]
         target = self.path.with_name(f"{self.path.name}.{max(numbers, default=0) + 1}")
         os.rename(self.path, target)
+        self._sign_due = True  # a rotated-away file is covered by a signed head at the next sync
         self._open_current()
         if self.fsync:
             directory = os.open(self.path.parent, os.O_RDONLY)
@@ -414,19 +476,20 @@ class JsonlAuditLog:
         recorded = record.head if isinstance(record, HeadRecord) else record
         reason = sidecar_disagreement(recorded, tail.head)
         if reason is None and self._signer is not None and isinstance(record, HeadRecord) and tail.head.seq > 0:
-            reason = self._unvouched(record)
+            reason = self._unvouched(record, files, tail.head)
         torn = tail.fragment if tail.fragment and not tail.fragment_is_event else b""
         prefix = b"\n" if tail.fragment else b""
         if reason is None and not torn:
             if prefix:
                 self._append_raw(prefix)
-            if recorded != tail.head:
+            lagging = isinstance(record, HeadRecord) and self._signer is not None and record.lag > 0
+            if recorded != tail.head or lagging:
                 # What a crashed process wrote may still be only in the page cache: make it
-                # durable before the sidecar names it.
+                # durable before the sidecar names it (signed: a run starts with no lag).
                 if self.fsync:
                     assert self._file is not None
                     os.fdatasync(self._file.fileno())
-                self._write_sidecar(tail.head)
+                self._write_sidecar(tail.head, sign=True)
             self._synced = tail.head
             return
         sidecar = {"seq": recorded.seq, "hash": recorded.hash} if isinstance(recorded, Head) else None
@@ -439,15 +502,25 @@ class JsonlAuditLog:
             "torn_sha256": "sha256:" + hashlib.sha256(torn).hexdigest() if torn else None,
             "sidecar": sidecar,
         }
-        self._write([body], prefix=prefix)
+        self._write([(body, True)], prefix=prefix)
         self._sync_locked()
 
-    def _unvouched(self, record: HeadRecord) -> str | None:
-        """Why a sidecar that agrees with the files is not to be trusted, or None."""
-        if record.checkpoint is None:
+    def _unvouched(self, record: HeadRecord, files: list[Path], tail: Head) -> str | None:
+        """Why a sidecar that agrees with the files is not to be trusted, or None.
+
+        A lagging checkpoint vouches for an earlier event, which must still be in the files
+        with the hash it signed: otherwise the tail was cut (and maybe rebuilt) past it.
+        """
+        checkpoint = record.checkpoint
+        if checkpoint is None:
             return "head_unsigned"
-        if self._verifier is not None and not record.checkpoint.verify(self._verifier):
+        if self._verifier is not None and not checkpoint.verify(self._verifier):
             return "head_forged"
+        if (checkpoint.seq, checkpoint.hash) != (record.head.seq, record.head.hash):
+            if checkpoint.seq > tail.seq:
+                return "truncated"
+            if hash_at(files, checkpoint.seq) != checkpoint.hash:
+                return "head_mismatch"
         return None
 
     def _append_raw(self, data: bytes) -> None:

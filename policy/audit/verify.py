@@ -249,7 +249,8 @@ class _Walk:
             raise _fail(line, "schema", "recovery event does not match the line before it", event)
         reason, sidecar = event["reason"], event["sidecar"]
         if reason == "truncated":
-            lost = sidecar["seq"] - self.head.seq if isinstance(sidecar, dict) else "some"
+            behind = sidecar["seq"] - self.head.seq if isinstance(sidecar, dict) else 0
+            lost = behind if isinstance(behind, int) and behind > 0 else "some"
             raise _fail(line, "truncated", f"on reopening, {lost} event(s) were missing from the tail", event)
         if reason == "head_mismatch":
             raise _fail(line, "head_mismatch", "on reopening, the head sidecar named a different event", event)
@@ -314,7 +315,8 @@ def _tail_failure(walk: _Walk, head: Head, what: str, mismatch: str, path: Path)
 
 
 def _signed_head_failure(walk: _Walk, record: HeadRecord, verifier: CheckpointVerifier, path: Path) -> _Failure | None:
-    """With a key: the sidecar must carry a checkpoint of its head that verifies."""
+    """With a key: the sidecar must carry a checkpoint that verifies, of its head or (lagging) of an
+    earlier event of the log (checked by :func:`_lagging_checkpoint_failure`)."""
     if walk.events == 0:
         return None
     where = os.fspath(path) + ".head"
@@ -336,6 +338,16 @@ def _signed_head_failure(walk: _Walk, record: HeadRecord, verifier: CheckpointVe
             f"head_forged: the head sidecar's checkpoint does not verify (key `{record.checkpoint.key_id}`); {gap}",
         )
     return None
+
+
+def _lagging_checkpoint_failure(walk: _Walk, record: HeadRecord, path: Path) -> _Failure | None:
+    """The event a lagging sidecar checkpoint signed must be in the log with the hash it signed:
+    a tail cut past it, with the unsigned head rewritten to the new end, is truncation."""
+    checkpoint = record.checkpoint
+    if checkpoint is None or (checkpoint.seq, checkpoint.hash) == (record.head.seq, record.head.hash):
+        return None
+    return _tail_failure(walk, Head(checkpoint.seq, checkpoint.hash), "head sidecar's signed checkpoint",
+                         "head_mismatch", path)
 
 
 def _checkpoint_file_failure(
@@ -379,6 +391,8 @@ def verify_log(
     recorded = record.head if isinstance(record, HeadRecord) else record
     files = log_files(path)
     targets: set[int] = {recorded.seq} if isinstance(recorded, Head) else set()
+    if isinstance(record, HeadRecord) and record.checkpoint is not None:
+        targets.add(record.checkpoint.seq)
     if anchor is not None:
         targets.add(anchor[0])
     if checkpoints:
@@ -412,13 +426,20 @@ def verify_log(
     if failure is None and checkpoints:
         # Before the sidecar's signature: the checkpoint file can say exactly what is missing.
         failure = _checkpoint_file_failure(walk, checkpoints, verifier, Path(path))
+    if failure is None and isinstance(record, HeadRecord):
+        failure = _lagging_checkpoint_failure(walk, record, Path(path))
     if failure is None and verifier is not None and isinstance(record, HeadRecord):
         failure = _signed_head_failure(walk, record, verifier, Path(path))
+        if failure is None and record.checkpoint is not None and record.lag > 0:
+            walk.warnings.append(
+                f"the head sidecar's signature covers seq {record.checkpoint.seq}: the {record.lag} event(s) "
+                "after it are chained but not signed yet (the signing lag, docs/audit.md)"
+            )
     if failure is None and anchor is not None:
         failure = _tail_failure(walk, Head(*anchor), "anchor", "anchor_mismatch", Path(path))
     checkpointed = walk.checkpointed
     if failure is None and verifier is not None and isinstance(record, HeadRecord) and record.checkpoint:
-        checkpointed = max(checkpointed, record.head.seq)
+        checkpointed = max(checkpointed, record.checkpoint.seq)
     if failure is not None:
         return VerifyReport(
             ok=False,
