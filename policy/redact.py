@@ -575,10 +575,11 @@ def digest(value: Any) -> str:
     arguments can recompute it. It never raises, because it runs on the audit path of a
     denial too: NaN and infinities are written as the ``NaN``/``Infinity`` tokens, a value
     with no JSON form as its type marker, and non-string keys, cycles and nesting deeper than
-    256 levels are normalised first.
+    256 levels are normalised first, and a lone surrogate (``"\\ud800"`` on the wire) is
+    encoded as UTF-8 encodes any other code point (``surrogatepass``).
     """
     try:
         text = _dumps(value)
     except (TypeError, ValueError, RecursionError):
         text = _dumps(_plain(value, 0, set()))
-    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()

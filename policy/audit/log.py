@@ -410,7 +410,7 @@ class JsonlAuditLog:
                     self._signed = sign_checkpoint(self._signer, head.seq, head.hash)
                     self._signed_json = checkpoint_json(self._signed)
                     self._signed_at = now
-                    self._sign_due = False
+                    self._sign_due = head.seq == 0  # an empty log's head vouches for nothing yet
         os.pwrite(self._head_fd, head_record_bytes(head, self._signed, self._signed_json or None), 0)
         if not self._head_sized:  # drop anything a longer foreign file left past the record
             os.ftruncate(self._head_fd, _HEAD_SIZE)

@@ -144,8 +144,14 @@ def test_digest_never_raises() -> None:
     deep: Any = 0
     for _ in range(5000):
         deep = [deep]
-    for value in (cyclic, deep, {1: "a", "b": 2}, float("inf"), object(), b"raw"):
+    for value in (cyclic, deep, {1: "a", "b": 2}, float("inf"), object(), b"raw", {"q": "lone \ud800 surrogate"}):
         assert digest(value).startswith("sha256:")
+
+
+def test_a_lone_surrogate_is_digested_as_its_code_point() -> None:
+    # JSON allows "\ud800"; the digest must not raise on the audit path of such a call.
+    expected = hashlib.sha256('{"q":"\ud800"}'.encode("utf-8", "surrogatepass")).hexdigest()
+    assert digest({"q": "\ud800"}) == "sha256:" + expected
 
 
 json_values = st.recursive(

@@ -16,6 +16,7 @@ from policy.audit.event import (
     GENESIS_HASH,
     SCHEMA,
     AuditError,
+    canonical_bytes,
     canonical_event,
     decision_event,
     envelope_problem,
@@ -269,3 +270,104 @@ def test_plain_body_names_the_field_that_has_no_json_form() -> None:
     with pytest.raises(AuditError, match=r"`\$\.arguments\.blob`") as caught:
         plain_body({"type": "decision", "arguments": {"blob": b"raw"}})
     assert caught.value.code == "unserializable"
+
+
+# ---- canonical_bytes: orjson where it is provably the canonical form ---------------------------------
+
+_odd_chars = st.sampled_from(["\x7f", "\x00", '"', "\\", "\u2028", "\ud800"])
+_odd_text = st.text(alphabet=st.characters(codec="utf-8") | _odd_chars, max_size=12)
+_wide_values = st.recursive(
+    st.one_of(
+        st.none(), st.booleans(), st.integers(), st.integers(min_value=2**63 - 2, max_value=2**70),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.sampled_from([1e-05, 1e-07, 1e16, 1e22, -0.0, 0.0001, 123456.789, 5e-324]), _odd_text,
+    ),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(_odd_text, children, max_size=3),
+    max_leaves=12,
+)
+
+
+@given(value=_wide_values)
+def test_canonical_bytes_are_the_reference_canonical_form(value: Any) -> None:
+    assert canonical_bytes(value) == canonical_event(value).encode("ascii")
+
+
+@given(value=_plain_values)
+def test_canonical_bytes_of_a_tame_value_are_the_reference_form(value: Any) -> None:
+    def tame(item: Any) -> bool:
+        if isinstance(item, float):
+            return item == 0.0 or 1e-4 <= abs(item) < 1e16
+        if isinstance(item, dict):
+            return all(tame(v) for v in item.values())
+        if isinstance(item, list):
+            return all(tame(v) for v in item)
+        return True
+
+    if tame(value):
+        assert canonical_bytes(value, tame=True) == canonical_event(value).encode("ascii")
+
+
+def test_canonical_bytes_refuse_what_has_no_canonical_form() -> None:
+    with pytest.raises(TypeError):  # orjson would write it; the reference refuses it, and so does this
+        canonical_bytes({"when": datetime.now(UTC)})
+    assert canonical_bytes({"s": "\ud800", "n": 2**80}) == b'{"n":1208925819614629174706176,"s":"\\ud800"}'
+
+
+# ---- decision_event: the fast path builds what the full redaction builds -----------------------------
+
+_arg_keys = st.sampled_from(["q", "text", "path", "password", "api_key", "Authorization", "items", "é", "n"]) | st.text(
+    max_size=6)
+_arg_text = st.one_of(
+    st.text(max_size=24),
+    st.sampled_from([AWS, "sk-ant-api03-" + "A" * 40, "Bearer abcdefghijklmnopqrstuvwxyz0123", "password=hunter22x",
+                     "AKIA%49OSFODNN7EXAMPLE", "plain words", "x" * 40, "\u00e9t\u00e9"]),
+)
+_arg_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True), _arg_text),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(_arg_keys, children, max_size=3)
+    | st.tuples(children),
+    max_leaves=10,
+)
+
+
+def _comparable(built: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in built.items() if key != "event_id"}
+
+
+@given(arguments=st.dictionaries(_arg_keys, _arg_values, max_size=4), reasoning=_arg_text,
+       schema_keys=st.lists(_arg_keys, max_size=3), latency=st.sampled_from([0.0, 0.125, 3.0, 1e-05]))
+def test_decision_event_equals_the_full_redaction_of_every_part(
+    arguments: dict[str, Any], reasoning: str, schema_keys: list[str], latency: float
+) -> None:
+    from policy.audit.event import PlainEvent, redacted_decision_event
+
+    kwargs: dict[str, Any] = {
+        "decision": make_decision(reasoning=[reasoning], risk_score=0.25),
+        "session_id": "s-1", "server": "search", "tool": "web", "arguments": arguments, "latency_ms": latency,
+        "policy_version": 2,
+        "request": {"input_schema": {"type": "object", "properties": {key: {"type": "string"} for key in schema_keys}}},
+        "max_string_bytes": 30,
+    }
+    fast = decision_event(**kwargs)
+    reference = redacted_decision_event(**kwargs)
+    assert _comparable(fast) == _comparable(reference)
+    # Every PlainEvent is one a secret scan of each of its strings passed: it is written unscrubbed.
+    if isinstance(fast, PlainEvent):
+        from policy.redact import collect_strings, contains_secret
+
+        assert not any(contains_secret(text) for text in collect_strings(dict(fast), []))
+
+
+def test_a_clean_decision_event_is_plain_and_a_secret_takes_the_full_path() -> None:
+    from policy.audit.event import PlainEvent
+
+    common: dict[str, Any] = {"session_id": "s", "server": "search", "tool": "web", "latency_ms": 0.5,
+                              "policy_version": 1}
+    clean = decision_event(decision=make_decision(reasoning=["fine"]), arguments={"q": "weather"}, **common)
+    assert isinstance(clean, PlainEvent) and clean["arguments"] == {"q": "weather"} and clean["masked"] == []
+    secret = decision_event(decision=make_decision(reasoning=["fine"]), arguments={"q": AWS}, **common)
+    assert not isinstance(secret, PlainEvent) and AWS not in json.dumps(secret)
+    by_key = decision_event(decision=make_decision(reasoning=["fine"]), arguments={"password": "p4ss"}, **common)
+    assert not isinstance(by_key, PlainEvent) and by_key["arguments"] == {"password": "[REDACTED]"}
+    in_tool_name = decision_event(decision=make_decision(reasoning=["fine"]), arguments={}, **{**common, "tool": AWS})
+    assert not isinstance(in_tool_name, PlainEvent)  # the log's own scrub masks it

@@ -355,3 +355,70 @@ def test_append_many_with_one_malformed_event_writes_nothing(tmp_path: Path) -> 
         assert error.value.code == "unknown_event_type"
         assert log.append_many([]) == []
     assert path.read_bytes() == b""
+
+
+# ---- one encoding: the bytes written are the bytes hashed; logs from before still verify -------------
+
+def test_a_decision_event_is_written_as_the_bytes_its_hash_covers(tmp_path: Path) -> None:
+    from policy.audit.event import PlainEvent, decision_event
+
+    built = decision_event(
+        decision={"decision_id": "d-1", "allowed": True, "reason": "ok", "risk_score": 0.5, "reasoning": ["fine"]},
+        session_id="s", server="search", tool="web", arguments={"q": "weather", "n": 2.5, "big": 2**70},
+        latency_ms=0.125, policy_version=1, request={"input_schema": {"type": "object"}},
+    )
+    assert isinstance(built, PlainEvent)
+    path = tmp_path / "audit.jsonl"
+    with open_log(path) as log:
+        written = log.append(built)
+        log.append(decision_event(decision={"decision_id": "d-2", "reasoning": ["café ✓"]}, session_id="s",
+                                  server="search", tool="web", arguments={"q": "\ud800 lone", "tiny": 1e-07},
+                                  latency_ms=1e-05, policy_version=1))
+    first, second = lines(path)
+    parsed = json.loads(first)
+    assert parsed == written and parsed["hash"] == event_hash(parsed)
+    member = f',"hash":"{parsed["hash"]}"'.encode()
+    assert parsed["hash"] == "sha256:" + hashlib.sha256(first.replace(member, b"")).hexdigest()
+    for line in (first, second):
+        assert line == canonical_event(json.loads(line)).encode("ascii")
+    assert b'"tiny":1e-07' in second and b"\\u00e9" in second and b"\\ud800" in second
+    assert verify_log(path).ok
+
+
+SAMPLE = Path(__file__).parent / "data" / "pre_orjson"
+
+
+class _SampleKey:
+    """The HMAC key the checked-in sample's checkpoints were signed with (data/pre_orjson/README.md)."""
+
+    algorithm = "hmac-sha256"
+    _secret = b"the pre-orjson sample's checkpoint secret"
+    key_id = hashlib.sha256(_secret).hexdigest()[:16]
+
+    def sign(self, data: bytes) -> str:
+        import base64
+        import hmac
+
+        return base64.b64encode(hmac.digest(self._secret, data, "sha256")).decode("ascii")
+
+    def verify(self, data: bytes, signature: str, key_id: str, algorithm: str) -> bool:
+        import hmac
+
+        return (algorithm, key_id) == (self.algorithm, self.key_id) and hmac.compare_digest(signature, self.sign(data))
+
+
+def test_a_log_written_before_the_one_encoding_change_still_verifies_and_continues(tmp_path: Path) -> None:
+    key = _SampleKey()
+    report = verify_log(SAMPLE / "audit.jsonl", verifier=key)
+    assert report.ok, report.message
+    assert len(report.files) == 5 and report.checkpointed == report.head.seq
+    raw = b"".join(file.read_bytes() for file in log_files(SAMPLE / "audit.jsonl"))
+    assert b"1e-05" in raw and b"1e+22" in raw and b"\\u00ef" in raw  # the spellings the verifier recomputes
+    copy = tmp_path / "audit.jsonl"
+    for file in [*log_files(SAMPLE / "audit.jsonl"), head_path(SAMPLE / "audit.jsonl")]:
+        (tmp_path / file.name).write_bytes(file.read_bytes())
+    with JsonlAuditLog(copy, fsync=False, signer=key, verifier=key, checkpoint_every=4) as log:
+        log.append(event("gateway.started", pi=3.25, text="naïve"))
+    continued = verify_log(copy, verifier=key)
+    assert continued.ok, continued.message
+    assert continued.events > report.events and not any(e["type"] == "audit.recovered" for e in events(copy))

@@ -203,3 +203,28 @@ async def test_batched_signed_writes_verify_and_checkpoints_are_published_only_o
     report = verify_log(path, verifier=verifier, checkpoints=copies)
     assert report.ok, report
     assert sorted(e["n"] for e in lines(path) if e["type"] == "gateway.started") == list(range(28))
+
+
+async def test_an_idle_writer_signs_the_head_its_batches_left_unsigned(tmp_path: Path) -> None:
+    from negotiation.signing import HmacSigner, HmacVerifier
+    from policy.audit.log import read_head_record
+
+    secret = b"audit-secret-for-tests-0123456789abcdef"
+    path = tmp_path / "audit.jsonl"
+    log = JsonlAuditLog(path, fsync=False, signer=HmacSigner(secret), verifier=HmacVerifier(secret),
+                        checkpoint_every=0, head_sign_interval=0.2, head_sign_events=10_000)
+    writer = AuditWriter(log, durability="before-forward")
+    async with running(writer):
+        for n in range(5):  # five batches inside one interval: the first signs, the rest lag
+            await writer.record({"type": "gateway.started", "n": n})
+        record = read_head_record(path)
+        assert not isinstance(record, str) and record is not None
+        assert record.head.seq == 5 and record.checkpoint is not None and record.lag > 0
+        with anyio.fail_after(5):
+            while log.signing_lags:  # the commit task signs once the interval passes without a batch
+                await anyio.sleep(0.05)
+        record = read_head_record(path)
+        assert not isinstance(record, str) and record is not None and record.checkpoint is not None
+        assert (record.checkpoint.seq, record.lag) == (5, 0)
+    writer.close()
+    assert verify_log(path, verifier=HmacVerifier(secret)).ok
