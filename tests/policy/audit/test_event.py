@@ -371,3 +371,26 @@ def test_a_clean_decision_event_is_plain_and_a_secret_takes_the_full_path() -> N
     assert not isinstance(by_key, PlainEvent) and by_key["arguments"] == {"password": "[REDACTED]"}
     in_tool_name = decision_event(decision=make_decision(reasoning=["fine"]), arguments={}, **{**common, "tool": AWS})
     assert not isinstance(in_tool_name, PlainEvent)  # the log's own scrub masks it
+
+
+@given(arguments=st.dictionaries(_arg_keys, _arg_values | _odd_text | _wide_values, max_size=4))
+def test_the_digest_of_arguments_walked_clean_is_the_redact_digest(arguments: dict[str, Any]) -> None:
+    from policy.audit.event import _clean, _NotClean, _plain_digest
+
+    try:
+        _clean(arguments, [], None, True)
+    except _NotClean:
+        return
+    assert _plain_digest(arguments) == digest(arguments)
+
+
+def test_event_ids_are_uuid4_strings() -> None:
+    import uuid
+
+    from policy.audit.event import new_event_id
+
+    ids = {new_event_id() for _ in range(200)}
+    assert len(ids) == 200
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
