@@ -117,3 +117,25 @@ async def test_failed_audit_writes_are_counted_and_the_decision_is_a_gateway_err
     assert value(parsed, "securegateway_audit_write_failures_total") == 1
     assert value(parsed, "securegateway_decisions_total", outcome="deny", reason_code="gateway_error",
                  model="other", upstream="other") == 1
+
+
+def test_the_per_call_histograms_expose_what_prometheus_clients_own_would() -> None:
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from proxy.metrics import _AUDIT_BUCKETS
+
+    metrics = GatewayMetrics(models=["gpt-4o"], upstreams=["search"])
+    registry = CollectorRegistry()
+    help_text = "time until an enforcement audit event is durably written"
+    reference = Histogram("securegateway_audit_write_seconds", help_text, buckets=_AUDIT_BUCKETS, registry=registry)
+    for observed in (0.00005, 0.0001, 0.0003, 0.002, 0.02, 0.5, 3.0, 0.0001):  # on, between and past the bounds
+        metrics.audit_latency.observe(observed)
+        reference.observe(observed)
+
+    def audit_samples(text: bytes) -> dict[Any, float]:
+        return {key: v for key, v in samples(text.decode()).items()
+                if key[0].startswith("securegateway_audit_write_seconds") and not key[0].endswith("_created")}
+
+    ours, theirs = audit_samples(metrics.render()), audit_samples(generate_latest(registry))
+    assert ours == theirs and value(ours, "securegateway_audit_write_seconds_count") == 8
+    assert value(ours, "securegateway_audit_write_seconds_bucket", le="0.0001") == 3
