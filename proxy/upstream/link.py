@@ -23,6 +23,7 @@ import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import anyio
@@ -57,7 +58,7 @@ from mcp_types.version import LATEST_HANDSHAKE_VERSION, LATEST_MODERN_VERSION
 from proxy.config import UpstreamConfig
 from proxy.upstream.http_pool import upstream_http_client
 from proxy.upstream.repair import repair_responses
-from proxy.wire.dispatch import LineDispatcher, OnNotify, OnRequest
+from proxy.wire.dispatch import LineDispatcher, NotDelivered, OnNotify, OnRequest
 from proxy.wire.upstream import stdio_upstream
 
 log = structlog.get_logger("securegateway.upstream")
@@ -173,9 +174,12 @@ class UpstreamLink:
         if self._headers:
             opts["headers"] = self._headers
         try:
-            if self.info is not None and self.info.modern:
-                return await self._modern_request(disp, method, params, opts, input_schema)
-            return await disp.send_raw_request(method, params, opts)
+            try:
+                return await self._send(disp, method, params, opts, input_schema)
+            except NotDelivered:  # it went down before the request reached it: send it to the restart
+                log.info("upstream went away before the request was sent; waiting for the restart",
+                         upstream=self.name, method=method)
+                return await self._send(await self._await_restart(), method, params, opts, input_schema)
         except MCPError as exc:
             if exc.code == CONNECTION_CLOSED:
                 raise MCPError(
@@ -186,6 +190,18 @@ class UpstreamLink:
                     REQUEST_TIMEOUT, f"upstream `{self.name}` did not answer `{method}` within {opts['timeout']:g}s"
                 ) from None
             raise
+
+    async def _send(
+        self,
+        disp: Channel,
+        method: str,
+        params: Mapping[str, Any] | None,
+        opts: CallOptions,
+        input_schema: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:
+        if self.info is not None and self.info.modern:
+            return await self._modern_request(disp, method, params, opts, input_schema)
+        return await disp.send_raw_request(method, params, opts)
 
     async def _await_restart(self) -> Channel:
         """The dispatcher once a restart in progress completes; UPSTREAM_UNAVAILABLE otherwise."""
@@ -350,11 +366,15 @@ class UpstreamLink:
         try:
             await disp.run(self._dispatch_request, self._dispatch_notify, task_status=task_status)
         finally:
-            if self._dispatcher is disp:  # down from this instant: new calls wait for the restart
-                self._dispatcher = None
-                self._restarting = True
-                self._signal()
+            self._lost(disp)
             ended.set()
+
+    def _lost(self, disp: Channel) -> None:
+        """``disp`` is down from this instant: new calls wait for the restart."""
+        if self._dispatcher is disp:
+            self._dispatcher = None
+            self._restarting = True
+            self._signal()
 
     async def _dispatch_request(
         self, dctx: Any, method: str, params: Mapping[str, Any] | None
@@ -434,7 +454,9 @@ class UpstreamLink:
             async with stdio_upstream(
                 params, upstream=self.name, max_message_bytes=self._max_message_bytes, errlog=sys.stderr
             ) as pipe:
-                yield LineDispatcher(pipe.lines, pipe, upstream=self.name)
+                disp = LineDispatcher(pipe.lines, pipe, upstream=self.name)
+                disp.on_close = partial(self._lost, disp)
+                yield disp
         elif cfg.sse:
             assert cfg.url is not None
             async with sse_client(cfg.url, headers=dict(cfg.headers), timeout=cfg.connect_timeout) as streams:

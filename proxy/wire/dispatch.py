@@ -11,8 +11,10 @@ Invariants (tests/proxy/wire/test_dispatch.py):
 
 - every request has its own id and exactly one outcome: the answer carrying that id, the
   upstream's error for it, ``REQUEST_TIMEOUT`` after ``opts["timeout"]`` seconds, or
-  ``CONNECTION_CLOSED`` when the upstream goes away (every caller in flight then, and every
-  caller after);
+  ``CONNECTION_CLOSED`` when the upstream goes away (every caller in flight then; a caller
+  whose request was never written gets :class:`NotDelivered`, which the link retries once the
+  upstream is back); ``on_close`` is told before any waiter wakes, so the link is down
+  before the first failed caller can call again;
 - an answer whose id no caller waits for (unknown, late, duplicate) is logged and dropped:
   it never reaches another caller;
 - a caller that gives up (timeout or cancellation) after its request was written sends the
@@ -47,7 +49,7 @@ from mcp_types import CONNECTION_CLOSED, INTERNAL_ERROR, REQUEST_TIMEOUT, ErrorD
 from proxy.upstream.repair import describe_malformed
 from proxy.wire import codec
 
-__all__ = ["ABANDON_WRITE_TIMEOUT", "LineDispatcher", "LineSink", "OnNotify", "OnRequest"]
+__all__ = ["ABANDON_WRITE_TIMEOUT", "LineDispatcher", "LineSink", "NotDelivered", "OnNotify", "OnRequest"]
 
 log = structlog.get_logger("securegateway.upstream")
 
@@ -90,15 +92,32 @@ def _key(request_id: Any) -> Any:
     return coerce_request_id(request_id)
 
 
+class NotDelivered(MCPError):
+    """``CONNECTION_CLOSED`` for a request that never reached the upstream (it was gone before
+    the write), so the caller may safely send it again once the upstream is back."""
+
+
 def _closed() -> MCPError:
     return MCPError(CONNECTION_CLOSED, "Connection closed")
+
+
+def _not_delivered() -> NotDelivered:
+    return NotDelivered(CONNECTION_CLOSED, "Connection closed")
 
 
 class LineDispatcher:
     """Correlates requests to answers over one line transport (see the module docstring)."""
 
-    def __init__(self, lines: AsyncIterable[bytes | dict[str, Any]], sink: LineSink, *, upstream: str) -> None:
+    def __init__(
+        self,
+        lines: AsyncIterable[bytes | dict[str, Any]],
+        sink: LineSink,
+        *,
+        upstream: str,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
         self._lines = lines
+        self.on_close = on_close  # told synchronously, before any waiter wakes
         self._sink = sink
         self._upstream = upstream
         self._next_id = 0
@@ -120,7 +139,7 @@ class LineDispatcher:
     ) -> dict[str, Any]:
         """Send one request and return its result dict; ``MCPError`` for every other outcome."""
         if self._closed:
-            raise _closed()
+            raise _not_delivered()
         if not self._running:
             raise RuntimeError("LineDispatcher.send_raw_request called before run()")
         opts = opts or {}
@@ -166,7 +185,8 @@ class LineDispatcher:
             try:
                 await self._sink.send(line)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                raise _closed() from None
+                self._close()  # its stdin is gone: so is the upstream, for every caller
+                raise _not_delivered() from None
             if timeout is None:
                 await waiter.done.wait()
             else:
@@ -265,6 +285,8 @@ class LineDispatcher:
     def _close(self) -> None:
         """Closed from now on: every caller waiting gets ``CONNECTION_CLOSED`` (idempotent)."""
         self._running = False
+        if not self._closed and self.on_close is not None:
+            self.on_close()
         self._closed = True
         waiting, self._waiting = self._waiting, {}
         for waiter in waiting.values():
