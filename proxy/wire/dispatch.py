@@ -353,8 +353,9 @@ class LineDispatcher:
         if found is not None:
             self._settle(found[0], MCPError(INTERNAL_ERROR, found[1]))
             return
-        log.warning("upstream sent a message that is neither request, notification nor answer; dropped",
-                    upstream=self._upstream, request_id=str(request_id)[:100])
+        # no usable id (an error with `"id": null`, say): no caller can own it
+        log.warning("upstream sent an answer no call can own; dropped", upstream=self._upstream,
+                    request_id=str(request_id)[:100], error=str(error)[:200] if error is not None else None)
 
     async def _notification(self, method: str, params: dict[str, Any] | None, on_notify: OnNotify) -> None:
         if method == "notifications/progress":

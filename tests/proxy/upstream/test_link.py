@@ -24,7 +24,7 @@ async def test_a_crash_fails_only_the_calls_in_flight_and_the_next_call_succeeds
             before = await up.tool("pid")
             failures: list[MCPError] = []
 
-            async def in_flight() -> None:
+            async def in_flight(failures: list[MCPError] = failures) -> None:
                 try:
                     await up.tool("never")
                 except MCPError as exc:
