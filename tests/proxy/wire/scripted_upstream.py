@@ -10,6 +10,8 @@ mid-call. Run as ``python -m tests.proxy.wire.scripted_upstream``. Tools:
 - ``late {text, delay}``: answered after ``delay`` seconds; ``never``: never answered;
 - ``progress {steps}``: ``steps`` progress notifications for its token, then the answer;
 - ``ask {method}``: asks the client ``method`` and answers with the client's reply;
+- ``ask_and_cancel {method, after}``: asks the client, cancels the ask ``after`` seconds later;
+  ``unowned``: the ids of client answers to requests nobody waits for (cancelled asks);
 - ``bad_result`` / ``bad_error``: a non-object result / a malformed error for its id;
 - ``cancels``: the ``notifications/cancelled`` received so far; ``pid``: the process id;
 - ``crash``: exits at once, unanswered.
@@ -27,6 +29,7 @@ _lock = threading.Lock()
 _held: list[tuple[Any, str]] = []
 _cancels: list[dict[str, Any]] = []
 _asks: dict[str, Any] = {}  # id of our request to the client -> id of the call waiting for it
+_unowned: list[Any] = []  # answers from the client to requests no call waits for (cancelled ones)
 
 
 def send(message: Any) -> None:
@@ -66,6 +69,14 @@ def call(request_id: Any, name: str, args: dict[str, Any], meta: dict[str, Any])
         ask_id = f"ask-{request_id}"
         _asks[ask_id] = request_id
         send({"jsonrpc": "2.0", "id": ask_id, "method": args["method"]})
+    elif name == "ask_and_cancel":
+        ask_id = f"cancelled-{request_id}"
+        send({"jsonrpc": "2.0", "id": ask_id, "method": args["method"]})
+        threading.Timer(args["after"], send, ({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                                               "params": {"requestId": ask_id, "reason": "changed my mind"}},)).start()
+        text(request_id, ask_id)
+    elif name == "unowned":
+        text(request_id, json.dumps(_unowned))
     elif name == "bad_result":
         send({"jsonrpc": "2.0", "id": request_id, "result": [1, 2]})
     elif name == "bad_error":
@@ -91,6 +102,8 @@ def main() -> None:
             waiting = _asks.pop(request_id, None)
             if waiting is not None:
                 text(waiting, json.dumps(message.get("result", message.get("error"))))
+            else:
+                _unowned.append(request_id)
         elif method == "initialize":
             send({"jsonrpc": "2.0", "id": request_id, "result": {
                 "protocolVersion": params.get("protocolVersion", "2025-11-25"),

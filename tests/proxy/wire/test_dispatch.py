@@ -59,6 +59,13 @@ async def scripted(*, timeout: float = 20.0, connect_timeout: float = 20.0) -> A
 
     async def on_request(link: UpstreamLink, method: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
         harness.asked.append((method, params))
+        if method == "elicitation/create":  # a client that refuses
+            raise MCPError(-32042, "the user declined")
+        if method == "sampling/createMessage":  # a client that takes its time
+            try:
+                await anyio.sleep(30)
+            finally:
+                harness.asked.append(("ended", method))
         return {"roots": [{"uri": "file:///work", "name": "work"}]}
 
     async def on_notify(link: UpstreamLink, method: str, params: Mapping[str, Any] | None) -> None:
@@ -178,6 +185,23 @@ async def test_requests_from_the_upstream_go_to_the_link_handler_and_ping_is_ans
     assert roots == {"roots": [{"uri": "file:///work", "name": "work"}]}
     assert pong == {}
     assert up.asked == [("roots/list", None)]
+
+
+async def test_a_refused_upstream_request_is_answered_with_the_clients_error() -> None:
+    async with scripted() as up:
+        with anyio.fail_after(15):
+            error = json.loads(await up.tool("ask", method="elicitation/create"))
+    assert error == {"code": -32042, "message": "the user declined"}
+
+
+async def test_an_upstream_request_the_upstream_cancels_is_stopped_and_never_answered() -> None:
+    async with scripted() as up:
+        with anyio.fail_after(20):
+            await up.tool("ask_and_cancel", method="sampling/createMessage", after=0.3)
+            while ("ended", "sampling/createMessage") not in up.asked:  # the handler was interrupted
+                await anyio.sleep(0.05)
+            await anyio.sleep(0.3)
+            assert json.loads(await up.tool("unowned")) == []  # and nothing was sent for it
 
 
 # ---- the property over interleavings, against an in-memory peer ----------------------------------
