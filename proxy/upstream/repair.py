@@ -5,7 +5,9 @@ and the dispatcher cannot tell which request it answered: a response whose ``res
 list, ``null`` or a string would leave the caller waiting for the whole upstream timeout.
 :func:`repair_responses` wraps an upstream's read stream and turns such a malformed
 *response* (it has an ``id`` and a ``result`` or ``error``, and no ``method``) into a
-JSON-RPC error for that id at once. Anything else passes through untouched.
+JSON-RPC error for that id at once. Anything else passes through untouched. The stdio
+leg has no SDK transport in between: its correlator (``proxy.wire.dispatch``) asks
+:func:`describe_malformed` about the decoded line itself, so both legs word a fault alike.
 """
 
 from __future__ import annotations
