@@ -13,7 +13,11 @@ result, so the common case is cheap:
   (:mod:`policy.detect.injection`);
 * hidden Unicode is all non-ASCII, so ``str.isascii()`` (a C loop) skips that check for
   most strings (:mod:`policy.detect.unicode`);
-* secrets come from :mod:`policy.detect.secrets`, over the same lower-cased text.
+* secrets come from :mod:`policy.detect.secrets`, over the same lower-cased text;
+* a large string (:data:`~policy.detect.memo.MEMO_FROM` characters or more) is scanned on
+  its own, once per distinct content: its path-free findings are remembered
+  (:mod:`policy.detect.memo`), so a result that repeats an argument, or carries the same
+  text twice, costs a hash and a compare.
 
 One finding is reported per (code, kind) per string, at its first occurrence. Excerpts are
 short, show hidden characters as ``\\uXXXX`` escapes and never contain a secret.
@@ -28,12 +32,13 @@ from typing import Any
 
 from .finding import Finding
 from .injection import anchor_hits, find_injections, spaced_anchor_seen
+from .memo import MEMO_FROM, ScanMemo
 from .normalize import VIEW_SEP, despace, fold, fold_bytes
 from .runs import Layout, text_layout
 from .secrets import SecretHit, find_secrets
 from .unicode import hidden_spans
 
-__all__ = ["MAX_FINDINGS", "SEP", "scan_text", "scan_value", "value_strings"]
+__all__ = ["MAX_FINDINGS", "MEMO", "SEP", "scan_strings", "scan_text", "scan_value", "value_strings"]
 
 MAX_FINDINGS = 200
 _CONTEXT = 24
@@ -245,6 +250,8 @@ class _Scan:
 
 
 _QUICK_LIMIT = 4096
+MEMO = ScanMemo()
+"""Findings of large strings by content (see :mod:`policy.detect.memo`)."""
 
 
 def scan_value(value: Any, path: str = "") -> tuple[Finding, ...]:
@@ -256,6 +263,46 @@ def scan_value(value: Any, path: str = "") -> tuple[Finding, ...]:
     paths, texts = _strings(value, path)
     if not texts:
         return ()
+    return scan_strings(paths, texts, MEMO)
+
+
+def scan_strings(
+    paths: list[str], texts: list[str], memo: ScanMemo | None, memo_from: int = MEMO_FROM
+) -> tuple[Finding, ...]:
+    """Findings of ``texts`` (non-empty, at ``paths``), in document order.
+
+    Strings of at least ``memo_from`` characters are scanned one by one, each distinct one
+    once, looked up in and added to ``memo`` (when given); the rest are scanned joined. The
+    findings are the same either way: no rule matches across strings.
+    """
+    large = [index for index, text in enumerate(texts) if len(text) >= memo_from]
+    if not large:
+        findings = [finding for per_string in _scan_joined(paths, texts) for finding in per_string]
+        return tuple(findings[:MAX_FINDINGS])
+    per: list[list[Finding]] = [[] for _ in texts]
+    small = [index for index, text in enumerate(texts) if len(text) < memo_from]
+    if small:
+        for index, found in zip(small, _scan_joined([paths[i] for i in small], [texts[i] for i in small]), strict=True):
+            per[index] = found
+    seen: dict[str, tuple[Finding, ...]] = {}  # the same text twice in one value (content + structuredContent)
+    for index in large:
+        text = texts[index]
+        bare = seen.get(text)
+        if bare is None:
+            bare = memo.get(text) if memo is not None else None
+            if bare is None:
+                bare = tuple(_scan_joined([""], [text])[0])
+                if memo is not None:
+                    memo.put(text, bare)
+            seen[text] = bare
+        where = paths[index]
+        per[index] = [Finding(f.code, f.kind, where, f.excerpt, f.severity) for f in bare]
+    findings = [finding for per_string in per for finding in per_string]
+    return tuple(findings[:MAX_FINDINGS])
+
+
+def _scan_joined(paths: list[str], texts: list[str]) -> list[list[Finding]]:
+    """Each string's findings, all strings scanned as one joined text."""
     text = texts[0] if len(texts) == 1 else SEP.join(texts)
     plain = text.isascii()
     lowered = text.lower() if plain else ""  # find_secrets lowers its ASCII copy of other text
@@ -264,7 +311,7 @@ def scan_value(value: Any, path: str = "") -> tuple[Finding, ...]:
         data = fold_bytes(lowered)
         folded, fold_starts = data.decode("ascii"), None
         if len(text) <= _QUICK_LIMIT and not anchor_hits(folded, data) and not find_secrets(text, lowered=lowered):
-            return ()  # the common case: short, plain, nothing to report
+            return [[] for _ in texts]  # the common case: short, plain, nothing to report
     else:
         # Each string encoded once; its layout (where its non-ASCII runs are) is shared by
         # folding and the hidden-Unicode check.
@@ -278,8 +325,7 @@ def scan_value(value: Any, path: str = "") -> tuple[Finding, ...]:
     if not plain:
         scan.hidden(layouts)
     scan.secret_findings()
-    findings = [finding for per_string in scan.findings for finding in per_string]
-    return tuple(findings[:MAX_FINDINGS])
+    return scan.findings
 
 
 def scan_text(text: str, path: str = "") -> list[Finding]:
