@@ -30,6 +30,7 @@ from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .anchors import anchor_pass
 from .finding import Finding
 from .injection import anchor_hits, find_injections, spaced_anchor_seen
 from .memo import MEMO_FROM, ScanMemo
@@ -183,19 +184,24 @@ def _folded_secrets(folded: str, original: str, hits: Sequence[SecretHit], lo: i
 class _Scan:
     """One value's strings scanned as one text; findings gathered per string."""
 
-    def __init__(self, paths: list[str], texts: list[str], text: str, lowered: str) -> None:
+    def __init__(
+        self, paths: list[str], texts: list[str], text: str, lowered: str, starts: list[list[int]] | None = None
+    ) -> None:
         self.paths, self.texts, self.text = paths, texts, text
         self.starts = _starts(texts)
         self.findings: list[list[Finding]] = [[] for _ in texts]
         self.secrets: list[list[SecretHit]] = [[] for _ in texts]
-        for hit in find_secrets(text, lowered=lowered or None):
+        for hit in find_secrets(text, lowered=lowered or None, starts=starts):
             index = bisect_right(self.starts, hit.start) - 1
             base, end = self.starts[index], self.starts[index] + len(texts[index])
             if hit.start < end:
                 self.secrets[index].append(SecretHit(hit.kind, hit.start - base, min(hit.end, end) - base))
 
-    def injections(self, folded: str, starts: list[int], data: bytes) -> None:
-        hits = anchor_hits(folded, data)
+    def injections(
+        self, folded: str, starts: list[int], data: bytes, hits: list[tuple[int, int, int]] | None = None
+    ) -> None:
+        if hits is None:
+            hits = anchor_hits(folded, data)
         if not hits:
             return
         for index, own in _per_string(hits, starts).items():
@@ -250,6 +256,7 @@ class _Scan:
 
 
 _QUICK_LIMIT = 4096
+_JOINT_FROM = 512  # plain texts this long: one automaton pass for injections and secrets (anchors.py)
 MEMO = ScanMemo()
 """Findings of large strings by content (see :mod:`policy.detect.memo`)."""
 
@@ -307,10 +314,14 @@ def _scan_joined(paths: list[str], texts: list[str]) -> list[list[Finding]]:
     plain = text.isascii()
     lowered = text.lower() if plain else ""  # find_secrets lowers its ASCII copy of other text
     layouts: list[Layout | None] = []
+    hits: list[tuple[int, int, int]] | None = None
+    secret_starts: list[list[int]] | None = None
     if plain:
         data = fold_bytes(lowered)
         folded, fold_starts = data.decode("ascii"), None
-        if len(text) <= _QUICK_LIMIT and not anchor_hits(folded, data) and not find_secrets(text, lowered=lowered):
+        if len(text) >= _JOINT_FROM:
+            hits, secret_starts = anchor_pass(data)  # one automaton pass for both detectors
+        elif len(text) <= _QUICK_LIMIT and not anchor_hits(folded, data) and not find_secrets(text, lowered=lowered):
             return [[] for _ in texts]  # the common case: short, plain, nothing to report
     else:
         # Each string encoded once; its layout (where its non-ASCII runs are) is shared by
@@ -320,8 +331,8 @@ def _scan_joined(paths: list[str], texts: list[str]) -> list[list[Finding]]:
         data = _SEP_BYTES.join(encoded)
         parts = [part.decode("utf-8", "surrogatepass") for part in encoded]
         folded, fold_starts = SEP.join(parts), _starts(parts)
-    scan = _Scan(paths, texts, text, lowered)
-    scan.injections(folded, fold_starts or scan.starts, data)
+    scan = _Scan(paths, texts, text, lowered, secret_starts)
+    scan.injections(folded, fold_starts or scan.starts, data, hits)
     if not plain:
         scan.hidden(layouts)
     scan.secret_findings()
