@@ -408,6 +408,7 @@ _AUTOMATON = ahocorasick_rs.BytesAhoCorasick(
     [a.encode() for a in _ANCHOR_TEXT], implementation=ahocorasick_rs.Implementation.DFA
 )
 ANCHORS: tuple[str, ...] = tuple(_ANCHOR_TEXT)
+_ANCHOR_CHARS: tuple[int, ...] = tuple(len(anchor) for anchor in ANCHORS)
 _ANCHOR_RULE_PAIRS: tuple[tuple[tuple[int, Rule], ...], ...] = tuple(
     tuple((index, RULES[index]) for index in rules) for rules in _ANCHOR_RULES
 )
@@ -428,8 +429,10 @@ def anchor_hits(folded: str, data: bytes | None = None) -> list[tuple[int, int, 
     hits: list[tuple[int, int, int]] = _AUTOMATON.find_matches_as_indexes(data, overlapping=True)
     if not hits or len(data) == len(folded):
         return hits
-    chars = char_offsets(data, sorted({offset for _, start, end in hits for offset in (start, end)}))
-    return [(index, chars[start], chars[end]) for index, start, end in hits]
+    # Only starts are mapped: a hit's bytes are its anchor's, so it ends len(anchor) characters on.
+    chars = char_offsets(data, sorted({start for _, start, _ in hits}))
+    lengths = _ANCHOR_CHARS
+    return [(index, chars[start], chars[start] + lengths[index]) for index, start, _ in hits]
 
 
 def spaced_anchor_seen(hits: Sequence[tuple[int, int, int]]) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ahocorasick_rs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -166,3 +167,19 @@ def test_find_injections_gives_what_its_plain_statement_gives(folded: str, cut_l
     bounds = (lo, max(lo, hi))
     assert find_injections(folded, hits) == _find_injections_reference(folded, hits)
     assert find_injections(folded, hits, bounds) == _find_injections_reference(folded, hits, bounds)
+
+
+_STR_AUTOMATON = ahocorasick_rs.AhoCorasick(
+    list(injection_module.ANCHORS), implementation=ahocorasick_rs.Implementation.DFA
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.one_of(st.sampled_from(_TRIGGERS + ["é", "中文", "\U0001f600", "прошлые", "ｉ"]),
+                          st.text(max_size=8)), max_size=30).map("".join))
+def test_anchor_hits_on_utf8_bytes_are_the_character_offsets_of_a_str_search(folded: str) -> None:
+    data = folded.encode("utf-8", "surrogatepass")
+    hits = anchor_hits(folded, data)
+    if any("\ud800" <= char <= "\udfff" for char in folded):
+        return  # the str automaton refuses lone surrogates; the bytes one is what scans them
+    assert hits == _STR_AUTOMATON.find_matches_as_indexes(folded, overlapping=True)
