@@ -270,7 +270,16 @@ def scan_value(value: Any, path: str = "") -> tuple[Finding, ...]:
     paths, texts = _strings(value, path)
     if not texts:
         return ()
+    if max(map(len, texts)) < MEMO_FROM:  # the usual arguments: small strings, scanned joined
+        return _flat(_scan_joined(paths, texts))
     return scan_strings(paths, texts, MEMO)
+
+
+def _flat(per_string: list[list[Finding]] | None) -> tuple[Finding, ...]:
+    if per_string is None:
+        return ()
+    findings = [finding for found in per_string for finding in found]
+    return tuple(findings[:MAX_FINDINGS])
 
 
 def scan_strings(
@@ -282,14 +291,14 @@ def scan_strings(
     once, looked up in and added to ``memo`` (when given); the rest are scanned joined. The
     findings are the same either way: no rule matches across strings.
     """
+    if max(map(len, texts)) < memo_from:
+        return _flat(_scan_joined(paths, texts))
     large = [index for index, text in enumerate(texts) if len(text) >= memo_from]
-    if not large:
-        findings = [finding for per_string in _scan_joined(paths, texts) for finding in per_string]
-        return tuple(findings[:MAX_FINDINGS])
     per: list[list[Finding]] = [[] for _ in texts]
     small = [index for index, text in enumerate(texts) if len(text) < memo_from]
     if small:
-        for index, found in zip(small, _scan_joined([paths[i] for i in small], [texts[i] for i in small]), strict=True):
+        joined = _scan_joined([paths[i] for i in small], [texts[i] for i in small])
+        for index, found in zip(small, joined or [[] for _ in small], strict=True):
             per[index] = found
     seen: dict[str, tuple[Finding, ...]] = {}  # the same text twice in one value (content + structuredContent)
     for index in large:
@@ -298,7 +307,8 @@ def scan_strings(
         if bare is None:
             bare = memo.get(text) if memo is not None else None
             if bare is None:
-                bare = tuple(_scan_joined([""], [text])[0])
+                alone = _scan_joined([""], [text])
+                bare = tuple(alone[0]) if alone is not None else ()
                 if memo is not None:
                     memo.put(text, bare)
             seen[text] = bare
@@ -308,8 +318,8 @@ def scan_strings(
     return tuple(findings[:MAX_FINDINGS])
 
 
-def _scan_joined(paths: list[str], texts: list[str]) -> list[list[Finding]]:
-    """Each string's findings, all strings scanned as one joined text."""
+def _scan_joined(paths: list[str], texts: list[str]) -> list[list[Finding]] | None:
+    """Each string's findings, all strings scanned as one joined text (None: nothing found)."""
     text = texts[0] if len(texts) == 1 else SEP.join(texts)
     plain = text.isascii()
     lowered = text.lower() if plain else ""  # find_secrets lowers its ASCII copy of other text
@@ -322,7 +332,7 @@ def _scan_joined(paths: list[str], texts: list[str]) -> list[list[Finding]]:
         if len(text) >= _JOINT_FROM:
             hits, secret_starts = anchor_pass(data)  # one automaton pass for both detectors
         elif len(text) <= _QUICK_LIMIT and not anchor_hits(folded, data) and not find_secrets(text, lowered=lowered):
-            return [[] for _ in texts]  # the common case: short, plain, nothing to report
+            return None  # the common case: short, plain, nothing to report
     else:
         # Each string encoded once; its layout (where its non-ASCII runs are) is shared by
         # folding and the hidden-Unicode check.

@@ -72,7 +72,7 @@ def test_a_large_argument_echoed_twice_in_a_result_is_scanned_once(monkeypatch: 
     calls: list[int] = []
     real = scan._scan_joined
 
-    def counted(paths: list[str], texts: list[str]) -> list[list[Finding]]:
+    def counted(paths: list[str], texts: list[str]) -> list[list[Finding]] | None:
         calls.append(sum(map(len, texts)))
         return real(paths, texts)
 
