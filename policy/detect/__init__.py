@@ -8,6 +8,7 @@ One concept per module:
 * :mod:`.secrets` -- credentials in free text; :func:`mask_secrets`;
 * :mod:`.literal` -- rarest-character literal search the secret patterns use;
 * :mod:`.scan` -- :func:`scan_value` over any JSON value (the hot path);
+* :mod:`.memo` -- findings of large strings remembered by content (scanned once);
 * :mod:`.tooldefs` -- :func:`scan_definition` for listed tools, prompts and templates;
 * :mod:`.finding` -- :class:`Finding` and :func:`describe_findings`.
 

@@ -408,6 +408,11 @@ _AUTOMATON = ahocorasick_rs.BytesAhoCorasick(
     [a.encode() for a in _ANCHOR_TEXT], implementation=ahocorasick_rs.Implementation.DFA
 )
 ANCHORS: tuple[str, ...] = tuple(_ANCHOR_TEXT)
+_ANCHOR_CHARS: tuple[int, ...] = tuple(len(anchor) for anchor in ANCHORS)
+_ANCHOR_RULE_PAIRS: tuple[tuple[tuple[int, Rule], ...], ...] = tuple(
+    tuple((index, RULES[index]) for index in rules) for rules in _ANCHOR_RULES
+)
+_RULE_STRIDE = len(RULES)
 # How far past an anchor's start a match may end: the same window whichever anchor found it.
 _REACH = _AFTER + max(len(anchor) for anchor in ANCHORS)
 
@@ -424,8 +429,10 @@ def anchor_hits(folded: str, data: bytes | None = None) -> list[tuple[int, int, 
     hits: list[tuple[int, int, int]] = _AUTOMATON.find_matches_as_indexes(data, overlapping=True)
     if not hits or len(data) == len(folded):
         return hits
-    chars = char_offsets(data, sorted({offset for _, start, end in hits for offset in (start, end)}))
-    return [(index, chars[start], chars[end]) for index, start, end in hits]
+    # Only starts are mapped: a hit's bytes are its anchor's, so it ends len(anchor) characters on.
+    chars = char_offsets(data, sorted({start for _, start, _ in hits}))
+    lengths = _ANCHOR_CHARS
+    return [(index, chars[start], chars[start] + lengths[index]) for index, start, _ in hits]
 
 
 def spaced_anchor_seen(hits: Sequence[tuple[int, int, int]]) -> bool:
@@ -444,22 +451,31 @@ def find_injections(
     floor, ceiling = bounds if bounds is not None else (0, len(folded))
     found: list[InjectionHit] = []
     done: set[str] = set()
-    tried: set[tuple[int, int]] = set()  # anchors that start alike ("ignor", "ignore") try a rule once
+    # Anchors that start alike ("ignor", "ignore") try a rule once: keyed start * stride + rule.
+    tried: set[int] = set()
+    find = folded.find
     for anchor, start, _ in hits:
-        for rule_index in _ANCHOR_RULES[anchor]:
-            rule = RULES[rule_index]
-            if rule.kind in done or (rule_index, start) in tried:
+        base = start * _RULE_STRIDE
+        for rule_index, rule in _ANCHOR_RULE_PAIRS[anchor]:
+            if rule.kind in done:
                 continue
-            tried.add((rule_index, start))
-            hi = min(ceiling, start + _REACH)
+            key = base + rule_index
+            if key in tried:
+                continue
+            tried.add(key)
+            hi = start + _REACH
+            if hi > ceiling:
+                hi = ceiling
+            lo = start - rule.back
+            if lo < floor:
+                lo = floor
             if rule.requires:
-                lo = max(floor, start - rule.back)
-                if not any(folded.find(literal, lo, hi) >= 0 for literal in rule.requires):
+                for literal in rule.requires:
+                    if find(literal, lo, hi) >= 0:
+                        break
+                else:
                     continue
-            if rule.back:
-                match = rule.pattern.search(folded, max(floor, start - rule.back), hi)
-            else:
-                match = rule.pattern.match(folded, start, hi)
+            match = rule.pattern.search(folded, lo, hi) if rule.back else rule.pattern.match(folded, start, hi)
             if match is not None:
                 found.append(InjectionHit(rule.kind, rule.severity, match.start(), match.end()))
                 done.add(rule.kind)

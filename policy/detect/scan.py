@@ -13,7 +13,11 @@ result, so the common case is cheap:
   (:mod:`policy.detect.injection`);
 * hidden Unicode is all non-ASCII, so ``str.isascii()`` (a C loop) skips that check for
   most strings (:mod:`policy.detect.unicode`);
-* secrets come from :mod:`policy.detect.secrets`, over the same lower-cased text.
+* secrets come from :mod:`policy.detect.secrets`, over the same lower-cased text;
+* a large string (:data:`~policy.detect.memo.MEMO_FROM` characters or more) is scanned on
+  its own, once per distinct content: its path-free findings are remembered
+  (:mod:`policy.detect.memo`), so a result that repeats an argument, or carries the same
+  text twice, costs a hash and a compare.
 
 One finding is reported per (code, kind) per string, at its first occurrence. Excerpts are
 short, show hidden characters as ``\\uXXXX`` escapes and never contain a secret.
@@ -26,14 +30,16 @@ from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .anchors import anchor_pass
 from .finding import Finding
 from .injection import anchor_hits, find_injections, spaced_anchor_seen
+from .memo import MEMO_FROM, ScanMemo
 from .normalize import VIEW_SEP, despace, fold, fold_bytes
 from .runs import Layout, text_layout
 from .secrets import SecretHit, find_secrets
 from .unicode import hidden_spans
 
-__all__ = ["MAX_FINDINGS", "SEP", "scan_text", "scan_value", "value_strings"]
+__all__ = ["MAX_FINDINGS", "MEMO", "SEP", "scan_strings", "scan_text", "scan_value", "value_strings"]
 
 MAX_FINDINGS = 200
 _CONTEXT = 24
@@ -178,19 +184,24 @@ def _folded_secrets(folded: str, original: str, hits: Sequence[SecretHit], lo: i
 class _Scan:
     """One value's strings scanned as one text; findings gathered per string."""
 
-    def __init__(self, paths: list[str], texts: list[str], text: str, lowered: str) -> None:
+    def __init__(
+        self, paths: list[str], texts: list[str], text: str, lowered: str, starts: list[list[int]] | None = None
+    ) -> None:
         self.paths, self.texts, self.text = paths, texts, text
         self.starts = _starts(texts)
         self.findings: list[list[Finding]] = [[] for _ in texts]
         self.secrets: list[list[SecretHit]] = [[] for _ in texts]
-        for hit in find_secrets(text, lowered=lowered or None):
+        for hit in find_secrets(text, lowered=lowered or None, starts=starts):
             index = bisect_right(self.starts, hit.start) - 1
             base, end = self.starts[index], self.starts[index] + len(texts[index])
             if hit.start < end:
                 self.secrets[index].append(SecretHit(hit.kind, hit.start - base, min(hit.end, end) - base))
 
-    def injections(self, folded: str, starts: list[int], data: bytes) -> None:
-        hits = anchor_hits(folded, data)
+    def injections(
+        self, folded: str, starts: list[int], data: bytes, hits: list[tuple[int, int, int]] | None = None
+    ) -> None:
+        if hits is None:
+            hits = anchor_hits(folded, data)
         if not hits:
             return
         for index, own in _per_string(hits, starts).items():
@@ -245,6 +256,9 @@ class _Scan:
 
 
 _QUICK_LIMIT = 4096
+_JOINT_FROM = 512  # plain texts this long: one automaton pass for injections and secrets (anchors.py)
+MEMO = ScanMemo()
+"""Findings of large strings by content (see :mod:`policy.detect.memo`)."""
 
 
 def scan_value(value: Any, path: str = "") -> tuple[Finding, ...]:
@@ -256,15 +270,69 @@ def scan_value(value: Any, path: str = "") -> tuple[Finding, ...]:
     paths, texts = _strings(value, path)
     if not texts:
         return ()
+    if max(map(len, texts)) < MEMO_FROM:  # the usual arguments: small strings, scanned joined
+        return _flat(_scan_joined(paths, texts))
+    return scan_strings(paths, texts, MEMO)
+
+
+def _flat(per_string: list[list[Finding]] | None) -> tuple[Finding, ...]:
+    if per_string is None:
+        return ()
+    findings = [finding for found in per_string for finding in found]
+    return tuple(findings[:MAX_FINDINGS])
+
+
+def scan_strings(
+    paths: list[str], texts: list[str], memo: ScanMemo | None, memo_from: int = MEMO_FROM
+) -> tuple[Finding, ...]:
+    """Findings of ``texts`` (non-empty, at ``paths``), in document order.
+
+    Strings of at least ``memo_from`` characters are scanned one by one, each distinct one
+    once, looked up in and added to ``memo`` (when given); the rest are scanned joined. The
+    findings are the same either way: no rule matches across strings.
+    """
+    if max(map(len, texts)) < memo_from:
+        return _flat(_scan_joined(paths, texts))
+    large = [index for index, text in enumerate(texts) if len(text) >= memo_from]
+    per: list[list[Finding]] = [[] for _ in texts]
+    small = [index for index, text in enumerate(texts) if len(text) < memo_from]
+    if small:
+        joined = _scan_joined([paths[i] for i in small], [texts[i] for i in small])
+        for index, found in zip(small, joined or [[] for _ in small], strict=True):
+            per[index] = found
+    seen: dict[str, tuple[Finding, ...]] = {}  # the same text twice in one value (content + structuredContent)
+    for index in large:
+        text = texts[index]
+        bare = seen.get(text)
+        if bare is None:
+            bare = memo.get(text) if memo is not None else None
+            if bare is None:
+                alone = _scan_joined([""], [text])
+                bare = tuple(alone[0]) if alone is not None else ()
+                if memo is not None:
+                    memo.put(text, bare)
+            seen[text] = bare
+        where = paths[index]
+        per[index] = [Finding(f.code, f.kind, where, f.excerpt, f.severity) for f in bare]
+    findings = [finding for per_string in per for finding in per_string]
+    return tuple(findings[:MAX_FINDINGS])
+
+
+def _scan_joined(paths: list[str], texts: list[str]) -> list[list[Finding]] | None:
+    """Each string's findings, all strings scanned as one joined text (None: nothing found)."""
     text = texts[0] if len(texts) == 1 else SEP.join(texts)
     plain = text.isascii()
     lowered = text.lower() if plain else ""  # find_secrets lowers its ASCII copy of other text
     layouts: list[Layout | None] = []
+    hits: list[tuple[int, int, int]] | None = None
+    secret_starts: list[list[int]] | None = None
     if plain:
         data = fold_bytes(lowered)
         folded, fold_starts = data.decode("ascii"), None
-        if len(text) <= _QUICK_LIMIT and not anchor_hits(folded, data) and not find_secrets(text, lowered=lowered):
-            return ()  # the common case: short, plain, nothing to report
+        if len(text) >= _JOINT_FROM:
+            hits, secret_starts = anchor_pass(data)  # one automaton pass for both detectors
+        elif len(text) <= _QUICK_LIMIT and not anchor_hits(folded, data) and not find_secrets(text, lowered=lowered):
+            return None  # the common case: short, plain, nothing to report
     else:
         # Each string encoded once; its layout (where its non-ASCII runs are) is shared by
         # folding and the hidden-Unicode check.
@@ -273,13 +341,12 @@ def scan_value(value: Any, path: str = "") -> tuple[Finding, ...]:
         data = _SEP_BYTES.join(encoded)
         parts = [part.decode("utf-8", "surrogatepass") for part in encoded]
         folded, fold_starts = SEP.join(parts), _starts(parts)
-    scan = _Scan(paths, texts, text, lowered)
-    scan.injections(folded, fold_starts or scan.starts, data)
+    scan = _Scan(paths, texts, text, lowered, secret_starts)
+    scan.injections(folded, fold_starts or scan.starts, data, hits)
     if not plain:
         scan.hidden(layouts)
     scan.secret_findings()
-    findings = [finding for per_string in scan.findings for finding in per_string]
-    return tuple(findings[:MAX_FINDINGS])
+    return scan.findings
 
 
 def scan_text(text: str, path: str = "") -> list[Finding]:

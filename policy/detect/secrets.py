@@ -31,14 +31,14 @@ Nothing in this module raises for any input text.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import ahocorasick_rs
 
 from .literal import LiteralSearch
 
-__all__ = ["SECRET_KINDS", "SecretHit", "find_secrets", "mask_hits", "mask_secrets"]
+__all__ = ["ANCHORS", "SECRET_KINDS", "SecretHit", "find_secrets", "mask_hits", "mask_secrets", "scanner_starts"]
 
 
 @dataclass(frozen=True)
@@ -257,29 +257,55 @@ _AUTOMATON = ahocorasick_rs.BytesAhoCorasick(
 )
 
 
-def _anchored_passes(text: str, lowered: str) -> list[tuple[_Scanner, Iterator[tuple[int, re.Match[str]]]]]:
+ANCHORS: tuple[str, ...] = _ANCHOR_LIST
+"""Every scanner's anchors (lower-case ASCII, none with a leetspeak digit or ``$``): a match
+of any scanner starts at an occurrence of one of them in the lower-cased text."""
+assert not any(set(anchor) & set("013457$") for anchor in ANCHORS), "anchors must survive leetspeak folding"
+
+
+def scanner_starts(hits: Iterable[tuple[int, int, int]], first: int = 0) -> list[list[int]]:
+    """Per scanner, the sorted starts of its anchors among ``hits`` (``(anchor, start, end)``
+    with anchor indexes into :data:`ANCHORS` shifted by ``first``): what :func:`find_secrets`
+    takes as ``starts``."""
+    starts: list[list[int]] = [[] for _ in _SCANNERS]
+    owners = _ANCHOR_OWNERS
+    for anchor, start, _ in hits:
+        for owner in owners[anchor - first]:
+            starts[owner].append(start)
+    for own in starts:
+        own.sort()
+    return starts
+
+
+def _anchored_passes(
+    text: str, lowered: str, starts: list[list[int]] | None = None
+) -> list[tuple[_Scanner, Iterator[tuple[int, re.Match[str]]]]]:
     """Each scanner with the matches it finds at its anchors' occurrences in ``lowered``.
 
     The same matches as its pass over the whole text: every match starts at an anchor, and
     a case-sensitive literal occurs in the lower-cased text at the same offset (``lowered``
-    is ASCII, so byte offsets are character offsets).
+    is ASCII, so byte offsets are character offsets). ``starts`` (from
+    :func:`scanner_starts`) may be a superset of the occurrences, found by the caller's own
+    automaton pass over a text where every anchor occurrence of ``lowered`` is kept.
     """
-    starts: list[list[int]] = [[] for _ in _SCANNERS]
-    for anchor, start, _ in _AUTOMATON.find_matches_as_indexes(lowered.encode("ascii", "replace"), overlapping=True):
-        for owner in _ANCHOR_OWNERS[anchor]:
-            starts[owner].append(start)
-    passes: list[tuple[_Scanner, Iterator[tuple[int, re.Match[str]]]]] = []
-    for scanner, own in zip(_SCANNERS, starts, strict=True):
-        own.sort()
-        passes.append((scanner, scanner.search.matches_at(lowered if scanner.lowered else text, own)))
-    return passes
+    if starts is None:
+        hits = _AUTOMATON.find_matches_as_indexes(lowered.encode("ascii", "replace"), overlapping=True)
+        starts = scanner_starts(hits)
+    return [
+        (scanner, scanner.search.matches_at(lowered if scanner.lowered else text, own))
+        for scanner, own in zip(_SCANNERS, starts, strict=True)
+    ]
 
 
-def find_secrets(text: str, *, lowered: str | None = None) -> list[SecretHit]:
+def find_secrets(
+    text: str, *, lowered: str | None = None, starts: list[list[int]] | None = None
+) -> list[SecretHit]:
     """Every secret in ``text``, ordered by position; overlapping hits are merged into the first.
 
     ``lowered`` may pass on a ``text.lower()`` the caller already has; it is used only when
-    it keeps every offset.
+    it keeps every offset. ``starts`` (:func:`scanner_starts`, for an ASCII ``text`` of at
+    least ``_SCREEN_BELOW`` characters) may pass on where the anchors occur, found in the
+    caller's own automaton pass: every occurrence in ``lowered`` must be among them.
     """
     original = text
     if not text.isascii():
@@ -290,7 +316,9 @@ def find_secrets(text: str, *, lowered: str | None = None) -> list[SecretHit]:
         lowered = None
     if lowered is None or len(lowered) != len(text):
         lowered = _lower_same_offsets(text)
-    if len(text) < _SCREEN_BELOW:
+    if starts is not None and text is original and len(text) >= _SCREEN_BELOW:
+        passes = _anchored_passes(text, lowered, starts)
+    elif len(text) < _SCREEN_BELOW:
         if not _SCREEN.search(lowered):
             return []
         passes = [(scanner, scanner.search.matches(lowered if scanner.lowered else text)) for scanner in _SCANNERS]

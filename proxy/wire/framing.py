@@ -64,7 +64,8 @@ class LineReader:
         while True:
             nl = self._buf.find(b"\n", self._scanned)
             if nl >= 0:
-                line = bytes(self._buf[self._start:nl])
+                with memoryview(self._buf) as view:  # one copy of a large line, not two
+                    line = bytes(view[self._start:nl])
                 self._start = self._scanned = nl + 1
                 if self._dropped or len(line) > self._limit:
                     stand_in = self._refuse(line)
