@@ -79,7 +79,7 @@ def _bind(interceptor: Interceptor, call_next: CallNext) -> CallNext:
 
     def skippable(call: ToolCall) -> Awaitable[ToolResult]:
         try:
-            skip = bypass(call)
+            skip = bypass(call) is True  # only a plain True skips
         except Exception:
             skip = False
         return call_next(call) if skip else interceptor(call, call_next)
