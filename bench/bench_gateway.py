@@ -15,6 +15,11 @@ drift hits both sides alike:
 - ``echo`` of 1 KB / 100 KB / 1 MB: p50 latency;
 - session start: connect + initialize + first ``tools/list``.
 
+On stdio a third side runs in the same interleaved rounds: the **relay alone**
+(``bench/relay_only.py``: :class:`proxy.gateway.Gateway` composed with no policy, no audit,
+no scanning and no interceptors, the same message path otherwise), judged on its p50
+against the issue's "relay alone (no policy)" mark; ``--no-relay`` leaves it out.
+
 It prints one table with gateway/direct ratios and the targets, marked PASS or MISS.
 Everything runs on 127.0.0.1 inside a temporary directory that is removed at exit, and every
 process it starts is stopped in a ``finally``. ``--profile FILE`` instead runs the sequential
@@ -90,6 +95,9 @@ START = Target("<=1.3x", lambda r: r <= 1.3)
 HTTP_P50 = Target("<=1.5x", lambda r: r <= 1.5)
 HTTP_RATE = Target(">=0.7x", lambda r: r >= 0.7)
 HTTP_CPU = Target("<=1.5 ms", lambda ms: ms <= 1.5)
+# The relay alone (no policy, no audit, no scanning): the message path itself.
+RELAY_P50 = Target("<=1.15x", lambda r: r <= 1.15)
+RELAY = "relay"  # the figures' key of the relay-alone side
 
 
 # ---- the deployment under test -----------------------------------------------------------------
@@ -211,6 +219,12 @@ def upstream_argv(*extra: str) -> list[str]:
 def gateway_argv(config: Path, profile: Path | None = None) -> list[str]:
     runner = ["-m", "cProfile", "-o", str(profile)] if profile else []
     return [sys.executable, *runner, "-m", "proxy.cli", "run", "--config", str(config)]
+
+
+def relay_argv(config: Path, profile: Path | None = None) -> list[str]:
+    """The relay alone over ``config`` (its policy, audit and scanning settings are not used)."""
+    runner = ["-m", "cProfile", "-o", str(profile)] if profile else []
+    return [sys.executable, *runner, "-m", "bench.relay_only", str(config)]
 
 
 def free_port() -> int:
@@ -429,7 +443,8 @@ def gateway_side(mode: str) -> str:
 
 
 async def bench_stdio(
-    tmp: Path, counts: Counts, log: TextIO, progress: Callable[[str], None], modes: tuple[str, ...]
+    tmp: Path, counts: Counts, log: TextIO, progress: Callable[[str], None], modes: tuple[str, ...],
+    relay: bool = True,
 ) -> dict[str, Figures]:
     env = {"SECUREGATEWAY_MODEL_KEY": MODEL_KEY}
     configs = {mode: write_site(tmp / f"stdio-calls-{mode}", listen="stdio", upstream="stdio", durability=mode)
@@ -448,6 +463,10 @@ async def bench_stdio(
              lazy_pid(f"gateway with `{config}`", "proxy.cli", str(config)))
         for mode, config in configs.items()
     ]
+    if relay:
+        relay_config = write_site(tmp / "stdio-relay", listen="stdio", upstream="stdio")
+        sides.append(Side(RELAY, f"{UPSTREAM}.echo", lambda: stdio_session(relay_argv(relay_config), log),
+                          lazy_pid("relay-alone gateway", "bench.relay_only", str(relay_config))))
     figures = await measure(sides, counts, progress)
     progress("session starts")
     await measure_starts([("direct", direct), (gateway_side(modes[0]), gateway(starts_config))], figures,
@@ -543,6 +562,25 @@ def rows_for(transport: str, figures: dict[str, Figures], side: str = "gateway")
     return rows
 
 
+def relay_rows(transport: str, figures: dict[str, Figures]) -> list[Row]:
+    """The relay-alone side: judged on p50 only (the issue's mark); the rest for scale."""
+    d, r = figures["direct"], figures[RELAY]
+    label = f"{transport} (relay alone)"
+    rows: list[Row] = []
+    for metric, direct, relay, target in (
+        ("echo p50 (ms)", median(d.sequential) * 1e3, median(r.sequential) * 1e3, RELAY_P50),
+        ("echo p99 (ms)", percentile(d.sequential, 0.99) * 1e3, percentile(r.sequential, 0.99) * 1e3, None),
+        (f"calls/s, {CALLERS} concurrent", median(d.rates), median(r.rates), None),
+    ):
+        digits = 0 if metric.startswith("calls") else 2
+        mark = "" if target is None else f"{target.text} {'PASS' if target.check(relay / direct) else 'MISS'}"
+        rows.append((label, metric, f"{direct:.{digits}f}", f"{relay:.{digits}f}", f"{relay / direct:.2f}x", mark))
+    up_ms, relay_ms = d.cpu / d.cpu_calls * 1e3, r.cpu / r.cpu_calls * 1e3
+    rows.append((label, "CPU/call sequential (ms): upstream | relay", f"{up_ms:.3f}", f"{relay_ms:.3f}",
+                 f"{relay_ms / up_ms:.2f}x", ""))
+    return rows
+
+
 def print_table(rows: list[Row]) -> None:
     header: Row = ("transport", "metric", "direct", "gateway", "ratio", "target (judged: policy on)")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(6)]
@@ -564,12 +602,13 @@ def print_table(rows: list[Row]) -> None:
 # ---- profiling ---------------------------------------------------------------------------------
 
 
-async def profile(tmp: Path, out: Path, transport: str, calls: int, log: TextIO) -> None:
-    """Sequential echo through a gateway running under cProfile; the profile is written at its exit."""
+async def profile(tmp: Path, out: Path, transport: str, calls: int, log: TextIO, relay: bool = False) -> None:
+    """Sequential echo through a gateway (or the relay alone) under cProfile; written at its exit."""
     if transport == "stdio":
         config = write_site(tmp / "profile", listen="stdio", upstream="stdio")
         env = {"SECUREGATEWAY_MODEL_KEY": MODEL_KEY}
-        async with stdio_session(gateway_argv(config, out), log, env) as client:
+        argv = relay_argv(config, out) if relay else gateway_argv(config, out)
+        async with stdio_session(argv, log, env) as client:
             await timed_calls(client, f"{UPSTREAM}.echo", [f"warm {i}" for i in range(50)])
             samples = await timed_calls(client, f"{UPSTREAM}.echo", [f"hello {i}" for i in range(calls)])
     else:
@@ -603,6 +642,9 @@ def main() -> int:
     parser.add_argument("--profile", type=Path, metavar="FILE",
                         help="write a cProfile of the gateway under sequential load to FILE instead")
     parser.add_argument("--profile-calls", type=int, default=3000)
+    parser.add_argument("--profile-relay", action="store_true",
+                        help="with --profile (stdio): profile the relay alone instead of the full gateway")
+    parser.add_argument("--no-relay", action="store_true", help="leave the relay-alone side out of the stdio run")
     parser.add_argument("--durability", choices=(*DURABILITY, "both"), default=DURABILITY[0],
                         help="[audit] durability of the gateway; `both` runs one stdio gateway per mode, interleaved")
     args = parser.parse_args()
@@ -620,7 +662,7 @@ def main() -> int:
             if args.profile:
                 transport = "http" if args.transport == "http" else "stdio"
                 out = args.profile.resolve()
-                anyio.run(profile, tmp, out, transport, args.profile_calls, log)
+                anyio.run(profile, tmp, out, transport, args.profile_calls, log, args.profile_relay)
                 print_profile(out, 30)
                 return 0
             started = time.perf_counter()
@@ -629,9 +671,12 @@ def main() -> int:
                 for transport, bench in (("stdio", bench_stdio), ("http", bench_http)):
                     if args.transport in (transport, "both"):
                         progress(f"{transport}: client -> upstream, direct and through the gateway")
-                        figures = anyio.run(bench, tmp, counts, log, progress, modes)
+                        figures = anyio.run(bench, tmp, counts, log, progress, modes,
+                                            *((not args.no_relay,) if transport == "stdio" else ()))
                         for mode in modes if transport == "stdio" else modes[:1]:
                             rows += rows_for(transport, figures, gateway_side(mode))
+                        if RELAY in figures:
+                            rows += relay_rows(transport, figures)
             except Exception:
                 log.flush()
                 tail = (tmp / "processes.log").read_text()[-3000:]
@@ -641,7 +686,9 @@ def main() -> int:
     elapsed = time.perf_counter() - started
     c = counts
     print(f"SecureGateway relay benchmark: gateway = `securegateway run` process; policy {POLICY_RULES} rules,"
-          f" audit log on (fsync, durability {' / '.join(modes)}), result_scan = flag")
+          f" audit log on (fsync, durability {' / '.join(modes)}), result_scan = flag"
+          + ("; relay alone = bench/relay_only.py (no policy, audit, scanning or interceptors)"
+             if args.transport != "http" and not args.no_relay else ""))
     print(f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} CPUs;"
           f" {c.rounds} interleaved rounds x ({c.sequential} sequential + {c.callers}x{c.per_caller} concurrent +"
           f" {'/'.join(map(str, c.payload))} payload calls) per side; {c.starts} session starts per side;"

@@ -3,18 +3,25 @@
 Interceptors are listed outermost first. Each returns a new result dict (a
 CallToolResult on the wire) instead of mutating shared state; the innermost step
 forwards the call to its upstream (or serves a gateway-local tool).
+
+:func:`compose` folds the list once, at start-up, into plain functions: calling a step
+returns the interceptor's own coroutine (no wrapper coroutine per layer), and an
+interceptor that can tell cheaply that a call needs nothing from it (:class:`Bypass`)
+is stepped over without being entered at all.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from mcp.shared.dispatcher import ProgressFnT
 
 from proxy.session import DownstreamSession
 from proxy.upstream.link import UpstreamLink
+
+__all__ = ["Bypass", "CallNext", "Interceptor", "ToolCall", "ToolResult", "compose"]
 
 ToolResult = dict[str, Any]
 CallNext = Callable[["ToolCall"], Awaitable[ToolResult]]
@@ -41,6 +48,18 @@ class ToolCall:
         return f"{self.server}.{self.tool}" if self.server else self.tool
 
 
+@runtime_checkable
+class Bypass(Protocol):
+    """An interceptor that can say, cheaply and synchronously, that a call needs nothing from it.
+
+    ``bypass(call)`` is True only when the interceptor would pass ``call`` straight to
+    ``call_next`` and return its result unchanged; the chain then skips it. It must not
+    await; if it raises, the interceptor runs as usual (and deals with the failure itself:
+    skipping is never how an error is handled)."""
+
+    def bypass(self, call: ToolCall) -> bool: ...
+
+
 def compose(interceptors: Sequence[Interceptor], terminal: CallNext) -> CallNext:
     """Fold the interceptors around ``terminal`` once, at start-up."""
     chain = terminal
@@ -50,7 +69,19 @@ def compose(interceptors: Sequence[Interceptor], terminal: CallNext) -> CallNext
 
 
 def _bind(interceptor: Interceptor, call_next: CallNext) -> CallNext:
-    async def step(call: ToolCall) -> ToolResult:
-        return await interceptor(call, call_next)
+    bypass = interceptor.bypass if isinstance(interceptor, Bypass) else None
+    if bypass is None:
 
-    return step
+        def step(call: ToolCall) -> Awaitable[ToolResult]:
+            return interceptor(call, call_next)
+
+        return step
+
+    def skippable(call: ToolCall) -> Awaitable[ToolResult]:
+        try:
+            skip = bypass(call) is True  # only a plain True skips
+        except Exception:
+            skip = False
+        return call_next(call) if skip else interceptor(call, call_next)
+
+    return skippable

@@ -18,12 +18,14 @@ client sees it. A request id already in flight on the connection is refused with
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 import anyio
 import structlog
 from mcp import MCPError
+from mcp.server.connection import NotifyOnlyOutbound
 from mcp.server.context import ServerRequestContext
 from mcp.shared.dispatcher import ProgressFnT
 from mcp_types import (
@@ -105,11 +107,23 @@ class SessionHost(Protocol):
     def access(self) -> AccessGate | None: ...
 
 
+class StdioLane(Protocol):
+    """What the relay tells the stdio fast lane about a 2026-era stdio stream.
+
+    A 2026 (sessionless) client has no connection object that lives across its requests:
+    the lane learns the identity's session, and the set holding the stream's ids in flight
+    (shared by both lanes), from the first request the SDK path served."""
+
+    def modern_opened(self, session: DownstreamSession, held: set[Any]) -> None: ...
+
+
 class Relay:
     """The downstream server's middleware: route, merge, intercept, forward."""
 
     def __init__(self, host: SessionHost) -> None:
         self._host = host
+        self._stdio: StdioLane | None = None
+        self._stream_ids: weakref.WeakKeyDictionary[Any, set[Any]] = weakref.WeakKeyDictionary()
         self._routes: dict[str, Handler] = {
             "tools/list": self._list,
             "prompts/list": self._list,
@@ -145,15 +159,41 @@ class Relay:
         needs = REQUIRES.get(method)
         if needs is not None and not any(lk.info and needs in lk.info.capabilities for lk in session.links.values()):
             raise MCPError(METHOD_NOT_FOUND, "Method not found", data=method)  # as a server without it answers
-        with _claim_id(ctx):
+        with _claim_id(ctx, self._held_ids(ctx)):
             handler = self._routes.get(method)
             if handler is None:
                 result = await self._unknown(session, ctx)
             else:
                 result = await handler(session, ctx)
         if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
-            result = _complete_for_modern(method, result, self._host.server_identity(session)[0])
+            result = self.for_modern(session, method, result)
         return result
+
+    def for_modern(self, session: DownstreamSession, method: str, result: dict[str, Any]) -> dict[str, Any]:
+        """A result as a 2026 client gets it (``resultType``, cache hints, the ``serverInfo`` stamp);
+        shared with the lean stdio lane."""
+        return _complete_for_modern(method, result, self._host.server_identity(session)[0])
+
+    def attach_stdio_lane(self, lane: StdioLane) -> None:
+        """The stdio front's fast lane: told about a 2026-era stream's session and its ids.
+
+        Only the stdio front opens one, and a stdio gateway serves exactly one stream."""
+        self._stdio = lane
+
+    def _held_ids(self, ctx: ServerRequestContext[Any, Any]) -> set[Any] | None:
+        """Where this request's id is held while it runs (None: ids cannot collide here)."""
+        connection = connection_of(ctx)
+        if connection is None:
+            return None
+        if ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+            return connection.state.setdefault(IN_FLIGHT_KEY, set())
+        # A 2026 request gets a fresh connection of its own; on a duplex stream (stdio) the
+        # stream's one notify-only outbound outlives them, so it keys the stream's ids. A
+        # single-exchange request (HTTP) has no stream: its id cannot collide with another's.
+        outbound = getattr(connection, "outbound", None)
+        if not isinstance(outbound, NotifyOnlyOutbound):
+            return None
+        return self._stream_ids.setdefault(outbound, set())
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -222,7 +262,11 @@ class Relay:
         if session is not None:
             return session
         if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
-            return self._attach_screen(await self._host.modern_session(ctx))
+            session = self._attach_screen(await self._host.modern_session(ctx))
+            held = self._held_ids(ctx)
+            if self._stdio is not None and held is not None:
+                self._stdio.modern_opened(session, held)
+            return session
         raise MCPError(INVALID_REQUEST, "the session is not initialized: send `initialize` first")
 
     def _attach_screen(self, session: DownstreamSession) -> DownstreamSession:
@@ -552,17 +596,24 @@ def _complete_for_modern(method: str, result: dict[str, Any], server_info: Mappi
     return result
 
 
+def id_key(request_id: Any) -> tuple[str, Any]:
+    """How a request id is held: ``1`` and ``"1"`` are different ids."""
+    return (type(request_id).__name__, request_id)
+
+
+def duplicate_id(request_id: Any) -> MCPError:
+    return MCPError(INVALID_REQUEST, f"request id `{str(request_id)[:80]}` is already in flight on this session")
+
+
 @contextlib.contextmanager
-def _claim_id(ctx: ServerRequestContext[Any, Any]) -> Any:
-    """Hold this request's id for the connection while it runs; a second holder gets -32600."""
-    connection = connection_of(ctx)
-    if connection is None or ctx.request_id is None:
+def _claim_id(ctx: ServerRequestContext[Any, Any], held: set[Any] | None) -> Any:
+    """Hold this request's id in ``held`` while it runs; a second holder gets -32600."""
+    if held is None or ctx.request_id is None:
         yield
         return
-    held: set[Any] = connection.state.setdefault(IN_FLIGHT_KEY, set())
-    key = (type(ctx.request_id).__name__, ctx.request_id)
+    key = id_key(ctx.request_id)
     if key in held:
-        raise MCPError(INVALID_REQUEST, f"request id `{str(ctx.request_id)[:80]}` is already in flight on this session")
+        raise duplicate_id(ctx.request_id)
     held.add(key)
     try:
         yield

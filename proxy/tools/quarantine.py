@@ -47,6 +47,11 @@ class Quarantine:
         self._build_event = build_event
         self._visibility = trace_visibility
 
+    def bypass(self, call: ToolCall) -> bool:
+        """The hot case, decided without a coroutine: a gateway-local tool, or one not suspended
+        (a guard that fails is not bypassed: :meth:`__call__` turns the failure into a denial)."""
+        return not call.server or self._guard.suspended(call.qualified) is None
+
     async def __call__(self, call: ToolCall, call_next: CallNext) -> ToolResult:
         if not call.server:
             return await call_next(call)  # gateway-local tools are not listed by an upstream

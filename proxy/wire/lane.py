@@ -1,24 +1,32 @@
-"""The fast lane: ``tools/call`` and ``tools/list`` on an initialised stdio session.
+"""The fast lane: ``tools/call`` and ``tools/list`` of the stdio connection, in either era.
 
 A hot request is answered from the dict the front decoded, without modelling it as
 pydantic objects, without the SDK's dispatcher and server layers, and with its reply
 encoded once. The work in between is the relay's own (:meth:`Relay.call_tool`,
-:meth:`Relay.list_items`): the same routing, the same interceptor chain (decision,
-audit, result scan, the decision in ``_meta``), so a call gives the same answer on
-either path. The relay's guarantees hold for fast-lane requests too:
+:meth:`Relay.list_items`, and for a 2026 client :meth:`Relay.for_modern`): the same
+routing, the same interceptor chain (decision, audit, result scan, the decision in
+``_meta``), the same ``resultType`` / cache hints / ``serverInfo`` stamp, so a call gives
+the same answer on either path. The relay's guarantees hold for fast-lane requests too:
 
 - a request id already in flight on the connection (in either lane) gets ``-32600``;
-  the ids are held in the same set the relay uses (``connection.state``);
+  the ids are held in the set the relay uses (``connection.state`` of a 2025 session, the
+  stream's own set for a 2026 stream);
 - ``notifications/cancelled`` cancels a fast-lane call: its upstream request is
   abandoned (the upstream gets the courtesy cancel) and the call is never answered;
 - a ``progressToken`` gets the upstream's progress as ``notifications/progress``,
   never after the reply;
-- upstream sampling / elicitation / roots requests during a call go through the SDK
-  server session (the connection), which writes through the same single writer.
+- upstream sampling / elicitation / roots requests during a 2025 call go through the
+  SDK server session (the connection), which writes through the same single writer; a
+  2026 call gets them as MRTR input requests, through the session's bridge, as on the
+  SDK path.
 
-The lane declines (the SDK path serves it) anything else: a session that is not
-initialised yet, a 2026-era (sessionless) client or an enveloped request, an id that
-is not a string or integer, params that are not an object, extra top-level members.
+Which era a stdio stream speaks is the SDK's decision (its first request fixes it); the
+lane follows it: a 2025 stream once ``initialize`` attached its session, a 2026 stream
+once the SDK path served its first enveloped request (and the relay reported the
+identity's session). Until then, and for anything else, the lane declines and the SDK
+path serves the request: a request of the other era, a 2026 envelope the SDK would
+refuse, an id that is not a string or integer, params that are not an object, extra
+top-level members, every other method.
 """
 
 from __future__ import annotations
@@ -29,12 +37,14 @@ from typing import Any
 import anyio
 import anyio.abc
 import structlog
+from mcp.server.runner import modern_error_data
 from mcp.shared.dispatcher import coerce_request_id
+from mcp.shared.inbound import InboundLadderRejection, classify_inbound_request
 from mcp.shared.jsonrpc_dispatcher import handler_exception_to_error_data, progress_token_from_params
-from mcp_types import INVALID_REQUEST, PROTOCOL_VERSION_META_KEY, ErrorData
+from mcp_types import PROTOCOL_VERSION_META_KEY, ErrorData
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from proxy.relay import IN_FLIGHT_KEY, SESSION_KEY, Relay
+from proxy.relay import IN_FLIGHT_KEY, SESSION_KEY, Relay, duplicate_id, id_key
 from proxy.session import DownstreamSession
 from proxy.wire import codec
 from proxy.wire.framing import LineWriter
@@ -53,47 +63,61 @@ class FastLane:
     def __init__(self, relay: Relay, writer: LineWriter) -> None:
         self._relay = relay
         self._writer = writer
-        self._connection: Any = None
+        self._connection: Any = None  # a 2025 stream's SDK connection
+        self._modern: DownstreamSession | None = None  # a 2026 stream's session
+        self._modern_ids: set[Any] = set()  # its ids in flight, in either lane (the relay's set)
         self._calls: dict[Any, anyio.CancelScope] = {}
+        relay.attach_stdio_lane(self)
 
     def attach(self, connection: Any) -> None:
         """The SDK connection ``initialize`` opened (its ``state`` holds the session and ids)."""
         self._connection = connection
+
+    def modern_opened(self, session: DownstreamSession, held: set[Any]) -> None:
+        """The SDK path served this stream's 2026 request with ``session`` (one per identity),
+        holding the stream's ids in ``held``."""
+        self._modern, self._modern_ids = session, held
 
     async def offer(self, message: dict[str, Any], tg: anyio.abc.TaskGroup) -> bool:
         method = message.get("method")
         if method == "notifications/cancelled":
             self._cancel(message.get("params"))
             return False  # the SDK still sees it (it may name one of its own requests)
-        if method not in METHODS:
+        if method not in METHODS or not _plain_request(message):
             return False
-        session = self._session()
-        if session is None or not _plain_request(message):
+        route = self._route(message)
+        if route is None:
             return False
+        session, held, modern = route
         request_id = message["id"]
-        params = message.get("params") or {}
-        held: set[Any] = self._connection.state.setdefault(IN_FLIGHT_KEY, set())
-        key = (type(request_id).__name__, request_id)
+        key = id_key(request_id)
         if key in held:
-            await self._writer.send(codec.encode_error(request_id, ErrorData(
-                code=INVALID_REQUEST,
-                message=f"request id `{str(request_id)[:80]}` is already in flight on this session",
-            )))
+            await self._writer.send(codec.encode_error(request_id, duplicate_id(request_id).error))
             return True
         held.add(key)  # claimed here, in arrival order, before anything else can run
+        log.debug("fast lane", method=method, id=request_id, era="2026" if modern else "2025")
         scope = anyio.CancelScope()
         self._calls[coerce_request_id(request_id)] = scope
-        tg.start_soon(self._serve, session, method, request_id, params, scope, key, held)
+        tg.start_soon(self._serve, session, method, request_id, message.get("params") or {}, scope, key, held,
+                      modern)
         return True
 
-    def _session(self) -> DownstreamSession | None:
+    def _route(self, message: dict[str, Any]) -> tuple[DownstreamSession, set[Any], bool] | None:
+        """``(session, ids held, 2026?)`` for a request this stream's era lets the lane serve."""
+        if _enveloped(message.get("params")):
+            session = self._modern
+            if session is None or isinstance(classify_inbound_request(message), InboundLadderRejection):
+                return None  # the SDK decides the era, and answers an envelope it refuses
+            return session, self._modern_ids, True
         connection = self._connection
         if connection is None or not connection.initialize_accepted:
             return None
         if connection.protocol_version in MODERN_PROTOCOL_VERSIONS:
             return None
-        session: DownstreamSession | None = connection.state.get(SESSION_KEY)
-        return session
+        legacy: DownstreamSession | None = connection.state.get(SESSION_KEY)
+        if legacy is None:
+            return None
+        return legacy, connection.state.setdefault(IN_FLIGHT_KEY, set()), False
 
     def _cancel(self, params: Any) -> None:
         if not isinstance(params, Mapping):
@@ -107,10 +131,10 @@ class FastLane:
 
     async def _serve(
         self, session: DownstreamSession, method: str, request_id: Any, params: dict[str, Any],
-        scope: anyio.CancelScope, key: Any, held: set[Any],
+        scope: anyio.CancelScope, key: Any, held: set[Any], modern: bool,
     ) -> None:
         answered = False  # progress stops at the reply
-        token = progress_token_from_params(params)
+        token = progress_token_from_params(params) if method == "tools/call" else None
 
         async def relay_progress(progress: float, total: float | None, message: str | None) -> None:
             if answered or scope.cancel_called:
@@ -133,13 +157,11 @@ class FastLane:
                         )
                     else:
                         result = await self._relay.list_items(session, method, params)
+                    if modern:
+                        result = self._relay.for_modern(session, method, result)
                     reply = codec.encode_result(request_id, result)
                 except Exception as exc:  # the wire boundary, as the SDK dispatcher's
-                    error = handler_exception_to_error_data(exc)
-                    if error is None:
-                        log.exception("fast-lane handler raised", method=method)
-                        error = ErrorData(code=0, message=str(exc))
-                    reply = codec.encode_error(request_id, error)
+                    reply = codec.encode_error(request_id, _error_data(exc, method, modern))
         finally:
             held.discard(key)  # released before the reply: the client may reuse the id at once
             if self._calls.get(coerce_request_id(request_id)) is scope:
@@ -149,8 +171,24 @@ class FastLane:
             await self._writer.send(reply)
 
 
+def _error_data(exc: Exception, method: str, modern: bool) -> ErrorData:
+    """The JSON-RPC error the SDK path sends for ``exc``: a 2026 stream never sees internals."""
+    if modern:
+        return modern_error_data(exc)
+    error = handler_exception_to_error_data(exc)
+    if error is None:
+        log.exception("fast-lane handler raised", method=method)
+        error = ErrorData(code=0, message=str(exc))
+    return error
+
+
+def _enveloped(params: Any) -> bool:
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    return isinstance(meta, Mapping) and PROTOCOL_VERSION_META_KEY in meta
+
+
 def _plain_request(message: dict[str, Any]) -> bool:
-    """A request the SDK would accept as is, from a handshake-era client."""
+    """A request the SDK would accept as is (its envelope, if any, is checked per era)."""
     request_id = message.get("id")
     if isinstance(request_id, bool) or not isinstance(request_id, int | str):
         return False
@@ -159,7 +197,4 @@ def _plain_request(message: dict[str, Any]) -> bool:
     params = message.get("params")
     if params is None:
         return "params" not in message  # an explicit null is the SDK's to refuse
-    if not isinstance(params, dict):
-        return False
-    meta = params.get("_meta")
-    return not (isinstance(meta, Mapping) and PROTOCOL_VERSION_META_KEY in meta)
+    return isinstance(params, dict)
