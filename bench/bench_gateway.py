@@ -348,6 +348,11 @@ def text_of(size: int) -> str:
     return " ".join(chunks)[:size]
 
 
+def fresh(text: str, tag: str) -> str:
+    """``text`` made unique by ``tag`` at its start, its length unchanged."""
+    return tag + text[len(tag):]
+
+
 async def call(client: Any, tool: str, text: str) -> None:
     result = await client.call_tool(tool, {"text": text})
     if result.is_error:
@@ -419,7 +424,9 @@ async def measure(sides: list[Side], counts: Counts, progress: Callable[[str], N
                 fig.cpu_concurrent += cpu_seconds(pid) - before
                 fig.cpu_concurrent_calls += counts.callers * counts.per_caller
                 for size, n in zip(SIZES, counts.payload, strict=True):
-                    fig.payload[size] += await timed_calls(client, side.tool, [payloads[size]] * n)
+                    # a new text every call (same size), so nothing the gateway remembers from one call helps the next
+                    texts = [fresh(payloads[size], f"{side.name} {round_}-{i} ") for i in range(n)]
+                    fig.payload[size] += await timed_calls(client, side.tool, texts)
     return figures
 
 
