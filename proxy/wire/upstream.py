@@ -130,13 +130,20 @@ class _Stdin:
 
 @asynccontextmanager
 async def stdio_upstream(
-    params: StdioServerParameters, *, upstream: str, max_message_bytes: int, errlog: TextIO = sys.stderr
+    params: StdioServerParameters, *, upstream: str, max_message_bytes: int, errlog: TextIO = sys.stderr,
+    process: Any = None,
 ) -> AsyncIterator[tuple[Any, Any]]:
-    """Spawn the upstream and yield ``(read, write)`` streams of ``SessionMessage``."""
-    process = await _create_platform_compatible_process(
-        command=params.command, args=params.args, env=get_default_environment() | (params.env or {}),
-        errlog=errlog, cwd=params.cwd,
-    )
+    """Spawn the upstream (or adopt ``process``, one already spawned the same way: see
+    proxy/upstream/prespawn.py) and yield ``(read, write)`` streams of ``SessionMessage``."""
+    if process is None:
+        try:
+            process = await _create_platform_compatible_process(
+                command=params.command, args=params.args, env=get_default_environment() | (params.env or {}),
+                errlog=errlog, cwd=params.cwd,
+            )
+        except FileNotFoundError as exc:  # uvloop leaves out which file: name the command
+            exc.filename = exc.filename or params.command
+            raise
     assert process.stdin is not None and process.stdout is not None
     to_dispatcher, read_stream = anyio.create_memory_object_stream[SessionMessage | Exception](0)
     write_stream = _Stdin(process.stdin)
