@@ -39,6 +39,7 @@ from negotiation.signing import generate_ed25519_keypair
 from negotiation.tool import PROPOSE_POLICY_TOOL, handle_propose
 from policy import KeyRing, ModelIdentity, PolicyError, SessionRisk, could_allow, load_model_keys
 from policy.audit.event import AuditError
+from policy.schema import warm_up as schema_warm_up
 from proxy.approval import ApprovalDesk, ApprovalGate
 from proxy.audit.hold import DurableReplies
 from proxy.audit.writer import AuditWriter, open_audit_log
@@ -383,6 +384,7 @@ class App:
                 if config.tools_list == "hide":
                     tg.start_soon(self._announce_policy_changes)
                 await tg.start(self._serve, tg.cancel_scope)
+                tg.start_soon(_warm_up)
                 task_status.started()
         finally:
             rt.audit.record_sync("gateway.stopped", {"listen": config.listen.url})
@@ -428,6 +430,20 @@ class App:
                 await anyio.to_thread.run_sync(self.runtime.service.expire_pending)
             except Exception:
                 log.exception("expiring pending proposals failed")
+
+
+WARM_UP_DELAY = 1.0
+"""Seconds after the front opens before the imports deferred past start-up are loaded."""
+
+
+async def _warm_up() -> None:
+    """Load what start-up deferred (the JSON Schema validator), off the event loop, once the
+    first client has had its start; otherwise the first tools/call would wait for it."""
+    await anyio.sleep(WARM_UP_DELAY)
+    try:
+        await anyio.to_thread.run_sync(schema_warm_up)
+    except Exception:  # an import that fails will fail (and be reported) at its first use instead
+        log.debug("warm-up import failed", exc_info=True)
 
 
 def _open_tracing(config: GatewayConfig) -> Any:
