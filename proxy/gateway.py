@@ -136,7 +136,9 @@ class Gateway:
                     {"name": "modern-client", "version": "0"},
                     capabilities=caps.model_dump(mode="json", by_alias=True, exclude_none=True) if caps else {},
                 )
-                session = DownstreamSession(self.config, hello, InputBridge(key), identity=identity)
+                prespawned = self._prespawned if ctx.request is None else None  # a 2026 client on stdio
+                session = DownstreamSession(self.config, hello, InputBridge(key), identity=identity,
+                                            prespawned=prespawned)
                 await self._start(session)
                 self._modern[key] = session
         return session

@@ -63,6 +63,8 @@ class Prespawned:
         self._spawned: dict[str, anyio.abc.Process | BaseException] = {}
 
     async def spawn(self, upstreams: Iterable[UpstreamConfig]) -> None:
+        if sys.platform == "win32":  # the SDK spawns into a Job Object there: leave it to the links
+            return
         for up in upstreams:
             if up.transport != "stdio" or not up.command:
                 continue

@@ -29,10 +29,9 @@ pytestmark = pytest.mark.anyio
 # An upstream that says who it is, then serves as the bundled test server does.
 PID_THEN_SERVE = textwrap.dedent("""\
     import os, runpy, sys
-    with open(sys.argv[1] + ".tmp", "w") as f:
-        f.write(str(os.getpid()))
-    os.replace(sys.argv[1] + ".tmp", sys.argv[1])
-    sys.argv = ["demo.testserver", "--name", "calendar"]
+    with open(sys.argv[1], "a") as f:  # one line per process started
+        f.write(f"{os.getpid()}\\n")
+    sys.argv = ["demo.testserver", "--name", sys.argv[2]]
     runpy.run_module("demo.testserver", run_name="__main__")
 """)
 
@@ -144,7 +143,8 @@ async def gateway(config: Path, env: dict[str, str] | None = None) -> AsyncItera
 async def test_the_upstream_is_running_before_the_client_sends_anything_and_is_adopted(tmp_path: Path) -> None:
     pid_file = tmp_path / "upstream.pid"
     site = make_site(tmp_path / "site", listen="stdio",
-                     upstreams=[("calendar", [sys.executable, script(tmp_path, PID_THEN_SERVE), str(pid_file)])])
+                     upstreams=[("calendar", [sys.executable, script(tmp_path, PID_THEN_SERVE), str(pid_file),
+                                              "calendar"])])
     async with gateway(site.config_path) as client:
         upstream = int(await wait_for(pid_file))  # not one byte sent to the gateway yet
         assert parent_of(upstream) == client.process.pid
@@ -156,6 +156,25 @@ async def test_the_upstream_is_running_before_the_client_sends_anything_and_is_a
         call = await client.request(3, "tools/call", {"name": "calendar.echo", "arguments": {"text": "hi"}})
         assert call["result"]["content"][0]["text"] == "hi"
         assert children(client.process.pid) == {upstream}  # the link adopted it: no second spawn
+
+
+async def test_a_2026_client_on_stdio_is_served_by_the_pre_spawned_upstreams(tmp_path: Path) -> None:
+    from mcp import Client, StdioServerParameters
+
+    upstream = script(tmp_path, PID_THEN_SERVE)
+    pid_files = {name: tmp_path / f"{name}.pids" for name in ("calendar", "search")}
+    site = make_site(tmp_path / "site", listen="stdio", upstreams=[
+        (name, [sys.executable, upstream, str(path), name]) for name, path in pid_files.items()
+    ])
+    env = {**gateway_env(), "SECUREGATEWAY_MODEL_KEY": GPT_KEY}
+    params = StdioServerParameters(command=sys.executable, args=cli("run", "--config", str(site.config_path))[1:],
+                                   env=env, cwd=ROOT)
+    with anyio.fail_after(90):
+        async with Client(params, mode="2026-07-28") as client:
+            result = await client.call_tool("search.echo", {"text": "modern"})
+            assert not result.is_error
+    for path in pid_files.values():  # each upstream was started once: the pre-spawned one served
+        assert len((await anyio.Path(path).read_text()).split()) == 1
 
 
 @pytest.mark.parametrize("failure", ["no model key", "policy file missing"])
