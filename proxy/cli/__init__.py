@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 
 from proxy import logs
 from proxy.config import GatewayConfig, ListenSpec, load_config
@@ -119,18 +120,26 @@ async def _start_and_serve(config: GatewayConfig, model_key: str | None) -> None
 
     The upstreams' own start-up (hundreds of ms for a Python or Node server) overlaps the
     gateway's imports and set-up instead of following them (proxy/upstream/prespawn.py).
-    Any failure before serving kills the processes started here (no orphans)."""
+    Any failure before serving kills the processes started here (no orphans), and so does
+    a SIGINT/SIGTERM during start-up: the signal handlers are in place before the spawn."""
     from proxy.upstream.prespawn import prespawned
 
     early = config.upstreams if config.listen.kind == "stdio" else ()
-    async with prespawned(early) as spawned:
-        from proxy.bootstrap import build  # the heavy imports (mcp, policy, negotiation)
+    failed: Exception | None = None
+    async with anyio.create_task_group() as tg:
+        await tg.start(_cancel_on_signal, tg.cancel_scope)
+        async with prespawned(early) as spawned:
+            try:
+                from proxy.bootstrap import build  # the heavy imports (mcp, policy, negotiation)
 
-        app = build(config, model_key=model_key, prespawned=spawned)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_cancel_on_signal, tg.cancel_scope)
-            await app.run()
-            tg.cancel_scope.cancel()
+                app = build(config, model_key=model_key, prespawned=spawned)
+            except Exception as exc:  # raised below, as itself (not in a task group's exception group)
+                failed = exc
+            else:
+                await app.run()
+        tg.cancel_scope.cancel()
+    if failed is not None:
+        raise failed
 
 
 def event_loop_options(choice: str = "auto", source: str = "gateway.toml") -> dict[str, Any]:
@@ -152,8 +161,11 @@ def event_loop_options(choice: str = "auto", source: str = "gateway.toml") -> di
     return {"use_uvloop": installed}
 
 
-async def _cancel_on_signal(scope: anyio.CancelScope) -> None:
+async def _cancel_on_signal(
+    scope: anyio.CancelScope, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
         async for _ in signals:
             scope.cancel()
             return

@@ -207,6 +207,36 @@ async def test_a_start_up_failure_after_the_upstreams_started_leaves_no_process_
     assert not any(alive(pid) for pid in started)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_a_signal_during_start_up_stops_the_gateway_and_its_pre_spawned_upstreams(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    # an upstream that would outlive the gateway: it ignores stdin and keeps a child
+    script = f'echo $$ > {pids}/upstream; sleep 120 & echo $! > {pids}/child; wait'
+    site = make_site(tmp_path / "site", listen="stdio", upstreams=[("calendar", ["/bin/sh", "-c", script])])
+    env = {**gateway_env(), "SECUREGATEWAY_MODEL_KEY": GPT_KEY}
+    process = await anyio.open_process(cli("run", "--config", str(site.config_path)), cwd=ROOT, env=env,
+                                       stderr=subprocess.PIPE)
+    try:
+        await wait_for(pids / "child")  # the gateway is still importing and loading: no client yet
+        process.send_signal(sig)
+        with anyio.fail_after(60):
+            await process.wait()
+        started = [int(await anyio.Path(pids / name).read_text()) for name in ("upstream", "child")]
+        deadline = time.monotonic() + 10
+        while any(alive(pid) for pid in started) and time.monotonic() < deadline:
+            await anyio.sleep(0.05)
+        assert not any(alive(pid) for pid in started)
+        assert process.returncode == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await process.aclose()
+
+
 async def test_a_missing_upstream_command_reads_as_it_always_did(tmp_path: Path) -> None:
     missing = str(tmp_path / "no-such-server")
     site = make_site(tmp_path / "site", listen="stdio", upstreams=[
