@@ -60,7 +60,7 @@ class Prespawned:
     """Pre-started upstream processes by upstream name; each is handed out once."""
 
     def __init__(self) -> None:
-        self._spawned: dict[str, anyio.abc.Process | BaseException] = {}
+        self._spawned: dict[str, anyio.abc.Process | Exception] = {}
 
     async def spawn(self, upstreams: Iterable[UpstreamConfig]) -> None:
         if sys.platform == "win32":  # the SDK spawns into a Job Object there: leave it to the links
@@ -73,19 +73,16 @@ class Prespawned:
                     list(up.command), env=upstream_environment(up), stderr=sys.stderr, cwd=up.cwd,
                     start_new_session=True,
                 )
-            except OSError as exc:  # raised again by the link that adopts it, as its own spawn would
+            except Exception as exc:  # raised again by the link that adopts it, as its own spawn would
                 if isinstance(exc, FileNotFoundError):
                     exc.filename = exc.filename or up.command[0]  # uvloop leaves out which file
                 self._spawned[up.name] = exc
-
-    def pids(self) -> dict[str, int]:
-        return {n: p.pid for n, p in self._spawned.items() if isinstance(p, anyio.abc.Process)}
 
     def take(self, name: str) -> anyio.abc.Process | None:
         """The process started for upstream ``name`` (once; None afterwards or if there is none).
         Raises the spawn's own error when starting it failed."""
         found = self._spawned.pop(name, None)
-        if isinstance(found, BaseException):
+        if isinstance(found, Exception):
             raise found
         return found
 
