@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
@@ -39,7 +39,7 @@ from negotiation.signing import generate_ed25519_keypair
 from negotiation.tool import PROPOSE_POLICY_TOOL, handle_propose
 from policy import KeyRing, ModelIdentity, PolicyError, SessionRisk, could_allow, load_model_keys
 from policy.audit.event import AuditError
-from policy.detect.onnx_model import ClassifierLoadError
+from policy.schema import warm_up as schema_warm_up
 from proxy.approval import ApprovalDesk, ApprovalGate
 from proxy.audit.hold import DurableReplies
 from proxy.audit.writer import AuditWriter, open_audit_log
@@ -49,7 +49,6 @@ from proxy.errors import ConfigError, IdentityError
 from proxy.front.http import serve_http
 from proxy.gateway import Gateway
 from proxy.metrics import GatewayMetrics
-from proxy.screen.classify import ClassifierRunner, load_classifier
 from proxy.screen.taint import Taint
 from proxy.screen.taint_store import SqliteTaintStore
 from proxy.session import DownstreamSession
@@ -57,6 +56,10 @@ from proxy.suggestions import SuggestionVetting
 from proxy.tools.guard import ToolGuard
 from proxy.tools.quarantine import Quarantine
 from proxy.tools.store import SqliteToolStore, ToolRecord
+from proxy.upstream.prespawn import Prespawned
+
+if TYPE_CHECKING:
+    from proxy.screen.classify import ClassifierRunner
 
 log = structlog.get_logger("securegateway.bootstrap")
 
@@ -227,7 +230,10 @@ def _tool_error(text: str) -> dict[str, Any]:
 class App:
     """A configured gateway plus its admin API and background jobs."""
 
-    def __init__(self, runtime: Runtime, *, stdio_identity: ModelIdentity | None, tracing: Any = None) -> None:
+    def __init__(
+        self, runtime: Runtime, *, stdio_identity: ModelIdentity | None, tracing: Any = None,
+        prespawned: Prespawned | None = None,
+    ) -> None:
         self.runtime = runtime
         config = runtime.config
         assert config.policy.state_dir is not None
@@ -279,6 +285,7 @@ class App:
             interceptors=[*outermost, *interceptors],
             local_tools=local,
             stdio_identity=stdio_identity,
+            prespawned=prespawned,
             authenticate=self._authenticate,
             visible=self._visible,
             on_session=self._on_session,
@@ -377,6 +384,7 @@ class App:
                 if config.tools_list == "hide":
                     tg.start_soon(self._announce_policy_changes)
                 await tg.start(self._serve, tg.cancel_scope)
+                tg.start_soon(_warm_up)
                 task_status.started()
         finally:
             rt.audit.record_sync("gateway.stopped", {"listen": config.listen.url})
@@ -424,6 +432,20 @@ class App:
                 log.exception("expiring pending proposals failed")
 
 
+WARM_UP_DELAY = 1.0
+"""Seconds after the front opens before the imports deferred past start-up are loaded."""
+
+
+async def _warm_up() -> None:
+    """Load what start-up deferred (the JSON Schema validator), off the event loop, once the
+    first client has had its start; otherwise the first tools/call would wait for it."""
+    await anyio.sleep(WARM_UP_DELAY)
+    try:
+        await anyio.to_thread.run_sync(schema_warm_up)
+    except Exception:  # an import that fails will fail (and be reported) at its first use instead
+        log.debug("warm-up import failed", exc_info=True)
+
+
 def _open_tracing(config: GatewayConfig) -> Any:
     """The tracer, or None: with ``traces = "off"`` OpenTelemetry is not even imported."""
     if config.telemetry.traces == "off":
@@ -433,8 +455,11 @@ def _open_tracing(config: GatewayConfig) -> Any:
     return open_tracing(config.telemetry)
 
 
-def build(config: GatewayConfig, *, model_key: str | None) -> App:
-    """Load everything and check identities up front; raise a GatewayError naming any problem."""
+def build(config: GatewayConfig, *, model_key: str | None, prespawned: Prespawned | None = None) -> App:
+    """Load everything and check identities up front; raise a GatewayError naming any problem.
+
+    ``prespawned``: stdio upstreams the CLI already started (proxy/upstream/prespawn.py),
+    adopted by the stdio client's session."""
     tracing = _open_tracing(config)  # first: a missing extra must not leave the audit log locked
     runtime = open_runtime(config)
     identity = None
@@ -455,7 +480,7 @@ def build(config: GatewayConfig, *, model_key: str | None) -> App:
         if identity is None:
             raise IdentityError("the model key given for the stdio client is not in model_keys.yaml")
     runtime.classifier = open_classifier(config)
-    return App(runtime, stdio_identity=identity, tracing=tracing)
+    return App(runtime, stdio_identity=identity, tracing=tracing, prespawned=prespawned)
 
 
 def open_classifier(config: GatewayConfig) -> ClassifierRunner | None:
@@ -463,6 +488,9 @@ def open_classifier(config: GatewayConfig) -> ClassifierRunner | None:
     settings = config.detectors.classifier
     if settings is None:
         return None
+    from policy.detect.onnx_model import ClassifierLoadError
+    from proxy.screen.classify import load_classifier
+
     try:
         return load_classifier(settings)
     except ClassifierLoadError as exc:

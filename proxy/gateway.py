@@ -8,6 +8,7 @@ tools/call chain. Every task it starts belongs to its task group; cancelling
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -27,6 +28,7 @@ from proxy.relay import LocalTool, Relay, connection_of, forward_tool_call
 from proxy.session import DownstreamSession
 from proxy.upstream.http_pool import shared_pool
 from proxy.upstream.link import ClientHello
+from proxy.upstream.prespawn import Prespawned
 from proxy.wire.framing import LineWriter
 from proxy.wire.lane import FastLane
 
@@ -53,6 +55,7 @@ class Gateway:
         on_session: Any = None,
         access: Any = None,
         middleware: Sequence[Any] = (),
+        prespawned: Prespawned | None = None,
     ) -> None:
         self.config = config
         self._chain = compose(interceptors, forward_tool_call)
@@ -62,6 +65,7 @@ class Gateway:
         self._visible = visible
         self._on_session = on_session
         self._access = access
+        self._prespawned = prespawned  # stdio upstreams started by the CLI; the stdio session adopts them
         self._tg: anyio.abc.TaskGroup | None = None
         self._modern: dict[str, DownstreamSession] = {}
         self._modern_lock = anyio.Lock()
@@ -75,7 +79,11 @@ class Gateway:
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Serve the configured front until cancelled (HTTP) or until stdin closes (stdio)."""
-        async with shared_pool(), anyio.create_task_group() as tg:  # keep-alive to HTTP upstreams
+        async with contextlib.AsyncExitStack() as stack:
+            if any(up.transport == "http" for up in self.config.upstreams):
+                # keep-alive to HTTP upstreams; only then: its TLS set-up costs start-up ~30 ms
+                await stack.enter_async_context(shared_pool())
+            tg = await stack.enter_async_context(anyio.create_task_group())
             self._tg = tg
             listen = self.config.listen
             try:
@@ -105,7 +113,8 @@ class Gateway:
         connection = connection_of(ctx)
         if connection is None:
             raise RuntimeError("the SDK no longer exposes the connection on the request session")
-        session = DownstreamSession(self.config, hello, connection, identity=self._identity(ctx))
+        prespawned = self._prespawned if ctx.request is None else None  # the stdio client's session
+        session = DownstreamSession(self.config, hello, connection, identity=self._identity(ctx), prespawned=prespawned)
         await self._start(session)
         if self._lane is not None and ctx.request is None:  # the stdio connection: its hot requests go lean
             self._lane.attach(connection)
@@ -127,7 +136,9 @@ class Gateway:
                     {"name": "modern-client", "version": "0"},
                     capabilities=caps.model_dump(mode="json", by_alias=True, exclude_none=True) if caps else {},
                 )
-                session = DownstreamSession(self.config, hello, InputBridge(key), identity=identity)
+                prespawned = self._prespawned if ctx.request is None else None  # a 2026 client on stdio
+                session = DownstreamSession(self.config, hello, InputBridge(key), identity=identity,
+                                            prespawned=prespawned)
                 await self._start(session)
                 self._modern[key] = session
         return session

@@ -20,6 +20,7 @@ from proxy.catalog import CHANGED, Catalog
 from proxy.config import GatewayConfig
 from proxy.tasks import TaskRoutes
 from proxy.upstream.link import ClientHello, UpstreamLink
+from proxy.upstream.prespawn import Prespawned
 
 log = structlog.get_logger("securegateway.session")
 
@@ -47,6 +48,7 @@ class DownstreamSession:
         *,
         identity: Any = None,
         risk: Any = None,
+        prespawned: Prespawned | None = None,
     ) -> None:
         self.id = uuid.uuid4().hex
         self.config = config
@@ -65,6 +67,7 @@ class DownstreamSession:
                 on_notify=self._upstream_notify,
                 on_restart=self._upstream_restarted,
                 max_message_bytes=config.max_message_bytes,
+                process=prespawned.adopter(up.name) if prespawned is not None else None,
             )
             for up in config.upstreams
         }

@@ -66,13 +66,17 @@ class History:
         hex12 = contract.digest.removeprefix("sha256:")[:12]
         return self.archive_dir / f"v{contract.version}-{hex12}.yaml"
 
-    def read_archive(self, contract: Contract) -> Policy:
-        """The archived policy of ``contract``, its digest checked (not its signature)."""
+    def read_archive(self, contract: Contract, *, known: tuple[str, Policy] | None = None) -> Policy:
+        """The archived policy of ``contract``, its digest checked (not its signature).
+
+        ``known``: a text already loaded (the live file's, usually the same bytes): reused
+        instead of parsing the archive a second time at start-up."""
         path = self.archive_path(contract)
         if not path.exists():
             raise RepositoryError(f"archive `{path.name}` is missing")
         try:
-            policy = load_policy_text(read_capped(path, DEFAULT_MAX_BYTES), str(path))
+            text = read_capped(path, DEFAULT_MAX_BYTES)
+            policy = known[1] if known is not None and known[0] == text else load_policy_text(text, str(path))
         except PolicyError as exc:  # we wrote it loadable; failing now means it was altered
             raise PolicyTamperedError(f"archive `{path.name}` no longer loads: {str(exc).splitlines()[0]}") from exc
         if policy.digest != contract.digest:

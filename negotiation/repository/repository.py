@@ -111,6 +111,7 @@ class PolicyRepository:
         # Policies already checked against their archive and contract, keyed by the whole
         # contract so that an edited log record misses the cache and is checked afresh.
         self._verified: dict[Contract, Policy] = {}
+        self._live_loaded: tuple[str, Policy] | None = None  # the live file's last text and its parse
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -378,7 +379,8 @@ class PolicyRepository:
         """The live file's text and policy; ``PolicyLoadError`` if it is missing or invalid."""
         source = str(self.policy_path)
         text = read_capped(source, DEFAULT_MAX_BYTES)
-        return text, load_policy_text(text, source)
+        self._live_loaded = text, load_policy_text(text, source)
+        return self._live_loaded
 
     def _refuse_unrecorded_edit(self, head: Contract | None, new_policy: Policy) -> None:
         live = self._live_digest()
@@ -410,7 +412,7 @@ class PolicyRepository:
         return policy
 
     def _read_archive(self, contract: Contract) -> Policy:
-        return self._history.read_archive(contract)
+        return self._history.read_archive(contract, known=self._live_loaded)  # parsed once when the bytes match
 
     def _signature_problem(self, contract: Contract, policy: Policy) -> str | None:
         if contract.signature is None:

@@ -20,10 +20,12 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 
 from proxy import logs
 from proxy.config import GatewayConfig, ListenSpec, load_config
@@ -34,7 +36,8 @@ EVENT_LOOP_ENV = "SECUREGATEWAY_EVENT_LOOP"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser(full=_command(argv) != "run")
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
@@ -49,7 +52,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _parser() -> argparse.ArgumentParser:
+def _command(argv: Sequence[str]) -> str | None:
+    """The subcommand named on the command line (the first word that is not an option)."""
+    words = iter(argv)
+    for word in words:
+        if word == "--log-level":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def _parser(*, full: bool = True) -> argparse.ArgumentParser:
+    """The command line; ``full=False`` only knows ``run``: the other commands' modules import
+    the policy and negotiation stacks, which ``run`` would otherwise load before it starts
+    its upstreams (see _start_and_serve)."""
     parser = argparse.ArgumentParser(prog="securegateway", description="A transparent MCP security gateway.")
     parser.add_argument("--log-level", default=None, help="debug, info (default), warning, error")
     sub = parser.add_subparsers(dest="command")
@@ -62,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="serve the client on stdin/stdout whatever [gateway] listen says (for clients that "
                      "start the gateway: Claude Desktop, Cursor, VS Code, the MCP Inspector)")
     run.set_defaults(func=_run)
+    if not full:
+        return parser
 
     from proxy.cli import ops as cli_ops
 
@@ -81,22 +100,46 @@ def load_config_arg(args: argparse.Namespace) -> GatewayConfig:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from proxy.bootstrap import build
-
     config = load_config_arg(args)
     if args.stdio:
         config = dataclasses.replace(config, listen=ListenSpec("stdio"))
     model_key = args.model_key or os.environ.get(MODEL_KEY_ENV)
-    app = build(config, model_key=model_key)
+    try:
+        loop = event_loop_options(config.event_loop, config.path.name)
+    except ConfigError:
+        from proxy.bootstrap import build
 
-    async def serve() -> None:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_cancel_on_signal, tg.cancel_scope)
-            await app.run()
-            tg.cancel_scope.cancel()
-
-    anyio.run(serve, backend_options=event_loop_options(config.event_loop, config.path.name))
+        build(config, model_key=model_key)  # its errors are reported first, as they always were
+        raise
+    anyio.run(partial(_start_and_serve, config, model_key), backend_options=loop)
     return 0
+
+
+async def _start_and_serve(config: GatewayConfig, model_key: str | None) -> None:
+    """Start the stdio upstreams first, then import and build the gateway while they start.
+
+    The upstreams' own start-up (hundreds of ms for a Python or Node server) overlaps the
+    gateway's imports and set-up instead of following them (proxy/upstream/prespawn.py).
+    Any failure before serving kills the processes started here (no orphans), and so does
+    a SIGINT/SIGTERM during start-up: the signal handlers are in place before the spawn."""
+    from proxy.upstream.prespawn import prespawned
+
+    early = config.upstreams if config.listen.kind == "stdio" else ()
+    failed: Exception | None = None
+    async with anyio.create_task_group() as tg:
+        await tg.start(_cancel_on_signal, tg.cancel_scope)
+        async with prespawned(early) as spawned:
+            try:
+                from proxy.bootstrap import build  # the heavy imports (mcp, policy, negotiation)
+
+                app = build(config, model_key=model_key, prespawned=spawned)
+            except Exception as exc:  # raised below, as itself (not in a task group's exception group)
+                failed = exc
+            else:
+                await app.run()
+        tg.cancel_scope.cancel()
+    if failed is not None:
+        raise failed
 
 
 def event_loop_options(choice: str = "auto", source: str = "gateway.toml") -> dict[str, Any]:
@@ -118,8 +161,11 @@ def event_loop_options(choice: str = "auto", source: str = "gateway.toml") -> di
     return {"use_uvloop": installed}
 
 
-async def _cancel_on_signal(scope: anyio.CancelScope) -> None:
+async def _cancel_on_signal(
+    scope: anyio.CancelScope, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
         async for _ in signals:
             scope.cancel()
             return

@@ -10,7 +10,7 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from proxy.config.model import (
@@ -32,7 +32,9 @@ from proxy.config.model import (
     UpstreamConfig,
 )
 from proxy.errors import ConfigError
-from proxy.screen.classify import CHANNELS, ON_ERROR, ClassifierConfig
+
+if TYPE_CHECKING:
+    from proxy.screen.classify import ClassifierConfig
 
 
 def load_config(path: str | Path) -> GatewayConfig:
@@ -355,6 +357,9 @@ class _Reader:
         raw = t.get("classifier")
         if raw is None:
             return None
+        # only now: reading gateway.toml must not import the detectors (cheap start-up, proxy/cli)
+        from proxy.screen.classify import CHANNELS, ON_ERROR, ClassifierConfig
+
         if not isinstance(raw, dict):
             self.err(c, "must be a table: { model = \"model.onnx\", tokenizer = \"tokenizer.json\" }")
             return None

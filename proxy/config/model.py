@@ -7,8 +7,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from proxy.screen.classify import ClassifierConfig
+if TYPE_CHECKING:  # imported lazily: the detectors stack is not needed to read gateway.toml
+    from proxy.screen.classify import ClassifierConfig
 
 UPSTREAM_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})

@@ -130,6 +130,7 @@ class UpstreamLink:
         max_message_bytes: int,
         backoff_initial: float = 0.25,
         backoff_max: float = 30.0,
+        process: Callable[[], Awaitable[Any]] | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -147,6 +148,10 @@ class UpstreamLink:
         self.generation = 0
         self._restarting = False  # crashed after being up; the first restart attempt is running
         self._changed = anyio.Event()  # set (and replaced) whenever ready/restarting changes
+        # Pre-spawned process hand-off (proxy/upstream/prespawn.py): called before each stdio
+        # spawn, returns a process started for this link (or None: spawn one); raises what that
+        # spawn raised. Only the first connect gets one.
+        self._process = process
 
     @property
     def ready(self) -> bool:
@@ -451,8 +456,10 @@ class UpstreamLink:
             params = StdioServerParameters(
                 command=cfg.command[0], args=list(cfg.command[1:]), env=env, cwd=cfg.cwd
             )
+            adopted = await self._process() if self._process is not None else None  # pre-spawned hand-off
             async with stdio_upstream(
-                params, upstream=self.name, max_message_bytes=self._max_message_bytes, errlog=sys.stderr
+                params, upstream=self.name, max_message_bytes=self._max_message_bytes, errlog=sys.stderr,
+                process=adopted,
             ) as pipe:
                 disp = LineDispatcher(pipe.lines, pipe, upstream=self.name)
                 disp.on_close = partial(self._lost, disp)

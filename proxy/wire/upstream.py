@@ -80,13 +80,20 @@ class StdioPipe:
 
 @asynccontextmanager
 async def stdio_upstream(
-    params: StdioServerParameters, *, upstream: str, max_message_bytes: int, errlog: TextIO = sys.stderr
+    params: StdioServerParameters, *, upstream: str, max_message_bytes: int, errlog: TextIO = sys.stderr,
+    process: Any = None,
 ) -> AsyncIterator[StdioPipe]:
-    """Spawn the upstream, yield its pipe, stop it (and drain its last output) at exit."""
-    process = await _create_platform_compatible_process(
-        command=params.command, args=params.args, env=get_default_environment() | (params.env or {}),
-        errlog=errlog, cwd=params.cwd,
-    )
+    """Spawn the upstream (or adopt ``process``, one already spawned the same way: see
+    proxy/upstream/prespawn.py), yield its pipe, stop it (and drain its last output) at exit."""
+    if process is None:
+        try:
+            process = await _create_platform_compatible_process(
+                command=params.command, args=params.args, env=get_default_environment() | (params.env or {}),
+                errlog=errlog, cwd=params.cwd,
+            )
+        except FileNotFoundError as exc:  # uvloop leaves out which file: name the command
+            exc.filename = exc.filename or params.command
+            raise
     assert process.stdin is not None and process.stdout is not None
     pipe = StdioPipe(process, upstream, max_message_bytes)
     try:
