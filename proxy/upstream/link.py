@@ -29,7 +29,6 @@ import anyio.abc
 import structlog
 from mcp import MCPError, StdioServerParameters
 from mcp.client.sse import sse_client
-from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.dispatcher import CallOptions, DispatchContext, ProgressFnT
 from mcp.shared.inbound import (
     MCP_METHOD_HEADER,
@@ -55,6 +54,7 @@ from mcp_types import (
 from mcp_types.version import LATEST_HANDSHAKE_VERSION, LATEST_MODERN_VERSION
 
 from proxy.config import UpstreamConfig
+from proxy.upstream.http_lean import lean_streamable_http_client  # HTTP front helper: the lean client
 from proxy.upstream.http_pool import upstream_http_client
 from proxy.upstream.repair import repair_responses
 from proxy.wire.upstream import stdio_upstream
@@ -427,8 +427,9 @@ class UpstreamLink:
             assert cfg.url is not None
             async with (
                 upstream_http_client(cfg.headers) as http,
-                streamable_http_client(
-                    cfg.url, http_client=http, max_sse_event_size=self._max_message_bytes
+                # the SDK's streamable_http_client with lean request POSTs (proxy/upstream/http_lean.py)
+                lean_streamable_http_client(
+                    cfg.url, http_client=http, upstream=self.name, max_sse_event_size=self._max_message_bytes
                 ) as streams,
             ):
                 yield repair_responses(streams, self.name)
