@@ -120,7 +120,11 @@ class HttpLane:
             return
         method = message.get("method")
         if method == "notifications/cancelled":
+            # the SDK accepts it (202) first, then the call is cancelled: the order of the SDK path,
+            # whose clients expect the 202 before the cancelled request's answer
+            await self._app(scope, replay, send)
             _cancel(transport, message.get("params"))
+            return
         if method not in METHODS or not _plain_request(message):
             await self._app(scope, replay, send)
             return

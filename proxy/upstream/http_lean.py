@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -88,8 +88,7 @@ class LeanStreamableHTTPTransport(StreamableHTTPTransport):
             await super()._handle_post_request(ctx)
             return
         headers = self._headers_for(ctx)
-        async with self._lean.post(self.url, data=encode_outbound(message), headers=headers,
-                                   allow_redirects=False) as response:
+        async with self._post(message, headers) as response:
             self._keep_cookies(ctx.client, response)
             status = response.status
             if status in _REDIRECTS:
@@ -99,6 +98,17 @@ class LeanStreamableHTTPTransport(StreamableHTTPTransport):
                 await self._handle_reply(ctx, message, response)
         if redirected:  # the SDK's origin rule decides; the POST was not processed where it was sent
             await super()._handle_post_request(ctx)
+
+    @contextlib.asynccontextmanager
+    async def _post(self, message: JSONRPCRequest, headers: dict[str, str]) -> AsyncIterator[aiohttp.ClientResponse]:
+        try:
+            response = await self._lean.post(self.url, data=encode_outbound(message), headers=headers,
+                                             allow_redirects=False)
+        except Exception as exc:
+            log.warning("lean POST failed", upstream=self._upstream, error=repr(exc))
+            raise
+        async with response:
+            yield response
 
     def _headers_for(self, ctx: RequestContext) -> dict[str, str]:
         if self._base_headers is None:

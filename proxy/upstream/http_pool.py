@@ -38,8 +38,11 @@ DRAIN_SECONDS = 0.05
 DRAIN_BYTES = 256 * 1024
 KEEPALIVE_CONNECTIONS = 64
 """Idle connections the shared pool keeps open (the rest close when they go idle)."""
-KEEPALIVE_SECONDS = 15.0
-"""How long an idle connection of the lean (aiohttp) half stays open."""
+KEEPALIVE_SECONDS = 1.5
+"""How long an idle connection of the lean (aiohttp) half is reused. Shorter than the servers'
+own keep-alive timeouts (uvicorn, hypercorn, Node: 5 s; gunicorn: 2 s), so that the gateway,
+not the server, retires an idle connection: a server that closes one just as a request is
+written on it would fail that request (a POST is not retried: it may have been applied)."""
 
 
 class _DrainOnClose(httpx2.AsyncByteStream):
