@@ -77,6 +77,11 @@ class SqliteApprovalStore:
             except sqlite3.IntegrityError:
                 raise ApprovalError(f"approval `{approval.id}` exists already") from None
 
+    def has_room(self) -> bool:
+        with self._lock:
+            pending = self._conn.execute("SELECT COUNT(*) FROM approvals WHERE status = 'pending'").fetchone()[0]
+        return bool(pending < self._max_pending)
+
     def get(self, approval_id: str) -> Approval:
         with self._lock:
             return self._get(approval_id)

@@ -48,7 +48,13 @@ class ApprovalError(NegotiationError):
 class ApprovalStore(Protocol):
     """Where approvals live. Every method returns only after the change is stored."""
 
-    def add(self, approval: Approval) -> None: ...
+    def add(self, approval: Approval) -> None:
+        """Store a new pending approval; ApprovalError ``too_many_pending`` when the store is full."""
+        ...
+
+    def has_room(self) -> bool:
+        """Whether :meth:`add` would take one more pending approval now (a hint: ``add`` decides)."""
+        ...
 
     def get(self, approval_id: str) -> Approval: ...
 
@@ -145,6 +151,11 @@ class MemoryApprovalStore:
             if approval.id in self._items:
                 raise ApprovalError(f"approval `{approval.id}` exists already")
             self._items[approval.id] = approval
+
+    def has_room(self) -> bool:
+        with self._lock:
+            self._purge()
+            return sum(1 for a in self._items.values() if a.status is ApprovalStatus.PENDING) < self._max_pending
 
     def get(self, approval_id: str) -> Approval:
         with self._lock:

@@ -69,6 +69,8 @@ class ApprovalDesk:
         need = decision.approval
         if need is None:
             raise ValueError("the decision does not ask for approval")
+        if not self.store.has_room():  # refuse before the audit log says anything was asked
+            raise ApprovalError("too many approvals are already waiting", code="too_many_pending")
         now = self._clock()
         approval = Approval(
             id=secrets.token_hex(12),
@@ -89,7 +91,14 @@ class ApprovalDesk:
             "policy_version": binding.policy_version, "rules": list(need.rules), "approver": need.approver,
             "expires_at": approval.expires_at, "mode": mode,
         })
-        self.store.add(approval)
+        try:
+            self.store.add(approval)
+        except ApprovalError as exc:  # another writer filled the store since has_room: close what we opened
+            await self._audit({
+                "type": "approval.expired", "decision_id": decision.decision_id, "approval_id": approval.id,
+                "why": f"refused before anyone could answer it: {exc.message}",
+            })
+            raise
         if mode in WAITING_MODES:
             self._answered[approval.id] = anyio.Event()
         return approval

@@ -8,7 +8,14 @@ from typing import Any
 
 import pytest
 
-from negotiation.approvals import ApprovalBinding, ApprovalStatus, HandleSealer, SqliteApprovalStore, arguments_digest
+from negotiation.approvals import (
+    ApprovalBinding,
+    ApprovalError,
+    ApprovalStatus,
+    HandleSealer,
+    SqliteApprovalStore,
+    arguments_digest,
+)
 from policy import CallRequest, evaluate, load_model_keys_text, load_policy_text
 from proxy.approval import ApprovalDesk
 from tests.proxy.approval.test_gate import KEYS, POLICY
@@ -83,3 +90,47 @@ async def test_asking_twice_for_the_same_pending_call_is_one_request(tmp_path: P
     assert first.id == again.id != other.id
     assert [e["type"] for e in written].count("approval.requested") == 2
     desk.close()
+
+
+async def test_a_full_store_refuses_before_anything_is_audited(tmp_path: Path) -> None:
+    clock, written = Clock(), list[dict[str, Any]]()
+    store = SqliteApprovalStore(tmp_path / "approvals.db", clock=clock, max_pending=1)
+    desk = ApprovalDesk(HandleSealer.from_state_dir(tmp_path), _appending(written), store=store, clock=clock)
+    await desk.open(binding("a"), held_decision(), {"to": "a"}, mode="pending")
+    with pytest.raises(ApprovalError) as full:
+        await desk.open(binding("b"), held_decision(), {"to": "b"}, mode="pending")
+    assert full.value.code == "too_many_pending"
+    assert [e["type"] for e in written] == ["approval.requested"]  # only the one that was stored
+    assert len(store.list(ApprovalStatus.PENDING)) == 1
+
+
+async def test_an_approval_another_writer_crowded_out_is_closed_in_the_audit_log(tmp_path: Path) -> None:
+    """Two gateways on one state_dir: the other fills the last place while ours audits its request."""
+    clock, written = Clock(), list[dict[str, Any]]()
+    sealer = HandleSealer.from_state_dir(tmp_path)
+    other = ApprovalDesk(sealer, _appending([]), clock=clock,
+                         store=SqliteApprovalStore(tmp_path / "approvals.db", clock=clock, max_pending=1))
+
+    async def audit(event: dict[str, Any]) -> None:
+        written.append(event)
+        if event["type"] == "approval.requested" and len(written) == 1:
+            await other.open(binding("other"), held_decision(), {"to": "other"}, mode="pending")
+
+    ours = ApprovalDesk(sealer, audit, clock=clock,
+                        store=SqliteApprovalStore(tmp_path / "approvals.db", clock=clock, max_pending=1))
+    with pytest.raises(ApprovalError) as full:
+        await ours.open(binding("ours"), held_decision(), {"to": "ours"}, mode="pending")
+    assert full.value.code == "too_many_pending"
+    requested, closed = written
+    assert requested["type"] == "approval.requested" and closed["type"] == "approval.expired"
+    assert closed["approval_id"] == requested["approval_id"] and "refused" in closed["why"]
+    (left,) = ours.store.list(ApprovalStatus.PENDING)  # the other's only; ours was never stored
+    assert left.binding == binding("other")
+    assert all(a.id != requested["approval_id"] for a in ours.store.list())
+
+
+def _appending(written: list[dict[str, Any]]) -> Any:
+    async def audit(event: dict[str, Any]) -> None:
+        written.append(event)
+
+    return audit
