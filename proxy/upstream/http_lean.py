@@ -13,7 +13,7 @@ over ``aiohttp`` on the event loop's shared keep-alive pool
 dispatcher's message, and its reply parsed without pydantic: a JSON body, or an SSE
 stream whose events are cut by httpx2's own SSE parser (same size limit, same line
 rules) and decoded once; a well-formed response becomes a ``JSONRPCResponse`` without
-re-validation (:func:`proxy.wire.upstream.parse_line`). Messages the upstream interleaves
+re-validation (:func:`parse_line`). Messages the upstream interleaves
 before the response (progress, logging, a sampling or elicitation request) reach the
 dispatcher in order, exactly as through the SDK's transport, and the client's answers to
 them go back as ordinary POSTs.
@@ -60,16 +60,44 @@ from mcp_types import (
     JSONRPCError,
     JSONRPCRequest,
     JSONRPCResponse,
+    jsonrpc_message_adapter,
 )
+from pydantic import ValidationError
 
 from proxy.upstream.http_pool import DRAIN_BYTES, DRAIN_SECONDS, lean_session
-from proxy.wire.upstream import encode_outbound, parse_line
+from proxy.wire import codec
 
 __all__ = ["LeanStreamableHTTPTransport", "lean_streamable_http_client"]
 
 log = structlog.get_logger("securegateway.upstream")
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+def parse_line(data: bytes, upstream: str) -> SessionMessage | Exception:
+    """One message from the upstream as the dispatcher consumes it (an exception for a bad one):
+    decoded once; a well-formed response becomes a ``JSONRPCResponse`` without re-validation."""
+    try:
+        message = codec.decode(data)
+    except codec.DecodeError as exc:
+        log.warning("upstream message is not json", upstream=upstream, error=str(exc)[:200])
+        return ValueError(f"upstream `{upstream}` sent a message that is not JSON: {exc}")
+    if type(message) is dict and "method" not in message and "error" not in message:
+        request_id, result = message.get("id"), message.get("result")
+        if type(result) is dict and type(request_id) in (int, str) and message.get("jsonrpc") == "2.0":
+            return SessionMessage(JSONRPCResponse.model_construct(jsonrpc="2.0", id=request_id, result=result))
+    try:
+        return SessionMessage(jsonrpc_message_adapter.validate_python(message, by_name=False))
+    except ValidationError as exc:
+        return exc
+
+
+def encode_outbound(message: JSONRPCRequest) -> bytes:
+    """A dispatcher-built request as one JSON body, encoded once."""
+    body: dict[str, Any] = {"jsonrpc": "2.0", "id": message.id, "method": message.method}
+    if message.params is not None:
+        body["params"] = message.params
+    return codec.encode(body)
 
 
 class LeanStreamableHTTPTransport(StreamableHTTPTransport):

@@ -1,14 +1,15 @@
 """One long-lived connection to one upstream MCP server, supervised.
 
 An ``UpstreamLink`` owns the transport (a stdio subprocess or a Streamable HTTP
-session) and a raw ``JSONRPCDispatcher`` over it: messages that are only relayed
-are never re-modelled. The link performs the handshake once, pins the protocol
-version the upstream answered, and restarts the upstream when it crashes. Only
-the calls in flight at the crash fail (with a clear JSON-RPC error); a call made
-while the link is restarting waits for
-the restart, bounded by ``connect_timeout``, so callers do not notice it. An
-upstream that fails to come back is retried with backoff, and calls fail fast
-meanwhile.
+session) and a raw dispatcher over it: for stdio the gateway's own correlator
+(:class:`proxy.wire.dispatch.LineDispatcher`: one reader task, one encode per request,
+answers as decoded dicts), for HTTP and legacy SSE the SDK's ``JSONRPCDispatcher``.
+Either way, messages that are only relayed are never re-modelled. The link performs
+the handshake once, pins the protocol version the upstream answered, and restarts the
+upstream when it crashes. Only the calls in flight at the crash fail (with a clear
+JSON-RPC error); a call made while the link is restarting waits for the restart,
+bounded by ``connect_timeout``, so callers do not notice it. An upstream that fails to
+come back is retried with backoff, and calls fail fast meanwhile.
 
 It speaks for exactly one downstream client (the handshake mirrors that client's
 ``clientInfo`` and capabilities), so upstream sampling, elicitation and roots
@@ -22,14 +23,15 @@ import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, Protocol
 
 import anyio
 import anyio.abc
 import structlog
 from mcp import MCPError, StdioServerParameters
 from mcp.client.sse import sse_client
-from mcp.shared.dispatcher import CallOptions, DispatchContext, ProgressFnT
+from mcp.shared.dispatcher import CallOptions, ProgressFnT
 from mcp.shared.inbound import (
     MCP_METHOD_HEADER,
     MCP_NAME_HEADER,
@@ -38,7 +40,6 @@ from mcp.shared.inbound import (
     x_mcp_header_map,
 )
 from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
-from mcp.shared.transport_context import TransportContext
 from mcp_types import (
     CLIENT_CAPABILITIES_META_KEY,
     CLIENT_INFO_META_KEY,
@@ -57,6 +58,7 @@ from proxy.config import UpstreamConfig
 from proxy.upstream.http_lean import lean_streamable_http_client  # HTTP front helper: the lean client
 from proxy.upstream.http_pool import upstream_http_client
 from proxy.upstream.repair import repair_responses
+from proxy.wire.dispatch import LineDispatcher, NotDelivered, OnNotify, OnRequest
 from proxy.wire.upstream import stdio_upstream
 
 log = structlog.get_logger("securegateway.upstream")
@@ -73,6 +75,22 @@ OnUpstreamRequest = Callable[["UpstreamLink", str, Mapping[str, Any] | None], Aw
 OnUpstreamNotify = Callable[["UpstreamLink", str, Mapping[str, Any] | None], Awaitable[None]]
 OnRestart = Callable[["UpstreamLink"], Coroutine[Any, Any, None]]
 ProgressFn = ProgressFnT
+
+
+class Channel(Protocol):
+    """What the link drives: the stdio correlator and the SDK's ``JSONRPCDispatcher`` alike."""
+
+    async def send_raw_request(
+        self, method: str, params: Mapping[str, Any] | None, opts: CallOptions | None = None
+    ) -> dict[str, Any]: ...
+
+    async def notify(self, method: str, params: Mapping[str, Any] | None, opts: CallOptions | None = None) -> None:
+        ...
+
+    async def run(
+        self, on_request: OnRequest, on_notify: OnNotify, on_notify_intercept: Any = None, *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -122,7 +140,7 @@ class UpstreamLink:
         self._max_message_bytes = max_message_bytes
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
-        self._dispatcher: JSONRPCDispatcher[TransportContext] | None = None
+        self._dispatcher: Channel | None = None
         self._headers: dict[str, str] = {}
         self.info: UpstreamInfo | None = None
         self.last_error: str | None = None
@@ -156,9 +174,12 @@ class UpstreamLink:
         if self._headers:
             opts["headers"] = self._headers
         try:
-            if self.info is not None and self.info.modern:
-                return await self._modern_request(disp, method, params, opts, input_schema)
-            return await disp.send_raw_request(method, params, opts)
+            try:
+                return await self._send(disp, method, params, opts, input_schema)
+            except NotDelivered:  # it went down before the request reached it: send it to the restart
+                log.info("upstream went away before the request was sent; waiting for the restart",
+                         upstream=self.name, method=method)
+                return await self._send(await self._await_restart(), method, params, opts, input_schema)
         except MCPError as exc:
             if exc.code == CONNECTION_CLOSED:
                 raise MCPError(
@@ -170,7 +191,19 @@ class UpstreamLink:
                 ) from None
             raise
 
-    async def _await_restart(self) -> JSONRPCDispatcher[TransportContext]:
+    async def _send(
+        self,
+        disp: Channel,
+        method: str,
+        params: Mapping[str, Any] | None,
+        opts: CallOptions,
+        input_schema: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:
+        if self.info is not None and self.info.modern:
+            return await self._modern_request(disp, method, params, opts, input_schema)
+        return await disp.send_raw_request(method, params, opts)
+
+    async def _await_restart(self) -> Channel:
         """The dispatcher once a restart in progress completes; UPSTREAM_UNAVAILABLE otherwise."""
         with anyio.move_on_after(self.config.connect_timeout):
             while self._dispatcher is None and self._restarting:
@@ -186,7 +219,7 @@ class UpstreamLink:
 
     async def _modern_request(
         self,
-        disp: JSONRPCDispatcher[TransportContext],
+        disp: Channel,
         method: str,
         params: Mapping[str, Any] | None,
         opts: CallOptions,
@@ -234,7 +267,7 @@ class UpstreamLink:
             headers.update(mcp_param_headers(x_mcp_header_map(input_schema), arguments))
         return {**opts, "headers": headers}
 
-    async def _listen(self, disp: JSONRPCDispatcher[TransportContext]) -> None:
+    async def _listen(self, disp: Channel) -> None:
         """Modern upstreams announce list changes only on a subscriptions/listen stream."""
         caps = self.info.capabilities if self.info else {}
         wanted = {
@@ -271,8 +304,7 @@ class UpstreamLink:
         while True:
             connected_at: float | None = None
             try:
-                async with self._connect() as (read, write):
-                    disp: JSONRPCDispatcher[TransportContext] = JSONRPCDispatcher(read, write)
+                async with self._connect() as disp:
                     ended = anyio.Event()
                     async with anyio.create_task_group() as tg:
                         await tg.start(self._serve, disp, ended)
@@ -326,7 +358,7 @@ class UpstreamLink:
 
     async def _serve(
         self,
-        disp: JSONRPCDispatcher[TransportContext],
+        disp: Channel,
         ended: anyio.Event,
         *,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
@@ -334,27 +366,31 @@ class UpstreamLink:
         try:
             await disp.run(self._dispatch_request, self._dispatch_notify, task_status=task_status)
         finally:
-            if self._dispatcher is disp:  # down from this instant: new calls wait for the restart
-                self._dispatcher = None
-                self._restarting = True
-                self._signal()
+            self._lost(disp)
             ended.set()
 
+    def _lost(self, disp: Channel) -> None:
+        """``disp`` is down from this instant: new calls wait for the restart."""
+        if self._dispatcher is disp:
+            self._dispatcher = None
+            self._restarting = True
+            self._signal()
+
     async def _dispatch_request(
-        self, dctx: DispatchContext[TransportContext], method: str, params: Mapping[str, Any] | None
+        self, dctx: Any, method: str, params: Mapping[str, Any] | None
     ) -> dict[str, Any]:
         if method == "ping":
             return {}
         return await self._on_request(self, method, params)
 
     async def _dispatch_notify(
-        self, dctx: DispatchContext[TransportContext], method: str, params: Mapping[str, Any] | None
+        self, dctx: Any, method: str, params: Mapping[str, Any] | None
     ) -> None:
         if method in ("notifications/progress", "notifications/subscriptions/acknowledged"):
             return  # progress goes through the per-request callback; the ack is ours alone
         await self._on_notify(self, method, params)
 
-    async def _handshake(self, disp: JSONRPCDispatcher[TransportContext]) -> UpstreamInfo:
+    async def _handshake(self, disp: Channel) -> UpstreamInfo:
         """Pin the upstream's era once: the handshake era when it accepts ``initialize``
         (most transparent for every client), else the sessionless era via ``server/discover``."""
         if self.config.protocol == LATEST_MODERN_VERSION:
@@ -367,7 +403,7 @@ class UpstreamLink:
             log.info("upstream refused initialize; trying server/discover", upstream=self.name, error=exc.message)
             return await self._discover(disp)
 
-    async def _discover(self, disp: JSONRPCDispatcher[TransportContext]) -> UpstreamInfo:
+    async def _discover(self, disp: Channel) -> UpstreamInfo:
         result = await disp.send_raw_request(
             "server/discover", self._envelope(None),
             {"cancel_on_abandon": False, **self._modern_opts("server/discover", {}, {})},
@@ -384,7 +420,7 @@ class UpstreamLink:
             instructions=result.get("instructions"),
         )
 
-    async def _initialize(self, disp: JSONRPCDispatcher[TransportContext]) -> UpstreamInfo:
+    async def _initialize(self, disp: Channel) -> UpstreamInfo:
         requested = self.config.protocol if self.config.protocol.startswith("2025") else LATEST_HANDSHAKE_VERSION
         result = await disp.send_raw_request(
             "initialize",
@@ -407,7 +443,7 @@ class UpstreamLink:
         )
 
     @contextlib.asynccontextmanager
-    async def _connect(self) -> AsyncIterator[tuple[Any, Any]]:
+    async def _connect(self) -> AsyncIterator[Channel]:
         cfg = self.config
         if cfg.transport == "stdio":
             env = {k: os.environ[k] for k in cfg.env_passthrough if k in os.environ}
@@ -417,12 +453,14 @@ class UpstreamLink:
             )
             async with stdio_upstream(
                 params, upstream=self.name, max_message_bytes=self._max_message_bytes, errlog=sys.stderr
-            ) as streams:
-                yield repair_responses(streams, self.name)
+            ) as pipe:
+                disp = LineDispatcher(pipe.lines, pipe, upstream=self.name)
+                disp.on_close = partial(self._lost, disp)
+                yield disp
         elif cfg.sse:
             assert cfg.url is not None
             async with sse_client(cfg.url, headers=dict(cfg.headers), timeout=cfg.connect_timeout) as streams:
-                yield repair_responses(streams, self.name)
+                yield JSONRPCDispatcher(*repair_responses(streams, self.name)[:2])
         else:
             assert cfg.url is not None
             async with (
@@ -432,7 +470,7 @@ class UpstreamLink:
                     cfg.url, http_client=http, upstream=self.name, max_sse_event_size=self._max_message_bytes
                 ) as streams,
             ):
-                yield repair_responses(streams, self.name)
+                yield JSONRPCDispatcher(*repair_responses(streams, self.name)[:2])
 
 
 def _describe(exc: BaseException) -> str:

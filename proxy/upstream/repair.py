@@ -5,7 +5,9 @@ and the dispatcher cannot tell which request it answered: a response whose ``res
 list, ``null`` or a string would leave the caller waiting for the whole upstream timeout.
 :func:`repair_responses` wraps an upstream's read stream and turns such a malformed
 *response* (it has an ``id`` and a ``result`` or ``error``, and no ``method``) into a
-JSON-RPC error for that id at once. Anything else passes through untouched.
+JSON-RPC error for that id at once. Anything else passes through untouched. The stdio
+leg has no SDK transport in between: its correlator (``proxy.wire.dispatch``) asks
+:func:`describe_malformed` about the decoded line itself, so both legs word a fault alike.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pydantic import ValidationError
 
 log = structlog.get_logger("securegateway.upstream")
 
-__all__ = ["repair_responses"]
+__all__ = ["describe_malformed", "malformed_response", "repair_responses"]
 
 
 def _json_type(value: Any) -> str:
@@ -37,29 +39,45 @@ def _json_type(value: Any) -> str:
     return "object"
 
 
+def describe_malformed(raw: Any, upstream: str) -> tuple[int | str, str] | None:
+    """The id and the error text for a raw *response* no JSON-RPC parser accepts (None if it is not one).
+
+    The one description of a malformed answer, shared by both legs: the SDK's transports
+    (HTTP, legacy SSE) reach it through :func:`malformed_response`, the stdio correlator
+    (``proxy.wire.dispatch``) calls it with the decoded line."""
+    if not isinstance(raw, Mapping) or "method" in raw:
+        return None
+    request_id = raw.get("id")
+    if isinstance(request_id, bool) or not isinstance(request_id, int | str):
+        return None
+    if "result" in raw and "error" in raw:
+        message = f"upstream `{upstream}` answered with both a result and an error"
+    elif "result" in raw:
+        if isinstance(raw["result"], Mapping) and raw.get("jsonrpc") != "2.0":
+            message = f"upstream `{upstream}` answered without `\"jsonrpc\": \"2.0\"`"
+        else:
+            message = (
+                f"upstream `{upstream}` answered with a non-object result ({_json_type(raw['result'])}); "
+                "a JSON-RPC result must be an object"
+            )
+    elif "error" in raw:
+        message = f"upstream `{upstream}` answered with a malformed error object"
+    else:
+        return None
+    log.warning("malformed upstream response", upstream=upstream, request_id=request_id)
+    return request_id, message
+
+
 def malformed_response(exc: BaseException, upstream: str) -> SessionMessage | None:
     """The error to deliver for a response that failed validation, or None if it was not one."""
     if not isinstance(exc, ValidationError):
         return None
     for problem in exc.errors():
-        raw = problem.get("input")
-        if not isinstance(raw, Mapping) or "method" in raw:
-            continue
-        request_id = raw.get("id")
-        if isinstance(request_id, bool) or not isinstance(request_id, int | str):
-            continue
-        if "result" in raw:
-            message = (
-                f"upstream `{upstream}` answered with a non-object result ({_json_type(raw['result'])}); "
-                "a JSON-RPC result must be an object"
-            )
-        elif "error" in raw:
-            message = f"upstream `{upstream}` answered with a malformed error object"
-        else:
-            continue
-        log.warning("malformed upstream response", upstream=upstream, request_id=request_id)
-        error = JSONRPCError(jsonrpc="2.0", id=request_id, error=ErrorData(code=INTERNAL_ERROR, message=message))
-        return SessionMessage(error)
+        found = describe_malformed(problem.get("input"), upstream)
+        if found is not None:
+            request_id, message = found
+            error = JSONRPCError(jsonrpc="2.0", id=request_id, error=ErrorData(code=INTERNAL_ERROR, message=message))
+            return SessionMessage(error)
     return None
 
 

@@ -42,8 +42,9 @@ class Wire:
 
     async def reply(self) -> dict[str, Any]:
         assert self.proc.stdout is not None
-        while b"\n" not in self._buf:
-            self._buf += await self.proc.stdout.receive()
+        with anyio.fail_after(60):  # each reply bounded, not the whole session (fixtures outlive a scope)
+            while b"\n" not in self._buf:
+                self._buf += await self.proc.stdout.receive()
         line, _, self._buf = self._buf.partition(b"\n")
         return dict(json.loads(line))
 
@@ -63,10 +64,9 @@ async def stdio_gateway(tmp_path: Path, gateway: str = "") -> AsyncIterator[Wire
                                         stderr=None) as proc:
         wire = Wire(proc)
         try:
-            with anyio.fail_after(60):
-                await wire.send(INIT, INITIALIZED)
-                assert "result" in await wire.reply()
-                yield wire
+            await wire.send(INIT, INITIALIZED)
+            assert "result" in await wire.reply()
+            yield wire
         finally:
             proc.kill()
 
