@@ -94,7 +94,8 @@ class Gateway:
                         lane=self._open_lane if self.config.fast_lane else None,
                     )
                 else:
-                    app = http_app(self.server, self.config, listen, self._authenticate)
+                    app = http_app(self.server, self.config, listen, self._authenticate,
+                                   relay=self._relay if self.config.fast_lane else None)
                     await tg.start(serve_http, app, listen)
                     task_status.started()
                     await anyio.sleep_forever()

@@ -67,10 +67,19 @@ PING_INTERVAL: Final = 15.0
 """Seconds a request may run silent before its reply commits to SSE and starts pinging."""
 
 _PING: Final = b": ping\r\n\r\n"
+TRANSPORT_SCOPE_KEY: Final = "securegateway.transport"
+"""Where a session's transport leaves itself in its ``initialize`` request's ASGI scope."""
 
 
 class ExchangeTransport(StreamableHTTPServerTransport):
     """The SDK's session transport, replying to each POSTed request with JSON or SSE as needed."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.connection: Any = None
+        """The SDK connection ``initialize`` opened (set by ``proxy.front.lane.bind_connection``)."""
+        self.lane_calls: dict[Any, anyio.CancelScope] = {}
+        """Calls the HTTP fast lane is serving on this session, by ``(type name, id)``."""
 
     async def _handle_post_request(self, scope: Scope, request: Request, receive: Receive, send: Send) -> None:
         writer = self._read_stream_writer
@@ -108,6 +117,7 @@ class ExchangeTransport(StreamableHTTPServerTransport):
             return
 
         if isinstance(message, JSONRPCRequest) and message.method == "initialize":
+            scope[TRANSPORT_SCOPE_KEY] = self  # so that the fast lane learns this session's connection
             presented = self._get_session_id(request)
             if self.mcp_session_id and presented and presented != self.mcp_session_id:
                 await self._error("Not Found: Invalid or expired session ID", HTTPStatus.NOT_FOUND,

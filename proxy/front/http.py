@@ -5,7 +5,9 @@ against DNS rebinding, a request-size limit, and model-key authentication
 (``Authorization: Bearer`` or ``X-Model-Key``) answered with 401 before any MCP
 processing. Sessions run on ``ExchangeTransport`` (a JSON body per reply unless the
 exchange needs a stream); sessionless 2026-era requests take the SDK's single-exchange
-path, which already answers JSON unless a notification comes first.
+path, which already answers JSON unless a notification comes first. In front of them all,
+the fast lane (``proxy.front.lane``) answers ``tools/call`` and ``tools/list`` of initialised
+sessions itself and hands everything else to the SDK path.
 
 The server under it is uvicorn on its httptools parser when that is installed (measured
 faster than h11 for the gateway's small requests; see bench/README.md).
@@ -34,6 +36,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.config import GatewayConfig, ListenSpec
 from proxy.front.exchange import ExchangeSessionManager
+from proxy.front.lane import HttpLane, bind_connection
+from proxy.relay import Relay
 
 log = structlog.get_logger("securegateway.front")
 
@@ -92,7 +96,11 @@ class ModelKeyAuth:
         await self.app(scope, receive, send)
 
 
-def http_app(server: Server[Any], config: GatewayConfig, listen: ListenSpec, authenticate: Authenticate) -> Starlette:
+def http_app(
+    server: Server[Any], config: GatewayConfig, listen: ListenSpec, authenticate: Authenticate, *,
+    relay: Relay | None = None,
+) -> Starlette:
+    """The front's ASGI app; with ``relay``, hot requests of initialised sessions take the fast lane."""
     manager = ExchangeSessionManager(
         app=server,
         security_settings=security_settings(config, listen),
@@ -111,7 +119,12 @@ def http_app(server: Server[Any], config: GatewayConfig, listen: ListenSpec, aut
             with contextlib.suppress(Exception):
                 await transport.terminate()
 
-    endpoint = ModelKeyAuth(StreamableHTTPASGIApp(manager), authenticate)
+    sdk: ASGIApp = StreamableHTTPASGIApp(manager)
+    if relay is not None:
+        if bind_connection not in server.middleware:
+            server.middleware.insert(0, bind_connection)  # outermost: sees every initialize's connection
+        sdk = HttpLane(sdk, manager, relay, config.max_message_bytes)
+    endpoint = ModelKeyAuth(sdk, authenticate)
     app = Starlette(routes=[Route(listen.path, endpoint=endpoint)], lifespan=lifespan)
     app.state.close_sessions = close_sessions
     return app

@@ -15,6 +15,11 @@ unfinished event stream reads what is left for a few milliseconds, and the conne
 back to the pool when the server ends the stream in time (it does, right after the answer).
 A stream that is still open after the budget (a cancelled call, the standalone GET stream) is
 closed as before, so the server still sees the disconnect.
+
+Request POSTs of the lean transport (:mod:`proxy.upstream.http_lean`) go over the same
+pool's ``aiohttp`` half: one ``aiohttp.ClientSession`` per event loop (no cookie jar of its
+own: each link's httpx jar is read and fed per request), over a connector with no
+connection cap that keeps idle connections alive, closed with the pool.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import contextlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
+import aiohttp
 import anyio
 import anyio.lowlevel
 import httpx2
@@ -32,6 +38,11 @@ DRAIN_SECONDS = 0.05
 DRAIN_BYTES = 256 * 1024
 KEEPALIVE_CONNECTIONS = 64
 """Idle connections the shared pool keeps open (the rest close when they go idle)."""
+KEEPALIVE_SECONDS = 1.5
+"""How long an idle connection of the lean (aiohttp) half is reused. Shorter than the servers'
+own keep-alive timeouts (uvicorn, hypercorn, Node: 5 s; gunicorn: 2 s), so that the gateway,
+not the server, retires an idle connection: a server that closes one just as a request is
+written on it would fail that request (a POST is not retried: it may have been applied)."""
 
 
 class _DrainOnClose(httpx2.AsyncByteStream):
@@ -95,6 +106,22 @@ class _Borrowed(httpx2.AsyncBaseTransport):
 class _Shared:
     transport: DrainingTransport = field(default_factory=DrainingTransport)
     users: int = 0
+    _lean: aiohttp.ClientSession | None = None
+
+    def lean(self) -> aiohttp.ClientSession:
+        if self._lean is None:
+            connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=KEEPALIVE_SECONDS)
+            self._lean = aiohttp.ClientSession(
+                connector=connector, cookie_jar=aiohttp.DummyCookieJar(),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=MCP_DEFAULT_TIMEOUT,
+                                              sock_read=MCP_DEFAULT_SSE_READ_TIMEOUT),
+            )
+        return self._lean
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
+        if self._lean is not None:
+            await self._lean.close()
 
 
 _POOLS: dict[anyio.lowlevel.EventLoopToken, _Shared] = {}
@@ -117,7 +144,7 @@ async def shared_pool() -> AsyncIterator[DrainingTransport]:
             if _POOLS.get(token) is shared:
                 del _POOLS[token]
             with anyio.CancelScope(shield=True):
-                await shared.transport.aclose()
+                await shared.aclose()
 
 
 @contextlib.asynccontextmanager
@@ -132,6 +159,18 @@ async def upstream_http_client(headers: Mapping[str, str]) -> AsyncIterator[http
         ) as client,
     ):
         yield client
+
+
+@contextlib.asynccontextmanager
+async def lean_session() -> AsyncIterator[aiohttp.ClientSession]:
+    """The shared pool's aiohttp session. Inside ``upstream_http_client`` (as every link uses it)
+    the pool is already held and is not counted again; outside it, the block holds it."""
+    shared = _POOLS.get(anyio.lowlevel.current_token())
+    if shared is not None and shared.users:
+        yield shared.lean()
+        return
+    async with shared_pool():
+        yield _POOLS[anyio.lowlevel.current_token()].lean()
 
 
 def shared_pool_users() -> int:

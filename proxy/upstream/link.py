@@ -31,7 +31,6 @@ import anyio.abc
 import structlog
 from mcp import MCPError, StdioServerParameters
 from mcp.client.sse import sse_client
-from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.dispatcher import CallOptions, ProgressFnT
 from mcp.shared.inbound import (
     MCP_METHOD_HEADER,
@@ -56,6 +55,7 @@ from mcp_types import (
 from mcp_types.version import LATEST_HANDSHAKE_VERSION, LATEST_MODERN_VERSION
 
 from proxy.config import UpstreamConfig
+from proxy.upstream.http_lean import lean_streamable_http_client  # HTTP front helper: the lean client
 from proxy.upstream.http_pool import upstream_http_client
 from proxy.upstream.repair import repair_responses
 from proxy.wire.dispatch import LineDispatcher, NotDelivered, OnNotify, OnRequest
@@ -472,8 +472,9 @@ class UpstreamLink:
             assert cfg.url is not None
             async with (
                 upstream_http_client(cfg.headers) as http,
-                streamable_http_client(
-                    cfg.url, http_client=http, max_sse_event_size=self._max_message_bytes
+                # the SDK's streamable_http_client with lean request POSTs (proxy/upstream/http_lean.py)
+                lean_streamable_http_client(
+                    cfg.url, http_client=http, upstream=self.name, max_sse_event_size=self._max_message_bytes
                 ) as streams,
             ):
                 yield JSONRPCDispatcher(*repair_responses(streams, self.name)[:2])
