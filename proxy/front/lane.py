@@ -50,7 +50,7 @@ from proxy.front import exchange
 from proxy.front.exchange import TRANSPORT_SCOPE_KEY
 from proxy.relay import IN_FLIGHT_KEY, SESSION_KEY, Relay, connection_of
 from proxy.wire import codec
-from proxy.wire.lane import METHODS, _plain_request
+from proxy.wire.lane import METHODS, enveloped, plain_request
 
 if TYPE_CHECKING:
     from proxy.front.exchange import ExchangeSessionManager, ExchangeTransport
@@ -125,7 +125,8 @@ class HttpLane:
             await self._app(scope, replay, send)
             _cancel(transport, message.get("params"))
             return
-        if method not in METHODS or not _plain_request(message):
+        if method not in METHODS or not plain_request(message) or enveloped(message.get("params")):
+            # a 2026 envelope on a session is the SDK's to judge (this lane serves 2025-era sessions)
             await self._app(scope, replay, send)
             return
         await self._serve(transport, message, accepts, send)

@@ -49,7 +49,7 @@ from proxy.session import DownstreamSession
 from proxy.wire import codec
 from proxy.wire.framing import LineWriter
 
-__all__ = ["FastLane"]
+__all__ = ["METHODS", "FastLane", "enveloped", "plain_request"]
 
 log = structlog.get_logger("securegateway.wire")
 
@@ -83,7 +83,7 @@ class FastLane:
         if method == "notifications/cancelled":
             self._cancel(message.get("params"))
             return False  # the SDK still sees it (it may name one of its own requests)
-        if method not in METHODS or not _plain_request(message):
+        if method not in METHODS or not plain_request(message):
             return False
         route = self._route(message)
         if route is None:
@@ -104,7 +104,7 @@ class FastLane:
 
     def _route(self, message: dict[str, Any]) -> tuple[DownstreamSession, set[Any], bool] | None:
         """``(session, ids held, 2026?)`` for a request this stream's era lets the lane serve."""
-        if _enveloped(message.get("params")):
+        if enveloped(message.get("params")):
             session = self._modern
             if session is None or isinstance(classify_inbound_request(message), InboundLadderRejection):
                 return None  # the SDK decides the era, and answers an envelope it refuses
@@ -182,12 +182,12 @@ def _error_data(exc: Exception, method: str, modern: bool) -> ErrorData:
     return error
 
 
-def _enveloped(params: Any) -> bool:
+def enveloped(params: Any) -> bool:
     meta = params.get("_meta") if isinstance(params, dict) else None
     return isinstance(meta, Mapping) and PROTOCOL_VERSION_META_KEY in meta
 
 
-def _plain_request(message: dict[str, Any]) -> bool:
+def plain_request(message: dict[str, Any]) -> bool:
     """A request the SDK would accept as is (its envelope, if any, is checked per era)."""
     request_id = message.get("id")
     if isinstance(request_id, bool) or not isinstance(request_id, int | str):
