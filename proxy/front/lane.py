@@ -50,7 +50,7 @@ from proxy.front import exchange
 from proxy.front.exchange import TRANSPORT_SCOPE_KEY
 from proxy.relay import IN_FLIGHT_KEY, SESSION_KEY, Relay, connection_of
 from proxy.wire import codec
-from proxy.wire.lane import METHODS, enveloped, plain_request
+from proxy.wire.lane import METHODS, answer, enveloped, plain_request, progress_line
 
 if TYPE_CHECKING:
     from proxy.front.exchange import ExchangeSessionManager, ExchangeTransport
@@ -239,13 +239,7 @@ class HttpLane:
         async def relay_progress(progress: float, total: float | None, message: str | None) -> None:
             if answered or scope.cancel_called:
                 return
-            note: dict[str, Any] = {"progressToken": token, "progress": progress}
-            if total is not None:
-                note["total"] = total
-            if message is not None:
-                note["message"] = message
-            out.send_nowait((False, codec.encode({"jsonrpc": "2.0", "method": "notifications/progress",
-                                                  "params": note})))
+            out.send_nowait((False, progress_line(token, progress, total, message)))
 
         async def run() -> None:
             nonlocal answered
@@ -253,12 +247,8 @@ class HttpLane:
             try:
                 with scope:
                     try:
-                        if method == "tools/call":
-                            result = await self._relay.call_tool(
-                                session, params, relay_progress if token is not None else None
-                            )
-                        else:
-                            result = await self._relay.list_items(session, method, params)
+                        result = await answer(self._relay, session, method, params,
+                                              relay_progress if token is not None else None)
                         reply = codec.encode_result(request_id, result)
                     except Exception as exc:  # the wire boundary, as the SDK dispatcher's
                         error = handler_exception_to_error_data(exc)

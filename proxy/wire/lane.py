@@ -49,7 +49,7 @@ from proxy.session import DownstreamSession
 from proxy.wire import codec
 from proxy.wire.framing import LineWriter
 
-__all__ = ["METHODS", "FastLane", "enveloped", "plain_request"]
+__all__ = ["METHODS", "FastLane", "answer", "enveloped", "plain_request", "progress_line"]
 
 log = structlog.get_logger("securegateway.wire")
 
@@ -139,24 +139,14 @@ class FastLane:
         async def relay_progress(progress: float, total: float | None, message: str | None) -> None:
             if answered or scope.cancel_called:
                 return
-            note: dict[str, Any] = {"progressToken": token, "progress": progress}
-            if total is not None:
-                note["total"] = total
-            if message is not None:
-                note["message"] = message
-            await self._writer.send(codec.encode({"jsonrpc": "2.0", "method": "notifications/progress",
-                                                  "params": note}))
+            await self._writer.send(progress_line(token, progress, total, message))
 
         reply: bytes | None = None
         try:
             with scope:
                 try:
-                    if method == "tools/call":
-                        result = await self._relay.call_tool(
-                            session, params, relay_progress if token is not None else None
-                        )
-                    else:
-                        result = await self._relay.list_items(session, method, params)
+                    result = await answer(self._relay, session, method, params,
+                                          relay_progress if token is not None else None)
                     if modern:
                         result = self._relay.for_modern(session, method, result)
                     reply = codec.encode_result(request_id, result)
@@ -180,6 +170,23 @@ def _error_data(exc: Exception, method: str, modern: bool) -> ErrorData:
         log.exception("fast-lane handler raised", method=method)
         error = ErrorData(code=0, message=str(exc))
     return error
+
+
+async def answer(relay: Relay, session: Any, method: str, params: dict[str, Any], progress: Any) -> Any:
+    """The relay's result for one hot request (``tools/call`` with its progress callback, or a list)."""
+    if method == "tools/call":
+        return await relay.call_tool(session, params, progress)
+    return await relay.list_items(session, method, params)
+
+
+def progress_line(token: Any, progress: float, total: float | None, message: str | None) -> bytes:
+    """One ``notifications/progress`` for ``token``, encoded."""
+    note: dict[str, Any] = {"progressToken": token, "progress": progress}
+    if total is not None:
+        note["total"] = total
+    if message is not None:
+        note["message"] = message
+    return codec.encode({"jsonrpc": "2.0", "method": "notifications/progress", "params": note})
 
 
 def enveloped(params: Any) -> bool:
