@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_gateway import MODEL, MODEL_KEYS_YAML, policy_yaml
 
 from policy import CallRequest, SessionRisk, evaluate, load_model_keys_text, load_policy_text
-from policy.audit.event import decision_event
+from policy.audit.decision import decision_event
 from policy.audit.log import JsonlAuditLog
 
 SCHEMA = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}

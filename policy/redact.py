@@ -28,7 +28,7 @@ A value masked by key name may also be quoted elsewhere in the same record (a sc
 violation message, a reason template, another argument). :class:`Redacted` keeps those
 values (``hidden``, never printed) and :func:`scrub` removes them, in their quoted,
 escaped, whitespace-collapsed and truncated forms, from any other value; see
-``policy.audit.event.decision_event``. :func:`redact_text` is the same for free text
+``policy.audit.decision.decision_event``. :func:`redact_text` is the same for free text
 (proposal justifications, reviewer comments).
 """
 

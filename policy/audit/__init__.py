@@ -1,21 +1,22 @@
 """The audit log's public surface, in one import.
 
-The pieces live in five modules, one concept each: ``event`` (the versioned envelope,
-the builders, the hash), ``log`` (the ``AuditSink`` seam and the embedded JSONL writer),
-``head`` (the log's files, the head sidecar and the tail scan), ``checkpoint`` (signed
-checkpoints and their sinks) and ``verify`` (verification and lookup). docs/audit.md is the format reference.
+The pieces live in six modules, one concept each: ``event`` (the versioned envelope,
+the builders, the hash), ``decision`` (the decision event of one call), ``log`` (the
+``AuditSink`` seam and the embedded JSONL writer), ``head`` (the log's files, the head sidecar
+and the tail scan), ``checkpoint`` (signed checkpoints and their sinks) and ``verify``
+(verification and lookup). docs/audit.md is the format reference.
 """
 
 from __future__ import annotations
 
 from policy.audit.checkpoint import Checkpoint, CheckpointFile, CheckpointSink, read_checkpoint_file
+from policy.audit.decision import decision_event
 from policy.audit.event import (
     DECISION_FIELDS,
     EVENT_TYPES,
     GENESIS_HASH,
     SCHEMA,
     AuditError,
-    decision_event,
     event,
     redacted_payload,
 )

@@ -32,16 +32,11 @@ from typing import Any
 import orjson
 
 from policy.redact import (
-    MAX_DEPTH,
     collect_strings,
-    digest,
-    is_sensitive_key,
     mask_text,
     redact,
     scrub,
-    scrub_all,
     strings_contain_secret,
-    strings_contain_secret_memo,
 )
 
 __all__ = [
@@ -54,7 +49,6 @@ __all__ = [
     "PlainEvent",
     "canonical_bytes",
     "canonical_event",
-    "decision_event",
     "envelope_problem",
     "event",
     "event_hash",
@@ -389,255 +383,13 @@ def scrub_event(body: dict[str, Any], strings: list[str] | None = None) -> dict[
     return out
 
 
-MAX_STRING_BYTES = 16384
-"""Longer argument strings are stored as a length and digest only (``arguments_digest`` still
-covers the original): an audit line should not copy a multi-megabyte payload."""
-
-
-def clip_strings(value: Any, limit: int, depth: int = 0) -> Any:
-    """``value`` with every string longer than ``limit`` characters replaced by a marker."""
-    if isinstance(value, str):
-        if len(value) <= limit:
-            return value
-        return f"[clipped: {len(value)} chars, {digest(value)}]"
-    if depth > 64:
-        return value
-    if isinstance(value, Mapping):
-        return {k: clip_strings(v, limit, depth + 1) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [clip_strings(v, limit, depth + 1) for v in value]
-    return value
-
-
-
 class PlainEvent(dict[str, Any]):
     """An event whose builder made it plain JSON data, with every number spelt as ``repr``
     spells it without an exponent, and found no secret in any of its strings.
 
     The log writes it without walking it again (no normalisation, no secret scan, no float
-    check). Only the builders in this module make one; nothing may change it afterwards.
+    check). Only the builders of this package make one (policy.audit.decision); nothing may change
+    it afterwards.
     """
 
     __slots__ = ()
-
-
-class _NotClean(Exception):
-    """Raised by :func:`_clean` where the fast path of :func:`decision_event` does not apply."""
-
-
-def _tame(number: float) -> bool:
-    """Whether ``repr(number)`` has no exponent (and orjson spells it the same): see canonical_bytes."""
-    return number == 0.0 or 1e-4 <= abs(number) < 1e16
-
-
-def _clean(value: Any, strings: list[str], limit: int | None, redacting: bool, depth: int = 0) -> Any:
-    """A plain copy of ``value``, clipped like :func:`clip_strings`, every string and key appended to
-    ``strings``; raises :class:`_NotClean` wherever :func:`policy.redact.redact` could replace
-    something for a reason other than a secret in a string (a sensitive key name when
-    ``redacting``, a non-finite float, too deep a nesting, a key or value with no JSON form),
-    and for a float outside :func:`_tame`. What it returns is then what ``redact`` would return
-    whenever none of ``strings`` holds a secret."""
-    kind = type(value)
-    if kind is str:
-        if limit is not None and len(value) > limit:
-            value = f"[clipped: {len(value)} chars, {digest(value)}]"
-        strings.append(value)
-        return value
-    if value is None or kind is bool or kind is int:
-        return value
-    if kind is dict or kind is list:  # the usual containers, without an ABC check per node
-        if depth >= MAX_DEPTH:
-            raise _NotClean
-        if kind is list:
-            items: list[Any] = []
-            for item in value:
-                if type(item) is str and (limit is None or len(item) <= limit):
-                    strings.append(item)
-                    items.append(item)
-                else:
-                    items.append(_clean(item, strings, limit, redacting, depth + 1))
-            return items
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            if type(key) is not str or (redacting and is_sensitive_key(key)):
-                raise _NotClean
-            strings.append(key)
-            item_kind = type(item)
-            if item_kind is str and (limit is None or len(item) <= limit):
-                strings.append(item)
-                out[key] = item
-            elif item is None or item_kind is bool or item_kind is int:
-                out[key] = item
-            else:
-                out[key] = _clean(item, strings, limit, redacting, depth + 1)
-        return out
-    if isinstance(value, str):
-        if limit is not None and len(value) > limit:
-            value = f"[clipped: {len(value)} chars, {digest(value)}]"
-        strings.append(value)
-        return value
-    if isinstance(value, bool | int):
-        return value
-    if isinstance(value, float):
-        if _tame(value):
-            return value
-        raise _NotClean
-    if isinstance(value, Mapping):
-        return _clean(dict(value), strings, limit, redacting, depth)
-    if isinstance(value, tuple | list):
-        return _clean(list(value), strings, limit, redacting, depth)
-    raise _NotClean
-
-
-def decision_event(
-    *,
-    decision: Mapping[str, Any],
-    session_id: str | None,
-    server: str,
-    tool: str,
-    arguments: Any,
-    latency_ms: float,
-    policy_version: int | None,
-    request: Mapping[str, Any] | None = None,
-    max_string_bytes: int = MAX_STRING_BYTES,
-) -> dict[str, Any]:
-    """The ``decision`` event for one tools/call, allowed or denied.
-
-    ``arguments`` are stored redacted, with the digest of the original; the decision (a
-    ``Decision.to_dict()``, reasoning and trace included) has secret-shaped text masked too,
-    because reasons may quote argument values. ``request``, when given, is recorded redacted
-    (without a second copy of the arguments) and may supply ``model``, ``decision_id`` and
-    ``policy_digest`` when the decision lacks them.
-
-    The usual event holds no secret: one walk copies and clips the arguments and the request
-    and collects every string of the event, one scan of them all finds nothing, and the event
-    is a :class:`PlainEvent`, equal to what the full redaction below would build (tested).
-    Anything else (a secret, a sensitive key, an odd value) takes the full path.
-    """
-    extra = dict(request or {})
-    extra.pop("arguments", None)
-    strings: list[str] = []
-    try:
-        arguments_value = _clean(arguments, strings, max_string_bytes, True)
-        request_value = _clean(extra, strings, max_string_bytes, True) if extra else None
-        decision_value = _clean(decision, strings, None, False)
-        payload = _decision_payload(decision, extra, session_id, server, tool, arguments, latency_ms,
-                                    policy_version, arguments_value, decision_value, request_value, [])
-        for name in ("decision_id", "model", "session", "server", "tool", "policy_digest"):
-            item = payload[name]
-            if isinstance(item, str):
-                strings.append(item)
-            elif item is not None:
-                raise _NotClean
-        if not (policy_version is None or type(policy_version) is int) or not isinstance(latency_ms, int | float):
-            raise _NotClean
-        if isinstance(latency_ms, float) and not _tame(latency_ms):
-            raise _NotClean
-        if not strings_contain_secret_memo(strings):
-            return PlainEvent({"schema": SCHEMA, "event_id": new_event_id(), "type": "decision", **payload})
-    except _NotClean:
-        pass
-    return redacted_decision_event(
-        decision=decision, session_id=session_id, server=server, tool=tool, arguments=arguments,
-        latency_ms=latency_ms, policy_version=policy_version, request=request, max_string_bytes=max_string_bytes,
-    )
-
-
-def _decision_payload(
-    decision: Mapping[str, Any], extra: Mapping[str, Any], session_id: str | None, server: str, tool: str,
-    arguments: Any, latency_ms: float, policy_version: int | None, arguments_value: Any, decision_value: Any,
-    request_value: Any, masked: list[str],
-) -> dict[str, Any]:
-    payload: dict[str, Any] = {
-        "decision_id": decision.get("decision_id") or extra.get("decision_id") or new_event_id(),
-        "model": decision.get("model") or extra.get("model"),
-        "session": session_id,
-        "server": server,
-        "tool": tool,
-        "arguments": arguments_value,
-        "arguments_digest": _plain_digest(arguments),
-        "masked": masked,
-        "decision": decision_value,
-        "policy_digest": decision.get("policy_digest") or extra.get("policy_digest"),
-        "policy_version": policy_version,
-        "latency_ms": latency_ms,
-    }
-    if extra:
-        payload["request"] = request_value
-    return payload
-
-
-def _plain_digest(arguments: Any) -> str:
-    """:func:`policy.redact.digest` of ``arguments`` that :func:`_clean` accepted (plain, string keys,
-    tame floats), where orjson's sorted UTF-8 is the very text ``digest`` hashes (property-tested);
-    a lone surrogate, which orjson refuses, goes to ``digest`` itself."""
-    try:
-        return "sha256:" + hashlib.sha256(orjson.dumps(arguments, option=_ORJSON_OPTIONS)).hexdigest()
-    except TypeError:
-        return digest(arguments)
-
-
-def redacted_decision_event(
-    *,
-    decision: Mapping[str, Any],
-    session_id: str | None,
-    server: str,
-    tool: str,
-    arguments: Any,
-    latency_ms: float,
-    policy_version: int | None,
-    request: Mapping[str, Any] | None = None,
-    max_string_bytes: int = MAX_STRING_BYTES,
-) -> dict[str, Any]:
-    """:func:`decision_event` by the full redaction of each part: what it builds when the event
-    may hold a secret (and the reference its fast path is tested against)."""
-    extra = dict(request or {})
-    extra.pop("arguments", None)
-    arguments_view = redact(clip_strings(arguments, max_string_bytes), root="arguments")
-    request_view = redact(clip_strings(extra, max_string_bytes), root="request") if extra else None
-    masked = list(arguments_view.masked_paths)
-    hidden = arguments_view.hidden + (request_view.hidden if request_view else ())
-    arguments_value: Any = arguments_view.value
-    decision_value: Any = dict(decision)
-    if masked or strings_contain_secret(collect_strings(decision_value, [])):
-        # One scan of the whole decision is cheap; walking it string by string is not, so
-        # that is done only when something in it (or in the arguments) needs masking.
-        decision_view = redact(decision_value, root="decision", sensitive_keys=frozenset())
-        decision_value = decision_view.value
-        masked.extend(decision_view.masked_paths)
-    request_value: Any = request_view.value if request_view is not None else None
-    if hidden:
-        # A value masked by key name (an Authorization header) is quoted again by a schema
-        # violation message, a reason template or a risk factor: hide it there too. The
-        # decision goes first: it is small, and the most likely to quote.
-        parts = {"decision": decision_value, "arguments": arguments_value}
-        if request_view is not None:
-            parts["request"] = request_value
-        scrubbed = scrub_all(parts, hidden)
-        decision_value, arguments_value = scrubbed["decision"].value, scrubbed["arguments"].value
-        masked.extend(scrubbed["decision"].masked_paths + scrubbed["arguments"].masked_paths)
-        if "request" in scrubbed:
-            request_value = scrubbed["request"].value
-            masked.extend(scrubbed["request"].masked_paths)
-    payload: dict[str, Any] = {
-        "decision_id": decision.get("decision_id") or extra.get("decision_id") or new_event_id(),
-        "model": decision.get("model") or extra.get("model"),
-        "session": session_id,
-        "server": server,
-        "tool": tool,
-        "arguments": arguments_value,
-        "arguments_digest": digest(arguments),
-        "masked": masked,
-        "decision": decision_value,
-        "policy_digest": decision.get("policy_digest") or extra.get("policy_digest"),
-        "policy_version": policy_version,
-        "latency_ms": latency_ms,
-    }
-    if request_view is not None:
-        payload["request"] = request_value
-        masked.extend(request_view.masked_paths)
-    payload["masked"] = list(dict.fromkeys(masked))
-    # The pieces are plain already (redact's output, the decision's dict); the log normalises
-    # whatever it is given anyway, so no second jsonable walk here.
-    return {"schema": SCHEMA, "event_id": new_event_id(), "type": "decision", **payload}
-

@@ -31,7 +31,8 @@ import structlog
 from negotiation.errors import SigningError
 from negotiation.signing import HmacSigner, HmacVerifier, Signer, Verifier, load_signing
 from policy.audit.checkpoint import Checkpoint, CheckpointFile, CheckpointSink
-from policy.audit.event import AuditError, decision_event, event
+from policy.audit.decision import decision_event
+from policy.audit.event import AuditError, event
 from policy.audit.log import JsonlAuditLog
 from proxy.config import AUDIT_DURABILITY, GatewayConfig
 from proxy.errors import ConfigError

@@ -12,7 +12,7 @@ import pytest
 from negotiation.errors import MergeConflictError
 from negotiation.impact import proposal_impact, recent_decisions, replay
 from policy import CallRequest, evaluate, load_policy_text
-from policy.audit.event import decision_event
+from policy.audit.decision import decision_event
 from policy.audit.log import JsonlAuditLog
 from tests.negotiation.support import NOW, Clock, make_world
 

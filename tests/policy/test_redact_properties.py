@@ -19,7 +19,8 @@ from urllib.parse import quote, quote_plus
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from policy.audit.event import decision_event, event
+from policy.audit.decision import decision_event
+from policy.audit.event import event
 from policy.audit.log import JsonlAuditLog
 from policy.detect.secrets import SECRET_KINDS
 from policy.redact import mask_text, redact_text

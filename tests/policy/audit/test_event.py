@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from policy.audit.decision import decision_event
 from policy.audit.event import (
     DECISION_FIELDS,
     GENESIS_HASH,
@@ -18,7 +19,6 @@ from policy.audit.event import (
     AuditError,
     canonical_bytes,
     canonical_event,
-    decision_event,
     envelope_problem,
     event,
     event_hash,
@@ -339,7 +339,8 @@ def _comparable(built: dict[str, Any]) -> dict[str, Any]:
 def test_decision_event_equals_the_full_redaction_of_every_part(
     arguments: dict[str, Any], reasoning: str, schema_keys: list[str], latency: float
 ) -> None:
-    from policy.audit.event import PlainEvent, redacted_decision_event
+    from policy.audit.decision import redacted_decision_event
+    from policy.audit.event import PlainEvent
 
     kwargs: dict[str, Any] = {
         "decision": make_decision(reasoning=[reasoning], risk_score=0.25),
@@ -375,7 +376,7 @@ def test_a_clean_decision_event_is_plain_and_a_secret_takes_the_full_path() -> N
 
 @given(arguments=st.dictionaries(_arg_keys, _arg_values | _odd_text | _wide_values, max_size=4))
 def test_the_digest_of_arguments_walked_clean_is_the_redact_digest(arguments: dict[str, Any]) -> None:
-    from policy.audit.event import _clean, _NotClean, _plain_digest
+    from policy.audit.decision import _clean, _NotClean, _plain_digest
 
     try:
         _clean(arguments, [], None, True)

@@ -360,7 +360,8 @@ def test_append_many_with_one_malformed_event_writes_nothing(tmp_path: Path) -> 
 # ---- one encoding: the bytes written are the bytes hashed; logs from before still verify -------------
 
 def test_a_decision_event_is_written_as_the_bytes_its_hash_covers(tmp_path: Path) -> None:
-    from policy.audit.event import PlainEvent, decision_event
+    from policy.audit.decision import decision_event
+    from policy.audit.event import PlainEvent
 
     built = decision_event(
         decision={"decision_id": "d-1", "allowed": True, "reason": "ok", "risk_score": 0.5, "reasoning": ["fine"]},

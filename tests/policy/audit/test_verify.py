@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policy.audit.event import decision_event, event, event_hash
+from policy.audit.decision import decision_event
+from policy.audit.event import event, event_hash
 from policy.audit.log import Head, JsonlAuditLog, head_path, log_files
 from policy.audit.verify import PROBLEMS, find_events, verify_log
 

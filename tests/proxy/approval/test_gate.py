@@ -15,7 +15,7 @@ import pytest
 
 from negotiation.approvals import ApprovalStatus, HandleSealer
 from policy import load_model_keys_text, load_policy_text
-from policy.audit.event import decision_event
+from policy.audit.decision import decision_event
 from proxy.approval import ApprovalDesk, ApprovalGate
 from proxy.enforce import Enforcer, PolicyView
 from proxy.intercept import ToolCall

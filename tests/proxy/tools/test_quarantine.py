@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from policy import load_model_keys_text, load_policy_text
-from policy.audit.event import decision_event
+from policy.audit.decision import decision_event
 from proxy.config import DetectorsConfig
 from proxy.enforce import PolicyView
 from proxy.intercept import ToolCall, ToolResult, compose
