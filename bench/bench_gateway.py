@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import platform
 import pstats
@@ -98,6 +99,8 @@ HTTP_CPU = Target("<=1.5 ms", lambda ms: ms <= 1.5)
 # The relay alone (no policy, no audit, no scanning): the message path itself.
 RELAY_P50 = Target("<=1.15x", lambda r: r <= 1.15)
 RELAY = "relay"  # the figures' key of the relay-alone side
+# ``--baseline DIR``: the same gateway configuration run from another checkout, in the same rounds.
+BASELINE = "gateway:baseline"
 
 
 # ---- the deployment under test -----------------------------------------------------------------
@@ -245,9 +248,11 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -
 
 
 @contextlib.contextmanager
-def spawned(argv: list[str], port: int, log: TextIO, env: dict[str, str] | None = None) -> Iterator[int]:
+def spawned(
+    argv: list[str], port: int, log: TextIO, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> Iterator[int]:
     """Run ``argv`` until the block ends (SIGTERM, then SIGKILL); yields its pid once ``port`` listens."""
-    proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
+    proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
     try:
         wait_port(port, proc)
         yield proc.pid
@@ -313,11 +318,13 @@ class Side:
 
 
 @contextlib.asynccontextmanager
-async def stdio_session(argv: list[str], log: TextIO, env: dict[str, str] | None = None) -> AsyncIterator[Any]:
+async def stdio_session(
+    argv: list[str], log: TextIO, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> AsyncIterator[Any]:
     from mcp import Client, StdioServerParameters
     from mcp.client.stdio import stdio_client
 
-    params = StdioServerParameters(command=argv[0], args=argv[1:], env=env, cwd=ROOT)
+    params = StdioServerParameters(command=argv[0], args=argv[1:], env=env, cwd=cwd)
     async with Client(stdio_client(params, errlog=log), mode="legacy") as client:
         yield client
 
@@ -451,7 +458,7 @@ def gateway_side(mode: str) -> str:
 
 async def bench_stdio(
     tmp: Path, counts: Counts, log: TextIO, progress: Callable[[str], None], modes: tuple[str, ...],
-    relay: bool = True,
+    relay: bool = True, baseline: Path | None = None,
 ) -> dict[str, Figures]:
     env = {"SECUREGATEWAY_MODEL_KEY": MODEL_KEY}
     configs = {mode: write_site(tmp / f"stdio-calls-{mode}", listen="stdio", upstream="stdio", durability=mode)
@@ -470,29 +477,42 @@ async def bench_stdio(
              lazy_pid(f"gateway with `{config}`", "proxy.cli", str(config)))
         for mode, config in configs.items()
     ]
+    if baseline is not None:
+        base_config = write_site(tmp / "stdio-baseline", listen="stdio", upstream="stdio", durability=modes[0])
+        sides.append(Side(BASELINE, f"{UPSTREAM}.echo",
+                          lambda: stdio_session(gateway_argv(base_config), log, env, cwd=baseline),
+                          lazy_pid(f"baseline gateway with `{base_config}`", "proxy.cli", str(base_config))))
     if relay:
         relay_config = write_site(tmp / "stdio-relay", listen="stdio", upstream="stdio")
         sides.append(Side(RELAY, f"{UPSTREAM}.echo", lambda: stdio_session(relay_argv(relay_config), log),
                           lazy_pid("relay-alone gateway", "bench.relay_only", str(relay_config))))
     figures = await measure(sides, counts, progress)
     progress("session starts")
-    await measure_starts([("direct", direct), (gateway_side(modes[0]), gateway(starts_config))], figures,
-                         counts.starts)
+    starters = [("direct", direct), (gateway_side(modes[0]), gateway(starts_config))]
+    if baseline is not None:
+        base_starts = write_site(tmp / "stdio-baseline-starts", listen="stdio", upstream="stdio")
+        starters.append((BASELINE, lambda: stdio_session(gateway_argv(base_starts), log, env, cwd=baseline)))
+    await measure_starts(starters, figures, counts.starts)
     for mode, config in configs.items():
         check_audited(config.parent, figures[gateway_side(mode)])
     return figures
 
 
 async def bench_http(
-    tmp: Path, counts: Counts, log: TextIO, progress: Callable[[str], None], modes: tuple[str, ...]
+    tmp: Path, counts: Counts, log: TextIO, progress: Callable[[str], None], modes: tuple[str, ...],
+    baseline: Path | None = None,
 ) -> dict[str, Figures]:
-    up_port, gw_port = free_port(), free_port()
+    up_port, gw_port, base_port = free_port(), free_port(), free_port()
     up_url, gw_url = f"http://127.0.0.1:{up_port}/mcp", f"http://127.0.0.1:{gw_port}/mcp"
+    base_url = f"http://127.0.0.1:{base_port}/mcp"
     config = write_site(tmp / "http", listen=gw_url, upstream=up_url, durability=modes[0])
-    with (
-        spawned(upstream_argv("--http", f"127.0.0.1:{up_port}"), up_port, log) as up_pid,
-        spawned(gateway_argv(config), gw_port, log) as gw_pid,
-    ):
+    base_config = write_site(tmp / "http-baseline", listen=base_url, upstream=up_url, durability=modes[0])
+    with contextlib.ExitStack() as processes:
+        up_pid = processes.enter_context(spawned(upstream_argv("--http", f"127.0.0.1:{up_port}"), up_port, log))
+        gw_pid = processes.enter_context(spawned(gateway_argv(config), gw_port, log))
+        base_pid = (processes.enter_context(spawned(gateway_argv(base_config), base_port, log, cwd=baseline))
+                    if baseline is not None else 0)
+
         def direct() -> contextlib.AbstractAsyncContextManager[Any]:
             return http_session(up_url)
 
@@ -503,9 +523,12 @@ async def bench_http(
             Side("direct", "echo", direct, lambda: up_pid),  # one upstream serves both sides
             Side("gateway", f"{UPSTREAM}.echo", gateway, lambda: gw_pid),
         ]
+        if baseline is not None:
+            sides.append(Side(BASELINE, f"{UPSTREAM}.echo", lambda: http_session(base_url, MODEL_KEY),
+                              lambda: base_pid))
         figures = await measure(sides, counts, progress)
         progress("session starts")
-        await measure_starts([("direct", direct), ("gateway", gateway)], figures, counts.starts)
+        await measure_starts([(side.name, side.connect) for side in sides], figures, counts.starts)
     check_audited(config.parent, figures["gateway"])
     return figures
 
@@ -534,10 +557,10 @@ Row = tuple[str, str, str, str, str, str]
 
 def rows_for(transport: str, figures: dict[str, Figures], side: str = "gateway") -> list[Row]:
     d, g = figures["direct"], figures[side]
+    http = transport == "http"
     if side != "gateway":
         transport = f"{transport} ({side.partition(':')[2]})"
     rows: list[Row] = []
-    http = transport == "http"
     p50, rate, cpu, mb = (HTTP_P50, HTTP_RATE, HTTP_CPU, None) if http else (P50, RATE, CPU, MB)
     p99, start = (None, None) if http else (P99, START)
 
@@ -652,10 +675,16 @@ def main() -> int:
     parser.add_argument("--profile-relay", action="store_true",
                         help="with --profile (stdio): profile the relay alone instead of the full gateway")
     parser.add_argument("--no-relay", action="store_true", help="leave the relay-alone side out of the stdio run")
+    parser.add_argument("--baseline", type=Path, metavar="DIR",
+                        help="also run the gateway from another checkout DIR (e.g. main) in the same rounds;"
+                             " its rows are labelled `(baseline)`")
     parser.add_argument("--durability", choices=(*DURABILITY, "both"), default=DURABILITY[0],
                         help="[audit] durability of the gateway; `both` runs one stdio gateway per mode, interleaved")
     args = parser.parse_args()
     modes = DURABILITY if args.durability == "both" else (args.durability,)
+    baseline = args.baseline.resolve() if args.baseline else None
+    if baseline is not None and not (baseline / "proxy" / "cli").is_dir():
+        parser.error(f"--baseline {args.baseline}: not a SecureGateway checkout (no proxy/cli/ in it)")
     counts = QUICK if args.quick else DEFAULT
     if args.rounds:
         counts = Counts(**{**counts.__dict__, "rounds": max(1, args.rounds)})
@@ -678,10 +707,12 @@ def main() -> int:
                 for transport, bench in (("stdio", bench_stdio), ("http", bench_http)):
                     if args.transport in (transport, "both"):
                         progress(f"{transport}: client -> upstream, direct and through the gateway")
-                        figures = anyio.run(bench, tmp, counts, log, progress, modes,
-                                            *((not args.no_relay,) if transport == "stdio" else ()))
+                        extra = {"baseline": baseline} | ({"relay": not args.no_relay} if transport == "stdio" else {})
+                        figures = anyio.run(functools.partial(bench, tmp, counts, log, progress, modes, **extra))
                         for mode in modes if transport == "stdio" else modes[:1]:
                             rows += rows_for(transport, figures, gateway_side(mode))
+                        if BASELINE in figures:
+                            rows += rows_for(transport, figures, BASELINE)
                         if RELAY in figures:
                             rows += relay_rows(transport, figures)
             except Exception:
