@@ -122,7 +122,8 @@ class Receipt:
 
     async def wait(self) -> None:
         """Return once the events are durable; raise ``AuditError`` if the sync failed."""
-        await self._done.wait()
+        if not self._done.is_set():  # settled already (the usual case by the time a reply is back): no loop turn
+            await self._done.wait()
         if self.error is not None:  # a fresh exception per waiter: many tasks share one failure
             code = self.error.code if isinstance(self.error, AuditError) else "write_failed"
             raise AuditError(code, str(self.error) or type(self.error).__name__)
@@ -170,6 +171,7 @@ class AuditWriter:
         self._yields = yields
         self._batch = Receipt()
         self._wake: anyio.Event | None = None
+        self._committed_at = 0.0  # loop clock of the last group commit (idle head signing)
         self.syncs = 0  # completed group commits, for tests and metrics
         self.sync_failures = 0
 
@@ -202,30 +204,40 @@ class AuditWriter:
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         self._wake = anyio.Event()
-        task_status.started()
-        try:
-            while True:
-                if self.sink.signing_lags:
-                    # Idle with a head its signature does not cover: sign it once the interval
-                    # has passed without another batch (a busy log signs as it syncs).
-                    with anyio.move_on_after(self.sink.head_sign_interval):
-                        await self._wake.wait()
-                    if not self._wake.is_set():
-                        self._sign_head()
-                        continue
-                await self._wake.wait()
-                # Let the writers run on first: their requests go upstream before the disk is
-                # waited for, and concurrent callers write into this batch meanwhile.
-                for _ in range(self._yields):
-                    await anyio.lowlevel.checkpoint()
-                batch, self._batch, self._wake = self._batch, Receipt(), anyio.Event()
-                await self._commit(batch)
-        finally:
-            wake, self._wake = self._wake, None
-            with anyio.CancelScope(shield=True):
-                if wake is not None and wake.is_set():
-                    await self._commit(self._batch)
-            self._batch = Receipt()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._sign_when_idle)
+            task_status.started()
+            try:
+                while True:
+                    await self._wake.wait()
+                    # Let the writers run on first: their requests go upstream before the disk is
+                    # waited for, and concurrent callers write into this batch meanwhile.
+                    for _ in range(self._yields):
+                        await anyio.lowlevel.checkpoint()
+                    batch, self._batch, self._wake = self._batch, Receipt(), anyio.Event()
+                    await self._commit(batch)
+                    self._committed_at = anyio.current_time()
+            finally:
+                wake, self._wake = self._wake, None
+                with anyio.CancelScope(shield=True):
+                    if wake is not None and wake.is_set():
+                        await self._commit(self._batch)
+                self._batch = Receipt()
+                tg.cancel_scope.cancel()
+
+    async def _sign_when_idle(self) -> None:
+        """Sign a head the batches left unsigned once ``head_sign_interval`` passed without a batch.
+
+        One timer per interval, not one per batch: the commit loop itself arms nothing."""
+        interval = max(self.sink.head_sign_interval, 0.01)
+        while True:
+            due = self._committed_at + interval - anyio.current_time()
+            if due > 0:
+                await anyio.sleep(due)
+                continue
+            if self.sink.signing_lags:
+                self._sign_head()
+            await anyio.sleep(interval)
 
     def _sign_head(self) -> None:
         try:
