@@ -10,11 +10,13 @@ risk) — never a process crash, which WAL survives at either level.
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 Synchronous = Literal["FULL", "NORMAL"]
 
@@ -55,3 +57,75 @@ def immediate(conn: sqlite3.Connection) -> Iterator[None]:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+WAL_INDEX_HEADER = 48
+"""Bytes of the first copy of the wal-index header at the start of ``<db>-shm`` (sqlite.org/walformat.html)."""
+
+BACKSTOP_S = 1.0
+"""However quiet the header looks, ``PRAGMA data_version`` is asked at least this often."""
+
+
+class CommitWatch:
+    """Whether another connection (this process or another) committed since the last look, cheaply.
+
+    ``PRAGMA data_version`` answers exactly, but each statement takes SQLite's WAL read locks
+    (several ``fcntl`` calls) and releases the GIL: too dear for a per-call check. Every commit
+    to a WAL database rewrites the wal-index header at the start of the ``-shm`` file (its change
+    counter, frame count and checksums; a WAL reset its salts), and a commit is visible to
+    readers only once it has. So one ``pread`` of that header decides the common case: unchanged
+    header, nothing committed; any difference (a torn read included) asks ``data_version``. With
+    no readable ``-shm`` (another VFS, locking_mode exclusive) every look asks ``data_version``;
+    and it is asked at least every :data:`BACKSTOP_S` seconds whatever the header says.
+
+    ``lock`` guards the connection; :meth:`wrote` must follow the store's own commits (they do
+    not change ``data_version``, but they do change the header).
+    """
+
+    def __init__(self, conn: sqlite3.Connection, path: str | Path, lock: AbstractContextManager[Any]) -> None:
+        self._conn = conn
+        self._lock = lock
+        try:
+            self._shm: int | None = os.open(f"{path}-shm", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            self._shm = None
+        self._header = self._read_header()
+        self._version = self._data_version()
+        self._asked_at = time.monotonic()
+
+    def _read_header(self) -> bytes | None:
+        if self._shm is None:
+            return None
+        try:
+            header = os.pread(self._shm, WAL_INDEX_HEADER, 0)
+        except OSError:
+            return None
+        return header if len(header) == WAL_INDEX_HEADER else None
+
+    def _data_version(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+
+    def changed(self) -> bool:
+        """True once for each look after which another connection's commit became visible."""
+        header = self._read_header()
+        now = time.monotonic()
+        if header is not None and header == self._header and now - self._asked_at < BACKSTOP_S:
+            return False
+        self._header = header
+        self._asked_at = now
+        version = self._data_version()
+        if version == self._version:
+            return False
+        self._version = version
+        return True
+
+    def wrote(self) -> None:
+        """The store committed through its own connection: the next look asks ``data_version``
+        (which a foreign commit in between does change, so none is missed)."""
+        self._header = None
+
+    def close(self) -> None:
+        if self._shm is not None:
+            os.close(self._shm)
+            self._shm = None

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from negotiation.sqlite import open_store
+from negotiation.sqlite import CommitWatch, open_store
 
 __all__ = ["MemoryTaintStore", "SqliteTaintStore", "TaintMark", "TaintStore"]
 
@@ -69,38 +69,67 @@ CREATE TABLE IF NOT EXISTS taint (
     at REAL NOT NULL
 )
 """
+_CACHE_LIMIT = 4096  # identities whose mark (or its absence) is kept in memory
 
 
 class SqliteTaintStore:
-    """:class:`TaintStore` in one SQLite file (WAL); marks survive restarts."""
+    """:class:`TaintStore` in one SQLite file (WAL); marks survive restarts.
+
+    Reads come from an in-memory copy (every call asks, almost none is tainted): this store's
+    own writes update it, and a commit by any other connection (another gateway process on the
+    same state directory) drops it, detected by :class:`~negotiation.sqlite.CommitWatch`
+    without a statement on the hot path.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
         self._db = open_store(path, synchronous="NORMAL")
         self._db.execute(_SCHEMA)
+        self._watch = CommitWatch(self._db, path, self._lock)
+        self._cache: dict[str, TaintMark | None] = {}  # identity -> its mark (None: known unmarked)
 
     def get(self, identity: str) -> TaintMark | None:
+        if self._watch.changed():
+            self._cache.clear()
+        try:
+            return self._cache[identity]
+        except KeyError:
+            pass
         with self._lock:
             row = self._db.execute(
                 "SELECT tool, decision_id, kinds, at FROM taint WHERE identity = ?", (identity,)
             ).fetchone()
-        if row is None:
-            return None
-        kinds = json.loads(row[2])
-        return TaintMark(str(row[0]), str(row[1]), tuple(str(kind) for kind in kinds), float(row[3]))
+        mark = None
+        if row is not None:
+            kinds = json.loads(row[2])
+            mark = TaintMark(str(row[0]), str(row[1]), tuple(str(kind) for kind in kinds), float(row[3]))
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[identity] = mark
+        return mark
 
     def mark(self, identity: str, mark: TaintMark) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO taint VALUES (?, ?, ?, ?, ?)",
-                (identity, mark.tool, mark.decision_id, json.dumps(list(mark.kinds)), mark.at),
-            )
+        try:
+            with self._lock:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO taint VALUES (?, ?, ?, ?, ?)",
+                    (identity, mark.tool, mark.decision_id, json.dumps(list(mark.kinds)), mark.at),
+                )
+        finally:  # whatever the outcome, the next read asks the file
+            self._cache.pop(identity, None)
+            self._watch.wrote()
+        self._cache[identity] = mark
 
     def expire(self, before: float) -> int:
-        with self._lock:
-            return int(self._db.execute("DELETE FROM taint WHERE at < ?", (before,)).rowcount)
+        try:
+            with self._lock:
+                return int(self._db.execute("DELETE FROM taint WHERE at < ?", (before,)).rowcount)
+        finally:
+            self._cache.clear()
+            self._watch.wrote()
 
     def close(self) -> None:
         with self._lock:
+            self._watch.close()
             self._db.close()

@@ -3,9 +3,10 @@
 One :class:`ToolRecord` per listed item (tool, prompt or resource template), keyed by its
 dotted name (``files.read``; ``prompt:files.summarise``; ``template:files:file:///{path}``).
 The gateway and the ``securegateway tools`` CLI may use the same file at once (SQLite
-serialises writers); :meth:`SqliteToolStore.changed` tells the gateway cheaply (one
-``PRAGMA data_version``) that another process wrote, so a CLI release takes effect at
-the gateway's next check. A server database can implement :class:`ToolStore` later.
+serialises writers); :meth:`SqliteToolStore.changed` tells the gateway cheaply (one read of
+the WAL index header; ``PRAGMA data_version`` only when it moved, see
+:class:`negotiation.sqlite.CommitWatch`) that another process wrote, so a CLI release takes
+effect at the gateway's next check. A server database can implement :class:`ToolStore` later.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from negotiation.sqlite import open_store
+from negotiation.sqlite import CommitWatch, open_store
 
 __all__ = ["STATUSES", "SqliteToolStore", "ToolRecord", "ToolStore"]
 
@@ -95,24 +96,16 @@ class SqliteToolStore:
         self._lock = threading.Lock()
         self._db = open_store(path, synchronous="FULL")
         self._db.execute(_SCHEMA)
-        self._version = self._data_version()
+        self._watch = CommitWatch(self._db, path, self._lock)
 
     @contextmanager
     def _locked(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             yield self._db
 
-    def _data_version(self) -> int:
-        with self._locked() as db:
-            return int(db.execute("PRAGMA data_version").fetchone()[0])
-
     def changed(self) -> bool:
-        """Whether another connection committed since the last call."""
-        version = self._data_version()
-        if version == self._version:
-            return False
-        self._version = version
-        return True
+        """Whether another connection committed since the last call (a ``-shm`` header read, mostly)."""
+        return self._watch.changed()
 
     def get(self, name: str) -> ToolRecord | None:
         with self._locked() as db:
@@ -135,10 +128,11 @@ class SqliteToolStore:
                     record.released_digest, json.dumps(list(record.findings)), record.diff, record.updated_at,
                 ),
             )  # fmt: skip
-            self._version = int(db.execute("PRAGMA data_version").fetchone()[0])
+        self._watch.wrote()
 
     def close(self) -> None:
         with self._locked() as db:
+            self._watch.close()
             db.close()
 
 

@@ -45,3 +45,37 @@ def test_sqlite_marks_survive_reopening_the_file(tmp_path: Path) -> None:
     first.close()
     again = SqliteTaintStore(tmp_path / "state" / "taint.db")
     assert again.get("gpt-4o") == TaintMark("search.page", "dec-1", ("ignore_previous_instructions",), 5.0)
+
+
+def test_sqlite_a_mark_written_through_another_connection_is_seen_at_once(tmp_path: Path) -> None:
+    gateway = SqliteTaintStore(tmp_path / "taint.db")
+    assert gateway.get("gpt-4o") is None  # remembered as unmarked
+    other = SqliteTaintStore(tmp_path / "taint.db")  # e.g. a second gateway process on the state dir
+    other.mark("gpt-4o", TaintMark("search.page", "dec-9", ("role_override",), 7.0))
+    assert gateway.get("gpt-4o") == TaintMark("search.page", "dec-9", ("role_override",), 7.0)
+    assert other.expire(8.0) == 1
+    assert gateway.get("gpt-4o") is None
+
+
+def test_sqlite_a_mark_written_by_another_process_is_seen(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "taint.db"
+    gateway = SqliteTaintStore(path)
+    assert gateway.get("m") is None
+    code = (
+        "import sys; from pathlib import Path; from proxy.screen.taint_store import SqliteTaintStore, TaintMark; "
+        f"SqliteTaintStore(Path({str(path)!r})).mark('m', TaintMark('a.b', 'dec-p', ('x',), 3.0))"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    assert gateway.get("m") == TaintMark("a.b", "dec-p", ("x",), 3.0)
+
+
+def test_sqlite_own_marks_and_expiry_are_read_back_without_a_reopen(tmp_path: Path) -> None:
+    store = SqliteTaintStore(tmp_path / "taint.db")
+    assert store.get("m") is None
+    store.mark("m", TaintMark("a.b", "d1", ("x",), 1.0))
+    assert store.get("m") == TaintMark("a.b", "d1", ("x",), 1.0)
+    store.expire(2.0)
+    assert store.get("m") is None
