@@ -144,7 +144,11 @@ def format_ts(moment: datetime) -> str:
     """RFC 3339 UTC with microseconds (``2025-01-31T12:00:00.000000Z``); naive means UTC."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    moment = moment.astimezone(UTC)
+    if moment.year < 1000:  # strftime's %Y does not pad to four digits; isoformat would
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat, not strftime: the same text without libc's strftime (and its tzset) per event
+    return moment.isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def jsonable(value: Any, path: str = "$", depth: int = 0) -> Any:

@@ -395,3 +395,9 @@ def test_event_ids_are_uuid4_strings() -> None:
     for text in ids:
         parsed = uuid.UUID(text)
         assert str(parsed) == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+@given(st.datetimes(timezones=st.one_of(st.none(), st.timezones())))
+def test_format_ts_is_the_rfc3339_utc_strftime_text_for_every_moment(moment: datetime) -> None:
+    utc = (moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment).astimezone(UTC)
+    assert format_ts(moment) == utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
