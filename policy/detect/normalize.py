@@ -26,7 +26,7 @@ import unicodedata
 
 from .runs import Layout, text_layout
 
-__all__ = ["INVISIBLE", "VIEW_SEP", "despace", "fold", "fold_bytes", "nfkc"]
+__all__ = ["INVISIBLE", "VIEW_SEP", "despace", "fold", "fold_bytes", "fold_lowered_ascii", "nfkc"]
 
 VIEW_SEP = "\n\x00\n"
 _VIEW_SEP_BYTES = VIEW_SEP.encode("ascii")
@@ -83,6 +83,11 @@ def fold_bytes(text: str, layout: Layout | None = None) -> bytes:
     if layout.runs is None:
         return _fold_whole(text, layout.data).encode("utf-8", "surrogatepass")
     return _fold_runs(layout.data, layout.runs)
+
+
+def fold_lowered_ascii(lowered: str) -> bytes:
+    """:func:`fold_bytes` of an ASCII text, given its ``lower()`` (which the caller has already)."""
+    return lowered.encode("ascii").translate(_LEET_BYTES)
 
 
 def _plain(text: str, data: bytes | None = None) -> str:

@@ -34,7 +34,7 @@ from .anchors import anchor_pass
 from .finding import Finding
 from .injection import anchor_hits, find_injections, spaced_anchor_seen
 from .memo import MEMO_FROM, ScanMemo
-from .normalize import VIEW_SEP, despace, fold, fold_bytes
+from .normalize import VIEW_SEP, despace, fold, fold_bytes, fold_lowered_ascii
 from .runs import Layout, text_layout
 from .secrets import SecretHit, find_secrets
 from .unicode import hidden_spans
@@ -288,8 +288,9 @@ def scan_strings(
     """Findings of ``texts`` (non-empty, at ``paths``), in document order.
 
     Strings of at least ``memo_from`` characters are scanned one by one, each distinct one
-    once, looked up in and added to ``memo`` (when given); the rest are scanned joined. The
-    findings are the same either way: no rule matches across strings.
+    once, looked up in and added to ``memo`` (when given, else one for this call only); the
+    rest are scanned joined. The findings are the same either way: no rule matches across
+    strings.
     """
     if max(map(len, texts)) < memo_from:
         return _flat(_scan_joined(paths, texts))
@@ -300,18 +301,16 @@ def scan_strings(
         joined = _scan_joined([paths[i] for i in small], [texts[i] for i in small])
         for index, found in zip(small, joined or [[] for _ in small], strict=True):
             per[index] = found
-    seen: dict[str, tuple[Finding, ...]] = {}  # the same text twice in one value (content + structuredContent)
+    # Without a memo, a call's own one still scans the same text twice in one value only once
+    # (content + structuredContent).
+    memo = memo if memo is not None else ScanMemo()
     for index in large:
         text = texts[index]
-        bare = seen.get(text)
+        bare = memo.get(text)
         if bare is None:
-            bare = memo.get(text) if memo is not None else None
-            if bare is None:
-                alone = _scan_joined([""], [text])
-                bare = tuple(alone[0]) if alone is not None else ()
-                if memo is not None:
-                    memo.put(text, bare)
-            seen[text] = bare
+            alone = _scan_joined([""], [text])
+            bare = tuple(alone[0]) if alone is not None else ()
+            memo.put(text, bare)
         where = paths[index]
         per[index] = [Finding(f.code, f.kind, where, f.excerpt, f.severity) for f in bare]
     findings = [finding for per_string in per for finding in per_string]
@@ -327,7 +326,7 @@ def _scan_joined(paths: list[str], texts: list[str]) -> list[list[Finding]] | No
     hits: list[tuple[int, int, int]] | None = None
     secret_starts: list[list[int]] | None = None
     if plain:
-        data = fold_bytes(lowered)
+        data = fold_lowered_ascii(lowered)
         folded, fold_starts = data.decode("ascii"), None
         if len(text) >= _JOINT_FROM:
             hits, secret_starts = anchor_pass(data)  # one automaton pass for both detectors
