@@ -26,7 +26,7 @@ import unicodedata
 
 from .runs import Layout, text_layout
 
-__all__ = ["INVISIBLE", "VIEW_SEP", "despace", "fold", "fold_bytes", "fold_lowered_ascii", "nfkc"]
+__all__ = ["INVISIBLE", "VIEW_SEP", "despace", "fold", "fold_ascii", "fold_bytes", "nfkc"]
 
 VIEW_SEP = "\n\x00\n"
 _VIEW_SEP_BYTES = VIEW_SEP.encode("ascii")
@@ -48,6 +48,8 @@ _TAG_TEXT = re.compile("[\U000e0020-\U000e007e]{2,}")
 # "@" is left alone: it is rarely leetspeak in an attack and always part of an e-mail
 # address, which the exfiltration rules must see.
 _LEET_BYTES = bytes.maketrans(b"013457$", b"oieasts")
+# ASCII lower case and leetspeak in one table (what ``lower()`` then _LEET_BYTES do to ASCII).
+_FOLD_ASCII = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ013457$", b"abcdefghijklmnopqrstuvwxyzoieasts")
 _CYRILLIC_GREEK = re.compile("[\u0370-\u03ff\u0400-\u04ff]")
 _LATIN = re.compile("[a-z]")
 _ASCII_LETTER = re.compile(b"[A-Za-z]")
@@ -78,16 +80,16 @@ def fold_bytes(text: str, layout: Layout | None = None) -> bytes:
     ``layout`` may pass on the text's :func:`~policy.detect.runs.layout` a caller already has.
     """
     if text.isascii():
-        return text.lower().encode("ascii").translate(_LEET_BYTES)
+        return text.encode("ascii").translate(_FOLD_ASCII)
     layout = layout if layout is not None else text_layout(text)
     if layout.runs is None:
         return _fold_whole(text, layout.data).encode("utf-8", "surrogatepass")
     return _fold_runs(layout.data, layout.runs)
 
 
-def fold_lowered_ascii(lowered: str) -> bytes:
-    """:func:`fold_bytes` of an ASCII text, given its ``lower()`` (which the caller has already)."""
-    return lowered.encode("ascii").translate(_LEET_BYTES)
+def fold_ascii(text: str) -> bytes:
+    """:func:`fold_bytes` of an ASCII ``text``: one ``translate`` does case and leetspeak."""
+    return text.encode("ascii").translate(_FOLD_ASCII)
 
 
 def _plain(text: str, data: bytes | None = None) -> str:
@@ -178,7 +180,7 @@ def _fold_runs(data: bytes, runs: list[tuple[int, int]]) -> bytes:
     for start, end in runs:
         lo = start - 1 if start > 0 else 0
         stretches.append((cursor, lo))
-        pieces.append(data[cursor:lo].lower().translate(_LEET_BYTES))
+        pieces.append(data[cursor:lo].translate(_FOLD_ASCII))
         island = data[lo:end].decode("utf-8", "surrogatepass")
         if b"\xf3\xa0" in data[start:end]:
             hidden.extend(_TAG_TEXT.findall(island))
@@ -187,7 +189,7 @@ def _fold_runs(data: bytes, runs: list[tuple[int, int]]) -> bytes:
         pieces.append(plain.encode("utf-8", "surrogatepass").translate(_LEET_BYTES))
         cursor = end
     stretches.append((cursor, len(data)))
-    pieces.append(data[cursor:].lower().translate(_LEET_BYTES))
+    pieces.append(data[cursor:].translate(_FOLD_ASCII))
     views = [b"".join(pieces)]
     mixed = any(_CYRILLIC_GREEK.search(plain) is not None for _, plain in islands) and (
         any(_LATIN.search(plain) is not None for _, plain in islands)

@@ -34,7 +34,7 @@ from .anchors import anchor_pass
 from .finding import Finding
 from .injection import anchor_hits, find_injections, spaced_anchor_seen
 from .memo import MEMO_FROM, ScanMemo
-from .normalize import VIEW_SEP, despace, fold, fold_bytes, fold_lowered_ascii
+from .normalize import VIEW_SEP, despace, fold, fold_ascii, fold_bytes
 from .runs import Layout, text_layout
 from .secrets import SecretHit, find_secrets
 from .unicode import hidden_spans
@@ -321,16 +321,20 @@ def _scan_joined(paths: list[str], texts: list[str]) -> list[list[Finding]] | No
     """Each string's findings, all strings scanned as one joined text (None: nothing found)."""
     text = texts[0] if len(texts) == 1 else SEP.join(texts)
     plain = text.isascii()
-    lowered = text.lower() if plain else ""  # find_secrets lowers its ASCII copy of other text
+    lowered = ""  # find_secrets lowers its ASCII copy of other text
     layouts: list[Layout | None] = []
     hits: list[tuple[int, int, int]] | None = None
     secret_starts: list[list[int]] | None = None
     if plain:
-        data = fold_lowered_ascii(lowered)
-        folded, fold_starts = data.decode("ascii"), None
+        data = fold_ascii(text)
         if len(text) >= _JOINT_FROM:
             hits, secret_starts = anchor_pass(data)  # one automaton pass for both detectors
-        elif len(text) <= _QUICK_LIMIT and not anchor_hits(folded, data) and not find_secrets(text, lowered=lowered):
+            if not hits and not any(secret_starts):
+                return None  # no anchor of either detector, so nothing to verify: the usual large text
+        lowered = text.lower()
+        folded, fold_starts = data.decode("ascii"), None
+        quick = hits is None and len(text) <= _QUICK_LIMIT
+        if quick and not anchor_hits(folded, data) and not find_secrets(text, lowered=lowered):
             return None  # the common case: short, plain, nothing to report
     else:
         # Each string encoded once; its layout (where its non-ASCII runs are) is shared by

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policy.detect import normalize
-from policy.detect.normalize import fold, nfkc
+from policy.detect.normalize import fold, fold_ascii, fold_bytes, nfkc
 
 # Characters whose normalisation depends on their neighbours or changes them: combining
 # marks (reordered, composed), Hangul jamo (composed into syllables), U+0338 after "<" "="
@@ -50,3 +50,8 @@ def test_folding_large_text_with_a_few_unnormalised_characters_equals_folding_wi
         whole = fold(text)
     assert piecewise == whole
     assert "ignore previous instructions" in piecewise and "\uff0c" not in piecewise
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=127)))
+def test_folding_ascii_in_one_translate_is_lower_case_then_leetspeak(text: str) -> None:
+    assert fold_ascii(text) == fold(text).encode("ascii") == fold_bytes(text)
