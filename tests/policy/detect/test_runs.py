@@ -127,3 +127,13 @@ def test_char_offsets_map_utf8_byte_offsets_to_characters() -> None:
     offsets = [0, 1, 3, 6, 10, 11]
     assert char_offsets(data, offsets) == {0: 0, 1: 1, 3: 2, 6: 3, 10: 4, 11: 5}
 
+
+
+@given(st.text(alphabet=st.sampled_from(["a", "\n", "é", "日", "\U0001f600", "\ud800", "\udfff", "\x7f", "\x80"])),
+       st.data())
+def test_char_offsets_are_the_lengths_of_the_decoded_prefixes(text: str, data: st.DataObject) -> None:
+    encoded = text.encode("utf-8", "surrogatepass")
+    boundaries = sorted({len(text[:index].encode("utf-8", "surrogatepass")) for index in range(len(text) + 1)})
+    offsets = sorted(set(data.draw(st.lists(st.sampled_from(boundaries), max_size=12))))
+    expected = {offset: len(encoded[:offset].decode("utf-8", "surrogatepass")) for offset in offsets}
+    assert char_offsets(encoded, offsets) == expected
