@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from .runs import Layout, text_layout
+from .runs import SCAN_FROM, Layout, bytes_scanner, text_layout
 
 __all__ = ["INVISIBLE", "VIEW_SEP", "despace", "fold", "fold_ascii", "fold_bytes", "nfkc", "tag_runs"]
 
@@ -45,6 +45,7 @@ _INVISIBLE_BYTES = re.compile(
 # searched in the bytes, where the search skips to each F3 byte, instead of a wide-string
 # regex pass that costs ~6 ms per MB of non-ASCII text. The expression starts with a plain
 # literal so that the search can skip to it (~0.5 ms per MB; a leading group costs 30x more).
+_INVISIBLE_SCAN = bytes_scanner(_INVISIBLE_BYTES)
 _TAG_TEXT_BYTES = re.compile(
     rb"\xf3\xa0(?:\x80[\xa0-\xbf]|\x81[\x80-\xbe])(?:\xf3\xa0(?:\x80[\xa0-\xbf]|\x81[\x80-\xbe]))+"
 )
@@ -103,7 +104,7 @@ def _plain(text: str, data: bytes | None = None) -> str:
     # Byte searches over the UTF-8 form are several times faster than str searches on
     # non-ASCII text; the prefilter matches a superset of the invisible characters.
     data = text.encode("utf-8", "surrogatepass") if data is None else data
-    if _INVISIBLE_BYTES.search(data) is not None:
+    if (_INVISIBLE_SCAN if len(data) >= SCAN_FROM else _INVISIBLE_BYTES).search(data) is not None:
         text = INVISIBLE.sub("", text)
     if not unicodedata.is_normalized("NFKC", text):  # a quick check; most text already is
         text = nfkc(text)

@@ -13,11 +13,13 @@ then per-run work would cost more than the whole-string pass, which callers fall
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import re2
 
-__all__ = ["MAX_RUN_DENSITY", "SPARSE_FROM", "Layout", "char_offsets", "sparse_runs", "text_layout"]
+__all__ = ["MAX_RUN_DENSITY", "SCAN_FROM", "SPARSE_FROM", "Layout", "bytes_scanner", "char_offsets", "sparse_runs",
+           "text_layout"]
 
 # Strings at least this long (UTF-8 bytes) are worth looking at run by run.
 SPARSE_FROM = 2048
@@ -30,6 +32,18 @@ _ASCII = bytes(range(128))
 _OPTIONS = re2.Options()
 _OPTIONS.encoding = re2.Options.Encoding.LATIN1  # match bytes, not UTF-8 characters
 _RUNS = re2.compile(rb"[\x80-\xff]+", _OPTIONS)
+
+SCAN_FROM = 4096
+"""Bytes this long and more are searched by RE2 (:func:`bytes_scanner`) rather than ``re``."""
+
+
+def bytes_scanner(pattern: re.Pattern[bytes]) -> re2._Regexp:
+    """``pattern`` (bytes, no look-around) compiled by RE2 over bytes: for one search of a
+    whole large text. CPython's ``re`` tries every alternative of an expression that does
+    not start with a literal at every byte (~2-3 ms per MB when nothing is found); RE2's
+    DFA reads each byte once (~1.3 ms per MB). Below :data:`SCAN_FROM` bytes ``re``'s
+    lower fixed cost wins."""
+    return re2.compile(pattern.pattern, _OPTIONS)
 
 
 def sparse_runs(data: bytes) -> list[tuple[int, int]] | None:
