@@ -90,7 +90,7 @@ def fold_bytes(text: str, layout: Layout | None = None) -> bytes:
         return text.encode("ascii").translate(_FOLD_ASCII)
     layout = layout if layout is not None else text_layout(text)
     if layout.runs is None:
-        return _fold_whole(text, layout.data).encode("utf-8", "surrogatepass")
+        return _fold_whole(text, layout.data)
     return _fold_runs(layout.data, layout.runs)
 
 
@@ -164,16 +164,17 @@ def _confusable(plain: str) -> str:
     return _CONFUSABLE.sub(lambda match: _CONFUSABLE_MAP[match.group()], plain)
 
 
-def _fold_whole(text: str, data: bytes) -> str:
-    """:func:`fold` of non-ASCII text, one whole-string pass per step."""
+def _fold_whole(text: str, data: bytes) -> bytes:
+    """:func:`fold_bytes` of non-ASCII text, one whole-string pass per step. The views are
+    kept as UTF-8 bytes, which is what the automaton searches (no decode and re-encode)."""
     hidden = tag_runs(data) if b"\xf3\xa0" in data else []
     plain = _plain(text, data)
-    views = [_leet(plain)]
+    views = [_leet_bytes(plain)]
     if _CYRILLIC_GREEK.search(plain) is not None and _LATIN.search(plain) is not None:
-        views.append(_leet(_confusable(plain)))
+        views.append(_leet_bytes(_confusable(plain)))
     if hidden:
-        views.append(_leet(_decoded_tags(hidden)))
-    return views[0] if len(views) == 1 else VIEW_SEP.join(views)
+        views.append(_leet_bytes(_decoded_tags(hidden)))
+    return views[0] if len(views) == 1 else _VIEW_SEP_BYTES.join(views)
 
 
 def _fold_runs(data: bytes, runs: list[tuple[int, int]]) -> bytes:
@@ -214,6 +215,10 @@ def _fold_runs(data: bytes, runs: list[tuple[int, int]]) -> bytes:
     if hidden:
         views.append(_decoded_tags(hidden).encode("utf-8", "surrogatepass").translate(_LEET_BYTES))
     return views[0] if len(views) == 1 else _VIEW_SEP_BYTES.join(views)
+
+
+def _leet_bytes(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass").translate(_LEET_BYTES)
 
 
 def _leet(text: str) -> str:
