@@ -392,7 +392,9 @@ SPACED_ANCHORS: tuple[str, ...] = tuple(
 
 
 def anchor_table(reduced: bool = True) -> tuple[tuple[str, ...], tuple[tuple[int, ...], ...]]:
-    """Every anchor and the indexes of the rules it triggers (spaced anchors trigger none).
+    """Every anchor and the indexes of the rules it triggers (spaced anchors trigger none),
+    ASCII anchors first. The order of the anchors changes no finding: hits are reported
+    by position, and each hit tries its rules by rule index.
 
     ``reduced`` leaves out an anchor that another anchor starts (``ignor`` of ``ignore``)
     and whose rules that one triggers too: wherever it occurs the shorter one occurs at the
@@ -413,7 +415,10 @@ def anchor_table(reduced: bool = True) -> tuple[tuple[str, ...], tuple[tuple[int
             if not rules
             or not any(other != anchor and anchor.startswith(other) and rules <= by_anchor[other] for other in by_anchor)
         }
-    return tuple(by_anchor), tuple(tuple(sorted(rules)) for rules in by_anchor.values())
+    # ASCII anchors first, so that they are a prefix of the table: the joint automaton for
+    # ASCII text (anchors.py) holds only those, and keeps their indexes.
+    ordered = sorted(by_anchor, key=lambda anchor: not anchor.isascii())
+    return tuple(ordered), tuple(tuple(sorted(by_anchor[anchor])) for anchor in ordered)
 
 
 _ANCHOR_TEXT, _ANCHOR_RULES = anchor_table()
