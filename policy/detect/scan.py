@@ -7,17 +7,18 @@ result, so the common case is cheap:
 
 * all strings of one value are joined (:data:`SEP`) and each detector makes one pass over
   the joined text, so the fixed cost of a pass is paid once per value;
-* injection: the text is folded (:mod:`policy.detect.normalize`; for ASCII just
-  ``lower()`` and a translate), one Aho-Corasick pass finds every anchor of every rule,
-  and only rules with an anchor present run their expression, near that anchor
-  (:mod:`policy.detect.injection`);
+* injection: the text is folded (:mod:`policy.detect.normalize`; for ASCII one
+  ``bytes.translate``), one Aho-Corasick pass finds every anchor of every rule, and only
+  rules with an anchor present run their expression, near that anchor
+  (:mod:`policy.detect.injection`); a large ASCII text in which the pass finds no anchor
+  of either detector costs nothing more;
 * hidden Unicode is all non-ASCII, so ``str.isascii()`` (a C loop) skips that check for
   most strings (:mod:`policy.detect.unicode`);
 * secrets come from :mod:`policy.detect.secrets`, over the same lower-cased text;
 * a large string (:data:`~policy.detect.memo.MEMO_FROM` characters or more) is scanned on
   its own, once per distinct content: its path-free findings are remembered
   (:mod:`policy.detect.memo`), so a result that repeats an argument, or carries the same
-  text twice, costs a hash and a compare.
+  text twice, costs a compare.
 
 One finding is reported per (code, kind) per string, at its first occurrence. Excerpts are
 short, show hidden characters as ``\\uXXXX`` escapes and never contain a secret.
