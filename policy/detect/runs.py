@@ -46,21 +46,46 @@ def bytes_scanner(pattern: re.Pattern[bytes]) -> re2._Regexp:
     return re2.compile(pattern.pattern, _OPTIONS)
 
 
+_CHUNK = 4096
+
+
 def sparse_runs(data: bytes) -> list[tuple[int, int]] | None:
     """Byte spans of the maximal non-ASCII runs of UTF-8 ``data``, or None when they are many.
 
     Each span starts and ends on a character boundary (UTF-8 never puts an ASCII byte
-    inside a multi-byte character).
+    inside a multi-byte character). When few 4 KB chunks are not ASCII (``bytes.isascii``,
+    a word-at-a-time C loop), only those are searched: one RE2 pass over a whole megabyte
+    costs ~1.3 ms, a search in one chunk a few microseconds.
     """
     size = len(data)
     if len(data.translate(None, _ASCII)) * _MAX_BYTE_DENSITY > size:
         return None
     limit = size // MAX_RUN_DENSITY + 1
     runs: list[tuple[int, int]] = []
-    for match in _RUNS.finditer(data):
-        runs.append(match.span())
-        if len(runs) > limit:
-            return None
+    dirty = [chunk for chunk in range(0, size, _CHUNK) if not data[chunk : chunk + _CHUNK].isascii()]
+    if len(dirty) * 4 > size // _CHUNK:  # runs all over: one pass costs less than a search per chunk
+        for match in _RUNS.finditer(data):
+            runs.append(match.span())
+            if len(runs) > limit:
+                return None
+        return runs
+    search, extend = _RUNS.search, _RUNS.match
+    cursor = 0  # the end of the last run found
+    for chunk in dirty:
+        chunk_end = chunk + _CHUNK
+        if cursor >= chunk_end:
+            continue
+        # A run that reaches into this chunk from the one before was found there (that
+        # chunk is not ASCII either), so searching from here finds only maximal runs.
+        position = max(chunk, cursor)
+        while position < chunk_end and (match := search(data, position, chunk_end)) is not None:
+            start, end = match.span()
+            if end == chunk_end and (longer := extend(data, end)) is not None:
+                end = longer.end()  # the run goes on into the next chunk
+            runs.append((start, end))
+            if len(runs) > limit:
+                return None
+            position = cursor = end
     return runs
 
 
