@@ -391,6 +391,9 @@ SPACED_ANCHORS: tuple[str, ...] = tuple(
 )
 
 
+_NO_RULES: frozenset[int] = frozenset()
+
+
 def anchor_table(reduced: bool = True) -> tuple[tuple[str, ...], tuple[tuple[int, ...], ...]]:
     """Every anchor and the indexes of the rules it triggers (spaced anchors trigger none),
     ASCII anchors first. The order of the anchors changes no finding: hits are reported
@@ -409,11 +412,12 @@ def anchor_table(reduced: bool = True) -> tuple[tuple[str, ...], tuple[tuple[int
     for anchor in SPACED_ANCHORS:
         by_anchor.setdefault(anchor, set())
     if reduced:
+        full = by_anchor
         by_anchor = {
             anchor: rules
-            for anchor, rules in by_anchor.items()
+            for anchor, rules in full.items()
             if not rules
-            or not any(other != anchor and anchor.startswith(other) and rules <= by_anchor[other] for other in by_anchor)
+            or not any(rules <= full.get(anchor[:size], _NO_RULES) for size in range(1, len(anchor)))
         }
     # ASCII anchors first, so that they are a prefix of the table: the joint automaton for
     # ASCII text (anchors.py) holds only those, and keeps their indexes.
