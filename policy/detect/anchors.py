@@ -23,15 +23,19 @@ from . import injection, secrets
 
 __all__ = ["anchor_pass"]
 
-_SPLIT = len(injection.ANCHORS)
+# Only the ASCII injection anchors (a prefix of injection.ANCHORS, so their indexes are
+# kept): the others cannot occur in ASCII text, and without them the DFA is smaller and
+# ~25% faster on trigger-dense text.
+_SPLIT = sum(1 for anchor in injection.ANCHORS if anchor.isascii())
+assert all(anchor.isascii() for anchor in (*injection.ANCHORS[:_SPLIT], *secrets.ANCHORS))
 _AUTOMATON = ahocorasick_rs.BytesAhoCorasick(
-    [anchor.encode("utf-8") for anchor in (*injection.ANCHORS, *secrets.ANCHORS)],
+    [anchor.encode("ascii") for anchor in (*injection.ANCHORS[:_SPLIT], *secrets.ANCHORS)],
     implementation=ahocorasick_rs.Implementation.DFA,
 )
 
 
 def anchor_pass(folded: bytes) -> tuple[list[tuple[int, int, int]], list[list[int]]]:
-    """For the folded UTF-8 bytes of an ASCII text: the injection anchor hits
+    """For the folded bytes of an ASCII text (nothing else): the injection anchor hits
     (:func:`~policy.detect.injection.anchor_hits`) and the secret scanners' starts
     (:func:`~policy.detect.secrets.scanner_starts`)."""
     hits = _AUTOMATON.find_matches_as_indexes(folded, overlapping=True)

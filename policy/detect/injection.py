@@ -391,17 +391,41 @@ SPACED_ANCHORS: tuple[str, ...] = tuple(
 )
 
 
-_ANCHOR_RULES: list[tuple[int, ...]] = []
-_ANCHOR_TEXT: list[str] = []
-_by_anchor: dict[str, set[int]] = {}
-for _index, _rule in enumerate(RULES):
-    for _anchor in _rule.anchors:
-        _by_anchor.setdefault(_anchor, set()).add(_index)
-for _anchor in SPACED_ANCHORS:
-    _by_anchor.setdefault(_anchor, set())
-for _anchor, _rules in _by_anchor.items():
-    _ANCHOR_TEXT.append(_anchor)
-    _ANCHOR_RULES.append(tuple(sorted(_rules)))
+_NO_RULES: frozenset[int] = frozenset()
+
+
+def anchor_table(reduced: bool = True) -> tuple[tuple[str, ...], tuple[tuple[int, ...], ...]]:
+    """Every anchor and the indexes of the rules it triggers (spaced anchors trigger none),
+    ASCII anchors first. The order of the anchors changes no finding: hits are reported
+    by position, and each hit tries its rules by rule index.
+
+    ``reduced`` leaves out an anchor that another anchor starts (``ignor`` of ``ignore``)
+    and whose rules that one triggers too: wherever it occurs the shorter one occurs at the
+    same start, and is reported before it (the automaton reports by end), so its rules have
+    been tried there already and its hit would change nothing (tests/policy/detect/
+    test_injection.py checks the findings against the full table's).
+    """
+    by_anchor: dict[str, set[int]] = {}
+    for index, rule in enumerate(RULES):
+        for anchor in rule.anchors:
+            by_anchor.setdefault(anchor, set()).add(index)
+    for anchor in SPACED_ANCHORS:
+        by_anchor.setdefault(anchor, set())
+    if reduced:
+        full = by_anchor
+        by_anchor = {
+            anchor: rules
+            for anchor, rules in full.items()
+            if not rules
+            or not any(rules <= full.get(anchor[:size], _NO_RULES) for size in range(1, len(anchor)))
+        }
+    # ASCII anchors first, so that they are a prefix of the table: the joint automaton for
+    # ASCII text (anchors.py) holds only those, and keeps their indexes.
+    ordered = sorted(by_anchor, key=lambda anchor: not anchor.isascii())
+    return tuple(ordered), tuple(tuple(sorted(by_anchor[anchor])) for anchor in ordered)
+
+
+_ANCHOR_TEXT, _ANCHOR_RULES = anchor_table()
 _SPACED_INDEX = frozenset(i for i, a in enumerate(_ANCHOR_TEXT) if a in SPACED_ANCHORS)
 # A DFA: ~20 ms to build at import, and searches ~3x faster than the default NFA.
 _AUTOMATON = ahocorasick_rs.BytesAhoCorasick(
@@ -414,7 +438,7 @@ _ANCHOR_RULE_PAIRS: tuple[tuple[tuple[int, Rule], ...], ...] = tuple(
 )
 _RULE_STRIDE = len(RULES)
 # How far past an anchor's start a match may end: the same window whichever anchor found it.
-_REACH = _AFTER + max(len(anchor) for anchor in ANCHORS)
+_REACH = _AFTER + max(len(anchor) for anchor in anchor_table(reduced=False)[0])  # the same with or without reduction
 
 
 def anchor_hits(folded: str, data: bytes | None = None) -> list[tuple[int, int, int]]:

@@ -13,11 +13,13 @@ then per-run work would cost more than the whole-string pass, which callers fall
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import re2
 
-__all__ = ["MAX_RUN_DENSITY", "SPARSE_FROM", "Layout", "char_offsets", "sparse_runs", "text_layout"]
+__all__ = ["MAX_RUN_DENSITY", "SCAN_FROM", "SPARSE_FROM", "Layout", "bytes_scanner", "char_offsets", "sparse_runs",
+           "text_layout"]
 
 # Strings at least this long (UTF-8 bytes) are worth looking at run by run.
 SPARSE_FROM = 2048
@@ -31,22 +33,59 @@ _OPTIONS = re2.Options()
 _OPTIONS.encoding = re2.Options.Encoding.LATIN1  # match bytes, not UTF-8 characters
 _RUNS = re2.compile(rb"[\x80-\xff]+", _OPTIONS)
 
+SCAN_FROM = 4096
+"""Bytes this long and more are searched by RE2 (:func:`bytes_scanner`) rather than ``re``."""
+
+
+def bytes_scanner(pattern: re.Pattern[bytes]) -> re2._Regexp:
+    """``pattern`` (bytes, no look-around) compiled by RE2 over bytes: for one search of a
+    whole large text. CPython's ``re`` tries every alternative of an expression that does
+    not start with a literal at every byte (~2-3 ms per MB when nothing is found); RE2's
+    DFA reads each byte once (~1.3 ms per MB). Below :data:`SCAN_FROM` bytes ``re``'s
+    lower fixed cost wins."""
+    return re2.compile(pattern.pattern, _OPTIONS)
+
+
+_CHUNK = 4096
+
 
 def sparse_runs(data: bytes) -> list[tuple[int, int]] | None:
     """Byte spans of the maximal non-ASCII runs of UTF-8 ``data``, or None when they are many.
 
     Each span starts and ends on a character boundary (UTF-8 never puts an ASCII byte
-    inside a multi-byte character).
+    inside a multi-byte character). When few 4 KB chunks are not ASCII (``bytes.isascii``,
+    a word-at-a-time C loop), only those are searched: one RE2 pass over a whole megabyte
+    costs ~1.3 ms, a search in one chunk a few microseconds.
     """
     size = len(data)
     if len(data.translate(None, _ASCII)) * _MAX_BYTE_DENSITY > size:
         return None
     limit = size // MAX_RUN_DENSITY + 1
     runs: list[tuple[int, int]] = []
-    for match in _RUNS.finditer(data):
-        runs.append(match.span())
-        if len(runs) > limit:
-            return None
+    dirty = [chunk for chunk in range(0, size, _CHUNK) if not data[chunk : chunk + _CHUNK].isascii()]
+    if len(dirty) * 4 > size // _CHUNK:  # runs all over: one pass costs less than a search per chunk
+        for match in _RUNS.finditer(data):
+            runs.append(match.span())
+            if len(runs) > limit:
+                return None
+        return runs
+    search, extend = _RUNS.search, _RUNS.match
+    cursor = 0  # the end of the last run found
+    for chunk in dirty:
+        chunk_end = chunk + _CHUNK
+        if cursor >= chunk_end:
+            continue
+        # A run that reaches into this chunk from the one before was found there (that
+        # chunk is not ASCII either), so searching from here finds only maximal runs.
+        position = max(chunk, cursor)
+        while position < chunk_end and (match := search(data, position, chunk_end)) is not None:
+            start, end = match.span()
+            if end == chunk_end and (longer := extend(data, end)) is not None:
+                end = longer.end()  # the run goes on into the next chunk
+            runs.append((start, end))
+            if len(runs) > limit:
+                return None
+            position = cursor = end
     return runs
 
 

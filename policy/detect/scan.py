@@ -7,17 +7,18 @@ result, so the common case is cheap:
 
 * all strings of one value are joined (:data:`SEP`) and each detector makes one pass over
   the joined text, so the fixed cost of a pass is paid once per value;
-* injection: the text is folded (:mod:`policy.detect.normalize`; for ASCII just
-  ``lower()`` and a translate), one Aho-Corasick pass finds every anchor of every rule,
-  and only rules with an anchor present run their expression, near that anchor
-  (:mod:`policy.detect.injection`);
+* injection: the text is folded (:mod:`policy.detect.normalize`; for ASCII one
+  ``bytes.translate``), one Aho-Corasick pass finds every anchor of every rule, and only
+  rules with an anchor present run their expression, near that anchor
+  (:mod:`policy.detect.injection`); a large ASCII text in which the pass finds no anchor
+  of either detector costs nothing more;
 * hidden Unicode is all non-ASCII, so ``str.isascii()`` (a C loop) skips that check for
   most strings (:mod:`policy.detect.unicode`);
 * secrets come from :mod:`policy.detect.secrets`, over the same lower-cased text;
 * a large string (:data:`~policy.detect.memo.MEMO_FROM` characters or more) is scanned on
   its own, once per distinct content: its path-free findings are remembered
   (:mod:`policy.detect.memo`), so a result that repeats an argument, or carries the same
-  text twice, costs a hash and a compare.
+  text twice, costs a compare.
 
 One finding is reported per (code, kind) per string, at its first occurrence. Excerpts are
 short, show hidden characters as ``\\uXXXX`` escapes and never contain a secret.
@@ -34,7 +35,7 @@ from .anchors import anchor_pass
 from .finding import Finding
 from .injection import anchor_hits, find_injections, spaced_anchor_seen
 from .memo import MEMO_FROM, ScanMemo
-from .normalize import VIEW_SEP, despace, fold, fold_bytes
+from .normalize import VIEW_SEP, despace, fold, fold_ascii, fold_bytes
 from .runs import Layout, text_layout
 from .secrets import SecretHit, find_secrets
 from .unicode import hidden_spans
@@ -288,8 +289,9 @@ def scan_strings(
     """Findings of ``texts`` (non-empty, at ``paths``), in document order.
 
     Strings of at least ``memo_from`` characters are scanned one by one, each distinct one
-    once, looked up in and added to ``memo`` (when given); the rest are scanned joined. The
-    findings are the same either way: no rule matches across strings.
+    once, looked up in and added to ``memo`` (when given, else one for this call only); the
+    rest are scanned joined. The findings are the same either way: no rule matches across
+    strings.
     """
     if max(map(len, texts)) < memo_from:
         return _flat(_scan_joined(paths, texts))
@@ -300,18 +302,16 @@ def scan_strings(
         joined = _scan_joined([paths[i] for i in small], [texts[i] for i in small])
         for index, found in zip(small, joined or [[] for _ in small], strict=True):
             per[index] = found
-    seen: dict[str, tuple[Finding, ...]] = {}  # the same text twice in one value (content + structuredContent)
+    # Without a memo, a call's own one still scans the same text twice in one value only once
+    # (content + structuredContent).
+    memo = memo if memo is not None else ScanMemo()
     for index in large:
         text = texts[index]
-        bare = seen.get(text)
+        bare = memo.get(text)
         if bare is None:
-            bare = memo.get(text) if memo is not None else None
-            if bare is None:
-                alone = _scan_joined([""], [text])
-                bare = tuple(alone[0]) if alone is not None else ()
-                if memo is not None:
-                    memo.put(text, bare)
-            seen[text] = bare
+            alone = _scan_joined([""], [text])
+            bare = tuple(alone[0]) if alone is not None else ()
+            memo.put(text, bare)
         where = paths[index]
         per[index] = [Finding(f.code, f.kind, where, f.excerpt, f.severity) for f in bare]
     findings = [finding for per_string in per for finding in per_string]
@@ -322,16 +322,20 @@ def _scan_joined(paths: list[str], texts: list[str]) -> list[list[Finding]] | No
     """Each string's findings, all strings scanned as one joined text (None: nothing found)."""
     text = texts[0] if len(texts) == 1 else SEP.join(texts)
     plain = text.isascii()
-    lowered = text.lower() if plain else ""  # find_secrets lowers its ASCII copy of other text
+    lowered = ""  # find_secrets lowers its ASCII copy of other text
     layouts: list[Layout | None] = []
     hits: list[tuple[int, int, int]] | None = None
     secret_starts: list[list[int]] | None = None
     if plain:
-        data = fold_bytes(lowered)
-        folded, fold_starts = data.decode("ascii"), None
+        data = fold_ascii(text)
         if len(text) >= _JOINT_FROM:
             hits, secret_starts = anchor_pass(data)  # one automaton pass for both detectors
-        elif len(text) <= _QUICK_LIMIT and not anchor_hits(folded, data) and not find_secrets(text, lowered=lowered):
+            if not hits and not any(secret_starts):
+                return None  # no anchor of either detector, so nothing to verify: the usual large text
+        lowered = text.lower()
+        folded, fold_starts = data.decode("ascii"), None
+        quick = hits is None and len(text) <= _QUICK_LIMIT
+        if quick and not anchor_hits(folded, data) and not find_secrets(text, lowered=lowered):
             return None  # the common case: short, plain, nothing to report
     else:
         # Each string encoded once; its layout (where its non-ASCII runs are) is shared by

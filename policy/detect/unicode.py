@@ -38,7 +38,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from .runs import Layout, char_offsets, text_layout
+from .runs import SCAN_FROM, Layout, bytes_scanner, char_offsets, text_layout
 
 __all__ = ["CANDIDATES", "hidden_spans", "strip_hidden"]
 
@@ -52,6 +52,13 @@ _CANDIDATE_BYTES = re.compile(
     rb"\xe1\xa0\x8e|\xe2\x80[\x8b-\x8d\xaa-\xae]|\xe2\x81[\xa0-\xa4\xa6-\xa9]|\xef\xbb\xbf|\xef\xb8[\x80-\x8f]"
     rb"|\xf3\xa0[\x80\x81\x84-\x87]"
 )
+_CANDIDATE_SCAN = bytes_scanner(_CANDIDATE_BYTES)
+
+
+def _candidate_search(data: bytes) -> object:
+    return (_CANDIDATE_SCAN if len(data) >= SCAN_FROM else _CANDIDATE_BYTES).search(data)
+
+
 _ZERO_WIDTH_CHARS = frozenset("\u200b\u200c\u200d\u2060\ufeff\u180e")
 _RTL = re.compile("[\u0590-\u08ff\ufb1d-\ufdff\ufe70-\ufefc]")
 _JOINING_SCRIPTS = re.compile(
@@ -132,10 +139,17 @@ def hidden_spans(text: str, layout: Layout | None = None) -> list[tuple[str, int
 
     ``layout`` may pass on the text's :class:`~policy.detect.runs.Layout` a caller has.
     """
-    data = layout.data if layout is not None else text.encode("utf-8", "surrogatepass")
-    if _CANDIDATE_BYTES.search(data) is None:
-        return []  # a bytes search is several times faster than a str one on non-ASCII text
-    positions = _candidates(text, layout if layout is not None else text_layout(text, data))
+    if layout is None:
+        data = text.encode("utf-8", "surrogatepass")
+        if _candidate_search(data) is None:
+            return []  # a bytes search is several times faster than a str one on non-ASCII text
+        layout = text_layout(text, data)
+    elif layout.runs is None and _candidate_search(layout.data) is None:
+        return []
+    # With sparse runs every candidate is inside one: _candidates searches the runs only.
+    positions = _candidates(text, layout)
+    if not positions:
+        return []
     found: list[tuple[str, int, int]] = []
     flags = _flag_tags(text) if _BLACK_FLAG in text else []
     in_flag = {index for lo, hi in flags for index in range(lo, hi)}

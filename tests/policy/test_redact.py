@@ -154,6 +154,14 @@ def test_a_lone_surrogate_is_digested_as_its_code_point() -> None:
     assert digest({"q": "\ud800"}) == "sha256:" + expected
 
 
+@given(st.text() | st.text(alphabet=st.sampled_from('ab"\\/\x00\x1f\x7f\u2028\ud800\udfff\U0010ffff')))
+def test_a_string_is_digested_as_the_sha256_of_its_json_text(text: str) -> None:
+    # The fast path for one string (a clipped argument) hashes exactly the reference text,
+    # control characters, quotes, U+2028 and lone surrogates included.
+    reference = json.dumps(text, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    assert digest(text) == "sha256:" + hashlib.sha256(reference).hexdigest()
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=20),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),

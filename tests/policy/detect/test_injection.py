@@ -119,7 +119,10 @@ def test_an_email_address_survives_folding_so_mail_exfiltration_is_seen() -> Non
 
 
 def _find_injections_reference(
-    folded: str, hits: list[tuple[int, int, int]], bounds: tuple[int, int] | None = None
+    folded: str,
+    hits: list[tuple[int, int, int]],
+    bounds: tuple[int, int] | None = None,
+    table: tuple[tuple[int, ...], ...] = injection_module._ANCHOR_RULES,
 ) -> list[InjectionHit]:
     """The plain statement of find_injections: each kind's first match at its anchors."""
     floor, ceiling = bounds if bounds is not None else (0, len(folded))
@@ -127,7 +130,7 @@ def _find_injections_reference(
     done: set[str] = set()
     tried: set[tuple[int, int]] = set()
     for anchor, start, _ in hits:
-        for rule_index in injection_module._ANCHOR_RULES[anchor]:
+        for rule_index in table[anchor]:
             rule = RULES[rule_index]
             if rule.kind in done or (rule_index, start) in tried:
                 continue
@@ -183,3 +186,33 @@ def test_anchor_hits_on_utf8_bytes_are_the_character_offsets_of_a_str_search(fol
     if any("\ud800" <= char <= "\udfff" for char in folded):
         return  # the str automaton refuses lone surrogates; the bytes one is what scans them
     assert hits == _STR_AUTOMATON.find_matches_as_indexes(folded, overlapping=True)
+
+
+_FULL_ANCHORS, _FULL_RULES = injection_module.anchor_table(reduced=False)
+_FULL_AUTOMATON = ahocorasick_rs.AhoCorasick(list(_FULL_ANCHORS), implementation=ahocorasick_rs.Implementation.DFA)
+
+
+def test_the_reduced_anchor_table_leaves_out_only_anchors_a_shorter_one_covers() -> None:
+    full = dict(zip(_FULL_ANCHORS, _FULL_RULES, strict=True))
+    kept = set(injection_module.ANCHORS)
+    assert "ignor" in kept and "ignore" not in kept  # the example: "ignore" starts with "ignor"
+    assert set(injection_module.SPACED_ANCHORS) <= kept
+    for anchor in set(full) - kept:
+        assert any(anchor.startswith(other) and set(full[anchor]) <= set(full[other]) for other in kept), anchor
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.one_of(st.sampled_from([*_TRIGGERS, "ignoring", "forgetting", "<|im_end|>", "if you are an ai",
+                                        "disregarding", "bypasss", "ｉｇｎｏｒｅ"]),
+                       st.text(max_size=10)), max_size=30).map("".join),
+    st.integers(min_value=0, max_value=40),
+)
+def test_the_reduced_anchor_table_finds_what_the_full_one_finds(folded: str, cut: int) -> None:
+    if any("\ud800" <= char <= "\udfff" for char in folded):
+        return  # the str automaton refuses lone surrogates
+    full_hits = _FULL_AUTOMATON.find_matches_as_indexes(folded, overlapping=True)
+    bounds = (min(cut, len(folded)), len(folded))
+    for window in (None, bounds):
+        expected = _find_injections_reference(folded, full_hits, window, _FULL_RULES)
+        assert find_injections(folded, anchor_hits(folded), window) == expected

@@ -116,3 +116,28 @@ def test_the_memo_is_bounded_in_entries_and_characters_least_recently_used_out()
     assert len(memo) == 1 and memo.get("d" * 95) == ()
     memo.put("e" * 101, ())  # larger than the whole budget: not kept
     assert memo.get("e" * 101) is None and len(memo) == 1
+
+
+class _Unhashable(str):
+    def __hash__(self) -> int:
+        raise AssertionError("the memo hashed a string")
+
+
+def test_lookups_compare_strings_and_never_hash_them() -> None:
+    memo = ScanMemo()
+    text = _Unhashable("quarterly notes " * 4096)
+    memo.put(text, ())
+    assert memo.get(_Unhashable(str(text))) == ()  # an equal copy, another object
+    assert memo.get(_Unhashable("x" + str(text)[1:])) is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(PLANTED), st.integers(min_value=0, max_value=200))
+def test_strings_alike_at_both_ends_keep_their_own_findings(planted: str, at: int) -> None:
+    # Same length, same first and last characters (same fingerprint), different middles.
+    filler = "plain words " * 40
+    clean = filler[:at] + "x" * len(planted) + filler[at:]
+    planted_text = filler[:at] + planted + filler[at:]
+    memo = ScanMemo()
+    for text in (clean, planted_text, clean, planted_text):
+        assert scan_strings(["t"], [text], memo, memo_from=1) == scan_strings(["t"], [text], None, memo_from=1 << 62)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from unittest import mock
 
@@ -9,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policy.detect import normalize
-from policy.detect.normalize import fold, nfkc
+from policy.detect.normalize import fold, fold_ascii, fold_bytes, nfkc, tag_runs
 
 # Characters whose normalisation depends on their neighbours or changes them: combining
 # marks (reordered, composed), Hangul jamo (composed into syllables), U+0338 after "<" "="
@@ -50,3 +51,18 @@ def test_folding_large_text_with_a_few_unnormalised_characters_equals_folding_wi
         whole = fold(text)
     assert piecewise == whole
     assert "ignore previous instructions" in piecewise and "\uff0c" not in piecewise
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=127)))
+def test_folding_ascii_in_one_translate_is_lower_case_then_leetspeak(text: str) -> None:
+    assert fold_ascii(text) == fold(text).encode("ascii") == fold_bytes(text)
+
+
+_TAG_TEXT = re.compile("[\U000e0020-\U000e007e]{2,}")  # the plain statement of tag_runs
+
+
+@given(st.text(alphabet=st.sampled_from(["a", "é", "\ud800", "\U000e0001", "\U000e001f", "\U000e0020",
+                                         "\U000e0041", "\U000e003f", "\U000e0040", "\U000e007e", "\U000e007f",
+                                         "\U000e0100", "\U0001f3f4"])))
+def test_tag_runs_found_in_utf8_are_those_of_a_str_search(text: str) -> None:
+    assert tag_runs(text.encode("utf-8", "surrogatepass")) == _TAG_TEXT.findall(text)

@@ -9,11 +9,12 @@ the edges of the text.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from unittest import mock
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policy.detect import normalize, runs, scan_value, secrets, unicode
@@ -79,7 +80,7 @@ def large_texts(draw: st.DrawFn) -> str:
 @given(large_texts())
 def test_folding_run_by_run_equals_folding_the_whole_string(text: str) -> None:
     layout = text_layout(text)
-    whole = normalize._fold_whole(text, layout.data).encode("utf-8", "surrogatepass") if not text.isascii() else None
+    whole = normalize._fold_whole(text, layout.data) if not text.isascii() else None
     if layout.runs is not None and whole is not None:
         assert normalize.fold_bytes(text, layout) == whole
 
@@ -127,3 +128,30 @@ def test_char_offsets_map_utf8_byte_offsets_to_characters() -> None:
     offsets = [0, 1, 3, 6, 10, 11]
     assert char_offsets(data, offsets) == {0: 0, 1: 1, 3: 2, 6: 3, 10: 4, 11: 5}
 
+
+
+@given(st.text(alphabet=st.sampled_from(["a", "\n", "é", "日", "\U0001f600", "\ud800", "\udfff", "\x7f", "\x80"])),
+       st.data())
+def test_char_offsets_are_the_lengths_of_the_decoded_prefixes(text: str, data: st.DataObject) -> None:
+    encoded = text.encode("utf-8", "surrogatepass")
+    boundaries = sorted({len(text[:index].encode("utf-8", "surrogatepass")) for index in range(len(text) + 1)})
+    offsets = sorted(set(data.draw(st.lists(st.sampled_from(boundaries), max_size=12))))
+    expected = {offset: len(encoded[:offset].decode("utf-8", "surrogatepass")) for offset in offsets}
+    assert char_offsets(encoded, offsets) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0, 1, 4093, 4094, 4095, 4096, 4097, 8191]) | st.integers(0, 9000),
+                          st.sampled_from(["é", "日本", "\U0001f600", "\ud800"]),
+                          st.integers(min_value=1, max_value=3)),
+                max_size=12))
+def test_sparse_runs_chunk_by_chunk_are_the_runs_of_one_search(pieces: list[tuple[int, str, int]]) -> None:
+    # Runs placed anywhere, across 4 KB chunk boundaries included; the ASCII tail makes the
+    # non-ASCII chunks few enough to be searched one by one.
+    text = "".join("a" * gap + run * repeat for gap, run, repeat in pieces) + "z" * 250_000
+    data = text.encode("utf-8", "surrogatepass")
+    expected = [match.span() for match in re.finditer(rb"[\x80-\xff]+", data)]
+    found = sparse_runs(data)
+    assert found is None or found == expected
+    if len(data.translate(None, bytes(range(128)))) * 128 <= len(data) and len(expected) <= len(data) // 1024 + 1:
+        assert found == expected
