@@ -48,6 +48,7 @@ from proxy.relay import IN_FLIGHT_KEY, SESSION_KEY, Relay, duplicate_id, id_key
 from proxy.session import DownstreamSession
 from proxy.wire import codec
 from proxy.wire.framing import LineWriter
+from proxy.wire.spawn import Spawner
 
 __all__ = ["METHODS", "FastLane", "answer", "enveloped", "plain_request", "progress_line"]
 
@@ -78,7 +79,7 @@ class FastLane:
         holding the stream's ids in ``held``."""
         self._modern, self._modern_ids = session, held
 
-    async def offer(self, message: dict[str, Any], tg: anyio.abc.TaskGroup) -> bool:
+    async def offer(self, message: dict[str, Any], tg: Spawner) -> bool:
         method = message.get("method")
         if method == "notifications/cancelled":
             self._cancel(message.get("params"))
