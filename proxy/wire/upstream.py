@@ -30,7 +30,7 @@ from mcp.client.stdio import (  # private helpers of mcp==2.3.0's stdio_client
     get_default_environment,
 )
 
-from proxy.wire.framing import LineReader
+from proxy.wire.framing import JOIN_BELOW, LineReader
 
 __all__ = ["StdioPipe", "stdio_upstream"]
 
@@ -80,7 +80,11 @@ class StdioPipe:
                 return
             # one synchronous write (whole, so concurrent senders never interleave); drain
             # waits only while the pipe is over its high-water mark: that is the backpressure
-            writer.write(data + b"\n")
+            if len(data) < JOIN_BELOW:
+                writer.write(data + b"\n")
+            else:  # no copy of a long line just to add its newline (see framing.JOIN_BELOW)
+                writer.write(data)
+                writer.write(b"\n")
             await writer.drain()
         except (OSError, RuntimeError) as exc:  # the child went away under the write (uvloop: RuntimeError)
             raise anyio.BrokenResourceError from exc

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.wire.framing import OVERSIZED_METHOD, LineReader, LineWriter
+from proxy.wire.framing import JOIN_BELOW, OVERSIZED_METHOD, LineReader, LineWriter
 
 pytestmark = pytest.mark.anyio
 
@@ -146,3 +146,20 @@ async def test_concurrent_senders_never_interleave_within_a_line() -> None:
     seen = [json.loads(w) for w in sink.writes]
     for n in range(5):
         assert [m["i"] for m in seen if m["sender"] == n] == list(range(50))
+
+
+async def test_long_lines_written_without_a_copy_still_never_interleave() -> None:
+    sink = Sink()
+    writer = LineWriter(sink)
+
+    async def sender(n: int) -> None:
+        for i in range(5):
+            await writer.send(json.dumps({"sender": n, "i": i, "pad": "p" * (JOIN_BELOW + n)}).encode())
+
+    async with anyio.create_task_group() as tg:
+        for n in range(4):
+            tg.start_soon(sender, n)
+    lines = b"".join(sink.writes).split(b"\n")
+    assert lines[-1] == b""
+    seen = [json.loads(line) for line in lines[:-1]]  # each line whole: no other sender's bytes inside
+    assert sorted((m["sender"], m["i"]) for m in seen) == [(n, i) for n in range(4) for i in range(5)]
