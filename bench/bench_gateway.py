@@ -101,6 +101,7 @@ RELAY_P50 = Target("<=1.15x", lambda r: r <= 1.15)
 RELAY = "relay"  # the figures' key of the relay-alone side
 # ``--baseline DIR``: the same gateway configuration run from another checkout, in the same rounds.
 BASELINE = "gateway:baseline"
+RELAY_BASELINE = "relay:baseline"  # the relay alone from the ``--baseline`` checkout
 
 
 # ---- the deployment under test -----------------------------------------------------------------
@@ -486,6 +487,11 @@ async def bench_stdio(
         relay_config = write_site(tmp / "stdio-relay", listen="stdio", upstream="stdio")
         sides.append(Side(RELAY, f"{UPSTREAM}.echo", lambda: stdio_session(relay_argv(relay_config), log),
                           lazy_pid("relay-alone gateway", "bench.relay_only", str(relay_config))))
+        if baseline is not None:
+            base_relay = write_site(tmp / "stdio-relay-baseline", listen="stdio", upstream="stdio")
+            sides.append(Side(RELAY_BASELINE, f"{UPSTREAM}.echo",
+                              lambda: stdio_session(relay_argv(base_relay), log, cwd=baseline),
+                              lazy_pid("baseline relay-alone gateway", "bench.relay_only", str(base_relay))))
     figures = await measure(sides, counts, progress)
     progress("session starts")
     starters = [("direct", direct), (gateway_side(modes[0]), gateway(starts_config))]
@@ -592,10 +598,10 @@ def rows_for(transport: str, figures: dict[str, Figures], side: str = "gateway")
     return rows
 
 
-def relay_rows(transport: str, figures: dict[str, Figures]) -> list[Row]:
+def relay_rows(transport: str, figures: dict[str, Figures], side: str = RELAY) -> list[Row]:
     """The relay-alone side: judged on p50 only (the issue's mark); the rest for scale."""
-    d, r = figures["direct"], figures[RELAY]
-    label = f"{transport} (relay alone)"
+    d, r = figures["direct"], figures[side]
+    label = f"{transport} (relay alone{', baseline' if side == RELAY_BASELINE else ''})"
     rows: list[Row] = []
     for metric, direct, relay, target in (
         ("echo p50 (ms)", median(d.sequential) * 1e3, median(r.sequential) * 1e3, RELAY_P50),
@@ -676,8 +682,8 @@ def main() -> int:
                         help="with --profile (stdio): profile the relay alone instead of the full gateway")
     parser.add_argument("--no-relay", action="store_true", help="leave the relay-alone side out of the stdio run")
     parser.add_argument("--baseline", type=Path, metavar="DIR",
-                        help="also run the gateway from another checkout DIR (e.g. main) in the same rounds;"
-                             " its rows are labelled `(baseline)`")
+                        help="also run the gateway (and on stdio the relay alone) from another checkout DIR"
+                             " (e.g. main) in the same rounds; its rows are labelled `baseline`")
     parser.add_argument("--durability", choices=(*DURABILITY, "both"), default=DURABILITY[0],
                         help="[audit] durability of the gateway; `both` runs one stdio gateway per mode, interleaved")
     args = parser.parse_args()
@@ -715,6 +721,8 @@ def main() -> int:
                             rows += rows_for(transport, figures, BASELINE)
                         if RELAY in figures:
                             rows += relay_rows(transport, figures)
+                        if RELAY_BASELINE in figures:
+                            rows += relay_rows(transport, figures, RELAY_BASELINE)
             except Exception:
                 log.flush()
                 tail = (tmp / "processes.log").read_text()[-3000:]
