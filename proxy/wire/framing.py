@@ -97,6 +97,16 @@ class LineReader:
             chunk = await self._source.read(CHUNK)
             if not chunk:
                 self._eof = True
+            elif (
+                not self._buf and not self._dropped and type(chunk) is bytes and chunk[-1] == 10
+                and chunk.find(b"\n") == len(chunk) - 1 and len(chunk) <= self._limit
+            ):
+                # the usual case: one whole line in one read, nothing pending; it is returned as
+                # read, without the copy into the buffer and back out
+                line = chunk[:-2] if chunk.endswith(b"\r\n") else chunk[:-1]
+                if line.strip():
+                    return line
+                continue
             self._buf += chunk
 
     def _compact(self) -> None:

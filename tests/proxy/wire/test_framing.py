@@ -74,6 +74,15 @@ def test_any_chunking_yields_the_same_lines(lines: list[bytes], ends: list[bytes
     assert got == expected(data)
 
 
+async def test_a_read_of_exactly_one_line_gives_that_line() -> None:
+    # one line per read is how a pipe usually hands messages over (the reader's fast path)
+    chunks = [b'{"a":1}\n', b'{"b":2}\r\n', b"  \n", b"\n", b'{"c"', b':3}\n', b'{"d":4}\n']
+    assert await read_all(chunks) == [b'{"a":1}', b'{"b":2}', b'{"c":3}', b'{"d":4}']
+    oversized = await read_all([b'{"id":9,"x":"' + b"y" * 64 + b'"}\n', b'{"e":5}\n'], limit=32)
+    assert oversized[0]["id"] == 9 and oversized[0]["method"] == OVERSIZED_METHOD
+    assert oversized[1:] == [b'{"e":5}']
+
+
 async def test_a_last_line_without_a_newline_still_counts() -> None:
     assert await read_all([b'{"a": 1}\n{"b"', b": 2}"]) == [b'{"a": 1}', b'{"b": 2}']
 
