@@ -274,6 +274,12 @@ class LineDispatcher:
     async def _send_quiet(self, line: bytes, what: str) -> None:
         try:
             await self._sink.send(line)
+            # a notification (a courtesy cancel above all) or an answer to the upstream yields
+            # once after its write, as anyio's process stream did before the sink wrote to the
+            # asyncio writer directly: a cancelled call then ends after the tasks its
+            # cancellation woke (tests/proxy/test_bad_input.py's client that disconnects
+            # mid-call, over HTTP, was answered otherwise). Requests, the hot path, do not.
+            await anyio.lowlevel.cancel_shielded_checkpoint()
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             log.debug("write dropped: upstream closed", upstream=self._upstream, message=what)
 
