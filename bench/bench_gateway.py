@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import json
 import os
 import platform
 import pstats
@@ -101,6 +102,8 @@ RELAY_P50 = Target("<=1.15x", lambda r: r <= 1.15)
 RELAY = "relay"  # the figures' key of the relay-alone side
 # ``--baseline DIR``: the same gateway configuration run from another checkout, in the same rounds.
 BASELINE = "gateway:baseline"
+RELAY_BASELINE = "relay:baseline"  # the relay alone from the ``--baseline`` checkout
+FLOOR = "floor"  # ``--floor``: bench/floor_relay.py, the least a Python stdio hop can do
 
 
 # ---- the deployment under test -----------------------------------------------------------------
@@ -458,7 +461,7 @@ def gateway_side(mode: str) -> str:
 
 async def bench_stdio(
     tmp: Path, counts: Counts, log: TextIO, progress: Callable[[str], None], modes: tuple[str, ...],
-    relay: bool = True, baseline: Path | None = None,
+    relay: bool = True, baseline: Path | None = None, floor: bool = False,
 ) -> dict[str, Figures]:
     env = {"SECUREGATEWAY_MODEL_KEY": MODEL_KEY}
     configs = {mode: write_site(tmp / f"stdio-calls-{mode}", listen="stdio", upstream="stdio", durability=mode)
@@ -486,6 +489,16 @@ async def bench_stdio(
         relay_config = write_site(tmp / "stdio-relay", listen="stdio", upstream="stdio")
         sides.append(Side(RELAY, f"{UPSTREAM}.echo", lambda: stdio_session(relay_argv(relay_config), log),
                           lazy_pid("relay-alone gateway", "bench.relay_only", str(relay_config))))
+        if baseline is not None:
+            base_relay = write_site(tmp / "stdio-relay-baseline", listen="stdio", upstream="stdio")
+            sides.append(Side(RELAY_BASELINE, f"{UPSTREAM}.echo",
+                              lambda: stdio_session(relay_argv(base_relay), log, cwd=baseline),
+                              lazy_pid("baseline relay-alone gateway", "bench.relay_only", str(base_relay))))
+    if floor:
+        floor_env = {"FLOOR_UPSTREAM": json.dumps(upstream_argv())}
+        sides.append(Side(FLOOR, "echo", lambda: stdio_session([sys.executable, "-m", "bench.floor_relay"], log,
+                                                               floor_env),
+                          lazy_pid("floor relay", "bench.floor_relay", parent=os.getpid())))
     figures = await measure(sides, counts, progress)
     progress("session starts")
     starters = [("direct", direct), (gateway_side(modes[0]), gateway(starts_config))]
@@ -592,13 +605,14 @@ def rows_for(transport: str, figures: dict[str, Figures], side: str = "gateway")
     return rows
 
 
-def relay_rows(transport: str, figures: dict[str, Figures]) -> list[Row]:
+def relay_rows(transport: str, figures: dict[str, Figures], side: str = RELAY) -> list[Row]:
     """The relay-alone side: judged on p50 only (the issue's mark); the rest for scale."""
-    d, r = figures["direct"], figures[RELAY]
-    label = f"{transport} (relay alone)"
+    d, r = figures["direct"], figures[side]
+    label = {RELAY: f"{transport} (relay alone)", RELAY_BASELINE: f"{transport} (relay alone, baseline)",
+             FLOOR: f"{transport} (floor relay)"}[side]
     rows: list[Row] = []
     for metric, direct, relay, target in (
-        ("echo p50 (ms)", median(d.sequential) * 1e3, median(r.sequential) * 1e3, RELAY_P50),
+        ("echo p50 (ms)", median(d.sequential) * 1e3, median(r.sequential) * 1e3, None if side == FLOOR else RELAY_P50),
         ("echo p99 (ms)", percentile(d.sequential, 0.99) * 1e3, percentile(r.sequential, 0.99) * 1e3, None),
         (f"calls/s, {CALLERS} concurrent", median(d.rates), median(r.rates), None),
     ):
@@ -675,9 +689,11 @@ def main() -> int:
     parser.add_argument("--profile-relay", action="store_true",
                         help="with --profile (stdio): profile the relay alone instead of the full gateway")
     parser.add_argument("--no-relay", action="store_true", help="leave the relay-alone side out of the stdio run")
+    parser.add_argument("--floor", action="store_true",
+                        help="add bench/floor_relay.py to the stdio run: the least a Python stdio hop can do")
     parser.add_argument("--baseline", type=Path, metavar="DIR",
-                        help="also run the gateway from another checkout DIR (e.g. main) in the same rounds;"
-                             " its rows are labelled `(baseline)`")
+                        help="also run the gateway (and on stdio the relay alone) from another checkout DIR"
+                             " (e.g. main) in the same rounds; its rows are labelled `baseline`")
     parser.add_argument("--durability", choices=(*DURABILITY, "both"), default=DURABILITY[0],
                         help="[audit] durability of the gateway; `both` runs one stdio gateway per mode, interleaved")
     args = parser.parse_args()
@@ -707,7 +723,8 @@ def main() -> int:
                 for transport, bench in (("stdio", bench_stdio), ("http", bench_http)):
                     if args.transport in (transport, "both"):
                         progress(f"{transport}: client -> upstream, direct and through the gateway")
-                        extra = {"baseline": baseline} | ({"relay": not args.no_relay} if transport == "stdio" else {})
+                        extra = {"baseline": baseline} | (
+                            {"relay": not args.no_relay, "floor": args.floor} if transport == "stdio" else {})
                         figures = anyio.run(functools.partial(bench, tmp, counts, log, progress, modes, **extra))
                         for mode in modes if transport == "stdio" else modes[:1]:
                             rows += rows_for(transport, figures, gateway_side(mode))
@@ -715,6 +732,10 @@ def main() -> int:
                             rows += rows_for(transport, figures, BASELINE)
                         if RELAY in figures:
                             rows += relay_rows(transport, figures)
+                        if RELAY_BASELINE in figures:
+                            rows += relay_rows(transport, figures, RELAY_BASELINE)
+                        if FLOOR in figures:
+                            rows += relay_rows(transport, figures, FLOOR)
             except Exception:
                 log.flush()
                 tail = (tmp / "processes.log").read_text()[-3000:]

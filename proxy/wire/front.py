@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 from proxy.wire import codec
 from proxy.wire.framing import ByteSource, LineReader, LineWriter
+from proxy.wire.spawn import CallPool, Spawner
 
 __all__ = ["Lane", "LaneFactory", "invalid_message_reply", "serve_lines"]
 
@@ -39,7 +40,7 @@ _PARSE_ERROR = ErrorData(code=PARSE_ERROR, message="Parse error")
 class Lane(Protocol):
     """Takes the messages it can answer itself; returns False to leave one to the SDK."""
 
-    async def offer(self, message: dict[str, Any], tg: anyio.abc.TaskGroup) -> bool: ...
+    async def offer(self, message: dict[str, Any], tg: Spawner) -> bool: ...
 
 
 LaneFactory = Callable[[LineWriter], Lane]
@@ -65,10 +66,12 @@ async def serve_lines(
                 served.set()
 
         tg.start_soon(run_server)
+        calls = CallPool(tg)  # the fast lane's calls, one task each (proxy/wire/spawn.py)
+        await tg.start(calls.run)
         try:
             async with to_sdk:
                 async for line in LineReader(source, max_message_bytes):
-                    await _route(line, to_sdk, writer, fast, tg)
+                    await _route(line, to_sdk, writer, fast, calls)
             await served.wait()  # the SDK answers what it holds and closes the connection
         finally:
             tg.cancel_scope.cancel()  # fast-lane calls of a client that went away
@@ -76,7 +79,7 @@ async def serve_lines(
 
 async def _route(
     line: bytes | dict[str, Any], to_sdk: MemoryObjectSendStream[SessionMessage | Exception], writer: LineWriter,
-    lane: Lane | None, tg: anyio.abc.TaskGroup,
+    lane: Lane | None, tg: Spawner,
 ) -> None:
     if isinstance(line, dict):  # the stand-in for an oversized request
         message: Any = line

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.wire.framing import OVERSIZED_METHOD, LineReader, LineWriter
+from proxy.wire.framing import JOIN_BELOW, OVERSIZED_METHOD, LineReader, LineWriter
 
 pytestmark = pytest.mark.anyio
 
@@ -72,6 +72,15 @@ def test_any_chunking_yields_the_same_lines(lines: list[bytes], ends: list[bytes
     data = b"".join(line + end for line, end in zip(lines, ends, strict=False))
     got = anyio.run(read_all, split(data, cuts))
     assert got == expected(data)
+
+
+async def test_a_read_of_exactly_one_line_gives_that_line() -> None:
+    # one line per read is how a pipe usually hands messages over (the reader's fast path)
+    chunks = [b'{"a":1}\n', b'{"b":2}\r\n', b"  \n", b"\n", b'{"c"', b':3}\n', b'{"d":4}\n']
+    assert await read_all(chunks) == [b'{"a":1}', b'{"b":2}', b'{"c":3}', b'{"d":4}']
+    oversized = await read_all([b'{"id":9,"x":"' + b"y" * 64 + b'"}\n', b'{"e":5}\n'], limit=32)
+    assert oversized[0]["id"] == 9 and oversized[0]["method"] == OVERSIZED_METHOD
+    assert oversized[1:] == [b'{"e":5}']
 
 
 async def test_a_last_line_without_a_newline_still_counts() -> None:
@@ -146,3 +155,20 @@ async def test_concurrent_senders_never_interleave_within_a_line() -> None:
     seen = [json.loads(w) for w in sink.writes]
     for n in range(5):
         assert [m["i"] for m in seen if m["sender"] == n] == list(range(50))
+
+
+async def test_long_lines_written_without_a_copy_still_never_interleave() -> None:
+    sink = Sink()
+    writer = LineWriter(sink)
+
+    async def sender(n: int) -> None:
+        for i in range(5):
+            await writer.send(json.dumps({"sender": n, "i": i, "pad": "p" * (JOIN_BELOW + n)}).encode())
+
+    async with anyio.create_task_group() as tg:
+        for n in range(4):
+            tg.start_soon(sender, n)
+    lines = b"".join(sink.writes).split(b"\n")
+    assert lines[-1] == b""
+    seen = [json.loads(line) for line in lines[:-1]]  # each line whole: no other sender's bytes inside
+    assert sorted((m["sender"], m["i"]) for m in seen) == [(n, i) for n in range(4) for i in range(5)]
