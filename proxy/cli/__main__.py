@@ -1,7 +1,5 @@
 """`python -m proxy.cli`."""
 
-import sys
+from proxy.cli import console
 
-from proxy.cli import main
-
-sys.exit(main())
+console()
