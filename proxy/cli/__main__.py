@@ -1,5 +1,9 @@
 """`python -m proxy.cli`."""
 
-from proxy.cli import console
+import gc
+
+gc.disable()  # from the first import on: see proxy.cli.console (a run turns it back on once built)
+
+from proxy.cli import console  # noqa: E402
 
 console()

@@ -4,6 +4,7 @@ reaped, exit handlers run, and a thread still running is waited for."""
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
@@ -83,3 +84,24 @@ def test_a_thread_still_running_at_exit_is_waited_for(tmp_path: Path) -> None:
     assert out.returncode == 2
     assert marker.read_text() == "finished"
     assert time.monotonic() - started >= 1.0
+
+
+def test_the_collector_is_back_on_once_the_gateway_is_built_with_the_start_up_heap_frozen() -> None:
+    from proxy.cli import _serving_heap
+
+    gc.disable()  # as console() leaves it for a run
+    try:
+        _serving_heap()
+        assert gc.isenabled()
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.enable()
+
+
+def test_a_collector_left_on_is_not_frozen() -> None:
+    from proxy.cli import _serving_heap
+
+    assert gc.isenabled()
+    _serving_heap()
+    assert gc.get_freeze_count() == 0
