@@ -31,7 +31,6 @@ from typing import Any, NoReturn
 import anyio
 import anyio.abc
 
-from proxy import logs
 from proxy.config import GatewayConfig, ListenSpec, load_config
 from proxy.errors import ConfigError, GatewayError
 
@@ -46,7 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    logs.configure(args.log_level)
+    if args.func is not _run:  # a run configures its logging once its upstreams are started
+        configure_logs(args.log_level)
     try:
         return int(args.func(args))
     except GatewayError as exc:
@@ -54,6 +54,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def configure_logs(level: str | None) -> None:
+    """structlog, configured (proxy/logs.py). Imported here, not at the top: importing it
+    costs ~40 ms, which ``run`` spends after starting its upstreams. Nothing may log
+    before this (structlog unconfigured would print to stdout, the stdio client's wire)."""
+    from proxy import logs
+
+    logs.configure(level)
 
 
 def console() -> NoReturn:
@@ -145,19 +154,21 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError:
         from proxy.bootstrap import build
 
+        configure_logs(args.log_level)
         build(config, model_key=model_key)  # its errors are reported first, as they always were
         raise
-    anyio.run(partial(_start_and_serve, config, model_key), backend_options=loop)
+    anyio.run(partial(_start_and_serve, config, model_key, args.log_level), backend_options=loop)
     return 0
 
 
-async def _start_and_serve(config: GatewayConfig, model_key: str | None) -> None:
+async def _start_and_serve(config: GatewayConfig, model_key: str | None, log_level: str | None = None) -> None:
     """Start the stdio upstreams first, then import and build the gateway while they start.
 
     The upstreams' own start-up (hundreds of ms for a Python or Node server) overlaps the
     gateway's imports and set-up instead of following them (proxy/upstream/prespawn.py).
     Any failure before serving kills the processes started here (no orphans), and so does
-    a SIGINT/SIGTERM during start-up: the signal handlers are in place before the spawn."""
+    a SIGINT/SIGTERM during start-up: the signal handlers are in place before the spawn.
+    Logging is configured right after the spawn (nothing before it logs)."""
     from proxy.upstream.prespawn import prespawned
 
     early = config.upstreams if config.listen.kind == "stdio" else ()
@@ -166,6 +177,7 @@ async def _start_and_serve(config: GatewayConfig, model_key: str | None) -> None
         await tg.start(_cancel_on_signal, tg.cancel_scope)
         async with prespawned(early) as spawned:
             try:
+                configure_logs(log_level)
                 from proxy.bootstrap import build  # the heavy imports (mcp, policy, negotiation)
 
                 app = build(config, model_key=model_key, prespawned=spawned)

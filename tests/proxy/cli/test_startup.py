@@ -309,13 +309,14 @@ def test_reading_the_command_line_and_the_config_loads_none_of_the_heavy_stacks(
         proxy.cli.load_config(Path({str(site.config_path)!r}))
     """))
     heavy = {"mcp", "mcp_types", "pydantic", "policy", "negotiation", "jsonschema", "proxy.bootstrap",
-             "proxy.screen.classify", "httpx2", "cryptography"}
+             "proxy.screen.classify", "httpx2", "cryptography", "structlog", "yaml", "aiohttp"}
     assert not heavy & loaded
 
 
 def test_the_gateway_does_not_import_what_a_plain_start_does_not_use() -> None:
     loaded = _modules_after("import proxy.cli, proxy.bootstrap")
     unused = {"onnxruntime", "tokenizers", "opentelemetry.sdk", "proxy.admin.app", "proxy.telemetry",
-              "proxy.console", "policy.detect.onnx_model"}  # (the SDK itself imports the opentelemetry API)
+              "proxy.console", "policy.detect.onnx_model",
+              "aiohttp", "proxy.upstream.http_pool"}  # (the SDK itself imports the opentelemetry API)
     assert "proxy.gateway" in loaded
     assert not {m for m in loaded if m in unused or m.split(".")[0] in ("onnxruntime", "tokenizers")}
