@@ -24,7 +24,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -41,8 +41,10 @@ from policy import (
 from policy.engine import scope_reaches
 from proxy.disclosure import decision_view
 from proxy.intercept import CallNext, ToolCall, ToolResult
-from proxy.screen.classify import ClassifierRunner
 from proxy.screen.result_scan import ScanOutcome, finding_summary, scan_payload
+
+if TYPE_CHECKING:  # the classifier's module loads only when one is configured
+    from proxy.screen.classify import ClassifierRunner
 
 log = structlog.get_logger("securegateway.enforce")
 

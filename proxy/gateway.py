@@ -26,7 +26,6 @@ from proxy.intercept import CallNext, Interceptor, compose
 from proxy.mrtr import InputBridge
 from proxy.relay import LocalTool, Relay, connection_of, forward_tool_call
 from proxy.session import DownstreamSession
-from proxy.upstream.http_pool import shared_pool
 from proxy.upstream.link import ClientHello
 from proxy.upstream.prespawn import Prespawned
 from proxy.wire.framing import LineWriter
@@ -82,6 +81,8 @@ class Gateway:
         async with contextlib.AsyncExitStack() as stack:
             if any(up.transport == "http" for up in self.config.upstreams):
                 # keep-alive to HTTP upstreams; only then: its TLS set-up costs start-up ~30 ms
+                from proxy.upstream.http_pool import shared_pool  # (and aiohttp's import ~8% of it)
+
                 await stack.enter_async_context(shared_pool())
             tg = await stack.enter_async_context(anyio.create_task_group())
             self._tg = tg

@@ -14,20 +14,23 @@ Exit codes: 0 ok, 1 a check failed (e.g. audit verify), 2 bad usage or configura
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import dataclasses
+import gc
 import importlib.util
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 import anyio.abc
 
-from proxy import logs
 from proxy.config import GatewayConfig, ListenSpec, load_config
 from proxy.errors import ConfigError, GatewayError
 
@@ -42,7 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    logs.configure(args.log_level)
+    if args.func is not _run:  # a run configures its logging once its upstreams are started
+        configure_logs(args.log_level)
     try:
         return int(args.func(args))
     except GatewayError as exc:
@@ -50,6 +54,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def configure_logs(level: str | None) -> None:
+    """structlog, configured (proxy/logs.py). Imported here, not at the top: importing it
+    costs ~40 ms, which ``run`` spends after starting its upstreams. Nothing may log
+    before this (structlog unconfigured would print to stdout, the stdio client's wire)."""
+    from proxy import logs
+
+    logs.configure(level)
+
+
+def console() -> NoReturn:
+    """The ``securegateway`` program: :func:`main`, then, after ``run``, a quick exit.
+
+    A gateway's clients wait for its process to end when they close stdin (the SDK's
+    stdio client does, for up to two seconds), and tearing down an interpreter that
+    imported the SDK and pydantic costs ~0.15-0.2 s of CPU. Everything ``run`` opened is
+    closed by then (the audit log synced and closed, the upstreams reaped), so after the
+    exit handlers and a flush the process ends at once; a thread still running (none is,
+    normally) gets the ordinary exit, which waits for it.
+
+    Start-up allocates ~160k objects that live as long as the process (modules, the SDK's
+    pydantic models, the compiled policy); the cyclic collector's passes over them while
+    they are made cost ~13% of the start-up CPU, so it is off until the gateway is built
+    (``_serving_heap``)."""
+    argv = sys.argv[1:]
+    running = _command(argv) == "run"
+    if running:
+        gc.disable()  # until the gateway is built: see _serving_heap
+    else:
+        gc.enable()
+    code = main(argv)
+    if running and not any(
+        t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()
+    ):
+        atexit._run_exitfuncs()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):  # a closed or broken pipe: nothing more to say
+                stream.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def _command(argv: Sequence[str]) -> str | None:
@@ -109,19 +154,21 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError:
         from proxy.bootstrap import build
 
+        configure_logs(args.log_level)
         build(config, model_key=model_key)  # its errors are reported first, as they always were
         raise
-    anyio.run(partial(_start_and_serve, config, model_key), backend_options=loop)
+    anyio.run(partial(_start_and_serve, config, model_key, args.log_level), backend_options=loop)
     return 0
 
 
-async def _start_and_serve(config: GatewayConfig, model_key: str | None) -> None:
+async def _start_and_serve(config: GatewayConfig, model_key: str | None, log_level: str | None = None) -> None:
     """Start the stdio upstreams first, then import and build the gateway while they start.
 
     The upstreams' own start-up (hundreds of ms for a Python or Node server) overlaps the
     gateway's imports and set-up instead of following them (proxy/upstream/prespawn.py).
     Any failure before serving kills the processes started here (no orphans), and so does
-    a SIGINT/SIGTERM during start-up: the signal handlers are in place before the spawn."""
+    a SIGINT/SIGTERM during start-up: the signal handlers are in place before the spawn.
+    Logging is configured right after the spawn (nothing before it logs)."""
     from proxy.upstream.prespawn import prespawned
 
     early = config.upstreams if config.listen.kind == "stdio" else ()
@@ -130,16 +177,27 @@ async def _start_and_serve(config: GatewayConfig, model_key: str | None) -> None
         await tg.start(_cancel_on_signal, tg.cancel_scope)
         async with prespawned(early) as spawned:
             try:
+                configure_logs(log_level)
                 from proxy.bootstrap import build  # the heavy imports (mcp, policy, negotiation)
 
                 app = build(config, model_key=model_key, prespawned=spawned)
             except Exception as exc:  # raised below, as itself (not in a task group's exception group)
                 failed = exc
             else:
+                _serving_heap()
                 await app.run()
         tg.cancel_scope.cancel()
     if failed is not None:
         raise failed
+
+
+def _serving_heap() -> None:
+    """Once built: what start-up made is frozen (never scanned by a collection again, so a
+    full one does not pause a call to walk it), and the collector is back on, if
+    ``console`` turned it off. The start-up garbage it keeps is small (~2k objects)."""
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
 
 
 def event_loop_options(choice: str = "auto", source: str = "gateway.toml") -> dict[str, Any]:

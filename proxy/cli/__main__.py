@@ -1,7 +1,9 @@
 """`python -m proxy.cli`."""
 
-import sys
+import gc
 
-from proxy.cli import main
+gc.disable()  # from the first import on: see proxy.cli.console (a run turns it back on once built)
 
-sys.exit(main())
+from proxy.cli import console  # noqa: E402
+
+console()

@@ -55,8 +55,6 @@ from mcp_types import (
 from mcp_types.version import LATEST_HANDSHAKE_VERSION, LATEST_MODERN_VERSION
 
 from proxy.config import UpstreamConfig
-from proxy.upstream.http_lean import lean_streamable_http_client  # HTTP front helper: the lean client
-from proxy.upstream.http_pool import upstream_http_client
 from proxy.upstream.repair import repair_responses
 from proxy.wire.dispatch import LineDispatcher, NotDelivered, OnNotify, OnRequest
 from proxy.wire.upstream import stdio_upstream
@@ -470,6 +468,10 @@ class UpstreamLink:
                 yield JSONRPCDispatcher(*repair_responses(streams, self.name)[:2])
         else:
             assert cfg.url is not None
+            # here, not at the top: aiohttp and the pools cost a stdio-only gateway ~8% of its start-up
+            from proxy.upstream.http_lean import lean_streamable_http_client  # the lean client
+            from proxy.upstream.http_pool import upstream_http_client
+
             async with (
                 upstream_http_client(cfg.headers) as http,
                 # the SDK's streamable_http_client with lean request POSTs (proxy/upstream/http_lean.py)

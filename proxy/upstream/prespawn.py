@@ -69,10 +69,14 @@ class Prespawned:
             if up.transport != "stdio" or not up.command:
                 continue
             try:
-                self._spawned[up.name] = await anyio.open_process(
-                    list(up.command), env=upstream_environment(up), stderr=sys.stderr, cwd=up.cwd,
-                    start_new_session=True,
-                )
+                # Shielded: a signal's cancellation landing inside open_process (after the fork,
+                # before it returns) would kill the child alone and lose it, leaving its own
+                # children behind; finished, it is recorded, and the group kill below reaches all.
+                with anyio.CancelScope(shield=True):
+                    self._spawned[up.name] = await anyio.open_process(
+                        list(up.command), env=upstream_environment(up), stderr=sys.stderr, cwd=up.cwd,
+                        start_new_session=True,
+                    )
             except Exception as exc:  # raised again by the link that adopts it, as its own spawn would
                 if isinstance(exc, FileNotFoundError):
                     exc.filename = exc.filename or up.command[0]  # uvloop leaves out which file

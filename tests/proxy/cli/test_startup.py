@@ -20,7 +20,7 @@ import anyio.abc
 import pytest
 
 from proxy.config import load_config
-from proxy.upstream.prespawn import DEFAULT_INHERITED_ENV_VARS, upstream_environment
+from proxy.upstream.prespawn import DEFAULT_INHERITED_ENV_VARS, prespawned, upstream_environment
 from tests.conftest import ROOT, gateway_env
 from tests.e2e.conftest import GPT_KEY, cli, make_site
 
@@ -309,13 +309,36 @@ def test_reading_the_command_line_and_the_config_loads_none_of_the_heavy_stacks(
         proxy.cli.load_config(Path({str(site.config_path)!r}))
     """))
     heavy = {"mcp", "mcp_types", "pydantic", "policy", "negotiation", "jsonschema", "proxy.bootstrap",
-             "proxy.screen.classify", "httpx2", "cryptography"}
+             "proxy.screen.classify", "httpx2", "cryptography", "structlog", "yaml", "aiohttp"}
     assert not heavy & loaded
 
 
 def test_the_gateway_does_not_import_what_a_plain_start_does_not_use() -> None:
     loaded = _modules_after("import proxy.cli, proxy.bootstrap")
     unused = {"onnxruntime", "tokenizers", "opentelemetry.sdk", "proxy.admin.app", "proxy.telemetry",
-              "proxy.console", "policy.detect.onnx_model"}  # (the SDK itself imports the opentelemetry API)
+              "proxy.console", "policy.detect.onnx_model",
+              "aiohttp", "proxy.upstream.http_pool"}  # (the SDK itself imports the opentelemetry API)
     assert "proxy.gateway" in loaded
     assert not {m for m in loaded if m in unused or m.split(".")[0] in ("onnxruntime", "tokenizers")}
+
+
+async def test_a_spawn_cancelled_while_it_runs_is_recorded_and_killed_with_its_children(tmp_path: Path) -> None:
+    # A signal's cancellation can land inside the spawn (after the fork, before it returns).
+    # The spawn is seen through (shielded) and recorded, so the group kill reaches the
+    # process and everything it started; unshielded, the process would be killed alone, unrecorded.
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    # ignores SIGTERM, so it lives on until the group's SIGKILL: long enough to start its child
+    script = f"trap '' TERM; echo $$ > {pids}/upstream; sleep 120 & echo $! > {pids}/child; wait"
+    site = make_site(tmp_path / "site", listen="stdio", upstreams=[("calendar", ["/bin/sh", "-c", script])])
+    config = load_config(site.config_path)
+    with anyio.fail_after(30):
+        with anyio.CancelScope() as scope:
+            scope.cancel()  # already cancelled when the spawn starts
+            async with prespawned(config.upstreams):
+                await anyio.sleep_forever()
+        started = [int(await wait_for(pids / name, timeout=10)) for name in ("upstream", "child")]
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in started) and time.monotonic() < deadline:
+        await anyio.sleep(0.05)
+    assert not any(alive(pid) for pid in started)
