@@ -107,10 +107,17 @@ def http_app(
         max_request_body_size=config.max_message_bytes,
     )
 
+    lane: HttpLane | None = None
+
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        async with manager.run():
-            yield
+        async with manager.run(), anyio.create_task_group() as tg:
+            if lane is not None:
+                await tg.start(lane.run)
+            try:
+                yield
+            finally:
+                tg.cancel_scope.cancel()
 
     async def close_sessions() -> None:
         # Open GET streams would hold uvicorn's graceful shutdown until its timeout; end
@@ -123,7 +130,7 @@ def http_app(
     if relay is not None:
         if bind_connection not in server.middleware:
             server.middleware.insert(0, bind_connection)  # outermost: sees every initialize's connection
-        sdk = HttpLane(sdk, manager, relay, config.max_message_bytes)
+        sdk = lane = HttpLane(sdk, manager, relay, config.max_message_bytes)
     endpoint = ModelKeyAuth(sdk, authenticate)
     app = Starlette(routes=[Route(listen.path, endpoint=endpoint)], lifespan=lifespan)
     app.state.close_sessions = close_sessions
