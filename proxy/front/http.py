@@ -99,7 +99,7 @@ class ModelKeyAuth:
 def http_app(
     server: Server[Any], config: GatewayConfig, listen: ListenSpec, authenticate: Authenticate, *,
     relay: Relay | None = None,
-) -> Starlette:
+) -> ASGIApp:
     """The front's ASGI app; with ``relay``, hot requests of initialised sessions take the fast lane."""
     manager = ExchangeSessionManager(
         app=server,
@@ -134,7 +134,29 @@ def http_app(
     endpoint = ModelKeyAuth(sdk, authenticate)
     app = Starlette(routes=[Route(listen.path, endpoint=endpoint)], lifespan=lifespan)
     app.state.close_sessions = close_sessions
-    return app
+    return _Front(app, endpoint, listen.path)
+
+
+class _Front:
+    """The front's ASGI app: a request for the MCP path goes straight to its endpoint; the rest
+    (lifespan, other paths and their redirects and 404s) to the Starlette app.
+
+    Starlette's middleware stack and router cost each request ~4 awaited layers and a route
+    match, and do nothing for this one endpoint, which is a plain ASGI app that answers every
+    request itself (its errors included); uvicorn answers 500 if it raises."""
+
+    def __init__(self, app: Starlette, endpoint: ASGIApp, path: str) -> None:
+        self.app = app
+        self.state = app.state
+        self._endpoint = endpoint
+        self._path = path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == self._path and not scope.get("root_path"):
+            scope["app"] = self.app
+            await self._endpoint(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 HTTP_PARSER = "httptools" if importlib.util.find_spec("httptools") else "h11"
