@@ -42,6 +42,8 @@ from proxy.relay import Relay
 log = structlog.get_logger("securegateway.front")
 
 IDENTITY_STATE_KEY = "securegateway.identity"
+MAX_PRINCIPALS = 1024
+"""Principals whose SDK user object the front keeps (beyond that, one is built per request)."""
 Authenticate = Callable[[str | None], Any]
 """Maps a presented model key (or None) to an identity; returns None when refused."""
 
@@ -64,17 +66,22 @@ class ModelKeyAuth:
     def __init__(self, app: ASGIApp, authenticate: Authenticate) -> None:
         self.app = app
         self.authenticate = authenticate
+        self._users: dict[str, AuthenticatedUser] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        auth = model_key = None
+        for name, value in scope["headers"]:  # the first of each, as starlette's ``headers.get``
+            if name == b"authorization" and auth is None:
+                auth = value.decode("latin-1")
+            elif name == b"x-model-key" and model_key is None:
+                model_key = value.decode("latin-1")
         key = None
-        auth = headers.get("authorization", "")
-        if auth[:7].lower() == "bearer ":
+        if auth is not None and auth[:7].lower() == "bearer ":
             key = auth[7:].strip() or None
-        key = key or headers.get("x-model-key") or None
+        key = key or model_key or None
         identity = self.authenticate(key)
         if identity is None:
             message = "missing model key: send `Authorization: Bearer <model key>`" if key is None else (
@@ -92,7 +99,12 @@ class ModelKeyAuth:
         # The SDK binds each HTTP session to the principal that opened it: another model's
         # key cannot ride a session id it learned (it gets 404, as for an unknown session).
         principal = str(getattr(identity, "model_id", identity))
-        scope["user"] = AuthenticatedUser(AccessToken(token="model-key", client_id=principal, scopes=[]))
+        user = self._users.get(principal)
+        if user is None:  # one per principal: it carries nothing else (the models are a configured few)
+            user = AuthenticatedUser(AccessToken(token="model-key", client_id=principal, scopes=[]))
+            if len(self._users) < MAX_PRINCIPALS:
+                self._users[principal] = user
+        scope["user"] = user
         await self.app(scope, receive, send)
 
 

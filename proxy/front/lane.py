@@ -28,6 +28,7 @@ holds the session open against its idle timeout, as the SDK transport's requests
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from types import SimpleNamespace
@@ -41,6 +42,7 @@ from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, authorizat
 from mcp.server.streamable_http import (
     CONTENT_TYPE_JSON,
     MCP_SESSION_ID_HEADER,
+    StreamableHTTPServerTransport,
     check_accept_headers,
 )
 from mcp.shared.jsonrpc_dispatcher import handler_exception_to_error_data, progress_token_from_params
@@ -167,10 +169,7 @@ class HttpLane:
         length = headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > self._max_body):
             return None
-        content_type = headers.get("content-type", "")
-        if not content_type.lower().startswith(CONTENT_TYPE_JSON) or not transport._check_content_type(
-            SimpleNamespace(headers=headers)  # type: ignore[arg-type]
-        ):
+        if not _json_content(headers.get("content-type", "")):
             return None
         security = transport._security
         if security.settings.enable_dns_rebinding_protection and not (
@@ -182,7 +181,7 @@ class HttpLane:
             return None
         if connection.state.get(SESSION_KEY) is None:
             return None
-        has_json, has_sse = check_accept_headers(SimpleNamespace(headers=headers))  # type: ignore[arg-type]
+        has_json, has_sse = _accepts(headers.get("accept", ""))
         if not (has_json or has_sse):
             return None
         return has_json, has_sse
@@ -302,6 +301,23 @@ def _headers(scope: Scope) -> dict[str, str]:
     for k, v in scope["headers"]:
         out.setdefault(k.decode("latin-1"), v.decode("latin-1"))
     return out
+
+
+# The SDK's own header checks, remembered per header value (clients send the same few values on
+# every request; the bound keeps a client that varies them from growing the memory).
+@functools.lru_cache(maxsize=256)
+def _json_content(content_type: str) -> bool:
+    """A JSON body, by the SDK transport's test (and a prefix test for the SDK's path to agree on)."""
+    request: Any = SimpleNamespace(headers={"content-type": content_type})
+    return content_type.lower().startswith(CONTENT_TYPE_JSON) and StreamableHTTPServerTransport._check_content_type(
+        None, request)  # type: ignore[arg-type]
+
+
+@functools.lru_cache(maxsize=256)
+def _accepts(accept: str) -> tuple[bool, bool]:
+    """``(has_json, has_sse)`` by the SDK's ``check_accept_headers``."""
+    request: Any = SimpleNamespace(headers={"accept": accept})
+    return check_accept_headers(request)
 
 
 def _decode(body: bytes | None) -> dict[str, Any] | None:

@@ -192,8 +192,8 @@ class HttpChannel:
             if not response.content.is_eof():
                 # The tail (the stream's end) comes right behind the answer: waiting for it keeps the
                 # caller's connection for its next call; a late one is drained behind the answer.
-                with anyio.move_on_after(TAIL_WAIT_SECONDS):
-                    await drain(response)
+                with anyio.move_on_after(TAIL_WAIT_SECONDS), contextlib.suppress(aiohttp.ClientError, OSError):
+                    await response.content.wait_eof()
             return outcome, not response.content.is_eof()
         log.error("unexpected content type from upstream", upstream=self._transport.upstream,
                   content_type=content_type)
