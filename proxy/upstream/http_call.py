@@ -14,7 +14,9 @@ What an SSE reply carries before the answer keeps its order and its handling: pr
 request goes to its callback; every other message (logging, ``list_changed``, a sampling,
 elicitation or roots request) goes to the SDK dispatcher exactly as the SDK's transport hands it
 over, so the dispatcher answers the upstream's requests as before. A timeout or a cancelled
-caller sends the dispatcher's courtesy ``notifications/cancelled``.
+caller sends the dispatcher's courtesy ``notifications/cancelled``. The request's ``_meta`` is
+the relay's, as on the stdio leg (the SDK dispatcher's client span and trace-context injection
+are not on this path; the gateway's own tracing is ``proxy/telemetry.py``).
 
 Everything else stays on the SDK's path (:mod:`proxy.upstream.http_lean`): ``initialize``,
 notifications and responses, the GET stream, 2026-era requests (their cancellation is the
