@@ -56,8 +56,6 @@ from mcp_types import (
 from mcp_types.version import LATEST_HANDSHAKE_VERSION, LATEST_MODERN_VERSION
 
 from proxy.config import UpstreamConfig
-from proxy.upstream.http_call import http_channel
-from proxy.upstream.http_pool import upstream_http_client
 from proxy.upstream.repair import repair_responses
 from proxy.wire.dispatch import LineDispatcher, NotDelivered, OnNotify, OnRequest
 from proxy.wire.upstream import stdio_upstream
@@ -471,6 +469,10 @@ class UpstreamLink:
                 yield JSONRPCDispatcher(*repair_responses(streams, self.name)[:2])
         else:
             assert cfg.url is not None
+            # imported here, not at the top: a gateway with only stdio upstreams never loads aiohttp
+            from proxy.upstream.http_call import http_channel
+            from proxy.upstream.http_pool import upstream_http_client
+
             async with (
                 upstream_http_client(cfg.headers) as http,
                 # requests POSTed by their callers, the rest the SDK's (proxy/upstream/http_call.py)
