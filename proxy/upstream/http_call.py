@@ -170,7 +170,10 @@ class HttpChannel:
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):  # the dispatcher is gone
             raise MCPError(code=CONNECTION_CLOSED, message="Connection closed") from None
         if tail:  # the answer is the caller's now; the stream's tail is drained behind it (pool reuse)
-            self._task_group.start_soon(_finish, response)
+            try:
+                self._task_group.start_soon(_finish, response)
+            except RuntimeError:  # the client is closing: no drain, the connection is closed
+                response.release()
         return outcome
 
     async def _reply(
