@@ -42,6 +42,8 @@ from proxy.relay import Relay
 log = structlog.get_logger("securegateway.front")
 
 IDENTITY_STATE_KEY = "securegateway.identity"
+MAX_PRINCIPALS = 1024
+"""Principals whose SDK user object the front keeps (beyond that, one is built per request)."""
 Authenticate = Callable[[str | None], Any]
 """Maps a presented model key (or None) to an identity; returns None when refused."""
 
@@ -64,17 +66,22 @@ class ModelKeyAuth:
     def __init__(self, app: ASGIApp, authenticate: Authenticate) -> None:
         self.app = app
         self.authenticate = authenticate
+        self._users: dict[str, AuthenticatedUser] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        auth = model_key = None
+        for name, value in scope["headers"]:  # the first of each, as starlette's ``headers.get``
+            if name == b"authorization" and auth is None:
+                auth = value.decode("latin-1")
+            elif name == b"x-model-key" and model_key is None:
+                model_key = value.decode("latin-1")
         key = None
-        auth = headers.get("authorization", "")
-        if auth[:7].lower() == "bearer ":
+        if auth is not None and auth[:7].lower() == "bearer ":
             key = auth[7:].strip() or None
-        key = key or headers.get("x-model-key") or None
+        key = key or model_key or None
         identity = self.authenticate(key)
         if identity is None:
             message = "missing model key: send `Authorization: Bearer <model key>`" if key is None else (
@@ -92,14 +99,19 @@ class ModelKeyAuth:
         # The SDK binds each HTTP session to the principal that opened it: another model's
         # key cannot ride a session id it learned (it gets 404, as for an unknown session).
         principal = str(getattr(identity, "model_id", identity))
-        scope["user"] = AuthenticatedUser(AccessToken(token="model-key", client_id=principal, scopes=[]))
+        user = self._users.get(principal)
+        if user is None:  # one per principal: it carries nothing else (the models are a configured few)
+            user = AuthenticatedUser(AccessToken(token="model-key", client_id=principal, scopes=[]))
+            if len(self._users) < MAX_PRINCIPALS:
+                self._users[principal] = user
+        scope["user"] = user
         await self.app(scope, receive, send)
 
 
 def http_app(
     server: Server[Any], config: GatewayConfig, listen: ListenSpec, authenticate: Authenticate, *,
     relay: Relay | None = None,
-) -> Starlette:
+) -> ASGIApp:
     """The front's ASGI app; with ``relay``, hot requests of initialised sessions take the fast lane."""
     manager = ExchangeSessionManager(
         app=server,
@@ -107,10 +119,17 @@ def http_app(
         max_request_body_size=config.max_message_bytes,
     )
 
+    lane: HttpLane | None = None
+
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        async with manager.run():
-            yield
+        async with manager.run(), anyio.create_task_group() as tg:
+            if lane is not None:
+                await tg.start(lane.run)
+            try:
+                yield
+            finally:
+                tg.cancel_scope.cancel()
 
     async def close_sessions() -> None:
         # Open GET streams would hold uvicorn's graceful shutdown until its timeout; end
@@ -123,11 +142,33 @@ def http_app(
     if relay is not None:
         if bind_connection not in server.middleware:
             server.middleware.insert(0, bind_connection)  # outermost: sees every initialize's connection
-        sdk = HttpLane(sdk, manager, relay, config.max_message_bytes)
+        sdk = lane = HttpLane(sdk, manager, relay, config.max_message_bytes)
     endpoint = ModelKeyAuth(sdk, authenticate)
     app = Starlette(routes=[Route(listen.path, endpoint=endpoint)], lifespan=lifespan)
     app.state.close_sessions = close_sessions
-    return app
+    return _Front(app, endpoint, listen.path)
+
+
+class _Front:
+    """The front's ASGI app: a request for the MCP path goes straight to its endpoint; the rest
+    (lifespan, other paths and their redirects and 404s) to the Starlette app.
+
+    Starlette's middleware stack and router cost each request ~4 awaited layers and a route
+    match, and do nothing for this one endpoint, which is a plain ASGI app that answers every
+    request itself (its errors included); uvicorn answers 500 if it raises."""
+
+    def __init__(self, app: Starlette, endpoint: ASGIApp, path: str) -> None:
+        self.app = app
+        self.state = app.state
+        self._endpoint = endpoint
+        self._path = path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == self._path and not scope.get("root_path"):
+            scope["app"] = self.app
+            await self._endpoint(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 HTTP_PARSER = "httptools" if importlib.util.find_spec("httptools") else "h11"

@@ -19,7 +19,8 @@ call (answered ``-32800 Request cancelled``, as the SDK's transport answers a ca
 The reply is chosen as :class:`~proxy.front.exchange.ExchangeTransport` chooses it: a JSON
 body when the answer is the first message for the request, SSE when progress comes first
 (or the call is silent past ``PING_INTERVAL``: pings), and the client's ``Accept`` decides
-when it allows only one type. Requests an upstream makes of the client during a call
+when it allows only one type (``proxy.front.reply``: the call runs in the request's own task,
+with no task, stream or timer of its own). Requests an upstream makes of the client during a call
 (sampling, elicitation, roots) ride the session's GET stream, as on the SDK path. A request
 id in flight on the session (in either path) is refused with ``-32600``; a lane request
 holds the session open against its idle timeout, as the SDK transport's requests do.
@@ -27,18 +28,21 @@ holds the session open against its idle timeout, as the SDK transport's requests
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
+import anyio.abc
+import anyio.lowlevel
 import structlog
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, authorization_context
 from mcp.server.streamable_http import (
     CONTENT_TYPE_JSON,
-    CONTENT_TYPE_SSE,
     MCP_SESSION_ID_HEADER,
+    StreamableHTTPServerTransport,
     check_accept_headers,
 )
 from mcp.shared.jsonrpc_dispatcher import handler_exception_to_error_data, progress_token_from_params
@@ -48,6 +52,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proxy.front import exchange
 from proxy.front.exchange import TRANSPORT_SCOPE_KEY
+from proxy.front.reply import LaneReply, Pinger, send_json
 from proxy.relay import IN_FLIGHT_KEY, SESSION_KEY, Relay, connection_of
 from proxy.wire import codec
 from proxy.wire.lane import METHODS, answer, enveloped, plain_request, progress_line
@@ -61,13 +66,6 @@ log = structlog.get_logger("securegateway.front")
 
 REQUEST_CANCELLED: Final = -32800
 _SESSION_HEADER: Final = MCP_SESSION_ID_HEADER.lower().encode()
-_JSON_HEADERS: Final = [(b"content-type", CONTENT_TYPE_JSON.encode())]
-_SSE_HEADERS: Final = [
-    (b"content-type", CONTENT_TYPE_SSE.encode()),
-    (b"cache-control", b"no-cache, no-transform"),
-    (b"connection", b"keep-alive"),
-    (b"x-accel-buffering", b"no"),
-]
 
 
 async def bind_connection(ctx: Any, call_next: Any) -> Any:
@@ -101,9 +99,17 @@ class HttpLane:
         self._manager = manager
         self._relay = relay
         self._max_body = max_body
+        self._pinger = Pinger()
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """The lane's one background task (its replies' pings); the app's lifespan runs it."""
+        await self._pinger.run(task_status=task_status)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        transport = self._transport(scope) if scope["type"] == "http" and scope["method"] == "POST" else None
+        transport = (
+            self._transport(scope)
+            if scope["type"] == "http" and scope["method"] == "POST" and self._pinger.running else None
+        )
         if transport is None:
             await self._app(scope, receive, send)
             return
@@ -163,10 +169,7 @@ class HttpLane:
         length = headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > self._max_body):
             return None
-        content_type = headers.get("content-type", "")
-        if not content_type.lower().startswith(CONTENT_TYPE_JSON) or not transport._check_content_type(
-            SimpleNamespace(headers=headers)  # type: ignore[arg-type]
-        ):
+        if not _json_content(headers.get("content-type", "")):
             return None
         security = transport._security
         if security.settings.enable_dns_rebinding_protection and not (
@@ -178,7 +181,7 @@ class HttpLane:
             return None
         if connection.state.get(SESSION_KEY) is None:
             return None
-        has_json, has_sse = check_accept_headers(SimpleNamespace(headers=headers))  # type: ignore[arg-type]
+        has_json, has_sse = _accepts(headers.get("accept", ""))
         if not (has_json or has_sse):
             return None
         return has_json, has_sse
@@ -213,8 +216,8 @@ class HttpLane:
         if key in held or str(request_id) in transport._request_streams:
             log.warning("duplicate in-flight request id refused", id=str(request_id)[:80])
             text = f"request id `{str(request_id)[:80]}` is already in flight on this session; use a new id"
-            await _send_json(send, transport, codec.encode_error(request_id, ErrorData(code=INVALID_REQUEST,
-                                                                                       message=text)))
+            await send_json(send, transport.mcp_session_id, codec.encode_error(
+                request_id, ErrorData(code=INVALID_REQUEST, message=text)))
             return
         held.add(key)  # claimed before anything else can run
         has_json, has_sse = accepts
@@ -226,90 +229,50 @@ class HttpLane:
         self, transport: ExchangeTransport, request: dict[str, Any], request_id: Any, key: Any, held: set[Any],
         *, json_only: bool, sse_only: bool, send: Send,
     ) -> None:
+        """Run the call in this task; the reply takes JSON or SSE as the exchange goes (proxy/front/reply.py)."""
         session = transport.connection.state[SESSION_KEY]
         method = request["method"]
         params = request.get("params") or {}
         token = progress_token_from_params(params)
-        out, events = anyio.create_memory_object_stream[tuple[bool, bytes]](math.inf)
+        reply = LaneReply(send, transport.mcp_session_id, json_only=json_only, sse_only=sse_only)
+        pinger = self._pinger
         scope = anyio.CancelScope()
         calls = transport.lane_calls
         calls[key] = scope
-        answered = False  # progress stops at the reply
 
         async def relay_progress(progress: float, total: float | None, message: str | None) -> None:
-            if answered or scope.cancel_called:
-                return
-            out.send_nowait((False, progress_line(token, progress, total, message)))
+            if not scope.cancel_called and await reply.progress(progress_line(token, progress, total, message)):
+                pinger.touch(reply)
 
-        async def run() -> None:
-            nonlocal answered
-            reply: bytes
-            try:
-                with scope:
-                    try:
-                        result = await answer(self._relay, session, method, params,
-                                              relay_progress if token is not None else None)
-                        reply = codec.encode_result(request_id, result)
-                    except Exception as exc:  # the wire boundary, as the SDK dispatcher's
-                        error = handler_exception_to_error_data(exc)
-                        if error is None:
-                            log.exception("http fast-lane handler raised", method=method)
-                            error = ErrorData(code=0, message=str(exc))
-                        reply = codec.encode_error(request_id, error)
-                if scope.cancelled_caught or scope.cancel_called:
-                    reply = codec.encode_error(request_id, ErrorData(code=REQUEST_CANCELLED,
-                                                                     message="Request cancelled"))
-            finally:
-                held.discard(key)  # released before the reply: the client may reuse the id at once
-                if calls.get(key) is scope:
-                    del calls[key]
-            answered = True
-            out.send_nowait((True, reply))
-            out.close()
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(run)
-            await _reply(events, transport, json_only=json_only, sse_only=sse_only, send=send)
-
-
-async def _reply(events: Any, transport: ExchangeTransport, *, json_only: bool, sse_only: bool, send: Send) -> None:
-    """Wait for the request's first message, then answer with JSON or commit SSE (as the transport does)."""
-    first: tuple[bool, bytes] | None = None
-    while first is None:
-        with anyio.move_on_after(None if json_only else exchange.PING_INTERVAL):
-            first = await events.receive()
-        if first is None:
-            break  # silent past the window: keep the connection alive with SSE
-        if json_only and not first[0]:
-            first = None  # a JSON body has room for the response only
-    if first is not None and first[0] and not sse_only:
-        await _send_json(send, transport, first[1])
-        return
-    headers = list(_SSE_HEADERS)
-    if transport.mcp_session_id:
-        headers.append((MCP_SESSION_ID_HEADER.encode(), transport.mcp_session_id.encode()))
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    event = first
-    while True:
-        if event is None:
-            await send({"type": "http.response.body", "body": exchange._PING, "more_body": True})
-        else:
-            done, data = event
-            frame = b"event: message\r\ndata: " + data + b"\r\n\r\n"
-            await send({"type": "http.response.body", "body": frame, "more_body": not done})
-            if done:
-                return
-        event = None
-        with anyio.move_on_after(exchange.PING_INTERVAL):
-            event = await events.receive()
-
-
-async def _send_json(send: Send, transport: ExchangeTransport, body: bytes) -> None:
-    headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
-    if transport.mcp_session_id:
-        headers.append((MCP_SESSION_ID_HEADER.encode(), transport.mcp_session_id.encode()))
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+        if reply.pings:
+            pinger.watch(reply)
+        data: bytes
+        try:
+            with scope:
+                try:
+                    result = await answer(self._relay, session, method, params,
+                                          relay_progress if token is not None else None)
+                    data = codec.encode_result(request_id, result)
+                except Exception as exc:  # the wire boundary, as the SDK dispatcher's
+                    error = handler_exception_to_error_data(exc)
+                    if error is None:
+                        log.exception("http fast-lane handler raised", method=method)
+                        error = ErrorData(code=0, message=str(exc))
+                    data = codec.encode_error(request_id, error)
+            if scope.cancelled_caught or scope.cancel_called:
+                data = codec.encode_error(request_id, ErrorData(code=REQUEST_CANCELLED, message="Request cancelled"))
+                # A cancelled call's answer goes out two loop turns later, as it did when the call ran in a
+                # task of its own: the SDK client (mcp 2.3.0) fails its whole session on an answer that
+                # lands just as the session closes its write stream (a client that gives up on a call and
+                # disconnects; tests/proxy/test_bad_input.py), and with no hop it lands there.
+                await anyio.lowlevel.checkpoint()
+                await anyio.lowlevel.checkpoint()
+        finally:
+            held.discard(key)  # released before the reply: the client may reuse the id at once
+            if calls.get(key) is scope:
+                del calls[key]
+            pinger.forget(reply)
+        await reply.answer(data)
 
 
 class _holding:  # a context manager, named for how it reads
@@ -338,6 +301,23 @@ def _headers(scope: Scope) -> dict[str, str]:
     for k, v in scope["headers"]:
         out.setdefault(k.decode("latin-1"), v.decode("latin-1"))
     return out
+
+
+# The SDK's own header checks, remembered per header value (clients send the same few values on
+# every request; the bound keeps a client that varies them from growing the memory).
+@functools.lru_cache(maxsize=256)
+def _json_content(content_type: str) -> bool:
+    """A JSON body, by the SDK transport's test (and a prefix test for the SDK's path to agree on)."""
+    request: Any = SimpleNamespace(headers={"content-type": content_type})
+    return content_type.lower().startswith(CONTENT_TYPE_JSON) and StreamableHTTPServerTransport._check_content_type(
+        None, request)  # type: ignore[arg-type]
+
+
+@functools.lru_cache(maxsize=256)
+def _accepts(accept: str) -> tuple[bool, bool]:
+    """``(has_json, has_sse)`` by the SDK's ``check_accept_headers``."""
+    request: Any = SimpleNamespace(headers={"accept": accept})
+    return check_accept_headers(request)
 
 
 def _decode(body: bytes | None) -> dict[str, Any] | None:

@@ -33,11 +33,13 @@ from __future__ import annotations
 
 import codecs
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import anyio
+import anyio.abc
 import httpx2
 import structlog
 from httpx2._sse import _SSEParser  # httpx2's own SSE rules (pinned with the SDK)
@@ -67,11 +69,11 @@ from pydantic import ValidationError
 from proxy.upstream.http_pool import DRAIN_BYTES, DRAIN_SECONDS, lean_session
 from proxy.wire import codec
 
-__all__ = ["LeanStreamableHTTPTransport", "lean_streamable_http_client"]
+__all__ = ["LeanClient", "LeanStreamableHTTPTransport", "lean_client", "lean_streamable_http_client"]
 
 log = structlog.get_logger("securegateway.upstream")
 
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 def parse_line(data: bytes, upstream: str) -> SessionMessage | Exception:
@@ -106,8 +108,8 @@ class LeanStreamableHTTPTransport(StreamableHTTPTransport):
     def __init__(self, url: str, lean: aiohttp.ClientSession, *, upstream: str,
                  max_sse_event_size: int | None = DEFAULT_MAX_SSE_EVENT_SIZE) -> None:
         super().__init__(url, max_sse_event_size=max_sse_event_size)
-        self._lean = lean
-        self._upstream = upstream
+        self.lean = lean
+        self.upstream = upstream
         self._base_headers: dict[str, str] | None = None
 
     async def _handle_post_request(self, ctx: RequestContext) -> None:
@@ -115,11 +117,11 @@ class LeanStreamableHTTPTransport(StreamableHTTPTransport):
         if not isinstance(message, JSONRPCRequest) or message.method == "initialize":
             await super()._handle_post_request(ctx)
             return
-        headers = self._headers_for(ctx)
+        headers = self.request_headers(ctx.client, ctx.metadata.headers if ctx.metadata is not None else None)
         async with self._post(message, headers) as response:
-            self._keep_cookies(ctx.client, response)
+            self.keep_cookies(ctx.client, response)
             status = response.status
-            if status in _REDIRECTS:
+            if status in REDIRECTS:
                 redirected = True
             else:
                 redirected = False
@@ -130,28 +132,29 @@ class LeanStreamableHTTPTransport(StreamableHTTPTransport):
     @contextlib.asynccontextmanager
     async def _post(self, message: JSONRPCRequest, headers: dict[str, str]) -> AsyncIterator[aiohttp.ClientResponse]:
         try:
-            response = await self._lean.post(self.url, data=encode_outbound(message), headers=headers,
+            response = await self.lean.post(self.url, data=encode_outbound(message), headers=headers,
                                              allow_redirects=False)
         except Exception as exc:
-            log.warning("lean POST failed", upstream=self._upstream, error=repr(exc))
+            log.warning("lean POST failed", upstream=self.upstream, error=repr(exc))
             raise
         async with response:
             yield response
 
-    def _headers_for(self, ctx: RequestContext) -> dict[str, str]:
+    def request_headers(self, client: httpx2.AsyncClient, extra: Mapping[str, str] | None) -> dict[str, str]:
+        """A request POST's headers: the client's, the transport's, ``extra`` (per message), cookies."""
         if self._base_headers is None:
-            self._base_headers = {k: v for k, v in ctx.client.headers.items() if k.lower() != "content-length"}
+            self._base_headers = {k: v for k, v in client.headers.items() if k.lower() != "content-length"}
         headers = {**self._base_headers, **self._prepare_headers()}
-        if ctx.metadata is not None and ctx.metadata.headers is not None:
-            headers.update(ctx.metadata.headers)
-        if ctx.client.cookies:
+        if extra is not None:
+            headers.update(extra)
+        if client.cookies:
             probe = httpx2.Request("POST", self.url)
-            ctx.client.cookies.set_cookie_header(probe)
+            client.cookies.set_cookie_header(probe)
             if "cookie" in probe.headers:
                 headers["cookie"] = probe.headers["cookie"]
         return headers
 
-    def _keep_cookies(self, client: httpx2.AsyncClient, response: aiohttp.ClientResponse) -> None:
+    def keep_cookies(self, client: httpx2.AsyncClient, response: aiohttp.ClientResponse) -> None:
         cookies = response.headers.getall("set-cookie", [])
         if cookies:
             seen = httpx2.Response(response.status, headers=[("set-cookie", c) for c in cookies],
@@ -168,10 +171,10 @@ class LeanStreamableHTTPTransport(StreamableHTTPTransport):
             return
         content_type = response.headers.get("content-type", "").lower()
         if status >= 400:
-            await writer.send(SessionMessage(await self._status_error(message, response, content_type)))
+            await writer.send(SessionMessage(await status_error(message.id, response, content_type, self)))
             return
         if content_type.startswith("application/json"):
-            parsed = parse_line(await response.read(), self._upstream)
+            parsed = parse_line(await response.read(), self.upstream)
             if isinstance(parsed, Exception):
                 error = ErrorData(code=PARSE_ERROR, message=f"Failed to parse JSON response: {parsed}")
                 parsed = SessionMessage(JSONRPCError(jsonrpc="2.0", id=message.id, error=error))
@@ -179,26 +182,9 @@ class LeanStreamableHTTPTransport(StreamableHTTPTransport):
         elif content_type.startswith("text/event-stream"):
             await self._read_events(ctx, message, response)
         else:
-            log.error("unexpected content type from upstream", upstream=self._upstream, content_type=content_type)
+            log.error("unexpected content type from upstream", upstream=self.upstream, content_type=content_type)
             error = ErrorData(code=INVALID_REQUEST, message=f"Unexpected content type: {content_type}")
             await writer.send(SessionMessage(JSONRPCError(jsonrpc="2.0", id=message.id, error=error)))
-
-    async def _status_error(self, message: JSONRPCRequest, response: aiohttp.ClientResponse,
-                            content_type: str) -> JSONRPCError:
-        """A non-2xx reply as the SDK's transport reports it."""
-        if content_type.startswith("application/json"):
-            with contextlib.suppress(aiohttp.ClientError):
-                parsed = parse_line(await response.read(), self._upstream)
-                if isinstance(parsed, SessionMessage) and isinstance(parsed.message, JSONRPCError):
-                    return JSONRPCError(jsonrpc="2.0", id=message.id, error=parsed.message.error)
-        if response.status == 404:
-            if self.session_id is None:
-                return JSONRPCError(jsonrpc="2.0", id=message.id, error=ErrorData(code=METHOD_NOT_FOUND,
-                                                                                  message="Not Found"))
-            return JSONRPCError(jsonrpc="2.0", id=message.id, error=ErrorData(code=INVALID_REQUEST,
-                                                                              message="Session terminated"))
-        return JSONRPCError(jsonrpc="2.0", id=message.id, error=ErrorData(
-            code=INTERNAL_ERROR, message="Server returned an error response"))
 
     async def _read_events(self, ctx: RequestContext, message: JSONRPCRequest,
                            response: aiohttp.ClientResponse) -> None:
@@ -217,7 +203,7 @@ class LeanStreamableHTTPTransport(StreamableHTTPTransport):
                     if sse.retry is not None:
                         retry_ms = sse.retry
                     if await self._relay_event(sse, message, writer, on_token):
-                        await _drain(response)
+                        await drain(response)
                         return
             for sse in parser.flush():
                 if await self._relay_event(sse, message, writer, on_token):
@@ -226,7 +212,7 @@ class LeanStreamableHTTPTransport(StreamableHTTPTransport):
             await self._resolve_abandoned_request(writer, message.id, f"SSE stream failed: {exc}")
             return
         except (aiohttp.ClientError, OSError):
-            log.debug("upstream SSE stream ended", upstream=self._upstream, exc_info=True)
+            log.debug("upstream SSE stream ended", upstream=self.upstream, exc_info=True)
         if last_event_id is not None:
             await self._handle_reconnection(ctx, last_event_id, retry_ms)
         else:
@@ -235,13 +221,13 @@ class LeanStreamableHTTPTransport(StreamableHTTPTransport):
     async def _relay_event(self, sse: Any, message: JSONRPCRequest, writer: StreamWriter, on_token: Any) -> bool:
         """Hand one event's message to the dispatcher; True when it is the request's answer."""
         if sse.event != "message":
-            log.warning("unknown SSE event from upstream", upstream=self._upstream, event=sse.event)
+            log.warning("unknown SSE event from upstream", upstream=self.upstream, event=sse.event)
             return False
         if not sse.data:  # a priming event (resumability)
             if sse.id and on_token:
                 await on_token(sse.id)
             return False
-        parsed = parse_line(sse.data.encode("utf-8"), self._upstream)
+        parsed = parse_line(sse.data.encode("utf-8"), self.upstream)
         if isinstance(parsed, Exception):
             error = ErrorData(code=PARSE_ERROR, message=f"Failed to parse SSE message: {parsed}")
             await writer.send(SessionMessage(JSONRPCError(jsonrpc="2.0", id=message.id, error=error)))
@@ -255,7 +241,25 @@ class LeanStreamableHTTPTransport(StreamableHTTPTransport):
         return isinstance(answer, JSONRPCResponse | JSONRPCError)
 
 
-async def _drain(response: aiohttp.ClientResponse) -> None:
+async def status_error(request_id: Any, response: aiohttp.ClientResponse, content_type: str,
+                       transport: StreamableHTTPTransport) -> JSONRPCError:
+    """A non-2xx reply to request ``request_id`` as the SDK's transport reports it."""
+    if content_type.startswith("application/json"):
+        with contextlib.suppress(aiohttp.ClientError):
+            parsed = parse_line(await response.read(), getattr(transport, "upstream", "?"))
+            if isinstance(parsed, SessionMessage) and isinstance(parsed.message, JSONRPCError):
+                return JSONRPCError(jsonrpc="2.0", id=request_id, error=parsed.message.error)
+    if response.status == 404:
+        if transport.session_id is None:
+            return JSONRPCError(jsonrpc="2.0", id=request_id, error=ErrorData(code=METHOD_NOT_FOUND,
+                                                                              message="Not Found"))
+        return JSONRPCError(jsonrpc="2.0", id=request_id, error=ErrorData(code=INVALID_REQUEST,
+                                                                          message="Session terminated"))
+    return JSONRPCError(jsonrpc="2.0", id=request_id, error=ErrorData(
+        code=INTERNAL_ERROR, message="Server returned an error response"))
+
+
+async def drain(response: aiohttp.ClientResponse) -> None:
     """Let the stream's tail arrive (it ends right after the answer) so the connection is reused."""
     with anyio.move_on_after(DRAIN_SECONDS), contextlib.suppress(aiohttp.ClientError, OSError):
         drained = 0
@@ -265,11 +269,22 @@ async def _drain(response: aiohttp.ClientResponse) -> None:
                 break
 
 
+@dataclass(frozen=True)
+class LeanClient:
+    """What ``lean_client`` opens: the transport, the dispatcher's streams, the inbound writer."""
+
+    transport: LeanStreamableHTTPTransport
+    streams: TransportStreams
+    inbound: StreamWriter
+    """Where the transport hands the upstream's messages to the dispatcher (``read_stream``'s writer)."""
+    task_group: anyio.abc.TaskGroup
+
+
 @contextlib.asynccontextmanager
-async def lean_streamable_http_client(
+async def lean_client(
     url: str, *, http_client: httpx2.AsyncClient, upstream: str,
     max_sse_event_size: int | None = DEFAULT_MAX_SSE_EVENT_SIZE, terminate_on_close: bool = True,
-) -> AsyncGenerator[TransportStreams, None]:
+) -> AsyncGenerator[LeanClient, None]:
     """``mcp.client.streamable_http.streamable_http_client`` (mcp==2.3.0) on the lean transport."""
     async with lean_session() as lean:
         transport = LeanStreamableHTTPTransport(url, lean, upstream=upstream, max_sse_event_size=max_sse_event_size)
@@ -289,9 +304,20 @@ async def lean_streamable_http_client(
             tg.start_soon(transport.post_writer, http_client, write_stream_reader, read_stream_writer, write_stream,
                           start_get_stream, tg)
             try:
-                yield read_stream, write_stream
+                yield LeanClient(transport, (read_stream, write_stream), read_stream_writer, tg)
             finally:
                 if transport.session_id and terminate_on_close:
                     await transport.terminate_session(http_client)
                 tg.cancel_scope.cancel()
     await resync_tracer()
+
+
+@contextlib.asynccontextmanager
+async def lean_streamable_http_client(
+    url: str, *, http_client: httpx2.AsyncClient, upstream: str,
+    max_sse_event_size: int | None = DEFAULT_MAX_SSE_EVENT_SIZE, terminate_on_close: bool = True,
+) -> AsyncGenerator[TransportStreams, None]:
+    """``mcp.client.streamable_http.streamable_http_client`` (mcp==2.3.0) on the lean transport."""
+    async with lean_client(url, http_client=http_client, upstream=upstream, max_sse_event_size=max_sse_event_size,
+                           terminate_on_close=terminate_on_close) as client:
+        yield client.streams

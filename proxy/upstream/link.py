@@ -3,7 +3,8 @@
 An ``UpstreamLink`` owns the transport (a stdio subprocess or a Streamable HTTP
 session) and a raw dispatcher over it: for stdio the gateway's own correlator
 (:class:`proxy.wire.dispatch.LineDispatcher`: one reader task, one encode per request,
-answers as decoded dicts), for HTTP and legacy SSE the SDK's ``JSONRPCDispatcher``.
+answers as decoded dicts), for HTTP the SDK's ``JSONRPCDispatcher`` with requests POSTed by their
+callers (:mod:`proxy.upstream.http_call`), for legacy SSE the SDK's ``JSONRPCDispatcher``.
 Either way, messages that are only relayed are never re-modelled. The link performs
 the handshake once, pins the protocol version the upstream answered, and restarts the
 upstream when it crashes. Only the calls in flight at the crash fail (with a clear
@@ -468,18 +469,18 @@ class UpstreamLink:
                 yield JSONRPCDispatcher(*repair_responses(streams, self.name)[:2])
         else:
             assert cfg.url is not None
-            # here, not at the top: aiohttp and the pools cost a stdio-only gateway ~8% of its start-up
-            from proxy.upstream.http_lean import lean_streamable_http_client  # the lean client
+            # imported here, not at the top: a gateway with only stdio upstreams never loads aiohttp
+            from proxy.upstream.http_call import http_channel
             from proxy.upstream.http_pool import upstream_http_client
 
             async with (
                 upstream_http_client(cfg.headers) as http,
-                # the SDK's streamable_http_client with lean request POSTs (proxy/upstream/http_lean.py)
-                lean_streamable_http_client(
+                # requests POSTed by their callers, the rest the SDK's (proxy/upstream/http_call.py)
+                http_channel(
                     cfg.url, http_client=http, upstream=self.name, max_sse_event_size=self._max_message_bytes
-                ) as streams,
+                ) as channel,
             ):
-                yield JSONRPCDispatcher(*repair_responses(streams, self.name)[:2])
+                yield channel
 
 
 def _describe(exc: BaseException) -> str:

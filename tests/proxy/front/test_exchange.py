@@ -210,3 +210,15 @@ async def test_sdk_clients_reuse_their_connection_to_the_gateway(gateway: tuple[
                     "text": str(i), "server": "search"}
         opened = relay.accepted - before
     assert opened <= 1, f"{opened} new connections to the gateway for 20 calls"
+
+
+async def test_other_paths_are_still_starlettes_while_the_mcp_path_skips_it(gateway: tuple[Any, str]) -> None:
+    # The MCP path skips Starlette's middleware and router; every other path keeps them.
+    gw, url = gateway
+    base = url.rsplit("/", 1)[0]
+    async with running(gw), httpx2.AsyncClient(timeout=30) as http:
+        assert (await http.post(f"{base}/elsewhere", json={})).status_code == 404
+        slash = await http.post(f"{url}/", json={}, follow_redirects=False)
+        assert slash.status_code == 307 and slash.headers["location"].endswith("/mcp")
+        async with raw_session(url) as s:
+            assert (await s.post(s.request("ping", {}))).json()["result"] == {}
