@@ -34,7 +34,7 @@ __all__ = ["LivePolicy", "watch_policy_file"]
 
 Subscriber = Callable[[ActivePolicy], None]
 EventSink = Callable[[str, dict[str, Any]], None]
-_UNSEEN = object()  # compares unequal to any stat key or hash, so the first poll reloads
+_UNSEEN = object()  # compares unequal to any stat key or hash
 
 
 class LivePolicy:
@@ -106,14 +106,16 @@ async def watch_policy_file(
 ) -> None:
     """Reload ``repo``'s live file into ``live`` whenever it changes; runs until cancelled.
 
-    The first poll always reloads once, so an edit made between start-up and the
-    watcher's start is not missed (an unchanged file reloads to the same version and
-    reports nothing).
+    The first poll compares the file's bytes with those the live policy was loaded from
+    (``ActivePolicy.source_sha256``): an edit made between start-up and the watcher's start
+    is reloaded, the very file already serving is not parsed a second time. A live policy
+    with no source hash (a commit, a test) gets one reload, which for an unchanged file
+    lands on the same version and reports nothing.
     """
     path = repo.policy_path
     seen: object = _UNSEEN
     settling: object = _UNSEEN
-    seen_hash: object = _UNSEEN
+    seen_hash: object = live.current.source_sha256 or _UNSEEN
     while True:
         await anyio.sleep(interval)
         key = _stat_key(path)

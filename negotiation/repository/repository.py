@@ -37,8 +37,9 @@ holding the key would vouch for any text someone drops in place.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from negotiation.contracts import Contract, utc_now
@@ -54,20 +55,23 @@ from policy.yaml_safe import DEFAULT_MAX_BYTES, read_capped
 __all__ = ["ActivePolicy", "ChainReport", "PolicyRepository"]
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class ActivePolicy:
     """A policy together with the version and contract that made it live."""
 
     policy: Policy
     version: int
     contract: Contract | None
+    # sha256 hex of the live file's bytes this was loaded from (``load()`` only), so the
+    # watcher's first poll can tell the file it sees is the one already serving.
+    source_sha256: str | None = dataclasses.field(default=None, compare=False)  # provenance, not identity
 
     @property
     def digest(self) -> str:
         return self.policy.digest
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class ChainReport:
     """The outcome of checking the whole history; ``problems`` is empty when ``ok``."""
 
@@ -173,11 +177,12 @@ class PolicyRepository:
             contracts = self._recover()
             self._check_rollback(contracts)
             text, policy = self._read_live()
+            source_sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()  # read as strict UTF-8
             head = contracts[-1] if contracts else None
             if head is not None and policy.digest == head.digest:
                 self._check_head(contracts)
                 self._raise_high_water(head)
-                return ActivePolicy(policy, head.version, head)
+                return ActivePolicy(policy, head.version, head, source_sha256)
             if self.require_signature:
                 what = "has no recorded version yet" if head is None else "differs from the signed head"
                 raise PolicyTamperedError(
@@ -185,7 +190,7 @@ class PolicyRepository:
                     "sign it with `securegateway policy sign` or restore the signed file",
                     code="policy_unsigned",
                 )
-            return self._record(
+            recorded = self._record(
                 contracts,
                 policy,
                 text,
@@ -194,6 +199,7 @@ class PolicyRepository:
                 justification=None,
                 write_live=False,
             )
+            return dataclasses.replace(recorded, source_sha256=source_sha256)
 
     def commit(
         self,

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -165,3 +166,52 @@ async def test_a_deleted_policy_file_is_reported_and_the_old_policy_kept(tmp_pat
         failed = await events.wait_for("policy.reload_failed")
     assert failed["code"] == "policy_invalid"
     assert live.current.version == 1
+
+
+# -- the first poll ----------------------------------------------------------------------------
+
+
+def counting_loads(repo: PolicyRepository, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A spy on ``repo.load``: the list grows by one per call (the real load still runs)."""
+    calls: list[int] = []
+    real = repo.load
+
+    def load() -> ActivePolicy:
+        calls.append(1)
+        return real()
+
+    monkeypatch.setattr(repo, "load", load)
+    return calls
+
+
+def test_a_load_records_the_hash_of_the_bytes_it_read(tmp_path: Path) -> None:
+    live_file = tmp_path / "policies.yaml"
+    live_file.write_bytes(("# café, naïve\n" + policy_text("fs.read")).encode("utf-8"))
+    active = make_repo(tmp_path).load()
+    assert active.source_sha256 == hashlib.sha256(live_file.read_bytes()).hexdigest()
+
+
+async def test_the_first_poll_does_not_reparse_the_file_already_serving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = make_repo(tmp_path)
+    live = LivePolicy(repo.load())
+    loads = counting_loads(repo, monkeypatch)
+    events = Events()
+    async with watching(repo, live, events):
+        await anyio.sleep(0.2)  # forty polls
+        assert loads == [] and events.seen == []
+        replace_file(repo.policy_path, policy_text("fs.read", "fs.list"))
+        activated = await events.wait_for("policy.activated")
+    assert activated["version"] == 2 and loads  # the spy sees the reload an edit causes
+
+
+async def test_an_edit_between_the_start_up_load_and_the_watchers_start_is_picked_up(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    live = LivePolicy(repo.load())
+    replace_file(repo.policy_path, policy_text("fs.read", "fs.write"))  # before the watcher runs
+    events = Events()
+    async with watching(repo, live, events):
+        activated = await events.wait_for("policy.activated")
+    assert activated["version"] == 2
+    assert live.current.version == 2 and "fs.write" in live.current.policy.rules[0].allow_tools

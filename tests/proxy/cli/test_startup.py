@@ -78,11 +78,12 @@ def parent_of(pid: int) -> int:
 
 
 async def wait_for(path: Path, timeout: float = 60.0) -> str:
+    """The file's text once it exists and is not empty (a writer may have created it only)."""
     target = anyio.Path(path)
     with anyio.fail_after(timeout):
-        while not await target.exists():
+        while not (await target.exists() and (text := await target.read_text())):
             await anyio.sleep(0.02)
-    return await target.read_text()
+    return text
 
 
 class RawClient:
