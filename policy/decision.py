@@ -7,11 +7,11 @@ Fields are only ever added to it; a changed meaning gets a new schema version.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, replace
 from typing import Any
 
 from .detect.finding import Finding
+from .entropy import random_bytes
 from .risk import RiskFactor
 
 __all__ = [
@@ -81,7 +81,7 @@ DENY_KINDS: dict[str, str | None] = {
 
 def new_decision_id() -> str:
     """A random (version 4) UUID as 32 hex digits; ``uuid.uuid4().hex`` at a fifth of the cost."""
-    raw = bytearray(os.urandom(16))
+    raw = random_bytes(16)
     raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
     raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
     return raw.hex()

@@ -60,12 +60,17 @@ def _tame(number: float) -> bool:
 
 
 def _clean(value: Any, strings: list[str], limit: int | None, redacting: bool, depth: int = 0) -> Any:
-    """A plain copy of ``value``, clipped like :func:`clip_strings`, every string and key appended to
+    """``value`` as plain data, clipped like :func:`clip_strings`, every string and key appended to
     ``strings``; raises :class:`_NotClean` wherever :func:`policy.redact.redact` could replace
     something for a reason other than a secret in a string (a sensitive key name when
     ``redacting``, a non-finite float, too deep a nesting, a key or value with no JSON form),
-    and for a float outside :func:`_tame`. What it returns is then what ``redact`` would return
-    whenever none of ``strings`` holds a secret."""
+    and for a float outside :func:`_tame`. What it returns is then equal to what ``redact`` would
+    return whenever none of ``strings`` holds a secret.
+
+    Copy on write: a plain ``dict`` or ``list`` in which nothing was clipped or converted is
+    returned as it is, not copied (the usual event: its decision, request and arguments). The
+    event shares them with its caller, which hands it to the log at once; the log encodes it
+    and keeps no reference."""
     kind = type(value)
     if kind is str:
         if limit is not None and len(value) > limit:
@@ -78,15 +83,18 @@ def _clean(value: Any, strings: list[str], limit: int | None, redacting: bool, d
         if depth >= MAX_DEPTH:
             raise _NotClean
         if kind is list:
-            items: list[Any] = []
-            for item in value:
+            items: list[Any] | None = None
+            for index, item in enumerate(value):
                 if type(item) is str and (limit is None or len(item) <= limit):
                     strings.append(item)
-                    items.append(item)
-                else:
-                    items.append(_clean(item, strings, limit, redacting, depth + 1))
-            return items
-        out: dict[str, Any] = {}
+                    continue
+                cleaned = _clean(item, strings, limit, redacting, depth + 1)
+                if cleaned is not item:
+                    if items is None:
+                        items = list(value)
+                    items[index] = cleaned
+            return value if items is None else items
+        out: dict[str, Any] | None = None
         for key, item in value.items():
             if type(key) is not str or (redacting and is_sensitive_key(key)):
                 raise _NotClean
@@ -94,12 +102,15 @@ def _clean(value: Any, strings: list[str], limit: int | None, redacting: bool, d
             item_kind = type(item)
             if item_kind is str and (limit is None or len(item) <= limit):
                 strings.append(item)
-                out[key] = item
             elif item is None or item_kind is bool or item_kind is int:
-                out[key] = item
+                pass
             else:
-                out[key] = _clean(item, strings, limit, redacting, depth + 1)
-        return out
+                cleaned = _clean(item, strings, limit, redacting, depth + 1)
+                if cleaned is not item:
+                    if out is None:
+                        out = dict(value)  # same order; later keys are overwritten in place
+                    out[key] = cleaned
+        return value if out is None else out
     if isinstance(value, str):
         if limit is not None and len(value) > limit:
             value = f"[clipped: {len(value)} chars, {digest(value)}]"

@@ -195,8 +195,11 @@ class JsonlAuditLog:
             self.sync()
         return written
 
-    def write_many(self, events: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    def write_many(self, events: Iterable[Mapping[str, Any]], *, keep: bool = True) -> list[dict[str, Any]]:
         """Write ``events`` in order as consecutive links, without waiting for the disk.
+
+        Returns the events as written (envelope included), or ``[]`` when not ``keep``: a caller
+        that only needs them on disk (the gateway's group commit) spares a copy of each.
 
         Every event is validated before anything is written, so a malformed one fails the whole
         call and writes nothing; a write failure part-way may leave the leading events of the
@@ -215,7 +218,7 @@ class JsonlAuditLog:
                     self._recover()
                 except OSError as exc:
                     raise AuditError("write_failed", f"cannot recover audit log: {exc.strerror}") from exc
-            return self._write(bodies)
+            return self._write(bodies, keep=keep)
 
     @property
     def unsynced(self) -> bool:
@@ -295,7 +298,9 @@ class JsonlAuditLog:
         if reserved:
             raise AuditError("reserved_field", f"field `{reserved[0]}` is assigned by the audit log")
         plain = isinstance(event, PlainEvent)
-        if plain:  # its builder walked and scanned it already: written as it is
+        if isinstance(event, PlainEvent) and "schema" in event and "event_id" in event:
+            return event, True  # its builder walked and scanned it already: written as it is, uncopied
+        if plain:
             body = dict(event)
         else:
             body, strings = plain_body(event)
@@ -313,7 +318,8 @@ class JsonlAuditLog:
                 "checkpoint": checkpoint.to_dict()}
 
     def _write(
-        self, bodies: Sequence[tuple[dict[str, Any], bool]], prefix: bytes = b"", *, checkpoint: bool = False
+        self, bodies: Sequence[tuple[dict[str, Any], bool]], prefix: bytes = b"", *, checkpoint: bool = False,
+        keep: bool = True,
     ) -> list[dict[str, Any]]:
         """Chain and write ``bodies`` (each with its ``tame`` flag, see ``sealed_line``) in one ``write()``."""
         head = self._head
@@ -331,7 +337,8 @@ class JsonlAuditLog:
             index += 1
             full = {**body, "seq": head.seq + 1, "ts": format_ts(self._clock()), "prev_hash": head.hash}
             full["hash"], line = sealed_line(full, tame=tame)  # one encoding, hashed as those bytes
-            written.append({name: full[name] for name in ENVELOPE_FIELDS} | full)
+            if keep:
+                written.append({name: full[name] for name in ENVELOPE_FIELDS} | full)
             lines.append(line)
             head = Head(full["seq"], full["hash"])
             if full["type"] == "audit.checkpoint":

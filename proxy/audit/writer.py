@@ -194,7 +194,7 @@ class AuditWriter:
     def submit(self, built: Mapping[str, Any]) -> Receipt:
         """Write ``built`` now (raises AuditError if it cannot be) and return the receipt of its sync."""
         assert self._wake is not None, "the commit task is not running"
-        self.sink.write_many([built])
+        self.sink.write_many([built], keep=False)  # on disk is all it needs: no copy back
         self._wake.set()
         return self._batch
 

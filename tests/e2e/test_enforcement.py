@@ -142,11 +142,11 @@ async def test_a_fault_inside_enforcement_denies_with_gateway_error(site: Site, 
         if fault == "audit":
             original_many = app.runtime.audit.sink.write_many
 
-            def failing_batch(events: Any) -> Any:  # every event is written through write_many
+            def failing_batch(events: Any, **kwargs: Any) -> Any:  # every event is written through write_many
                 events = list(events)
                 if any(e.get("type") == "decision" for e in events):
                     raise OSError("injected disk failure")
-                return original_many(events)
+                return original_many(events, **kwargs)
 
             monkeypatch.setattr(app.runtime.audit.sink, "write_many", failing_batch)
         result = await client.call_tool("search.record", {"note": "must not arrive"})

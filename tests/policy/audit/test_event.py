@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from datetime import UTC, datetime, timedelta, timezone
@@ -401,3 +402,22 @@ def test_event_ids_are_uuid4_strings() -> None:
 def test_format_ts_is_the_rfc3339_utc_strftime_text_for_every_moment(moment: datetime) -> None:
     utc = (moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment).astimezone(UTC)
     assert format_ts(moment) == utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def test_decision_event_clips_a_nested_string_without_touching_the_caller_arguments() -> None:
+    from policy.audit.decision import redacted_decision_event
+
+    long = "x" * 40
+    arguments = {"outer": {"keep": "short", "items": ["a", long, {"deep": long}]}, "n": 1}
+    before = copy.deepcopy(arguments)
+    decision = {"decision_id": "d1", "allowed": True, "reason": "ok", "rule_trace": [{"rule_id": "r", "note": None}]}
+    event = decision_event(decision=decision, session_id="s", server="up", tool="t", arguments=arguments,
+                  latency_ms=0.5, policy_version=1, max_string_bytes=16)
+    assert arguments == before  # clipped in a copy, never in place
+    clipped = event["arguments"]["outer"]["items"]
+    assert clipped[0] == "a" and clipped[1].startswith("[clipped: 40 chars") and clipped[2]["deep"] == clipped[1]
+    assert event["arguments"]["n"] == 1 and event["decision"] == decision
+    reference = redacted_decision_event(decision=decision, session_id="s", server="up", tool="t",
+                                        arguments=arguments, latency_ms=0.5, policy_version=1, max_string_bytes=16)
+    assert {k: v for k, v in event.items() if k != "event_id"} == {
+        k: v for k, v in reference.items() if k != "event_id"}
