@@ -31,7 +31,7 @@ from collections.abc import Coroutine, Generator
 from types import TracebackType
 from typing import Any
 
-__all__ = ["create_eager_task", "resume_now"]
+__all__ = ["create_eager_task"]
 
 _enter_task = asyncio.tasks._enter_task
 _leave_task = asyncio.tasks._leave_task
@@ -41,18 +41,16 @@ _NOTHING = object()
 class _Started(Coroutine[Any, Any, Any]):
     """A coroutine whose first step already ran: replays its outcome, then relays to it."""
 
-    __slots__ = ("_coro", "_error", "_first", "_result", "context")
+    __slots__ = ("_coro", "_error", "_first", "_result")
 
-    def __init__(self, coro: Coroutine[Any, Any, Any], context: contextvars.Context) -> None:
+    def __init__(self, coro: Coroutine[Any, Any, Any]) -> None:
         self._coro = coro
-        self.context = context
         self._first: Any = _NOTHING  # what the first step yielded, until the task takes it
         self._result: Any = _NOTHING  # the first step's return value, if it finished
         self._error: BaseException | None = None  # or its exception
 
     def step(self) -> None:
-        """The next step: the first, or one :func:`resume_now` runs (the caller arranges the
-        task and the context)."""
+        """The first step (the caller arranges the task and the context)."""
         try:
             self._first = self._coro.send(None)
         except StopIteration as stop:
@@ -72,11 +70,6 @@ class _Started(Coroutine[Any, Any, Any]):
             result, self._result = self._result, _NOTHING
             raise StopIteration(result)
         return self._coro.send(value)
-
-    @property
-    def waiting(self) -> bool:
-        """The task took the last step's outcome and waits on what it awaits."""
-        return self._first is _NOTHING and self._error is None and self._result is _NOTHING
 
     def throw(
         self, typ: Any, val: Any = None, tb: TracebackType | None = None
@@ -127,7 +120,7 @@ def create_eager_task(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any,
     if caller is None:
         return loop.create_task(coro)
     context = contextvars.copy_context()
-    started = _Started(coro, context)
+    started = _Started(coro)
     task = loop.create_task(started, context=context)
     _leave_task(loop, caller)
     _enter_task(loop, task)
@@ -138,31 +131,3 @@ def create_eager_task(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any,
         _enter_task(loop, caller)
     return task
 
-
-def resume_now(task: asyncio.Task[Any] | None, future: asyncio.Future[Any]) -> None:
-    """Run the step ``future``'s completion wakes ``task`` for now, in the caller's iteration.
-
-    Only for a task :func:`create_eager_task` started, waiting on exactly ``future`` (its
-    ``_fut_waiter``, which ``future`` completed with a result just now) with no cancellation
-    pending: then the step is the one its wake-up would run next iteration, and the wake-up
-    (still scheduled) finds the outcome waiting, as after the first step. Anything else is
-    left to the task's own wake-up. Must be called from a running task of the future's loop."""
-    if task is None:
-        return
-    started = task.get_coro()
-    if (
-        type(started) is not _Started or not started.waiting or task._fut_waiter is not future  # type: ignore[attr-defined]
-        or task._must_cancel or not future.done() or future.cancelled()  # type: ignore[attr-defined]
-    ):
-        return
-    loop = future.get_loop()
-    caller = asyncio.current_task(loop)
-    if caller is None or caller is task:
-        return
-    _leave_task(loop, caller)
-    _enter_task(loop, task)
-    try:
-        started.context.run(started.step)
-    finally:
-        _leave_task(loop, task)
-        _enter_task(loop, caller)

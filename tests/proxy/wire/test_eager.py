@@ -1,5 +1,5 @@
-"""proxy/wire/eager.py: a task whose first step runs in the caller's iteration, and the
-answered caller's step run by the code that answered it - with a task's semantics intact."""
+"""proxy/wire/eager.py: a task whose first step runs in the caller's iteration, with a task's
+semantics intact (current task, context, result, exception, cancellation, anyio scopes)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 import pytest
 
-from proxy.wire.eager import create_eager_task, resume_now
+from proxy.wire.eager import create_eager_task
 
 pytestmark = pytest.mark.anyio
 
@@ -101,58 +101,3 @@ async def test_anyio_cancel_scopes_inside_work_as_in_any_task() -> None:
     await task
     assert reached == ["timed out", "after scope"]
 
-
-async def test_resume_now_runs_the_answered_step_in_the_callers_iteration() -> None:
-    loop = asyncio.get_running_loop()
-    gate: asyncio.Future[None] = loop.create_future()
-    after: list[Any] = []
-
-    async def body() -> str:
-        await gate
-        after.append(asyncio.current_task())
-        return "answered"
-
-    task = create_eager_task(loop, body())
-    await asyncio.sleep(0)  # the task takes its first step's outcome and waits on the gate
-    gate.set_result(None)
-    resume_now(task, gate)
-    assert after == [task]  # ran now, as the task
-    assert await task == "answered"
-
-
-async def test_resume_now_leaves_a_task_with_a_cancellation_pending_to_itself() -> None:
-    loop = asyncio.get_running_loop()
-    gate: asyncio.Future[None] = loop.create_future()
-    after: list[str] = []
-
-    async def body() -> None:
-        await gate
-        after.append("ran")
-
-    task = create_eager_task(loop, body())
-    await asyncio.sleep(0)
-    gate.set_result(None)
-    task.cancel()  # the waiter is done, so the cancel is pending on the task
-    resume_now(task, gate)
-    assert after == []
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert after == []  # the cancellation won, as it does on a plain task
-
-
-async def test_resume_now_ignores_tasks_it_did_not_start() -> None:
-    loop = asyncio.get_running_loop()
-    gate: asyncio.Future[None] = loop.create_future()
-    after: list[str] = []
-
-    async def body() -> None:
-        await gate
-        after.append("ran")
-
-    task = loop.create_task(body())
-    await asyncio.sleep(0)
-    gate.set_result(None)
-    resume_now(task, gate)
-    assert after == []
-    await task
-    assert after == ["ran"]
