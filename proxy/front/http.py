@@ -73,20 +73,28 @@ class ModelKeyAuth:
             await self.app(scope, receive, send)
             return
         auth = model_key = None
-        for name, value in scope["headers"]:  # the first of each, as starlette's ``headers.get``
-            if name == b"authorization" and auth is None:
+        repeated: bytes | None = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                repeated = name if auth is not None else repeated
                 auth = value.decode("latin-1")
-            elif name == b"x-model-key" and model_key is None:
+            elif name == b"x-model-key":
+                repeated = name if model_key is not None else repeated
                 model_key = value.decode("latin-1")
         key = None
         if auth is not None and auth[:7].lower() == "bearer ":
             key = auth[7:].strip() or None
         key = key or model_key or None
-        identity = self.authenticate(key)
+        # Two credentials of one kind are ambiguous (a proxy in between may have added one):
+        # refused, never resolved by picking the first or the last.
+        identity = self.authenticate(key) if repeated is None else None
         if identity is None:
-            message = "missing model key: send `Authorization: Bearer <model key>`" if key is None else (
-                "unknown model key"
-            )
+            if repeated is not None:
+                message = f"more than one `{repeated.decode()}` header: send exactly one model key"
+            elif key is None:
+                message = "missing model key: send `Authorization: Bearer <model key>`"
+            else:
+                message = "unknown model key"
             body = json.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": -32001, "message": message}}).encode()
             await send({
                 "type": "http.response.start",

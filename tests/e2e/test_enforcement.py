@@ -87,6 +87,21 @@ async def test_unknown_or_missing_http_key_is_401_with_a_clear_message(site: Sit
         assert alt.status_code == 401
 
 
+@pytest.mark.parametrize("header", ["Authorization", "X-Model-Key"])
+async def test_two_credential_headers_of_one_kind_are_refused_whichever_comes_first(site: Site, header: str) -> None:
+    body = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}}
+    value = (lambda key: f"Bearer {key}") if header == "Authorization" else (lambda key: key)
+    async with running(site.app()), httpx2.AsyncClient() as http:
+        for pair in ((GPT_KEY, "nope"), ("nope", GPT_KEY), (GPT_KEY, GPT_KEY)):
+            headers = [("Accept", "application/json, text/event-stream"), *((header, value(k)) for k in pair)]
+            refused = await http.post(site.url, json=body, headers=headers)
+            assert refused.status_code == 401, pair
+            assert f"more than one `{header.lower()}` header" in refused.text
+        one = await http.post(site.url, json=body, headers=[("Accept", "application/json, text/event-stream"),
+                                                            (header, value(GPT_KEY))])
+        assert one.status_code == 200
+
+
 async def test_stdio_front_through_the_real_cli(tmp_path: Path) -> None:
     site = make_site(tmp_path / "stdio", listen="stdio")
     env = {**gateway_env(), "SECUREGATEWAY_MODEL_KEY": GPT_KEY}
