@@ -11,8 +11,6 @@ cancelled and awaited before ``run`` returns, and a task that fails with anythin
 cancellation fails ``run`` (and so its task group) with that exception. A task's code may
 use anyio freely: anyio adopts native asyncio tasks (their cancel scopes work as usual).
 
-Each task is started eagerly (:func:`proxy.wire.eager.create_eager_task`): its first step
-runs in the caller's iteration, so a call forwards its request before the read loop reads on.
 On a backend other than asyncio the pool hands the tasks to the task group unchanged.
 """
 
@@ -24,8 +22,6 @@ from typing import Any, Protocol
 
 import anyio
 import anyio.abc
-
-from proxy.wire.eager import create_eager_task
 
 __all__ = ["CallPool", "Spawner"]
 
@@ -53,7 +49,7 @@ class CallPool:
         if self._loop is None:  # not running, or not asyncio: the task group's own tasks
             self._tg.start_soon(func, *args)
             return
-        task = create_eager_task(self._loop, func(*args))  # its first step runs now (proxy/wire/eager.py)
+        task = self._loop.create_task(func(*args))
         self._tasks.add(task)
         task.add_done_callback(self._done)
 
