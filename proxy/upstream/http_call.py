@@ -29,7 +29,6 @@ so the link restarts the session.
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Final
@@ -39,7 +38,6 @@ import anyio
 import anyio.abc
 import httpx2
 import structlog
-from httpx2._sse import _SSEParser  # httpx2's own SSE rules (pinned with the SDK)
 from mcp import MCPError
 from mcp.client.streamable_http import RequestContext, StreamWriter
 from mcp.shared.dispatcher import CallOptions
@@ -60,6 +58,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from proxy.upstream.http_lean import (
     REDIRECTS,
     LeanStreamableHTTPTransport,
+    SSEEvents,
     drain,
     lean_client,
     parse_line,
@@ -231,31 +230,20 @@ class HttpChannel:
     ) -> dict[str, Any] | JSONRPCError:
         """Read the stream until the answer; what comes first keeps its order (module docstring)."""
         transport = self._transport
-        parser = _SSEParser(transport.max_sse_event_size)
-        text = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        last_event_id: str | None = None
-        retry_ms: int | None = None
+        events = SSEEvents(response, transport.max_sse_event_size)
         try:
-            async for chunk in response.content.iter_any():
-                for sse in parser.decode(text.decode(chunk)):
-                    if sse.id:
-                        last_event_id = sse.id
-                    if sse.retry is not None:
-                        retry_ms = sse.retry
+            async with contextlib.aclosing(events.iterate()) as stream:
+                async for sse in stream:
                     answer = await self._event(sse, request_id, on_progress)
                     if answer is not None:
                         return answer
-            for sse in parser.flush():
-                answer = await self._event(sse, request_id, on_progress)
-                if answer is not None:
-                    return answer
         except httpx2.SSEError as exc:
             return _error(request_id, CONNECTION_CLOSED, f"SSE stream failed: {exc}")
         except (aiohttp.ClientError, OSError):
             log.debug("upstream SSE stream ended", upstream=transport.upstream, exc_info=True)
-        if last_event_id is None:
+        if events.last_event_id is None:
             return _error(request_id, CONNECTION_CLOSED, "SSE stream ended without a response")
-        return await self._resume(method, request_id, extra, on_progress, last_event_id, retry_ms)
+        return await self._resume(method, request_id, extra, on_progress, events.last_event_id, events.retry_ms)
 
     async def _event(self, sse: Any, request_id: int, on_progress: Any) -> dict[str, Any] | JSONRPCError | None:
         if sse.event != "message":

@@ -69,11 +69,40 @@ from pydantic import ValidationError
 from proxy.upstream.http_pool import DRAIN_BYTES, DRAIN_SECONDS, lean_session
 from proxy.wire import codec
 
-__all__ = ["LeanClient", "LeanStreamableHTTPTransport", "lean_client", "lean_streamable_http_client"]
+__all__ = ["LeanClient", "LeanStreamableHTTPTransport", "SSEEvents", "lean_client", "lean_streamable_http_client"]
 
 log = structlog.get_logger("securegateway.upstream")
 
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+class SSEEvents:
+    """The SSE events of one aiohttp response body, by httpx2's parser (decoded as UTF-8 with
+    replacement), remembering the last event id and retry hint the stream sent for a resumption.
+
+    ``async with contextlib.aclosing(events.iterate()) as stream: async for sse in stream``;
+    the parser's ``SSEError`` and aiohttp's errors reach the caller as raised."""
+
+    __slots__ = ("last_event_id", "max_event_size", "response", "retry_ms")
+
+    def __init__(self, response: aiohttp.ClientResponse, max_event_size: int | None) -> None:
+        self.response = response
+        self.max_event_size = max_event_size
+        self.last_event_id: str | None = None
+        self.retry_ms: int | None = None
+
+    async def iterate(self) -> AsyncGenerator[Any, None]:
+        parser = _SSEParser(self.max_event_size)
+        text = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        async for chunk in self.response.content.iter_any():
+            for sse in parser.decode(text.decode(chunk)):
+                if sse.id:
+                    self.last_event_id = sse.id
+                if sse.retry is not None:
+                    self.retry_ms = sse.retry
+                yield sse
+        for sse in parser.flush():  # a last event without its blank line: not a resumption point
+            yield sse
 
 
 def parse_line(data: bytes, upstream: str) -> SessionMessage | Exception:
@@ -190,31 +219,21 @@ class LeanStreamableHTTPTransport(StreamableHTTPTransport):
                            response: aiohttp.ClientResponse) -> None:
         """Relay the stream's messages until the response, then let the stream end (pool reuse)."""
         writer = ctx.read_stream_writer
-        parser = _SSEParser(self.max_sse_event_size)
-        text = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        last_event_id: str | None = None
-        retry_ms: int | None = None
+        events = SSEEvents(response, self.max_sse_event_size)
         on_token = ctx.metadata.on_resumption_token_update if ctx.metadata else None
         try:
-            async for chunk in response.content.iter_any():
-                for sse in parser.decode(text.decode(chunk)):
-                    if sse.id:
-                        last_event_id = sse.id
-                    if sse.retry is not None:
-                        retry_ms = sse.retry
+            async with contextlib.aclosing(events.iterate()) as stream:
+                async for sse in stream:
                     if await self._relay_event(sse, message, writer, on_token):
                         await drain(response)
                         return
-            for sse in parser.flush():
-                if await self._relay_event(sse, message, writer, on_token):
-                    return
         except httpx2.SSEError as exc:
             await self._resolve_abandoned_request(writer, message.id, f"SSE stream failed: {exc}")
             return
         except (aiohttp.ClientError, OSError):
             log.debug("upstream SSE stream ended", upstream=self.upstream, exc_info=True)
-        if last_event_id is not None:
-            await self._handle_reconnection(ctx, last_event_id, retry_ms)
+        if events.last_event_id is not None:
+            await self._handle_reconnection(ctx, events.last_event_id, events.retry_ms)
         else:
             await self._resolve_abandoned_request(writer, message.id, "SSE stream ended without a response")
 
