@@ -185,7 +185,10 @@ class UpstreamLink:
                          upstream=self.name, method=method)
                 return await self._send(await self._await_restart(), method, params, opts, input_schema)
         except MCPError as exc:
-            if exc.code == CONNECTION_CLOSED:
+            if exc.code == CONNECTION_CLOSED and exc.message == "Connection closed":
+                # the connection itself went: the gateway's words (its own session with the client is
+                # fine). A request's own stream failing ("SSE stream ended without a response") is the
+                # SDK transport's error for that request, passed on as a direct client would see it.
                 raise MCPError(
                     INTERNAL_ERROR, f"upstream `{self.name}` closed the connection while handling `{method}`"
                 ) from None
@@ -480,6 +483,7 @@ class UpstreamLink:
                     cfg.url, http_client=http, upstream=self.name, max_sse_event_size=self._max_message_bytes
                 ) as channel,
             ):
+                channel.on_close = partial(self._lost, channel)
                 yield channel
 
 
