@@ -6,7 +6,8 @@ up on a call and disconnects) fails the client's whole transport task group, whi
 drops such an answer. So a cancelled 2025-era call's answer (``-32800``, which the 2025 wire needs
 to end the request's stream, as the SDK server sends it) goes out as an SSE event whenever the
 client takes SSE, in the fast lane and on the SDK path alike, whatever the timing. A 2026 client
-cancels by closing the POST and is never answered. Either way the upstream is told.
+cancels by closing the POST and is never answered. Either way the upstream is told; and the
+SDK's stdio client, in either era, cancels a call and goes on.
 """
 
 from __future__ import annotations
@@ -92,3 +93,21 @@ async def test_a_cancelled_2025_call_is_answered_request_cancelled_on_a_stream_u
     assert plain.headers["content-type"] == "application/json"
     assert plain.json() == {"jsonrpc": "2.0", "id": 5, "error": cancelled}
     assert HANDSHAKE == "2025-11-25"
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"], ids=["2025", "2026"])
+async def test_a_stdio_client_that_cancels_a_call_goes_on_and_the_upstream_is_told(tmp_path: Path, mode: str) -> None:
+    from tests.proxy.wire.test_lane import sdk_client
+
+    marker = tmp_path / "site" / "calls.txt"
+    with anyio.fail_after(60):
+        async with sdk_client(tmp_path / "site", mode=mode) as client:
+            for round_ in range(1, ROUNDS + 1):
+                with anyio.move_on_after(0.5) as gave_up:
+                    await client.call_tool("search.slow", SLOW)
+                assert gave_up.cancelled_caught
+                while _cancels(marker) < round_:
+                    await anyio.sleep(0.05)
+                # the session goes on (that no answer for the cancelled id is written on stdio, in
+                # either era, is checked on the raw wire in tests/proxy/wire/test_lane.py)
+                assert (await client.call_tool("search.echo", {"text": str(round_)})).content[0].text == str(round_)
