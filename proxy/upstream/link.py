@@ -393,8 +393,11 @@ class UpstreamLink:
     async def _dispatch_notify(
         self, dctx: Any, method: str, params: Mapping[str, Any] | None
     ) -> None:
-        if method in ("notifications/progress", "notifications/subscriptions/acknowledged"):
-            return  # progress goes through the per-request callback; the ack is ours alone
+        if method in ("notifications/progress", "notifications/subscriptions/acknowledged", "notifications/cancelled"):
+            # progress goes through the per-request callback; the ack is ours alone; a cancel names the
+            # upstream's own request to us, which the dispatcher has cancelled: the gateway's request
+            # to the client, cancelled with it, is cancelled there under the client's id
+            return
         await self._on_notify(self, method, params)
 
     async def _handshake(self, disp: Channel) -> UpstreamInfo:

@@ -14,6 +14,8 @@ server may do on the wire:
 - ``sse_cut``: an SSE reply that ends without the answer (no event ids: not resumable);
 - ``expire``: forgets the session and answers 404 (so does every later request with its id);
 - ``forget``: answers, then forgets the session (it expired between two calls);
+- ``ask_then_cancel``: asks the client for a sampling (id ``up-1``) on the call's SSE reply, cancels
+  that request with ``notifications/cancelled`` half a second later, then answers the call;
 - ``die``: the process exits while the call's reply is open (later requests: connection refused).
 
 Every message it receives is appended to ``--log`` as a JSON line. Run as
@@ -34,7 +36,8 @@ from aiohttp import web
 
 TOOLS = [
     {"name": name, "description": f"raw {name}", "inputSchema": {"type": "object"}}
-    for name in ("echo", "progress_on_get", "slow", "status", "not_json", "html", "sse_cut", "expire", "forget", "die")
+    for name in ("echo", "progress_on_get", "slow", "status", "not_json", "html", "sse_cut", "expire", "forget",
+                 "ask_then_cancel", "die")
 ]
 
 
@@ -143,6 +146,16 @@ class Upstream:
             self.session = None
             self.get_queue.put_nowait(None)
             return reply
+        if name == "ask_then_cancel":
+            response = await self.sse(request)
+            await response.write(event({"jsonrpc": "2.0", "id": "up-1", "method": "sampling/createMessage", "params": {
+                "messages": [{"role": "user", "content": {"type": "text", "text": "hi?"}}], "maxTokens": 5}}))
+            await asyncio.sleep(0.5)
+            await response.write(event({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                                        "params": {"requestId": "up-1", "reason": "no longer needed"}}))
+            await asyncio.sleep(0.3)
+            await response.write(event(answer(request_id, "asked")))
+            return response
         if name == "die":
             await self.sse(request)
             os._exit(0)

@@ -7,7 +7,9 @@ GET stream reaches the caller's callback (and, as directly, not once the call is
 each fault of a reply (5xx, a body that is not JSON, an unexpected content type, an SSE reply
 that ends without the answer) is the error a direct client reports. Where a direct SDK client
 is stuck (its session expired upstream: every later call "Session terminated"; the upstream gone
-and back: its client ends), the link starts a new session and the next call goes through.
+and back: its client ends), the link starts a new session and the next call goes through. An
+upstream that cancels its own request to the client (a sampling) has it cancelled under the
+client's id, never under the upstream's.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import anyio
 import pytest
 from mcp import MCPError
 
-from tests.conftest import ROOT, connect, free_port, running, wait_port
+from tests.conftest import ROOT, connect, free_port, gateway_env, running, wait_port
 from tests.e2e.conftest import GPT_KEY, make_site
 
 pytestmark = pytest.mark.anyio
@@ -167,3 +169,37 @@ async def test_an_upstream_that_dies_mid_call_fails_that_call_and_the_link_follo
                     await client.call_tool("search.echo", {"text": "x"})
     assert gone.value.code == -32003, gone.value.message
     assert gone.value.message.startswith("upstream `search` is unavailable"), gone.value.message
+
+
+async def test_an_upstream_cancelling_its_own_request_reaches_the_client_under_the_clients_id(tmp_path: Path) -> None:
+    # The upstream asks for a sampling (its id `up-1`) and cancels it: the client is told under the
+    # id it was asked with (the gateway's), never under the upstream's, which names nothing it knows
+    # (or, worse, another request that happens to have that id).
+    from tests.e2e.conftest import cli
+    from tests.e2e.test_stdio_wire import INITIALIZED, Wire
+
+    log = tmp_path / "up.jsonl"
+    with stream_upstream(log) as (url, _):
+        site = make_site(tmp_path / "site", listen="stdio", policy=ALL, upstreams=[("search", ["replaced"])])
+        site.config_path.write_text(site.config_path.read_text().replace('command = ["replaced"]', f'url = "{url}"'))
+        env = {**gateway_env(), "SECUREGATEWAY_MODEL_KEY": GPT_KEY}
+        init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {"sampling": {}},
+            "clientInfo": {"name": "raw", "version": "1"}}}
+        async with await anyio.open_process(cli("run", "--config", str(site.config_path)), cwd=ROOT, env=env,
+                                            stderr=subprocess.DEVNULL) as proc:
+            wire = Wire(proc)
+            try:
+                with anyio.fail_after(60):
+                    await wire.send(init, INITIALIZED)
+                    assert "result" in await wire.reply()
+                    await wire.send({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                                     "params": {"name": "search.ask_then_cancel", "arguments": {}}})
+                    seen = await wire.replies_until(2)
+            finally:
+                proc.kill()
+    asks = [m for m in seen if m.get("method") == "sampling/createMessage"]
+    cancels = [m["params"]["requestId"] for m in seen if m.get("method") == "notifications/cancelled"]
+    assert len(asks) == 1 and asks[0]["id"] != "up-1"
+    assert cancels == [asks[0]["id"]], seen
+    assert seen[-1]["result"]["content"][0]["text"] == "asked"
