@@ -24,7 +24,9 @@ from proxy.downstream import serve_stdio
 from proxy.front.http import IDENTITY_STATE_KEY, http_app, serve_http
 from proxy.intercept import CallNext, Interceptor, compose
 from proxy.mrtr import InputBridge
-from proxy.relay import LocalTool, Relay, connection_of, forward_tool_call
+from proxy.relay import Relay, forward_tool_call
+from proxy.route.ids import connection_of
+from proxy.route.seams import LocalTool
 from proxy.session import DownstreamSession
 from proxy.upstream.link import ClientHello
 from proxy.upstream.prespawn import Prespawned

@@ -56,7 +56,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from proxy.front import exchange
 from proxy.front.exchange import TRANSPORT_SCOPE_KEY
 from proxy.front.reply import LaneReply, Pinger, send_json
-from proxy.relay import IN_FLIGHT_KEY, SESSION_KEY, Relay, connection_of
+from proxy.relay import Relay
+from proxy.route.ids import IN_FLIGHT_KEY, SESSION_KEY, connection_of
 from proxy.wire import codec
 from proxy.wire.lane import METHODS, answer, enveloped, plain_request, progress_line
 

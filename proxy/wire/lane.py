@@ -45,7 +45,8 @@ from mcp.shared.jsonrpc_dispatcher import handler_exception_to_error_data, progr
 from mcp_types import PROTOCOL_VERSION_META_KEY, ErrorData
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from proxy.relay import IN_FLIGHT_KEY, SESSION_KEY, Relay, duplicate_id, id_key
+from proxy.relay import Relay
+from proxy.route.ids import IN_FLIGHT_KEY, SESSION_KEY, duplicate_id, id_key
 from proxy.session import DownstreamSession
 from proxy.wire import codec
 from proxy.wire.framing import LineWriter
