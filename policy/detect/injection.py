@@ -48,7 +48,8 @@ import ahocorasick_rs
 
 from .runs import char_offsets
 
-__all__ = ["RULES", "InjectionHit", "Rule", "alt_reference", "find_injections", "ignore_english", "spaced_anchor_seen"]
+__all__ = ["RULES", "W_REFERENCE", "InjectionHit", "Rule", "alt_reference", "find_injections", "ignore_english",
+           "spaced_anchor_seen"]
 
 _AFTER = 320  # how far past its anchor a rule's match may end (see _REACH)
 
@@ -126,8 +127,12 @@ def alt_reference(words: Iterable[str]) -> str:
 
 
 # Separators between words: at most one line break (code spread over lines is no sentence).
-_W = r"(?=[\W_])(?:[^\w\n]|_)*+\n?(?:[^\w\n]|_)*+"
-_GAP = rf"(?:[\w'’]+{_W}){{0,5}}?"
+W_REFERENCE = r"(?=[\W_])(?:[^\w\n]|_)*+\n?(?:[^\w\n]|_)*+"
+# The same: each `(?:[^\w\n]|_)*+` consumes the longest run of non-word characters and
+# underscores (no newline) and gives nothing back, as does `[^\w\n]*+(?:_++[^\w\n]*+)*+`,
+# whose outer loop runs only at underscores: a run of single characters is a fast
+# repeat in CPython's `re`, a repeated alternation a slow one (5% of rule 0's time).
+_W = r"(?=[\W_])[^\w\n]*+(?:_++[^\w\n]*+)*+\n?[^\w\n]*+(?:_++[^\w\n]*+)*+"
 
 # ---- ignore previous instructions ------------------------------------------------------------------
 
@@ -150,13 +155,15 @@ _EN_OBJECTS = tuple(
 
 
 
-def ignore_english(alt: Callable[[Iterable[str]], str] = _alt) -> str:
-    """The English part of rule 0, its word lists joined by ``alt`` (the tests build it with
-    :func:`alt_reference` too and compare)."""
+def ignore_english(alt: Callable[[Iterable[str]], str] = _alt, sep: str = _W) -> str:
+    """The English part of rule 0, its word lists joined by ``alt`` and its words separated
+    by ``sep`` (the tests build it from :func:`alt_reference` and :data:`W_REFERENCE` too,
+    and compare)."""
     verbs = alt(_EN_VERBS)
+    gap = rf"(?:[\w'’]+{sep}){{0,5}}?"
     return (
-        rf"\b{verbs}{_W}{_GAP}{alt(_EN_PRIOR)}{_W}{_GAP}{alt(_EN_OBJECTS)}\b"
-        rf"|\b{verbs}{_W}(?:everything|all){_W}(?:above|before|you\W+(?:were|have\W+been)\W+told)"
+        rf"\b{verbs}{sep}{gap}{alt(_EN_PRIOR)}{sep}{gap}{alt(_EN_OBJECTS)}\b"
+        rf"|\b{verbs}{sep}(?:everything|all){sep}(?:above|before|you\W+(?:were|have\W+been)\W+told)"
     )
 
 

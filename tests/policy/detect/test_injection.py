@@ -244,16 +244,26 @@ def test_a_trie_alternation_matches_what_the_longest_first_alternation_matches(
 
 
 _RULE0 = RULES[0].pattern
-_RULE0_REFERENCE = re.compile(
-    _RULE0.pattern.replace(injection_module.ignore_english(), injection_module.ignore_english(alt_reference), 1)
-)
+_RULE0_REFERENCE_EN = injection_module.ignore_english(alt_reference, injection_module.W_REFERENCE)
+_RULE0_REFERENCE = re.compile(_RULE0.pattern.replace(injection_module.ignore_english(), _RULE0_REFERENCE_EN, 1))
 _RULE0_WORDS = sorted({*injection_module._EN_VERBS, *injection_module._EN_PRIOR, *injection_module._EN_OBJECTS,
                        "everything", "above", "you were told", "all the", "anweisungen", "instrucciones", "指令"})
 
 
 def test_rule_0_is_the_reference_expression_with_its_word_lists_as_tries() -> None:
     assert _RULE0_REFERENCE.pattern != _RULE0.pattern
-    assert injection_module.ignore_english(alt_reference) in _RULE0_REFERENCE.pattern
+    assert _RULE0_REFERENCE_EN in _RULE0_REFERENCE.pattern
+    assert injection_module.W_REFERENCE not in _RULE0.pattern
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet="a_ .,'’\n\t-é", max_size=24), st.sampled_from(["", "a", r"\w", r"(\W*)a", r"_?a"]))
+def test_the_word_separator_consumes_what_its_reference_consumes(text: str, tail: str) -> None:
+    fast = re.compile(injection_module._W + tail)
+    plain = re.compile(injection_module.W_REFERENCE + tail)
+    for position in range(len(text) + 1):
+        got, expected = fast.match(text, position), plain.match(text, position)
+        assert (got and (got.span(), got.groups())) == (expected and (expected.span(), expected.groups()))
 
 
 @settings(max_examples=500, deadline=None)
