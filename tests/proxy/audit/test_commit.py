@@ -19,6 +19,7 @@ import pytest
 
 from policy.audit.log import JsonlAuditLog, read_head
 from policy.audit.verify import verify_log
+from proxy.audit.flush import AioFlusher
 from proxy.audit.writer import AuditWriter, holding
 from proxy.config import parse_config
 from tests.conftest import running
@@ -27,12 +28,25 @@ pytestmark = pytest.mark.anyio
 
 
 class Disk:
-    """Counts the log's fdatasync calls (real ones) and can make them fail."""
+    """Counts the log's flushes (real ones: ``os.fdatasync`` on the loop or the Linux AIO
+    flusher's) and can make them fail (EIO, the one fault a healthy disk cannot produce)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.syncs = 0
+        self.aio = 0  # of which through Linux AIO
         self.fail = False
         real = os.fdatasync
+        real_flush = AioFlusher.flush
+
+        async def flush(flusher: AioFlusher, fd: int) -> bool:
+            if self.fail:
+                raise OSError(errno.EIO, "Input/output error")
+            done = await real_flush(flusher, fd)
+            self.syncs += done
+            self.aio += done
+            return done
+
+        monkeypatch.setattr(AioFlusher, "flush", flush)
 
         def fdatasync(fd: int) -> None:
             if self.fail:
