@@ -61,12 +61,13 @@ def lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-@pytest.mark.parametrize("in_thread", [False, True], ids=["loop", "thread"])
+@pytest.mark.parametrize("flush", ["aio", "loop", "thread"])
 async def test_concurrent_records_share_one_sync_and_each_returns_durable(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_thread: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flush: str
 ) -> None:
     path = tmp_path / "audit.jsonl"
-    writer = AuditWriter(JsonlAuditLog(path), durability="before-forward", sync_in_thread=in_thread)
+    writer = AuditWriter(JsonlAuditLog(path), durability="before-forward", sync_in_thread=flush == "thread",
+                         aio=flush == "aio")
     disk = Disk(monkeypatch)
     durable_at_return: list[bool] = []
 
@@ -80,6 +81,8 @@ async def test_concurrent_records_share_one_sync_and_each_returns_durable(
     writer.close()
     assert durable_at_return == [True] * 20
     assert disk.syncs < 20 and writer.syncs <= disk.syncs
+    if flush != "aio":
+        assert disk.aio == 0  # no AIO flusher: fdatasync on the loop or in the thread
     assert [e["n"] for e in lines(path)[:20]] == list(range(1, 21))
     assert verify_log(path).ok
 
@@ -104,12 +107,13 @@ async def test_in_a_before_response_hold_record_returns_once_written_and_the_rec
     writer.close()
 
 
+@pytest.mark.parametrize("flush", ["aio", "loop"])
 @pytest.mark.parametrize("mode", ["before-forward", "before-response"])
 async def test_a_failed_sync_reaches_every_caller_it_covered_and_the_log_recovers(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str, flush: str
 ) -> None:
     path = tmp_path / "audit.jsonl"
-    writer = AuditWriter(JsonlAuditLog(path), durability=mode)
+    writer = AuditWriter(JsonlAuditLog(path), durability=mode, aio=flush == "aio")
     disk = Disk(monkeypatch)
     failures: list[str] = []
 
