@@ -298,7 +298,7 @@ class AuditWriter:
             try:
                 if pending.fd >= 0 and not await self._flusher.flush(pending.fd):
                     os.fdatasync(pending.fd)  # AIO refused it before submitting: flush here
-            except OSError as exc:
+            except Exception as exc:  # not confirmed durable, whatever failed: the batch learns it
                 error = exc
             self.sink.finish_sync(pending, error)
 

@@ -124,3 +124,30 @@ async def test_a_commit_in_flight_when_the_writer_stops_still_settles_by_the_dis
     assert head_seq(path) == 5
     writer.close()
     assert verify_log(path).ok
+
+
+async def test_any_failure_of_the_aio_flush_withholds_durability_and_the_log_carries_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not await aio_available():
+        pytest.skip("no linux aio here")
+    path = tmp_path / "audit.jsonl"
+    writer = AuditWriter(JsonlAuditLog(path), durability="before-response")
+    real_flush = AioFlusher.flush
+
+    async def broken(flusher: AioFlusher, fd: int) -> bool:
+        raise RuntimeError("the aio context went away")  # a fault a healthy kernel does not produce
+
+    async with running(writer):
+        monkeypatch.setattr(AioFlusher, "flush", broken)
+        with holding() as held:
+            await writer.record({"type": "gateway.started", "n": 1})
+        with pytest.raises(Exception) as caught, anyio.fail_after(5):
+            await held[0].wait()
+        assert getattr(caught.value, "code", None) == "write_failed" and writer.sync_failures == 1
+        assert head_seq(path) == 0  # the sidecar never named the unconfirmed event
+        monkeypatch.setattr(AioFlusher, "flush", real_flush)
+        await writer.record({"type": "gateway.started", "n": 2})  # reopened, flushed, durable
+        assert head_seq(path) >= 2
+    writer.close()
+    assert verify_log(path).ok
