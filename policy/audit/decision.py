@@ -129,6 +129,49 @@ def _clean(value: Any, strings: list[str], limit: int | None, redacting: bool, d
     raise _NotClean
 
 
+# Input schemas the event builder found plain (nothing clipped, no sensitive key, no odd value) and
+# free of secrets, by identity (the object is held, so its id stays its own). A tool's schema is the
+# catalog's object, the same on every call (policy.schema caches its validator the same way), and
+# needs no walk and no scan again. Bounded; emptied when full.
+_PLAIN_SCHEMAS: dict[int, tuple[Any, int]] = {}
+_PLAIN_SCHEMAS_MAX = 1024
+
+
+def _clean_request(extra: dict[str, Any], strings: list[str], limit: int) -> Any:
+    """``_clean(extra, strings, limit, True)``, except that an input schema seen plain and secret-free
+    before is not walked again and adds no string (``strings`` only feed the secret scan, which its
+    strings pass)."""
+    schema = extra.get("input_schema")
+    if type(schema) is not dict:
+        return _clean(extra, strings, limit, True)
+    known = _PLAIN_SCHEMAS.get(id(schema))
+    if known is None or known[0] is not schema or known[1] != limit:
+        cleaned = _clean(extra, strings, limit, True)
+        own: list[str] = []
+        if cleaned is extra and _clean(schema, own, limit, True, 1) is schema and not strings_contain_secret_memo(own):
+            if len(_PLAIN_SCHEMAS) >= _PLAIN_SCHEMAS_MAX:
+                _PLAIN_SCHEMAS.clear()
+            _PLAIN_SCHEMAS[id(schema)] = (schema, limit)
+        return cleaned
+    out: dict[str, Any] | None = None
+    for key, item in extra.items():  # _clean's loop over a dict at depth 0, the schema stepped over
+        if type(key) is not str or is_sensitive_key(key):
+            raise _NotClean
+        strings.append(key)
+        if item is schema:
+            continue
+        kind = type(item)
+        if kind is str and len(item) <= limit:
+            strings.append(item)
+        elif not (item is None or kind is bool or kind is int):
+            cleaned = _clean(item, strings, limit, True, 1)
+            if cleaned is not item:
+                if out is None:
+                    out = dict(extra)
+                out[key] = cleaned
+    return extra if out is None else out
+
+
 def decision_event(
     *,
     decision: Mapping[str, Any],
@@ -159,7 +202,7 @@ def decision_event(
     strings: list[str] = []
     try:
         arguments_value = _clean(arguments, strings, max_string_bytes, True)
-        request_value = _clean(extra, strings, max_string_bytes, True) if extra else None
+        request_value = _clean_request(extra, strings, max_string_bytes) if extra else None
         decision_value = _clean(decision, strings, None, False)
         payload = _decision_payload(decision, extra, session_id, server, tool, arguments, latency_ms,
                                     policy_version, arguments_value, decision_value, request_value, [])

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policy.audit.decision import decision_event
@@ -421,3 +421,46 @@ def test_decision_event_clips_a_nested_string_without_touching_the_caller_argume
                                         arguments=arguments, latency_ms=0.5, policy_version=1, max_string_bytes=16)
     assert {k: v for k, v in event.items() if k != "event_id"} == {
         k: v for k, v in reference.items() if k != "event_id"}
+
+
+@settings(max_examples=300)
+@given(schema=st.dictionaries(_arg_keys, _arg_values, max_size=4) | st.just({"description": "a long sentence " * 3}),
+       calls=st.lists(st.tuples(st.dictionaries(_arg_keys, _arg_values, max_size=3), _arg_text,
+                                st.dictionaries(st.sampled_from(["method", "kind", "asked_by", "token"]),
+                                                _arg_values, max_size=2), st.sampled_from([30, 16384])),
+                       min_size=1, max_size=4))
+def test_a_schema_remembered_plain_builds_the_event_the_full_redaction_builds(
+    schema: dict[str, Any], calls: list[tuple[dict[str, Any], str, dict[str, Any], int]]
+) -> None:
+    """The same input schema object on every call (as the catalog hands it): from the second call on it is
+    not walked again when it was plain and secret-free; each event still equals the full redaction's."""
+    from policy.audit import decision as builder
+
+    builder._PLAIN_SCHEMAS.clear()
+    for arguments, reasoning, extra, limit in calls:
+        kwargs: dict[str, Any] = {
+            "decision": make_decision(reasoning=[reasoning]), "session_id": "s", "server": "search", "tool": "web",
+            "arguments": arguments, "latency_ms": 0.5, "policy_version": 1,
+            "request": {**extra, "input_schema": schema}, "max_string_bytes": limit,
+        }
+        assert _comparable(decision_event(**kwargs)) == _comparable(builder.redacted_decision_event(**kwargs))
+
+
+def test_a_schema_is_remembered_only_when_plain_and_secret_free() -> None:
+    from policy.audit import decision as builder
+
+    builder._PLAIN_SCHEMAS.clear()
+    common: dict[str, Any] = {"decision": make_decision(reasoning=["fine"]), "session_id": "s", "server": "search",
+                              "tool": "web", "arguments": {"q": "x"}, "latency_ms": 0.5, "policy_version": 1}
+    plain = {"type": "object", "properties": {"q": {"type": "string"}}}
+    secret = {"type": "object", "description": AWS}
+    for schema in (plain, secret, {"password": {"type": "string"}}):
+        decision_event(**common, request={"input_schema": schema})
+        decision_event(**common, request={"input_schema": schema})
+    assert [entry[0] for entry in builder._PLAIN_SCHEMAS.values()] == [plain]
+    again = decision_event(**common, request={"input_schema": secret})
+    assert AWS not in json.dumps(again)
+    long = {"description": "a long sentence " * 3}
+    for limit in (16384, 30):
+        event = decision_event(**common, request={"input_schema": long}, max_string_bytes=limit)
+        assert event["request"]["input_schema"]["description"].startswith("[clipped" if limit == 30 else "a long")
