@@ -222,14 +222,14 @@ def _evaluate(
     session_score = session.score(now.timestamp()) if session is not None else 0.0
     if findings or session_score >= _SESSION_FLOOR or schema.status not in _PLAIN_SCHEMA:
         return _decide(request, policy, keys, now, findings, schema, session_score, decision_id)
-    shapes = _shapes_of(policy, keys)
+    table = _table_of(policy, keys)
     where = (request.model, request.server, request.tool, request.kind)
-    shape = shapes.get(where)
+    shape = table.shapes.get(where)
     if shape is None or not shape.since <= now < shape.until:
         shape = _shape(request, policy, now)
-        if len(shapes) >= _SHAPES_LIMIT:
-            shapes.clear()
-        shapes[where] = shape
+        if len(table.shapes) >= _SHAPES_LIMIT:
+            table.empty()
+        table.shapes[where] = shape
     if shape.conditional is None:
         return _decide(request, policy, keys, now, findings, schema, session_score, decision_id)
     key = (schema.status, session_sentence(session_score), *(_outcome(c, arguments) for c in shape.conditional))
@@ -239,6 +239,9 @@ def _evaluate(
     decision = _decide(request, policy, keys, now, findings, schema, session_score, decision_id)
     suggested = decision.counterfactual.suggested_rule if decision.counterfactual is not None else None
     if suggested is None and len(shape.decisions) < _DECISIONS_PER_SHAPE:  # a suggested rule is a dict: never shared
+        table.stored += 1
+        if table.stored > _DECISIONS_PER_TABLE:  # bounded whatever the targets (resource URIs are the caller's)
+            table.empty()
         shape.decisions[key] = decision
     return decision
 
@@ -256,8 +259,9 @@ def _evaluate(
 # (tests/policy/test_engine_memo.py: equal decisions, ids aside, for random policies, calls and times).
 
 _PLAIN_SCHEMA = frozenset({"valid", "absent"})  # no risk factor, no violation, no error: only its sentence
-_SHAPES_LIMIT = 4096
-_DECISIONS_PER_SHAPE = 64
+_SHAPES_LIMIT = 1024
+_DECISIONS_PER_SHAPE = 32
+_DECISIONS_PER_TABLE = 4096
 _NEVER = datetime.min.replace(tzinfo=UTC)
 _FOREVER = datetime.max.replace(tzinfo=UTC)
 
@@ -280,24 +284,29 @@ class _Shape:
 class _Table:
     """The shapes of one (policy, key ring): holding both keeps their ids, the table's key, theirs."""
 
-    __slots__ = ("keys", "policy", "shapes")
+    __slots__ = ("keys", "policy", "shapes", "stored")
 
     def __init__(self, policy: Policy, keys: KeyRing) -> None:
         self.policy = policy
         self.keys = keys
         self.shapes: dict[tuple[str, str, str, str], _Shape] = {}
+        self.stored = 0  # decisions kept in its shapes since it was last emptied
+
+    def empty(self) -> None:
+        self.shapes.clear()
+        self.stored = 0
 
 
 _TABLES: dict[tuple[int, int], _Table] = {}
 
 
-def _shapes_of(policy: Policy, keys: KeyRing) -> dict[tuple[str, str, str, str], _Shape]:
+def _table_of(policy: Policy, keys: KeyRing) -> _Table:
     table = _TABLES.get((id(policy), id(keys)))
     if table is None or table.policy is not policy or table.keys is not keys:
         if len(_TABLES) >= _TABLES_LIMIT:
             _TABLES.clear()  # a reload, or replays: old policies are not kept alive
         table = _TABLES[(id(policy), id(keys))] = _Table(policy, keys)
-    return table.shapes
+    return table
 
 
 def clear_memo() -> None:

@@ -157,3 +157,15 @@ def test_a_reason_quoting_the_arguments_is_never_memoised() -> None:
     two = evaluate(CallRequest("a", "s", "x", {"p": "beta"}), policy, KEYS, now=NOW)
     assert "alpha" in one.reason and "beta" in two.reason
     assert all(shape.conditional is None for table in engine._TABLES.values() for shape in table.shapes.values())
+
+
+def test_the_memo_stays_bounded_whatever_the_targets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine, "_DECISIONS_PER_TABLE", 5)
+    policy = Policy.from_rules((Rule.build(id="open", models=["a"], allow_resources=["file:///*"]),), PolicySettings())
+    for index in range(40):  # resource URIs are the caller's to choose
+        uri = f"file:///{index}"
+        decision = evaluate(CallRequest("a", "s", uri, {"uri": uri}, kind="resource"), policy, KEYS, now=NOW)
+        assert decision == engine._evaluate_uncached(CallRequest("a", "s", uri, {"uri": uri}, kind="resource"),
+                                                     policy, KEYS, NOW, None, decision.decision_id)
+    (table,) = engine._TABLES.values()
+    assert table.stored <= 5 and sum(len(shape.decisions) for shape in table.shapes.values()) <= 5
