@@ -74,7 +74,7 @@ class Counts:
 
 
 QUICK = Counts(rounds=2, sequential=60, callers=CALLERS, per_caller=8, payload=(6, 3, 1), starts=1, warmup=20)
-DEFAULT = Counts(rounds=6, sequential=400, callers=CALLERS, per_caller=40, payload=(30, 12, 4), starts=4, warmup=100)
+DEFAULT = Counts(rounds=6, sequential=400, callers=CALLERS, per_caller=40, payload=(30, 12, 4), starts=10, warmup=100)
 
 
 @dataclass(frozen=True)
@@ -445,9 +445,12 @@ async def measure_starts(
     figures: dict[str, Figures],
     starts: int,
 ) -> None:
-    """Session start, alternating sides: connect + initialize + the first tools/list."""
-    for _ in range(starts):
-        for name, connect in sides:
+    """Session start, alternating sides: connect + initialize + the first tools/list.
+
+    The order reverses every pass (direct, gateway, baseline, then baseline, gateway,
+    direct), so no side always starts right after the same one has exited."""
+    for i in range(starts):
+        for name, connect in sides if i % 2 == 0 else sides[::-1]:
             started = time.perf_counter()
             async with connect() as client:
                 await client.list_tools()
@@ -683,6 +686,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small counts: a smoke check in under a minute")
     parser.add_argument("--transport", choices=("stdio", "http", "both"), default="both")
     parser.add_argument("--rounds", type=int, help="override the number of interleaved rounds")
+    parser.add_argument("--starts", type=int, help="override the number of session starts per side (default 10)")
     parser.add_argument("--profile", type=Path, metavar="FILE",
                         help="write a cProfile of the gateway under sequential load to FILE instead")
     parser.add_argument("--profile-calls", type=int, default=3000)
@@ -704,6 +708,8 @@ def main() -> int:
     counts = QUICK if args.quick else DEFAULT
     if args.rounds:
         counts = Counts(**{**counts.__dict__, "rounds": max(1, args.rounds)})
+    if args.starts:
+        counts = Counts(**{**counts.__dict__, "starts": max(1, args.starts)})
 
     def progress(message: str) -> None:
         print(f"  .. {message}", file=sys.stderr, flush=True)
