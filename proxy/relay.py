@@ -20,31 +20,32 @@ from __future__ import annotations
 import contextlib
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import structlog
-from mcp import MCPError
-from mcp.server.connection import NotifyOnlyOutbound
-from mcp.server.context import ServerRequestContext
-from mcp.shared.dispatcher import ProgressFnT
-from mcp_types import (
-    INVALID_PARAMS,
-    INVALID_REQUEST,
-    METHOD_NOT_FOUND,
-    SERVER_INFO_META_KEY,
-    SubscriptionsListenRequestParams,
-)
-from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
+from proxy import protocol
 from proxy.catalog import LISTS
 from proxy.enforce import DECISION_META_KEY, POLICY_DENIED, RESULT_BLOCKED, Verdict
 from proxy.intercept import CallNext, ToolCall, ToolResult
-from proxy.mrtr import InputBridge
-from proxy.session import DownstreamSession
+from proxy.protocol import (
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    MODERN_PROTOCOL_VERSIONS,
+    SERVER_INFO_META_KEY,
+    mcp_error,
+)
+from proxy.session import DownstreamSession, is_bridge
 from proxy.tasks import TASK_METHODS, merged_capability
 from proxy.upstream.link import ClientHello, UpstreamLink
 from proxy.wire.framing import OVERSIZED_METHOD
+
+if TYPE_CHECKING:  # the SDK is not loaded on a stdio client's opening (proxy/wire/opening.py)
+    from mcp import MCPError
+    from mcp.server.context import ServerRequestContext
+    from mcp.shared.dispatcher import ProgressFnT
 
 log = structlog.get_logger("securegateway.relay")
 
@@ -58,7 +59,7 @@ REQUIRES = {  # the upstream capability without which a method does not exist he
 }
 CACHEABLE = frozenset({"tools/list", "prompts/list", "resources/list", "resources/templates/list", "resources/read"})
 
-Handler = Callable[[DownstreamSession, ServerRequestContext[Any, Any]], Awaitable[dict[str, Any]]]
+Handler = Callable[[DownstreamSession, "ServerRequestContext[Any, Any]"], Awaitable[dict[str, Any]]]
 
 
 class LocalTool(Protocol):
@@ -148,7 +149,7 @@ class Relay:
             return await self._initialize(ctx, call_next)
         if method == OVERSIZED_METHOD:
             params = ctx.params or {}
-            raise MCPError(
+            raise mcp_error(
                 INVALID_REQUEST,
                 f"message of {params.get('bytes')} bytes exceeds the gateway's limit of {params.get('limit')} bytes "
                 "(gateway.max_message_bytes)",
@@ -158,7 +159,7 @@ class Relay:
         session = await self._session(ctx)
         needs = REQUIRES.get(method)
         if needs is not None and not any(lk.info and needs in lk.info.capabilities for lk in session.links.values()):
-            raise MCPError(METHOD_NOT_FOUND, "Method not found", data=method)  # as a server without it answers
+            raise mcp_error(METHOD_NOT_FOUND, "Method not found", data=method)  # as a server without it answers
         with _claim_id(ctx, self._held_ids(ctx)):
             handler = self._routes.get(method)
             if handler is None:
@@ -190,6 +191,8 @@ class Relay:
         # A 2026 request gets a fresh connection of its own; on a duplex stream (stdio) the
         # stream's one notify-only outbound outlives them, so it keys the stream's ids. A
         # single-exchange request (HTTP) has no stream: its id cannot collide with another's.
+        from mcp.server.connection import NotifyOnlyOutbound  # an SDK request context: the SDK is loaded
+
         outbound = getattr(connection, "outbound", None)
         if not isinstance(outbound, NotifyOnlyOutbound):
             return None
@@ -198,28 +201,33 @@ class Relay:
     # ---- lifecycle -------------------------------------------------------------------------------
 
     async def _initialize(self, ctx: ServerRequestContext[Any, Any], call_next: Any) -> Any:
-        params = ctx.params or {}
-        hello = ClientHello(
-            client_info=params.get("clientInfo") or {"name": "unknown", "version": "0"},
-            capabilities=params.get("capabilities") or {},
-            protocol_version=str(params.get("protocolVersion") or ""),
-        )
+        hello = client_hello(ctx.params)
         connection = connection_of(ctx)
         if connection is not None and SESSION_KEY in connection.state:
-            raise MCPError(INVALID_REQUEST, "`initialize` was already received on this connection")
+            raise mcp_error(INVALID_REQUEST, "`initialize` was already received on this connection")
         result = await call_next(ctx)  # the SDK validates and negotiates first: nothing starts for a bad one
         session = await self._host.open_session(ctx, hello)
-        self._attach_screen(session)
+        self.opened(session)
         if connection is not None:
             connection.state[SESSION_KEY] = session
         if isinstance(result, dict):
-            result["capabilities"] = self._capabilities(session)
-            server_info, instructions = self._host.server_identity(session)
-            result["serverInfo"] = server_info
-            if instructions:
-                result["instructions"] = instructions
-            else:
-                result.pop("instructions", None)
+            self.describe(session, result)
+        return result
+
+    def opened(self, session: DownstreamSession) -> DownstreamSession:
+        """A session ``initialize`` just opened, made ready for the relay (the upstream->client screen)."""
+        return self._attach_screen(session)
+
+    def describe(self, session: DownstreamSession, result: dict[str, Any]) -> dict[str, Any]:
+        """The ``initialize`` result's server half: merged capabilities, the identity, instructions
+        (shared with the stdio opening, which answers ``initialize`` before the SDK is loaded)."""
+        result["capabilities"] = self._capabilities(session)
+        server_info, instructions = self._host.server_identity(session)
+        result["serverInfo"] = server_info
+        if instructions:
+            result["instructions"] = instructions
+        else:
+            result.pop("instructions", None)
         return result
 
     async def _discover(self, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
@@ -267,7 +275,7 @@ class Relay:
             if self._stdio is not None and held is not None:
                 self._stdio.modern_opened(session, held)
             return session
-        raise MCPError(INVALID_REQUEST, "the session is not initialized: send `initialize` first")
+        raise mcp_error(INVALID_REQUEST, "the session is not initialized: send `initialize` first")
 
     def _attach_screen(self, session: DownstreamSession) -> DownstreamSession:
         """Upstream -> client requests (sampling, elicitation) pass the same result scan."""
@@ -278,7 +286,7 @@ class Relay:
                 outcome = await gate.screen(session, method=method, server=upstream, target=method, payload=params)
                 if outcome.payload is None and outcome.findings:
                     codes = ", ".join(sorted({f.code for f in outcome.findings}))
-                    raise MCPError(
+                    raise mcp_error(
                         RESULT_BLOCKED, f"the gateway withheld `{method}` from the client: it contained {codes}"
                     )
                 return params if not outcome.findings else outcome.payload
@@ -297,7 +305,7 @@ class Relay:
         verdict = await gate.authorize(session, method=method, kind=kind, server=server, name=name, arguments=args)
         if not verdict.allowed:
             reason = verdict.view.get("reason", "denied by policy")
-            raise MCPError(POLICY_DENIED, f"denied: {reason}", data=verdict.view)
+            raise mcp_error(POLICY_DENIED, f"denied: {reason}", data=verdict.view)
         return verdict.decision.decision_id
 
     async def _screened(
@@ -314,7 +322,7 @@ class Relay:
             return result
         if outcome.payload is None:
             codes = ", ".join(sorted({f.code for f in outcome.findings}))
-            raise MCPError(RESULT_BLOCKED, f"the gateway withheld the `{method}` result: it contained {codes}")
+            raise mcp_error(RESULT_BLOCKED, f"the gateway withheld the `{method}` result: it contained {codes}")
         return dict(outcome.payload)
 
     async def _notification(self, ctx: ServerRequestContext[Any, Any], call_next: Any) -> None:
@@ -362,7 +370,7 @@ class Relay:
             else:
                 try:
                     owner = (await session.catalog.resource_owner(name)).name
-                except MCPError:
+                except protocol.MCP_ERRORS:
                     owner = None
             if owner is not None and gate.reaches(session, owner):
                 kept.append(item)
@@ -378,9 +386,9 @@ class Relay:
         name = params.get("name")
         arguments = params.get("arguments") or {}
         if not isinstance(name, str):
-            raise MCPError(INVALID_PARAMS, "`name` must be a string")
+            raise mcp_error(INVALID_PARAMS, "`name` must be a string")
         if not isinstance(arguments, Mapping):
-            raise MCPError(INVALID_PARAMS, "`arguments` must be an object")
+            raise mcp_error(INVALID_PARAMS, "`arguments` must be an object")
         local = self._host.local_tools(session).get(name)
         if local is not None:
             return _as_task(session, params, "", await local(session, arguments))
@@ -426,13 +434,13 @@ class Relay:
     async def _unknown_tool(self, session: DownstreamSession, name: str) -> None:
         gate = self._host.access
         data = (await gate.unknown_tool(session, name)).view if gate is not None else None
-        raise MCPError(INVALID_PARAMS, f"unknown tool `{name[:200]}`", data=data)
+        raise mcp_error(INVALID_PARAMS, f"unknown tool `{name[:200]}`", data=data)
 
     async def _prompts_get(self, session: DownstreamSession, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
         params = dict(ctx.params or {})
         target = session.catalog.split(params.get("name"))
         if target is None:
-            raise MCPError(INVALID_PARAMS, f"unknown prompt `{str(params.get('name'))[:200]}`")
+            raise mcp_error(INVALID_PARAMS, f"unknown prompt `{str(params.get('name'))[:200]}`")
         link, params["name"] = target
         decision_id = await self._decide(
             session, ctx.method, "prompt", link.name, params["name"], params.get("arguments") or {}
@@ -460,7 +468,7 @@ class Relay:
         if ref.get("type") == "ref/prompt":
             target = session.catalog.split(ref.get("name"))
             if target is None:
-                raise MCPError(INVALID_PARAMS, f"unknown prompt `{str(ref.get('name'))[:200]}`")
+                raise mcp_error(INVALID_PARAMS, f"unknown prompt `{str(ref.get('name'))[:200]}`")
             link, ref["name"] = target
             params["ref"] = ref
             kind, name = "prompt", ref["name"]
@@ -469,9 +477,9 @@ class Relay:
             kind, name = "resource", str(ref.get("uri"))
             arguments = {"uri": name}
         else:
-            raise MCPError(INVALID_PARAMS, "`ref.type` must be `ref/prompt` or `ref/resource`")
+            raise mcp_error(INVALID_PARAMS, "`ref.type` must be `ref/prompt` or `ref/resource`")
         if not (link.info and "completions" in link.info.capabilities):
-            raise MCPError(METHOD_NOT_FOUND, f"upstream `{link.name}` does not offer completions", data=ctx.method)
+            raise mcp_error(METHOD_NOT_FOUND, f"upstream `{link.name}` does not offer completions", data=ctx.method)
         decision_id = await self._decide(session, ctx.method, kind, link.name, name, arguments)
         result = await _forward(link, ctx, params)
         return await self._screened(session, ctx.method, link.name, name, result, decision_id)
@@ -485,7 +493,7 @@ class Relay:
             try:
                 await self._decide(session, ctx.method, "method", link.name, ctx.method,
                                    {"level": (ctx.params or {}).get("level")})
-            except MCPError as exc:  # this upstream is out of the model's reach: skipped
+            except protocol.MCP_ERRORS as exc:  # this upstream is out of the model's reach: skipped
                 denied = exc
                 continue
             allowed.append(link)
@@ -500,8 +508,10 @@ class Relay:
     async def _listen(self, session: DownstreamSession, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
         """A sessionless client's change stream, fed by this identity's upstream notifications."""
         bridge = session.channel
-        if not isinstance(bridge, InputBridge):
-            raise MCPError(METHOD_NOT_FOUND, "Method not found", data=ctx.method)
+        if not is_bridge(bridge):
+            raise mcp_error(METHOD_NOT_FOUND, "Method not found", data=ctx.method)
+        from mcp_types import SubscriptionsListenRequestParams
+
         params = SubscriptionsListenRequestParams.model_validate(ctx.params or {}, by_name=False)
         result = await bridge.listen(ctx, params)
         return result.model_dump(by_alias=True, mode="json", exclude_none=True)
@@ -513,7 +523,7 @@ class Relay:
             decision_id = await self._decide(session, ctx.method, "method", link.name, ctx.method, {})
             result = await _forward(link, ctx, ctx.params)
             return await self._screened(session, ctx.method, link.name, ctx.method, result, decision_id)
-        raise MCPError(METHOD_NOT_FOUND, "Method not found", data=ctx.method)
+        raise mcp_error(METHOD_NOT_FOUND, "Method not found", data=ctx.method)
 
 
 def _as_task(
@@ -538,7 +548,7 @@ async def forward_tool_call(call: ToolCall) -> ToolResult:
     params = dict(_strip_envelope(call.params) or {})
     params["name"] = call.tool
     bridge = call.session.channel
-    if isinstance(bridge, InputBridge):
+    if is_bridge(bridge):
         rounds: dict[str, Any] = {k: params.pop(k) for k in ("inputResponses", "requestState") if k in params}
         return await bridge.call(
             link.name, rounds,
@@ -602,7 +612,22 @@ def id_key(request_id: Any) -> tuple[str, Any]:
 
 
 def duplicate_id(request_id: Any) -> MCPError:
-    return MCPError(INVALID_REQUEST, f"request id `{str(request_id)[:80]}` is already in flight on this session")
+    return mcp_error(*duplicate_id_error(request_id))
+
+
+def duplicate_id_error(request_id: Any) -> tuple[int, str]:
+    """``(code, message)`` of the refusal of a request id already in flight."""
+    return INVALID_REQUEST, f"request id `{str(request_id)[:80]}` is already in flight on this session"
+
+
+def client_hello(params: Mapping[str, Any] | None) -> ClientHello:
+    """What a client's ``initialize`` params say about it (mirrored to every upstream)."""
+    params = params or {}
+    return ClientHello(
+        client_info=params.get("clientInfo") or {"name": "unknown", "version": "0"},
+        capabilities=params.get("capabilities") or {},
+        protocol_version=str(params.get("protocolVersion") or ""),
+    )
 
 
 @contextlib.contextmanager

@@ -38,14 +38,15 @@ from typing import Any
 import anyio
 import anyio.abc
 import structlog
-from mcp.server.runner import modern_error_data
-from mcp.shared.dispatcher import coerce_request_id
-from mcp.shared.inbound import InboundLadderRejection, classify_inbound_request
-from mcp.shared.jsonrpc_dispatcher import handler_exception_to_error_data, progress_token_from_params
-from mcp_types import PROTOCOL_VERSION_META_KEY, ErrorData
-from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from proxy.relay import IN_FLIGHT_KEY, SESSION_KEY, Relay, duplicate_id, id_key
+from proxy.protocol import (
+    MODERN_PROTOCOL_VERSIONS,
+    PROTOCOL_VERSION_META_KEY,
+    coerce_request_id,
+    error_body,
+    progress_token_from_params,
+)
+from proxy.relay import IN_FLIGHT_KEY, SESSION_KEY, Relay, duplicate_id_error, id_key
 from proxy.session import DownstreamSession
 from proxy.wire import codec
 from proxy.wire.framing import LineWriter
@@ -95,7 +96,7 @@ class FastLane:
         request_id = message["id"]
         key = id_key(request_id)
         if key in held:
-            await self._writer.send(codec.encode_error(request_id, duplicate_id(request_id).error))
+            await self._writer.send(codec.encode_error(request_id, error_body(*duplicate_id_error(request_id))))
             return True
         held.add(key)  # claimed here, in arrival order, before anything else can run
         if self._debug:  # tests read which lane served a request from this line
@@ -110,7 +111,11 @@ class FastLane:
         """``(session, ids held, 2026?)`` for a request this stream's era lets the lane serve."""
         if enveloped(message.get("params")):
             session = self._modern
-            if session is None or isinstance(classify_inbound_request(message), InboundLadderRejection):
+            if session is None:
+                return None
+            from mcp.shared.inbound import InboundLadderRejection, classify_inbound_request  # a 2026 stream: loaded
+
+            if isinstance(classify_inbound_request(message), InboundLadderRejection):
                 return None  # the SDK decides the era, and answers an envelope it refuses
             return session, self._modern_ids, True
         connection = self._connection
@@ -165,14 +170,16 @@ class FastLane:
             await self._writer.send(reply)
 
 
-def _error_data(exc: Exception, method: str, modern: bool) -> ErrorData:
+def _error_data(exc: Exception, method: str, modern: bool) -> Any:
     """The JSON-RPC error the SDK path sends for ``exc``: a 2026 stream never sees internals."""
     if modern:
+        from mcp.server.runner import modern_error_data  # a 2026 stream: the SDK is loaded
+
         return modern_error_data(exc)
-    error = handler_exception_to_error_data(exc)
+    error = codec.handler_error(exc)
     if error is None:
         log.exception("fast-lane handler raised", method=method)
-        error = ErrorData(code=0, message=str(exc))
+        error = {"code": 0, "message": str(exc)}
     return error
 
 
