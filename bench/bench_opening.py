@@ -24,6 +24,7 @@ import resource
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import anyio
@@ -76,6 +77,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=6, help="sessions per mode and ping timing (default 6)")
     args = parser.parse_args()
+    warnings.simplefilter("ignore")  # `ping` is legacy-only: the session is legacy
     modes = {"lazy": {"SECUREGATEWAY_MODEL_KEY": MODEL_KEY},
              "warm": {"SECUREGATEWAY_MODEL_KEY": MODEL_KEY, "SECUREGATEWAY_SDK_WARMUP": "0"}}
     results: dict[tuple[str, bool], list[dict[str, object]]] = {}

@@ -7,6 +7,10 @@ validated into a ``SessionMessage`` from the already-decoded dict and handed to 
 ``Server`` unchanged, so all protocol behaviour stays the SDK's. Both lanes write through
 the one :class:`~proxy.wire.framing.LineWriter`.
 
+A gateway's stdio connection starts on the SDK-free opening (:mod:`proxy.wire.opening`),
+which brings this path (:class:`SDKPath`) up when a message first needs the SDK;
+:func:`serve_lines` is the path alone (``fast_lane = false``, tests).
+
 Lines that are not JSON-RPC messages are answered as JSON-RPC requires: ``-32700`` with
 ``id: null`` for a line that is not JSON, ``-32600`` (echoing a usable id) for JSON that is
 not a request; a malformed *response* is dropped with a warning.

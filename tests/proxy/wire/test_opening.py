@@ -199,9 +199,10 @@ async def test_messages_that_need_the_sdk_after_the_opening_are_answered_as_by_t
     assert opening["roots"]["text"] == "file:///work/project"
 
 
-async def test_a_bad_model_key_still_stops_start_up_before_serving(tmp_path: Path) -> None:
-    site = make_site(tmp_path / "site", listen="stdio")
-    env = {**gateway_env(), "SECUREGATEWAY_MODEL_KEY": "not-a-key"}
+@pytest.mark.parametrize(("key", "policy"), [("not-a-key", POLICY), (GPT_KEY, "rules: [\n")])
+def test_a_bad_model_key_or_policy_still_stops_start_up_before_serving(tmp_path: Path, key: str, policy: str) -> None:
+    site = make_site(tmp_path / "site", listen="stdio", policy=policy)
+    env = {**gateway_env(), "SECUREGATEWAY_MODEL_KEY": key}
     init = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize",
                        "params": {"protocolVersion": "2025-11-25", "capabilities": {},
                                   "clientInfo": {"name": "raw", "version": "1"}}})
