@@ -107,6 +107,9 @@ class SDKPath:
             async for message in self._from_sdk:
                 msg = message.message
                 if self._drop and not hasattr(msg, "method") and getattr(msg, "id", None) in self._drop:
+                    error = getattr(msg, "error", None)
+                    if error is not None:  # the client was answered already: its session cannot be the SDK's
+                        log.error("the SDK refused the replayed opening", code=error.code, error=error.message[:200])
                     continue
                 await self._writer.send(codec.encode_message(message))
 

@@ -24,6 +24,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from mcp import Client, StdioServerParameters, types
 
@@ -136,14 +137,39 @@ def test_only_an_initialize_the_sdk_would_accept_is_answered_by_the_opening(mess
 async def test_an_opening_session_never_loads_the_sdk(tmp_path: Path) -> None:
     site = make_site(tmp_path / "site", listen="stdio")
     modules = tmp_path / "modules.json"
-    async with stdio_client(site, modules) as client:
+    logs: list[Any] = []
+
+    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+        logs.append(params)
+
+    async with stdio_client(site, modules, logging_callback=on_log) as client:
         tools = await client.list_tools()
         assert "search.echo" in [t.name for t in tools.tools]
         result = await client.call_tool("search.echo", {"text": "hi"})
         assert result.content[0].text == "hi" and result.meta and result.meta[DECISION]["allowed"] is True
         denied = await client.call_tool("calendar.crash", {})
         assert denied.is_error
+        # an upstream's notification reaches the client through the opening's own channel
+        await client.call_tool("search.log", {"message": "from search"})
+        with anyio.fail_after(10):
+            while not logs:
+                await anyio.sleep(0.01)
+    assert logs[0].data == "from search" and logs[0].logger == "search"
     assert loaded_sdk(modules) == set()
+
+
+async def test_a_warmed_gateway_imports_the_sdk_after_the_opening_and_serves_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = make_site(tmp_path / "site", listen="stdio")
+    modules = tmp_path / "modules.json"
+    monkeypatch.setenv("SECUREGATEWAY_SDK_WARMUP", "0")
+    async with stdio_client(site, modules) as client:
+        await client.list_tools()
+        for i in range(5):  # served while (and after) the worker thread imports the SDK
+            assert (await client.call_tool("search.echo", {"text": f"w{i}"})).content[0].text == f"w{i}"
+            await anyio.sleep(0.5)
+    assert "mcp" in loaded_sdk(modules)  # though no message needed it
 
 
 async def _sdk_needing_answers(client: Client) -> dict[str, Any]:
