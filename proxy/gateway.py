@@ -4,6 +4,9 @@
 ``DownstreamSession`` per connected client, the relay middleware and the
 tools/call chain. Every task it starts belongs to its task group; cancelling
 ``run()`` shuts everything down (upstream children reaped, listeners closed).
+The SDK ``Server`` is built on first use: a stdio client's opening is served
+without it (:mod:`proxy.wire.opening`), and the SDK loaded when a message first
+needs it.
 """
 
 from __future__ import annotations
@@ -198,8 +201,6 @@ class Gateway:
             if links else None
         )
 
-    # ---- internals -------------------------------------------------------------------------------
-
     # ---- the stdio opening (OpeningHost) ---------------------------------------------------------
 
     async def open_opening(self, hello: ClientHello, channel: ClientChannel) -> DownstreamSession:
@@ -228,6 +229,8 @@ class Gateway:
             self._lane.attach(connection)
         connection.exit_stack.push_async_callback(self._end, session)
         return session
+
+    # ---- internals -------------------------------------------------------------------------------
 
     async def _serve_stdio(self, source: ByteSource, writer: LineWriter) -> None:
         debug_modules_at_exit()  # a test hook (SECUREGATEWAY_DEBUG_MODULES), off unless set

@@ -16,12 +16,15 @@ the same answer on either path. The relay's guarantees hold for fast-lane reques
 - a ``progressToken`` gets the upstream's progress as ``notifications/progress``,
   never after the reply;
 - upstream sampling / elicitation / roots requests during a 2025 call go through the
-  SDK server session (the connection), which writes through the same single writer; a
+  SDK server session (the connection; during the stdio opening, the opening's channel,
+  which brings the SDK up first: proxy/wire/opening.py), which writes through the same
+  single writer; a
   2026 call gets them as MRTR input requests, through the session's bridge, as on the
   SDK path.
 
 Which era a stdio stream speaks is the SDK's decision (its first request fixes it); the
-lane follows it: a 2025 stream once ``initialize`` attached its session, a 2026 stream
+lane follows it: a 2025 stream once ``initialize`` attached its session (on the SDK path, or
+the opening's stand-in connection before the SDK is loaded), a 2026 stream
 once the SDK path served its first enveloped request (and the relay reported the
 identity's session). Until then, and for anything else, the lane declines and the SDK
 path serves the request: a request of the other era, a 2026 envelope the SDK would
