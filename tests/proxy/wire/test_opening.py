@@ -26,7 +26,7 @@ from typing import Any
 
 import anyio
 import pytest
-from mcp import Client, StdioServerParameters, types
+from mcp import Client, MCPError, StdioServerParameters, types
 
 from proxy.wire.opening import DEBUG_MODULES_ENV, plain_initialize
 from tests.conftest import ROOT, gateway_env
@@ -159,10 +159,20 @@ async def _sdk_needing_answers(client: Client) -> dict[str, Any]:
         "sample": (await client.call_tool("search.sample", {"prompt": "2+2"})).content[0].model_dump(mode="json"),
         "elicit": (await client.call_tool("calendar.elicit", {"question": "go?"})).content[0].model_dump(mode="json"),
         "roots": (await client.call_tool("search.roots", {})).content[0].model_dump(mode="json"),
+        "complete": await _outcome(client.complete(types.PromptReference(type="ref/prompt", name="calendar.greet"),
+                                                   {"name": "who", "value": "a"})),
     }
     after = await client.call_tool("search.echo", {"text": "after"})
     out["meta_shapes"] = [shape((before.meta or {})[DECISION]), shape((after.meta or {})[DECISION])]
     return out
+
+
+async def _outcome(pending: Any) -> Any:
+    """A result as JSON, or the JSON-RPC error's code and message."""
+    try:
+        return (await pending).model_dump(mode="json")
+    except MCPError as exc:
+        return {"code": exc.code, "message": exc.message.split("Decision id")[0]}
 
 
 async def _sampling(ctx: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
