@@ -123,6 +123,12 @@ def _key(request_id: Any) -> Any:
     return coerce_request_id(request_id)
 
 
+if TYPE_CHECKING:
+
+    class NotDelivered(MCPError):
+        """What :func:`not_delivered_type` makes (for type checkers; made at run time on first use)."""
+
+
 _not_delivered_type: type[MCPError] | None = None
 
 
