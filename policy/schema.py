@@ -78,7 +78,27 @@ _by_identity: dict[int, tuple[Any, _Compiled]] = {}
 
 def warm_up() -> None:
     """Import the validator library now (it is otherwise imported by the first check)."""
-    import jsonschema.validators  # noqa: F401
+    _validator_library()
+
+
+_import_lock = threading.Lock()
+
+
+def _validator_library() -> tuple[Any, Any, Any]:
+    """``jsonschema``'s Draft 2020-12 validator, ``SchemaError`` and ``validator_for``, imported
+    on first use (or by :func:`warm_up`): ~40 ms a gateway's start-up need not wait for.
+
+    The import is serialised: ``jsonschema`` and ``referencing`` import each other, and two
+    threads importing them at once (the gateway's warm-up worker and a first check on the event
+    loop) make CPython hand one of them a partially initialised module (``ImportError: cannot
+    import name ... from partially initialized module``, or ``_DeadlockError``), which would
+    turn that call into a ``gateway_error`` deny.
+    """
+    with _import_lock:
+        from jsonschema import Draft202012Validator
+        from jsonschema.exceptions import SchemaError
+        from jsonschema.validators import validator_for
+    return Draft202012Validator, SchemaError, validator_for
 
 
 def clear_cache() -> None:
@@ -93,10 +113,7 @@ def _one_line(text: str) -> str:
 
 
 def _build(schema: Any) -> _Compiled:
-    # imported on first use (or by warm_up): ~40 ms a gateway's start-up need not wait for
-    from jsonschema import Draft202012Validator
-    from jsonschema.exceptions import SchemaError
-    from jsonschema.validators import validator_for
+    Draft202012Validator, SchemaError, validator_for = _validator_library()
 
     if not isinstance(schema, Mapping | bool):
         return _Compiled(None, None, f"expected an object, got {type(schema).__name__}")

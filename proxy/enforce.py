@@ -289,6 +289,7 @@ class Enforcer:
                 latency_ms=round((time.perf_counter() - started) * 1000, 3),
                 policy_version=view.version if view else None,
                 request=request or None,
+                source=decision,  # ``data`` is its to_dict(): the builder may know it already
             ))
         except Exception as exc:  # an unrecorded decision is never acted on
             log.exception("audit write failed", target=decision.tool, decision_id=decision.decision_id)

@@ -23,7 +23,10 @@ import structlog
 from proxy.config import GatewayConfig
 from proxy.downstream import serve_stdio
 from proxy.intercept import CallNext, Interceptor, compose
-from proxy.relay import IN_FLIGHT_KEY, LocalTool, Relay, connection_of, forward_tool_call
+from proxy.protocol import load_sdk
+from proxy.relay import Relay, forward_tool_call
+from proxy.route.ids import IN_FLIGHT_KEY, connection_of
+from proxy.route.seams import LocalTool
 from proxy.session import ClientChannel, DownstreamSession
 from proxy.upstream.link import ClientHello
 from proxy.upstream.prespawn import Prespawned
@@ -84,6 +87,7 @@ class Gateway:
         """The SDK server, whose only middleware is the relay; built (and the SDK imported) on
         first use: a stdio client's opening is answered without it (proxy/wire/opening.py)."""
         if self._server is None:
+            load_sdk()
             from mcp.server import Server
 
             self._server = Server(self.config.name, version=GATEWAY_VERSION)

@@ -18,6 +18,7 @@ session's start. The modules that answer a stdio client's opening - ``initialize
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +30,7 @@ __all__ = [
     "INTERNAL_ERROR", "INVALID_PARAMS", "INVALID_REQUEST", "LATEST_HANDSHAKE_VERSION", "LATEST_MODERN_VERSION",
     "METHOD_NOT_FOUND", "MODERN_PROTOCOL_VERSIONS", "PARSE_ERROR", "PROTOCOL_VERSION_META_KEY", "REQUEST_TIMEOUT",
     "SERVER_INFO_META_KEY", "UNSUPPORTED_PROTOCOL_VERSION", "coerce_request_id", "error_body", "is_mcp_error",
-    "mcp_error", "progress_token_from_params", "sdk_loaded",
+    "load_sdk", "mcp_error", "progress_token_from_params", "sdk_loaded",
 ]
 
 PARSE_ERROR = -32700
@@ -52,6 +53,29 @@ LATEST_HANDSHAKE_VERSION = "2025-11-25"
 LATEST_MODERN_VERSION = "2026-07-28"
 
 
+_SDK_IMPORT = threading.Lock()
+
+
+def load_sdk() -> None:
+    """Import the SDK, one thread at a time.
+
+    The stdio opening imports it in a worker thread (proxy/wire/opening.py) while the event
+    loop may need it at the same moment (an error to raise); two threads importing one
+    package tree at once can be handed a partially initialised module (Python's import-lock
+    deadlock avoidance), so every first import of the SDK on the gateway's paths goes
+    through this lock. Once loaded it costs a dictionary lookup."""
+    if "mcp.server" in sys.modules and "mcp.shared.exceptions" in sys.modules and _SDK_IMPORT.acquire(blocking=False):
+        _SDK_IMPORT.release()  # loaded, and no import in flight
+        return
+    from policy.schema import warm_up as import_jsonschema
+
+    with _SDK_IMPORT:
+        # the SDK imports jsonschema, which the first tools/call's argument check imports on the
+        # loop: that import is serialised by its own lock (policy/schema.py), so it goes first
+        import_jsonschema()
+        import mcp.server  # noqa: F401  (the package, and its server side)
+
+
 def sdk_loaded() -> bool:
     """Whether the SDK's error type exists in this process yet."""
     return "mcp.shared.exceptions" in sys.modules
@@ -59,6 +83,7 @@ def sdk_loaded() -> bool:
 
 def mcp_error(code: int, message: str, data: Any = None) -> MCPError:
     """The SDK's ``MCPError(code, message, data)`` (loads the SDK on first use)."""
+    load_sdk()
     from mcp import MCPError
 
     return MCPError(code, message, data)

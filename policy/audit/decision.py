@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from dataclasses import fields
+from operator import attrgetter, is_
 from typing import Any
 
 import orjson
 
 from policy.audit.event import _ORJSON_OPTIONS, SCHEMA, PlainEvent, new_event_id
+from policy.decision import ApprovalRequirement, Counterfactual, Decision, TraceEntry
+from policy.detect import Finding
 from policy.redact import (
     MAX_DEPTH,
     collect_strings,
@@ -25,6 +29,7 @@ from policy.redact import (
     strings_contain_secret,
     strings_contain_secret_memo,
 )
+from policy.risk import RiskFactor
 
 __all__ = ["MAX_STRING_BYTES", "clip_strings", "decision_event", "redacted_decision_event"]
 
@@ -129,6 +134,115 @@ def _clean(value: Any, strings: list[str], limit: int | None, redacting: bool, d
     raise _NotClean
 
 
+# Input schemas the event builder found plain (nothing clipped, no sensitive key, no odd value) and
+# free of secrets, by identity (the object is held, so its id stays its own). A tool's schema is the
+# catalog's object, the same on every call (policy.schema caches its validator the same way), and
+# needs no walk and no scan again. Bounded; emptied when full.
+_PLAIN_SCHEMAS: dict[int, tuple[Any, int]] = {}
+_PLAIN_SCHEMAS_MAX = 1024
+
+
+def _clean_request(extra: dict[str, Any], strings: list[str], limit: int) -> Any:
+    """``_clean(extra, strings, limit, True)``, except that an input schema seen plain and secret-free
+    before is not walked again and adds no string (``strings`` only feed the secret scan, which its
+    strings pass)."""
+    schema = extra.get("input_schema")
+    if type(schema) is not dict:
+        return _clean(extra, strings, limit, True)
+    known = _PLAIN_SCHEMAS.get(id(schema))
+    if known is None or known[0] is not schema or known[1] != limit:
+        cleaned = _clean(extra, strings, limit, True)
+        own: list[str] = []
+        if cleaned is extra and _clean(schema, own, limit, True, 1) is schema and not strings_contain_secret_memo(own):
+            if len(_PLAIN_SCHEMAS) >= _PLAIN_SCHEMAS_MAX:
+                _PLAIN_SCHEMAS.clear()
+            _PLAIN_SCHEMAS[id(schema)] = (schema, limit)
+        return cleaned
+    out: dict[str, Any] | None = None
+    for key, item in extra.items():  # _clean's loop over a dict at depth 0, the schema stepped over
+        if type(key) is not str or is_sensitive_key(key):
+            raise _NotClean
+        strings.append(key)
+        if item is schema:
+            continue
+        kind = type(item)
+        if kind is str and len(item) <= limit:
+            strings.append(item)
+        elif not (item is None or kind is bool or kind is int):
+            cleaned = _clean(item, strings, limit, True, 1)
+            if cleaned is not item:
+                if out is None:
+                    out = dict(extra)
+                out[key] = cleaned
+    return extra if out is None else out
+
+
+# Decisions whose data the event builder found plain and secret-free, by the identity of every field
+# but the id (held, so the ids stay theirs), under the identity of their ``reasoning``: the engine's
+# memoised decisions (policy.engine) share all of them, so the usual call's decision is walked once.
+_PLAIN_DECISIONS: dict[int, tuple[Any, ...]] = {}
+_PLAIN_DECISIONS_MAX = 1024
+_ALL_BUT_ID = attrgetter(*(f.name for f in fields(Decision)[1:]))
+assert fields(Decision)[0].name == "decision_id"
+_SCALARS = frozenset({str, bool, int, float, type(None)})
+
+
+def _clean_decision(decision: Any, source: Decision | None, strings: list[str]) -> Any:
+    """``_clean(decision, strings, None, False)`` for ``decision = source.to_dict()``; when every field of
+    ``source`` but its id is one of a decision seen plain and secret-free before, ``decision`` is that
+    data with another id: only the id is added to ``strings`` (which only feed the secret scan)."""
+    if source is None or type(source) is not Decision:
+        return _clean(decision, strings, None, False)
+    decision_id = decision.get("decision_id") if type(decision) is dict else None
+    rest = _ALL_BUT_ID(source)
+    known = _PLAIN_DECISIONS.get(id(source.reasoning))
+    if known is not None and type(decision_id) is str and all(map(is_, known, rest)):
+        strings.append(decision_id)
+        return decision
+    cleaned = _clean(decision, strings, None, False)
+    own: list[str] = []
+    if (cleaned is decision and type(decision_id) is str and _frozen(source)
+            and _clean(decision, own, None, False) is decision and not strings_contain_secret_memo(own)):
+        if len(_PLAIN_DECISIONS) >= _PLAIN_DECISIONS_MAX:
+            _PLAIN_DECISIONS.clear()
+        _PLAIN_DECISIONS[id(source.reasoning)] = rest
+    return cleaned
+
+
+def _frozen(source: Decision) -> bool:
+    """Whether ``source.to_dict()`` can never change: every field a scalar, a tuple of strings, or a tuple
+    of frozen entries holding scalars (a suggested rule is a dict, and disqualifies)."""
+    if any(type(getattr(source, name)) not in _SCALARS for name in _SCALAR_FIELDS):
+        return False
+    if not all(_strings_tuple(seq) for seq in (source.matched_rules, source.reasoning, source.errors)):
+        return False
+    for seq, kind in ((source.rule_trace, TraceEntry), (source.risk_factors, RiskFactor), (source.findings, Finding)):
+        if type(seq) is not tuple or not all(type(item) is kind and _scalar_slots(item) for item in seq):
+            return False
+    counterfactual, approval = source.counterfactual, source.approval
+    if counterfactual is not None and not (
+        type(counterfactual) is Counterfactual and counterfactual.suggested_rule is None
+        and type(counterfactual.text) is str and _strings_tuple(counterfactual.remove_rules)
+    ):
+        return False
+    return approval is None or (
+        type(approval) is ApprovalRequirement and _strings_tuple(approval.rules)
+        and type(approval.approver) is str and type(approval.ttl) in _SCALARS
+    )
+
+
+_SCALAR_FIELDS = ("allowed", "reason", "reason_code", "deny_kind", "model", "tool", "risk_score", "policy_digest",
+                  "kind")
+
+
+def _strings_tuple(value: Any) -> bool:
+    return type(value) is tuple and all(type(item) is str for item in value)
+
+
+def _scalar_slots(item: Any) -> bool:
+    return all(type(getattr(item, name)) in _SCALARS for name in type(item).__slots__)
+
+
 def decision_event(
     *,
     decision: Mapping[str, Any],
@@ -140,6 +254,7 @@ def decision_event(
     policy_version: int | None,
     request: Mapping[str, Any] | None = None,
     max_string_bytes: int = MAX_STRING_BYTES,
+    source: Decision | None = None,
 ) -> dict[str, Any]:
     """The ``decision`` event for one tools/call, allowed or denied.
 
@@ -152,15 +267,17 @@ def decision_event(
     The usual event holds no secret: one walk copies and clips the arguments and the request
     and collects every string of the event, one scan of them all finds nothing, and the event
     is a :class:`PlainEvent`, equal to what the full redaction below would build (tested).
-    Anything else (a secret, a sensitive key, an odd value) takes the full path.
+    Anything else (a secret, a sensitive key, an odd value) takes the full path. ``source``, when
+    given, is the :class:`~policy.decision.Decision` whose ``to_dict()`` ``decision`` is: see
+    :func:`_clean_decision`.
     """
     extra = dict(request or {})
     extra.pop("arguments", None)
     strings: list[str] = []
     try:
         arguments_value = _clean(arguments, strings, max_string_bytes, True)
-        request_value = _clean(extra, strings, max_string_bytes, True) if extra else None
-        decision_value = _clean(decision, strings, None, False)
+        request_value = _clean_request(extra, strings, max_string_bytes) if extra else None
+        decision_value = _clean_decision(decision, source, strings)
         payload = _decision_payload(decision, extra, session_id, server, tool, arguments, latency_ms,
                                     policy_version, arguments_value, decision_value, request_value, [])
         for name in ("decision_id", "model", "session", "server", "tool", "policy_digest"):

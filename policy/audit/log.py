@@ -41,6 +41,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -90,6 +91,7 @@ __all__ = [
     "Head",
     "HeadRecord",
     "JsonlAuditLog",
+    "PendingSync",
     "head_path",
     "log_files",
     "read_head",
@@ -111,6 +113,16 @@ class AuditSink(Protocol):
     def append(self, event: Mapping[str, Any]) -> dict[str, Any]: ...
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class PendingSync:
+    """A flush begun by :meth:`JsonlAuditLog.begin_sync`: the descriptor to flush (a duplicate;
+    -1 with ``fsync`` off), the head the flush makes durable, and the checkpoints waiting on it."""
+
+    fd: int
+    target: Head
+    published: list[Checkpoint]
 
 
 def _utcnow() -> datetime:
@@ -233,12 +245,31 @@ class JsonlAuditLog:
         sync fails: the events stay in the file (and the chain) but are not confirmed durable,
         and the next write reopens the file first.
         """
+        pending = self.begin_sync()
+        if pending is None:
+            return
+        error: OSError | None = None
+        try:
+            if pending.fd >= 0:
+                os.fdatasync(pending.fd)
+        except OSError as exc:
+            error = exc
+        self.finish_sync(pending, error)
+
+    def begin_sync(self) -> PendingSync | None:
+        """The first half of :meth:`sync`, for a caller that flushes the descriptor itself
+        (asynchronously): what to flush, or None when everything written is durable already.
+
+        The caller flushes ``pending.fd`` (``fdatasync``; it is -1 with ``fsync`` off) and then
+        calls :meth:`finish_sync` exactly once, which closes it. The flush covers the writes made
+        before this call returned, which are the ones ``pending.target`` names.
+        """
         with self._lock:
             if self._closed:
                 raise AuditError("closed", f"audit log `{self.path}` is closed")
             target = self._head
             if target.seq <= self._synced.seq and not self._unpublished:
-                return
+                return None
             try:
                 if self._file is None:
                     self._recover()
@@ -247,25 +278,34 @@ class JsonlAuditLog:
             except OSError as exc:
                 raise AuditError("write_failed", f"audit sync failed: {exc.strerror}") from exc
             published, self._unpublished = self._unpublished, []
+        return PendingSync(fd, target, published)
+
+    def finish_sync(self, pending: PendingSync, error: BaseException | None = None) -> None:
+        """The second half of :meth:`sync`; ``error`` is how the flush failed, or None.
+
+        On success the head sidecar names the flushed head (never one not flushed yet) and the
+        checkpoints written before it go to the sinks; on failure, ``AuditError("write_failed")``.
+        """
         try:
-            if fd >= 0:
-                os.fdatasync(fd)
-        except OSError as exc:
-            with self._lock:
-                self._unpublished = published + self._unpublished
-                self._abandon_file()
-            raise AuditError("write_failed", f"audit sync failed: {exc.strerror}") from exc
+            if error is not None:
+                with self._lock:
+                    self._unpublished = pending.published + self._unpublished
+                    self._abandon_file()
+                reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+                raise AuditError("write_failed", f"audit sync failed: {reason}") from error
         finally:
-            if fd >= 0:
-                os.close(fd)
+            if pending.fd >= 0:
+                os.close(pending.fd)
         with self._lock:
-            if target.seq > self._synced.seq:
-                self._synced = target
+            if pending.target.seq > self._synced.seq:
+                self._synced = pending.target
+                if self._head_fd is None:  # closed meanwhile: close() synced and named the head itself
+                    return
                 try:
-                    self._write_sidecar(target)
+                    self._write_sidecar(pending.target)
                 except OSError as exc:
                     raise AuditError("write_failed", f"audit head sidecar write failed: {exc.strerror}") from exc
-        self._publish(published)
+        self._publish(pending.published)
 
     def close(self) -> None:
         with self._lock:

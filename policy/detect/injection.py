@@ -40,14 +40,16 @@ Nothing here raises for any input text.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 
 import ahocorasick_rs
 
 from .runs import char_offsets
 
-__all__ = ["RULES", "InjectionHit", "Rule", "find_injections", "spaced_anchor_seen"]
+__all__ = ["RULES", "W_REFERENCE", "InjectionHit", "Rule", "alt_reference", "find_injections", "ignore_english",
+           "spaced_anchor_seen"]
 
 _AFTER = 320  # how far past its anchor a rule's match may end (see _REACH)
 
@@ -88,13 +90,49 @@ def _typos(word: str) -> tuple[str, ...]:
     return tuple(sorted(variant for variant in out if len(variant) >= 5))
 
 
+_Trie = dict[str, "_Trie"]
+
+
 def _alt(words: Iterable[str]) -> str:
+    """An alternation of ``words`` that tries the longest first, as a trie.
+
+    The same matches, in the same order, as ``(?:w1|w2|...)`` with the words sorted
+    longest first (:func:`alt_reference`): the words that match at one position are
+    prefixes of one another, so "longest first" is "deepest first" -- each node tries its
+    children (which start with different characters, so at most one can match) before
+    the word that ends there. But a failing position costs one character test per
+    distinct first letter instead of one per word: CPython's ``re`` tries an
+    alternation's branches one by one (no trie of its own), and rule 0's verbs, "prior"
+    words and objects were tried at every gap position.
+    """
+    root: _Trie = {}
+    for word in set(words):
+        node = root
+        for char in word:
+            node = node.setdefault(char, {})
+        node[""] = {}
+
+    def emit(node: _Trie) -> str:
+        branches = [re.escape(char) + emit(child) for char, child in sorted(node.items()) if char]
+        if "" in node:
+            branches.append("")  # the word that ends here, after every longer one
+        return branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+
+    return "(?:" + emit(root) + ")"
+
+
+def alt_reference(words: Iterable[str]) -> str:
+    """The plain alternation :func:`_alt` stands for (kept for the tests)."""
     return "(?:" + "|".join(sorted({re.escape(w) for w in words}, key=len, reverse=True)) + ")"
 
 
 # Separators between words: at most one line break (code spread over lines is no sentence).
-_W = r"(?=[\W_])(?:[^\w\n]|_)*+\n?(?:[^\w\n]|_)*+"
-_GAP = rf"(?:[\w'’]+{_W}){{0,5}}?"
+W_REFERENCE = r"(?=[\W_])(?:[^\w\n]|_)*+\n?(?:[^\w\n]|_)*+"
+# The same: each `(?:[^\w\n]|_)*+` consumes the longest run of non-word characters and
+# underscores (no newline) and gives nothing back, as does `[^\w\n]*+(?:_++[^\w\n]*+)*+`,
+# whose outer loop runs only at underscores: a run of single characters is a fast
+# repeat in CPython's `re`, a repeated alternation a slow one (5% of rule 0's time).
+_W = r"(?=[\W_])[^\w\n]*+(?:_++[^\w\n]*+)*+\n?[^\w\n]*+(?:_++[^\w\n]*+)*+"
 
 # ---- ignore previous instructions ------------------------------------------------------------------
 
@@ -115,10 +153,21 @@ _EN_OBJECTS = tuple(
      "restrictions", "policies", "policy", "safety", "filters", "settings", "task", "tasks", "conversation",
      "request", "requests", "question", "questions", "query", "input")  # fmt: skip
 
-_IGNORE_EN = (
-    rf"\b{_alt(_EN_VERBS)}{_W}{_GAP}{_alt(_EN_PRIOR)}{_W}{_GAP}{_alt(_EN_OBJECTS)}\b"
-    rf"|\b{_alt(_EN_VERBS)}{_W}(?:everything|all){_W}(?:above|before|you\W+(?:were|have\W+been)\W+told)"
-)
+
+
+def ignore_english(alt: Callable[[Iterable[str]], str] = _alt, sep: str = _W) -> str:
+    """The English part of rule 0, its word lists joined by ``alt`` and its words separated
+    by ``sep`` (the tests build it from :func:`alt_reference` and :data:`W_REFERENCE` too,
+    and compare)."""
+    verbs = alt(_EN_VERBS)
+    gap = rf"(?:[\w'’]+{sep}){{0,5}}?"
+    return (
+        rf"\b{verbs}{sep}{gap}{alt(_EN_PRIOR)}{sep}{gap}{alt(_EN_OBJECTS)}\b"
+        rf"|\b{verbs}{sep}(?:everything|all){sep}(?:above|before|you\W+(?:were|have\W+been)\W+told)"
+    )
+
+
+_IGNORE_EN = ignore_english()
 _IGNORE_EU = (
     # German
     r"\b(?:ignorier(?:e|en|t)?|vergiss|vergessen|missachte|missachten|übergehe|verwirf)\b[^.\n]{0,60}?"
@@ -426,6 +475,7 @@ def anchor_table(reduced: bool = True) -> tuple[tuple[str, ...], tuple[tuple[int
 
 
 _ANCHOR_TEXT, _ANCHOR_RULES = anchor_table()
+_FIRST = itemgetter(0)
 _SPACED_INDEX = frozenset(i for i, a in enumerate(_ANCHOR_TEXT) if a in SPACED_ANCHORS)
 # A DFA: ~20 ms to build at import, and searches ~3x faster than the default NFA.
 _AUTOMATON = ahocorasick_rs.BytesAhoCorasick(
@@ -437,6 +487,17 @@ _ANCHOR_RULE_PAIRS: tuple[tuple[tuple[int, Rule], ...], ...] = tuple(
     tuple((index, RULES[index]) for index in rules) for rules in _ANCHOR_RULES
 )
 _RULE_STRIDE = len(RULES)
+# The same, flattened for the verification loop (no attribute lookups per attempt):
+# (rule index, kind, back, requires, match or search, severity).
+_AttemptFn = Callable[..., "re.Match[str] | None"]
+_ANCHOR_ATTEMPTS: tuple[tuple[tuple[int, str, int, tuple[str, ...], _AttemptFn, str], ...], ...] = tuple(
+    tuple(
+        (index, rule.kind, rule.back, rule.requires, rule.pattern.search if rule.back else rule.pattern.match,
+         rule.severity)
+        for index, rule in pairs
+    )
+    for pairs in _ANCHOR_RULE_PAIRS
+)
 # How far past an anchor's start a match may end: the same window whichever anchor found it.
 _REACH = _AFTER + max(len(anchor) for anchor in anchor_table(reduced=False)[0])  # the same with or without reduction
 
@@ -460,7 +521,7 @@ def anchor_hits(folded: str, data: bytes | None = None) -> list[tuple[int, int, 
 
 
 def spaced_anchor_seen(hits: Sequence[tuple[int, int, int]]) -> bool:
-    return any(index in _SPACED_INDEX for index, _, _ in hits)
+    return not _SPACED_INDEX.isdisjoint(map(_FIRST, hits))  # C loops, not a generator per hit
 
 
 def find_injections(
@@ -478,10 +539,11 @@ def find_injections(
     # Anchors that start alike ("ignor", "ignore") try a rule once: keyed start * stride + rule.
     tried: set[int] = set()
     find = folded.find
+    attempts = _ANCHOR_ATTEMPTS
     for anchor, start, _ in hits:
         base = start * _RULE_STRIDE
-        for rule_index, rule in _ANCHOR_RULE_PAIRS[anchor]:
-            if rule.kind in done:
+        for rule_index, kind, back, requires, attempt, severity in attempts[anchor]:
+            if kind in done:
                 continue
             key = base + rule_index
             if key in tried:
@@ -490,17 +552,17 @@ def find_injections(
             hi = start + _REACH
             if hi > ceiling:
                 hi = ceiling
-            lo = start - rule.back
+            lo = start - back
             if lo < floor:
                 lo = floor
-            if rule.requires:
-                for literal in rule.requires:
+            if requires:
+                for literal in requires:
                     if find(literal, lo, hi) >= 0:
                         break
                 else:
                     continue
-            match = rule.pattern.search(folded, lo, hi) if rule.back else rule.pattern.match(folded, start, hi)
+            match = attempt(folded, lo if back else start, hi)
             if match is not None:
-                found.append(InjectionHit(rule.kind, rule.severity, match.start(), match.end()))
-                done.add(rule.kind)
+                found.append(InjectionHit(kind, severity, match.start(), match.end()))
+                done.add(kind)
     return found

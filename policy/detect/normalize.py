@@ -189,17 +189,22 @@ def _fold_runs(data: bytes, runs: list[tuple[int, int]]) -> bytes:
     islands: list[tuple[int, str]] = []  # (index in pieces, folded run before leetspeak)
     stretches: list[tuple[int, int]] = []  # the ASCII stretches between runs
     hidden: list[str] = []
+    seen: dict[bytes, tuple[str, bytes]] = {}  # island bytes -> (plain, folded bytes)
     cursor = 0
     for start, end in runs:
         lo = start - 1 if start > 0 else 0
         stretches.append((cursor, lo))
         pieces.append(data[cursor:lo].translate(_FOLD_ASCII))
-        island = data[lo:end].decode("utf-8", "surrogatepass")
-        if b"\xf3\xa0" in data[start:end]:
+        raw = data[lo:end]
+        if b"\xf3\xa0" in raw:
             hidden.extend(tag_runs(data[start:end]))
-        plain = _plain(island)
+        known = seen.get(raw)
+        if known is None:  # the same few islands recur (`n’t`, `s’`, `—`): each folded once
+            plain = _plain(raw.decode("utf-8", "surrogatepass"), raw)
+            known = seen[raw] = (plain, plain.encode("utf-8", "surrogatepass").translate(_LEET_BYTES))
+        plain = known[0]
         islands.append((len(pieces), plain))
-        pieces.append(plain.encode("utf-8", "surrogatepass").translate(_LEET_BYTES))
+        pieces.append(known[1])
         cursor = end
     stretches.append((cursor, len(data)))
     pieces.append(data[cursor:].translate(_FOLD_ASCII))

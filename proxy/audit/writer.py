@@ -34,13 +34,19 @@ from policy.audit.checkpoint import Checkpoint, CheckpointFile, CheckpointSink
 from policy.audit.decision import decision_event
 from policy.audit.event import AuditError, event
 from policy.audit.log import JsonlAuditLog
+from proxy.audit.flush import AioFlusher, open_flusher
 from proxy.config import AUDIT_DURABILITY, GatewayConfig
 from proxy.errors import ConfigError
 
 DURABILITY = AUDIT_DURABILITY
 COMMIT_YIELDS = 4
-"""Loop turns the commit task lets pass before it syncs: enough for a tools/call that just
-wrote its decision to reach the upstream's pipe (stdio), cheap next to the fsync."""
+"""Loop turns the commit task lets pass before it syncs on the event loop: enough for a
+tools/call that just wrote its decision to reach the upstream's pipe (stdio), cheap next to
+the fsync."""
+AIO_COMMIT_YIELDS = 0
+"""The same, when the flush goes through Linux AIO (proxy.audit.flush): the loop does not wait
+for the disk, so the flush is submitted at once (each loop turn costs CPU, measured in
+docs/audit.md); concurrent writers join the next batch while this one flushes."""
 
 log = structlog.get_logger("securegateway.audit")
 
@@ -161,19 +167,22 @@ class AuditWriter:
         *,
         durability: str = "before-response",
         sync_in_thread: bool = False,
-        yields: int = COMMIT_YIELDS,
+        yields: int | None = None,
+        aio: bool = True,
     ) -> None:
         if durability not in DURABILITY:
             raise ValueError(f"unknown audit durability `{durability}`")
         self.sink = sink
         self.durability = durability
         self.sync_in_thread = sync_in_thread
-        self._yields = yields
+        self._yields = yields  # None: COMMIT_YIELDS, or AIO_COMMIT_YIELDS with the AIO flusher
         self._batch = Receipt()
         self._wake: anyio.Event | None = None
         self._committed_at = 0.0  # loop clock of the last group commit (idle head signing)
         self.syncs = 0  # completed group commits, for tests and metrics
         self.sync_failures = 0
+        self.aio = aio  # flush through Linux AIO where available (proxy.audit.flush)
+        self._flusher: AioFlusher | None = None
 
     decision_event = staticmethod(decision_event)
 
@@ -204,6 +213,17 @@ class AuditWriter:
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         self._wake = anyio.Event()
+        with open_flusher(enabled=self.aio and not self.sync_in_thread) as self._flusher:
+            try:
+                await self._commit_loop(task_status)
+            finally:
+                self._flusher = None
+
+    async def _commit_loop(self, task_status: anyio.abc.TaskStatus[None]) -> None:
+        assert self._wake is not None
+        yields = self._yields
+        if yields is None:
+            yields = COMMIT_YIELDS if self._flusher is None else AIO_COMMIT_YIELDS
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._sign_when_idle)
             task_status.started()
@@ -212,7 +232,7 @@ class AuditWriter:
                     await self._wake.wait()
                     # Let the writers run on first: their requests go upstream before the disk is
                     # waited for, and concurrent callers write into this batch meanwhile.
-                    for _ in range(self._yields):
+                    for _ in range(yields):
                         await anyio.lowlevel.checkpoint()
                     batch, self._batch, self._wake = self._batch, Receipt(), anyio.Event()
                     await self._commit(batch)
@@ -247,7 +267,9 @@ class AuditWriter:
 
     async def _commit(self, batch: Receipt) -> None:
         try:
-            if self.sync_in_thread:
+            if self._flusher is not None:
+                await self._flushed()
+            elif self.sync_in_thread:
                 await anyio.to_thread.run_sync(self.sink.sync)
             else:
                 self.sink.sync()  # fdatasync of a small append: cheaper on the loop than a thread hop
@@ -261,6 +283,24 @@ class AuditWriter:
         else:
             self.syncs += 1
             batch.settle()
+
+    async def _flushed(self) -> None:
+        """``sink.sync`` with its fdatasync through the AIO flusher: the loop runs on meanwhile.
+
+        Shielded: once submitted, the flush completes (or fails) whatever happens to the task,
+        and its batch is settled by what the disk did, not by the cancellation."""
+        assert self._flusher is not None
+        pending = self.sink.begin_sync()
+        if pending is None:
+            return
+        error: BaseException | None = None
+        with anyio.CancelScope(shield=True):
+            try:
+                if pending.fd >= 0 and not await self._flusher.flush(pending.fd):
+                    os.fdatasync(pending.fd)  # AIO refused it before submitting: flush here
+            except Exception as exc:  # not confirmed durable, whatever failed: the batch learns it
+                error = exc
+            self.sink.finish_sync(pending, error)
 
     def close(self) -> None:
         self.sink.close()

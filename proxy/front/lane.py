@@ -14,7 +14,11 @@ unknown session id, another principal's session, a bad content type, an unaccept
 notifications, the client's answers to server->client requests. So every error keeps the
 SDK's status, code and text. ``notifications/cancelled`` is seen first: it cancels a lane
 call (answered ``-32800 Request cancelled``, as the SDK's transport answers a cancelled
-2025-era request) and still reaches the SDK.
+2025-era request, and as an SSE event whenever the client takes SSE: the SDK client's JSON-body
+reader, ``StreamableHTTPTransport._handle_json_response`` in mcp 2.3.0, writes to its session's
+read stream unguarded, so an answer arriving after a cancelling client closed its session fails
+that client's whole transport, where its SSE reader drops it; docs/wire.md) and still reaches
+the SDK.
 
 The reply is chosen as :class:`~proxy.front.exchange.ExchangeTransport` chooses it: a JSON
 body when the answer is the first message for the request, SSE when progress comes first
@@ -36,7 +40,6 @@ from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import anyio.abc
-import anyio.lowlevel
 import structlog
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, authorization_context
 from mcp.server.streamable_http import (
@@ -53,7 +56,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from proxy.front import exchange
 from proxy.front.exchange import TRANSPORT_SCOPE_KEY
 from proxy.front.reply import LaneReply, Pinger, send_json
-from proxy.relay import IN_FLIGHT_KEY, SESSION_KEY, Relay, connection_of
+from proxy.relay import Relay
+from proxy.route.ids import IN_FLIGHT_KEY, SESSION_KEY, connection_of
 from proxy.wire import codec
 from proxy.wire.lane import METHODS, answer, enveloped, plain_request, progress_line
 
@@ -247,6 +251,7 @@ class HttpLane:
         if reply.pings:
             pinger.watch(reply)
         data: bytes
+        cancelled = False
         try:
             with scope:
                 try:
@@ -260,19 +265,17 @@ class HttpLane:
                         error = ErrorData(code=0, message=str(exc))
                     data = codec.encode_error(request_id, error)
             if scope.cancelled_caught or scope.cancel_called:
+                cancelled = True
                 data = codec.encode_error(request_id, ErrorData(code=REQUEST_CANCELLED, message="Request cancelled"))
-                # A cancelled call's answer goes out two loop turns later, as it did when the call ran in a
-                # task of its own: the SDK client (mcp 2.3.0) fails its whole session on an answer that
-                # lands just as the session closes its write stream (a client that gives up on a call and
-                # disconnects; tests/proxy/test_bad_input.py), and with no hop it lands there.
-                await anyio.lowlevel.checkpoint()
-                await anyio.lowlevel.checkpoint()
         finally:
             held.discard(key)  # released before the reply: the client may reuse the id at once
             if calls.get(key) is scope:
                 del calls[key]
             pinger.forget(reply)
-        await reply.answer(data)
+        # A cancelled call's answer is an SSE event whenever the client takes SSE, as the SDK's server
+        # transport sends it (see the module docstring: the SDK client's JSON-body reader fails its
+        # whole transport on an answer that arrives after its session closed).
+        await reply.answer(data, stream=cancelled)
 
 
 class _holding:  # a context manager, named for how it reads

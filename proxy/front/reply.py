@@ -101,12 +101,13 @@ class LaneReply:
         finally:
             self._lock.release()
 
-    async def answer(self, data: bytes) -> None:
-        """Send the request's answer: the JSON body, or the stream's last event."""
+    async def answer(self, data: bytes, *, stream: bool = False) -> None:
+        """Send the request's answer: the JSON body, or the stream's last event (with ``stream``,
+        an event whenever the client takes SSE: a cancelled call's answer, ``proxy/front/lane.py``)."""
         self._answered = True  # from here on nothing else is sent
         if self._lock is not None:
             await self._lock.acquire()  # a progress message or a ping still being written
-        if not self._committed and not self._sse_only:
+        if not self._committed and not self._sse_only and (self._json_only or not stream):
             await send_json(self._send, self._session_id, data)
             return
         await self._commit()

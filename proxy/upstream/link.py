@@ -183,7 +183,10 @@ class UpstreamLink:
                          upstream=self.name, method=method)
                 return await self._send(await self._await_restart(), method, params, opts, input_schema)
         except protocol.MCP_ERRORS as exc:
-            if exc.code == CONNECTION_CLOSED:
+            if exc.code == CONNECTION_CLOSED and exc.message == "Connection closed":
+                # the connection itself went: the gateway's words (its own session with the client is
+                # fine). A request's own stream failing ("SSE stream ended without a response") is the
+                # SDK transport's error for that request, passed on as a direct client would see it.
                 raise mcp_error(
                     INTERNAL_ERROR, f"upstream `{self.name}` closed the connection while handling `{method}`"
                 ) from None
@@ -396,8 +399,11 @@ class UpstreamLink:
     async def _dispatch_notify(
         self, dctx: Any, method: str, params: Mapping[str, Any] | None
     ) -> None:
-        if method in ("notifications/progress", "notifications/subscriptions/acknowledged"):
-            return  # progress goes through the per-request callback; the ack is ours alone
+        if method in ("notifications/progress", "notifications/subscriptions/acknowledged", "notifications/cancelled"):
+            # progress goes through the per-request callback; the ack is ours alone; a cancel names the
+            # upstream's own request to us, which the dispatcher has cancelled: the gateway's request
+            # to the client, cancelled with it, is cancelled there under the client's id
+            return
         await self._on_notify(self, method, params)
 
     async def _handshake(self, disp: Channel) -> UpstreamInfo:
@@ -490,6 +496,7 @@ class UpstreamLink:
                     cfg.url, http_client=http, upstream=self.name, max_sse_event_size=self._max_message_bytes
                 ) as channel,
             ):
+                channel.on_close = partial(self._lost, channel)
                 yield channel
 
 

@@ -49,7 +49,8 @@ from proxy.protocol import (
     error_body,
     progress_token_from_params,
 )
-from proxy.relay import IN_FLIGHT_KEY, SESSION_KEY, Relay, duplicate_id_error, id_key
+from proxy.relay import Relay
+from proxy.route.ids import IN_FLIGHT_KEY, SESSION_KEY, duplicate_id_error, id_key
 from proxy.session import DownstreamSession
 from proxy.wire import codec
 from proxy.wire.framing import LineWriter

@@ -49,6 +49,7 @@ from proxy.protocol import (
     LATEST_HANDSHAKE_VERSION,
     PARSE_ERROR,
     error_body,
+    load_sdk,
 )
 from proxy.wire import codec
 from proxy.wire.framing import ByteSource, LineReader, LineWriter
@@ -330,8 +331,7 @@ async def _warm(delay: float) -> None:
 
 
 def _import_sdk() -> None:
-    import mcp.server  # noqa: F401
-
+    load_sdk()  # one thread at a time (proxy/protocol.py)
     import proxy.wire.front  # noqa: F401
 
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import anyio
 import structlog
 
+from proxy.protocol import load_sdk
 from proxy.upstream.prespawn import kill_group
 from proxy.wire.framing import JOIN_BELOW, LineReader
 
@@ -100,6 +101,7 @@ async def stdio_upstream(
     """Spawn the upstream (or adopt ``process``, one already spawned the same way: see
     proxy/upstream/prespawn.py), yield its pipe, stop it (and drain its last output) at exit."""
     if process is None:
+        load_sdk()
         from mcp.client.stdio import (  # private helpers of mcp==2.3.0's stdio_client
             _create_platform_compatible_process,
             get_default_environment,

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from mcp import MCPError
 
 from policy.audit.log import read_head
 from policy.audit.verify import verify_log
+from proxy.audit.flush import AioFlusher
 from proxy.audit.hold import AUDIT_NOT_DURABLE
 from tests.conftest import ROOT, connect, gateway_env, running
 from tests.e2e.conftest import GPT_KEY, Site, cli, make_site
@@ -44,6 +46,23 @@ def durable_site(root: Path, mode: str, **kwargs: Any) -> Site:
         text.replace('file = "state/audit.jsonl"', f'file = "state/audit.jsonl"\ndurability = "{mode}"', 1)
     )
     return site
+
+
+def patch_flush(monkeypatch: pytest.MonkeyPatch, disk: Callable[[int], None]) -> None:
+    """Route the log's flushes, on the loop (``os.fdatasync``) and through Linux AIO, via ``disk``
+    (which records them, or raises the EIO a healthy disk cannot produce), then to the real one."""
+    real, real_flush = os.fdatasync, AioFlusher.flush
+
+    def fdatasync(fd: int) -> None:
+        disk(fd)
+        real(fd)
+
+    async def flush(flusher: AioFlusher, fd: int) -> bool:
+        disk(fd)
+        return await real_flush(flusher, fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    monkeypatch.setattr(AioFlusher, "flush", flush)
 
 
 def decisions(site: Site) -> dict[str, dict[str, Any]]:
@@ -106,20 +125,19 @@ async def test_concurrent_calls_share_fsyncs(tmp_path: Path, monkeypatch: pytest
     site = durable_site(tmp_path / "site", mode)
     app = site.app()
     syncs: list[int] = []
-    real = os.fdatasync
     calls = 24
     async with running(app), connect(site.url, GPT_KEY) as client:
         await client.call_tool("search.echo", {"text": "warm"})
-        monkeypatch.setattr(os, "fdatasync", lambda fd: (syncs.append(fd), real(fd))[1])
-        results: list[Any] = []
+        with monkeypatch.context() as patched:
+            patch_flush(patched, syncs.append)
+            results: list[Any] = []
 
-        async def caller(n: int) -> None:
-            results.append(await client.call_tool("search.echo", {"text": f"c{n}"}))
+            async def caller(n: int) -> None:
+                results.append(await client.call_tool("search.echo", {"text": f"c{n}"}))
 
-        async with anyio.create_task_group() as tg:
-            for n in range(calls):
-                tg.start_soon(caller, n)
-        monkeypatch.setattr(os, "fdatasync", real)
+            async with anyio.create_task_group() as tg:
+                for n in range(calls):
+                    tg.start_soon(caller, n)
     assert len(results) == calls and not any(r.is_error for r in results)
     assert 1 <= len(syncs) < calls  # group commit: fewer fsyncs than calls
     ids = decisions(site)
@@ -133,15 +151,17 @@ async def test_a_failed_fsync_withholds_the_reply_and_never_allows_silently(
 ) -> None:
     site = durable_site(tmp_path / "site", mode)
     app = site.app()
-    real = os.fdatasync
+    disk_fails = [False]
 
-    def failing(fd: int) -> None:
-        raise OSError(errno.EIO, "Input/output error")
+    def disk(fd: int) -> None:
+        if disk_fails[0]:
+            raise OSError(errno.EIO, "Input/output error")
 
     async with running(app), connect(site.url, GPT_KEY) as client:
         await client.call_tool("calendar.record", {"note": "before"})
         failures = app.metrics.audit_failures._value.get()
-        monkeypatch.setattr(os, "fdatasync", failing)
+        patch_flush(monkeypatch, disk)
+        disk_fails[0] = True
         if mode == "before-response":
             with pytest.raises(MCPError) as caught:
                 await client.call_tool("calendar.record", {"note": "during"})
@@ -157,7 +177,7 @@ async def test_a_failed_fsync_withholds_the_reply_and_never_allows_silently(
             assert "audit log unavailable" in refused.structured_content["reason"]
             assert upstream_calls(site) == ["called before"]  # never forwarded
         assert app.metrics.audit_failures._value.get() > failures
-        monkeypatch.setattr(os, "fdatasync", real)
+        disk_fails[0] = False
         after = await client.call_tool("calendar.record", {"note": "after"})  # the log reopens and carries on
         assert not after.is_error
     assert upstream_calls(site)[-1] == "called after"
@@ -222,6 +242,76 @@ async def test_a_gateway_killed_while_a_call_runs_upstream_leaves_its_decision_i
     assert hung[0]["arguments"] == {"note": "killed-mid-call"}
     report = verify_log(site.audit_path, require_head=False)
     assert report.ok, report
+    checked = subprocess.run(cli("audit", "verify", "--config", str(site.config_path)), cwd=ROOT, env=gateway_env(),
+                             capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_gateway_killed_mid_burst_leaves_every_executed_and_answered_call_in_a_log_that_verifies(
+    tmp_path: Path, mode: str
+) -> None:
+    """SIGKILL a real gateway while eight callers keep calls in flight (group commits and Linux AIO
+    flushes in progress): every call that reached the upstream and every call answered has its
+    decision event; the log verifies as it was left, and again after the gateway reopens it."""
+    site = durable_site(tmp_path / "site", mode)
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(cli("run", "--config", str(site.config_path)), cwd=ROOT, env=gateway_env(),
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    async def until_listening(gateway: subprocess.Popen[bytes]) -> None:
+        assert site.url is not None
+        with anyio.fail_after(60):
+            while True:
+                try:
+                    async with connect(site.url, GPT_KEY) as client:
+                        await client.list_tools()
+                    return
+                except Exception:
+                    assert gateway.poll() is None, "the gateway exited before listening"
+                    await anyio.sleep(0.1)
+
+    gateway = start()
+    answered: list[str] = []  # decision ids of the replies that reached a caller
+    try:
+        await until_listening(gateway)
+
+        async def caller(n: int) -> None:
+            with contextlib.suppress(Exception):  # the connection dies with the gateway
+                async with connect(site.url, GPT_KEY) as client:
+                    for k in range(1000):
+                        result = await client.call_tool("calendar.record", {"note": f"b{n}-{k}"})
+                        answered.append(result.meta[DECISION]["decision_id"])
+
+        async with anyio.create_task_group() as tg:
+            for n in range(8):
+                tg.start_soon(caller, n)
+            with anyio.fail_after(60):
+                while len(answered) < 60:
+                    await anyio.sleep(0.005)
+            gateway.send_signal(signal.SIGKILL)  # mid-burst: calls written, forwarded, flushing
+            gateway.wait(timeout=10)
+    finally:
+        if gateway.poll() is None:
+            gateway.kill()
+            gateway.wait(timeout=10)
+    logged = decisions(site)
+    notes = {e["arguments"]["note"] for e in logged.values() if e["tool"] == "record"}
+    executed = [line.removeprefix("called ") for line in upstream_calls(site)]
+    assert len(executed) >= 60
+    assert set(executed) <= notes  # no call ran upstream without its decision event
+    assert set(answered) <= set(logged)  # no caller saw a reply whose decision is not in the log
+    report = verify_log(site.audit_path)
+    assert report.ok, report
+    gateway = start()  # reopening: recovery (a torn tail, a sidecar behind) and then carrying on
+    try:
+        await until_listening(gateway)
+        async with connect(site.url, GPT_KEY) as client:
+            assert not (await client.call_tool("calendar.record", {"note": "after"})).is_error
+    finally:
+        gateway.send_signal(signal.SIGTERM)
+        gateway.wait(timeout=30)
     checked = subprocess.run(cli("audit", "verify", "--config", str(site.config_path)), cwd=ROOT, env=gateway_env(),
                              capture_output=True, text=True, timeout=60)
     assert checked.returncode == 0, checked.stdout + checked.stderr

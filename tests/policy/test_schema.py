@@ -99,3 +99,45 @@ def test_integral_floats_count_as_integers_like_jsonschema_says() -> None:
     assert check_arguments(schema, {"n": 3.0}).status == "valid"
     assert check_arguments(schema, {"n": 3.5}).status == "invalid"
     assert check_arguments(schema, {"n": True}).status == "invalid"
+
+
+_RACE = """
+import random, sys, threading, time
+from policy.schema import check_arguments, warm_up
+sys.setswitchinterval(1e-4)  # hand the GIL over often: the imports interleave
+failed = []
+def warm():
+    time.sleep(random.random() * 0.01)
+    try:
+        warm_up()
+    except BaseException as exc:
+        failed.append(repr(exc))
+worker = threading.Thread(target=warm)
+worker.start()
+time.sleep(random.random() * 0.01)
+try:
+    status = check_arguments({"type": "object", "properties": {"q": {"type": "string"}}}, {"q": 1}).status
+except BaseException as exc:
+    status = repr(exc)
+worker.join()
+print(status, failed)
+"""
+
+
+def test_a_first_check_racing_the_warm_up_import_gets_a_real_answer() -> None:
+    # The gateway warms the validator library up in a worker thread while the event loop may be
+    # checking its first call: unserialised, one in four such races handed a thread a partially
+    # initialised jsonschema (ImportError -> a gateway_error deny). Fresh interpreters: the race is
+    # at the import, which happens once per process.
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, gateway_env
+
+    outcomes = [
+        subprocess.run(
+            [sys.executable, "-c", _RACE], cwd=ROOT, env=gateway_env(), capture_output=True, text=True, timeout=60,
+        )
+        for _ in range(12)
+    ]
+    assert [(o.returncode, o.stdout.strip()) for o in outcomes] == [(0, "invalid []")] * 12, outcomes[0].stderr

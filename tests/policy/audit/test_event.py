@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policy.audit.decision import decision_event
@@ -29,7 +29,10 @@ from policy.audit.event import (
     redacted_payload,
     sealed_line,
 )
+from policy.decision import Counterfactual, Decision, TraceEntry
+from policy.detect import Finding
 from policy.redact import digest
+from policy.risk import RiskFactor
 
 AWS = "AKIAIOSFODNN7EXAMPLE"
 
@@ -421,3 +424,109 @@ def test_decision_event_clips_a_nested_string_without_touching_the_caller_argume
                                         arguments=arguments, latency_ms=0.5, policy_version=1, max_string_bytes=16)
     assert {k: v for k, v in event.items() if k != "event_id"} == {
         k: v for k, v in reference.items() if k != "event_id"}
+
+
+@settings(max_examples=300)
+@given(schema=st.dictionaries(_arg_keys, _arg_values, max_size=4) | st.just({"description": "a long sentence " * 3}),
+       calls=st.lists(st.tuples(st.dictionaries(_arg_keys, _arg_values, max_size=3), _arg_text,
+                                st.dictionaries(st.sampled_from(["method", "kind", "asked_by", "token"]),
+                                                _arg_values, max_size=2), st.sampled_from([30, 16384])),
+                       min_size=1, max_size=4))
+def test_a_schema_remembered_plain_builds_the_event_the_full_redaction_builds(
+    schema: dict[str, Any], calls: list[tuple[dict[str, Any], str, dict[str, Any], int]]
+) -> None:
+    """The same input schema object on every call (as the catalog hands it): from the second call on it is
+    not walked again when it was plain and secret-free; each event still equals the full redaction's."""
+    from policy.audit import decision as builder
+
+    builder._PLAIN_SCHEMAS.clear()
+    for arguments, reasoning, extra, limit in calls:
+        kwargs: dict[str, Any] = {
+            "decision": make_decision(reasoning=[reasoning]), "session_id": "s", "server": "search", "tool": "web",
+            "arguments": arguments, "latency_ms": 0.5, "policy_version": 1,
+            "request": {**extra, "input_schema": schema}, "max_string_bytes": limit,
+        }
+        assert _comparable(decision_event(**kwargs)) == _comparable(builder.redacted_decision_event(**kwargs))
+
+
+def test_a_schema_is_remembered_only_when_plain_and_secret_free() -> None:
+    from policy.audit import decision as builder
+
+    builder._PLAIN_SCHEMAS.clear()
+    common: dict[str, Any] = {"decision": make_decision(reasoning=["fine"]), "session_id": "s", "server": "search",
+                              "tool": "web", "arguments": {"q": "x"}, "latency_ms": 0.5, "policy_version": 1}
+    plain = {"type": "object", "properties": {"q": {"type": "string"}}}
+    secret = {"type": "object", "description": AWS}
+    for schema in (plain, secret, {"password": {"type": "string"}}):
+        decision_event(**common, request={"input_schema": schema})
+        decision_event(**common, request={"input_schema": schema})
+    assert [entry[0] for entry in builder._PLAIN_SCHEMAS.values()] == [plain]
+    again = decision_event(**common, request={"input_schema": secret})
+    assert AWS not in json.dumps(again)
+    long = {"description": "a long sentence " * 3}
+    for limit in (16384, 30):
+        event = decision_event(**common, request={"input_schema": long}, max_string_bytes=limit)
+        assert event["request"]["input_schema"]["description"].startswith("[clipped" if limit == 30 else "a long")
+
+
+# ---- decision_event: a decision seen plain before is not walked again ------------------------------------
+
+_entry_text = st.one_of(st.none(), _arg_text)
+_trace = st.builds(TraceEntry, _arg_text, st.sampled_from(["allow", "deny", "ask"]), st.booleans(), _entry_text,
+                   _entry_text)
+_decisions = st.builds(
+    Decision,
+    decision_id=st.sampled_from(["d-1", AWS]),
+    allowed=st.booleans(), reason=_arg_text, reason_code=st.sampled_from(["allowed", "default_deny"]),
+    deny_kind=st.one_of(st.none(), st.just("policy")), model=st.sampled_from(["claude", "password=hunter22x"]),
+    tool=st.just("search.web"),
+    matched_rules=st.lists(_arg_text, max_size=2).map(tuple), rule_trace=st.lists(_trace, max_size=3).map(tuple),
+    risk_score=st.sampled_from([0.0, 0.25, 1e-05, 1e20]),
+    risk_factors=st.lists(st.builds(RiskFactor, st.just("session"), st.sampled_from([0.1, 1e-06]), _arg_text),
+                          max_size=1).map(tuple),
+    reasoning=st.lists(_arg_text, min_size=1, max_size=3).map(tuple), errors=st.lists(_arg_text, max_size=1).map(tuple),
+    policy_digest=st.just("sha256:" + "ab" * 32),
+    counterfactual=st.one_of(st.none(), st.builds(Counterfactual, _arg_text, st.one_of(
+        st.none(), st.just({"model": "claude", "allow_tools": ["search.web"]})))),
+    findings=st.lists(st.builds(Finding, st.just("secret"), st.just("aws"), st.just("arguments.q"), _arg_text),
+                      max_size=1).map(tuple),
+)
+
+
+@settings(max_examples=300)
+@given(decision=_decisions, ids=st.lists(st.sampled_from(["d-2", "d-3", AWS]), min_size=1, max_size=3))
+def test_a_decision_remembered_plain_builds_the_event_the_full_redaction_builds(
+    decision: Decision, ids: list[str]
+) -> None:
+    """Decisions sharing every field but the id (as the engine's memoised ones do): each event equals the full
+    redaction's, whatever the id (a secret-shaped id is still found)."""
+    from policy.audit import decision as builder
+    from policy.audit.event import PlainEvent
+
+    builder._PLAIN_DECISIONS.clear()
+    for decision_id in [decision.decision_id, *ids]:
+        same = Decision(decision_id, *builder._ALL_BUT_ID(decision))
+        kwargs: dict[str, Any] = {"decision": same.to_dict(), "session_id": "s", "server": "search", "tool": "web",
+                                  "arguments": {"q": "x"}, "latency_ms": 0.5, "policy_version": 1}
+        fast = decision_event(**kwargs, source=same)
+        assert _comparable(fast) == _comparable(builder.redacted_decision_event(**kwargs))
+        if decision_id == AWS:  # the id's secret was found: not plain, so the log's own scrub masks it
+            assert not isinstance(fast, PlainEvent)
+
+
+def test_a_decision_is_remembered_only_when_it_cannot_change() -> None:
+    from policy.audit import decision as builder
+
+    base = Decision("d-1", True, "allowed by rule r", "allowed", None, "claude", "search.web", ("r",),
+                    (TraceEntry("r", "allow", True),), 0.0, (), ("Fine.",), (), "sha256:" + "ab" * 32, None)
+    common: dict[str, Any] = {"session_id": "s", "server": "search", "tool": "web", "arguments": {"q": "x"},
+                              "latency_ms": 0.5, "policy_version": 1}
+    suggesting = Decision("d-2", False, "no", "default_deny", "policy", "claude",
+                          "search.web", (), (), 0.0, (), ("No rule.",), (), "sha256:" + "ab" * 32,
+                          Counterfactual("grant it", {"model": "claude", "allow_tools": ["search.web"]}))
+    listed = Decision("d-3", True, "ok", "allowed", None, "claude", "search.web", ("r",), (), 0.0, (),
+                      ["Mutable."], (), "sha256:" + "ab" * 32, None)  # type: ignore[arg-type]
+    builder._PLAIN_DECISIONS.clear()
+    for decision in (base, suggesting, listed):
+        decision_event(decision=decision.to_dict(), source=decision, **common)
+    assert list(builder._PLAIN_DECISIONS.values()) == [builder._ALL_BUT_ID(base)]

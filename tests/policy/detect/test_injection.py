@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import ahocorasick_rs
 import pytest
 from hypothesis import given, settings
@@ -9,7 +11,7 @@ from hypothesis import strategies as st
 
 from policy import scan_value
 from policy.detect import injection as injection_module
-from policy.detect.injection import RULES, InjectionHit, anchor_hits, find_injections
+from policy.detect.injection import RULES, InjectionHit, alt_reference, anchor_hits, find_injections
 
 
 def injection_kinds(text: str) -> set[str]:
@@ -216,3 +218,65 @@ def test_the_reduced_anchor_table_finds_what_the_full_one_finds(folded: str, cut
     for window in (None, bounds):
         expected = _find_injections_reference(folded, full_hits, window, _FULL_RULES)
         assert find_injections(folded, anchor_hits(folded), window) == expected
+
+
+# ---- rule 0's word lists as tries (injection._alt) ---------------------------------------------------------
+
+_WORDS = st.lists(st.text(alphabet="abcd'’ .", min_size=1, max_size=6), min_size=1, max_size=12)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    _WORDS,
+    st.text(alphabet="abcd'’ .x\n", max_size=30),
+    st.sampled_from(["", r"\b", r"(\w*)x", r"(?:\W+\w+){0,2}?\W*x"]),
+)
+def test_a_trie_alternation_matches_what_the_longest_first_alternation_matches(
+    words: list[str], text: str, tail: str
+) -> None:
+    # A tail that fails forces backtracking into the alternation: the trie must offer the
+    # same words in the same order, not only the same first match.
+    trie = re.compile(injection_module._alt(words) + tail)
+    plain = re.compile(alt_reference(words) + tail)
+    for position in range(len(text) + 1):
+        got, expected = trie.match(text, position), plain.match(text, position)
+        assert (got and (got.span(), got.groups())) == (expected and (expected.span(), expected.groups()))
+
+
+_RULE0 = RULES[0].pattern
+_RULE0_REFERENCE_EN = injection_module.ignore_english(alt_reference, injection_module.W_REFERENCE)
+_RULE0_REFERENCE = re.compile(_RULE0.pattern.replace(injection_module.ignore_english(), _RULE0_REFERENCE_EN, 1))
+_RULE0_WORDS = sorted({*injection_module._EN_VERBS, *injection_module._EN_PRIOR, *injection_module._EN_OBJECTS,
+                       "everything", "above", "you were told", "all the", "anweisungen", "instrucciones", "指令"})
+
+
+def test_rule_0_is_the_reference_expression_with_its_word_lists_as_tries() -> None:
+    assert _RULE0_REFERENCE.pattern != _RULE0.pattern
+    assert _RULE0_REFERENCE_EN in _RULE0_REFERENCE.pattern
+    assert injection_module.W_REFERENCE not in _RULE0.pattern
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet="a_ .,'’\n\t-é", max_size=24), st.sampled_from(["", "a", r"\w", r"(\W*)a", r"_?a"]))
+def test_the_word_separator_consumes_what_its_reference_consumes(text: str, tail: str) -> None:
+    fast = re.compile(injection_module._W + tail)
+    plain = re.compile(injection_module.W_REFERENCE + tail)
+    for position in range(len(text) + 1):
+        got, expected = fast.match(text, position), plain.match(text, position)
+        assert (got and (got.span(), got.groups())) == (expected and (expected.span(), expected.groups()))
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.one_of(st.sampled_from(_RULE0_WORDS), st.sampled_from([" ", "  ", "\n", ", ", "'", "’", "_", ". ", "-"]),
+                  st.text(max_size=4)),
+        max_size=40,
+    ).map("".join),
+    st.integers(min_value=0, max_value=400),
+)
+def test_rule_0_finds_what_its_reference_expression_finds(text: str, reach: int) -> None:
+    for position in range(len(text) + 1):
+        end = min(len(text), position + reach)
+        got, expected = _RULE0.match(text, position, end), _RULE0_REFERENCE.match(text, position, end)
+        assert (got and got.span()) == (expected and expected.span())

@@ -155,3 +155,17 @@ def test_sparse_runs_chunk_by_chunk_are_the_runs_of_one_search(pieces: list[tupl
     assert found is None or found == expected
     if len(data.translate(None, bytes(range(128)))) * 128 <= len(data) and len(expected) <= len(data) // 1024 + 1:
         assert found == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5000) | st.sampled_from([4094, 4095, 4096]),
+                          st.sampled_from(["é", "日本", "\U0001f600", "\ud800", "\x7f\x80"]),
+                          st.integers(min_value=1, max_value=40)),
+                max_size=20))
+def test_sparse_runs_are_the_maximal_runs_or_none_exactly_when_too_many(pieces: list[tuple[int, str, int]]) -> None:
+    # Consecutive non-ASCII chunks, runs ending exactly at a chunk's end, texts too dense.
+    data = "".join("a" * gap + run * repeat for gap, run, repeat in pieces).encode("utf-8", "surrogatepass")
+    expected = [match.span() for match in re.finditer(rb"[\x80-\xff]+", data)]
+    dense = len(data.translate(None, bytes(range(128)))) * 128 > len(data)
+    many = len(expected) > len(data) // 1024 + 1
+    assert sparse_runs(data) == (None if dense or many else expected)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+from unittest import mock
 
 import pytest
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import policy.detect.secrets as secrets_module
@@ -273,3 +274,24 @@ def test_new_kinds_are_masked_and_keep_their_context(text: str, kind: str, kept:
 )
 def test_code_references_and_docs_are_not_secrets(text: str) -> None:
     assert find_secrets(text) == []
+
+
+# ---- the credential names' anchors, lengthened by what an assignment can start with ------------------
+
+_NAMES = ["key", "api_key", "API_KEY", "apiKey", "token", "secret", "client_secret", "password", "passwd",
+          "passphrase", "pass", "credentials", "keyboard", "tokens", "Passw0rd"]  # fmt: skip
+_SEPARATORS = ["=", ":", " = ", "\t=", "\t:\t", '"=', "'=", '": ', "' : ", ":=", "=>", " => ", "  :  ", "", " ", "."]
+_VALUES = ['"hunter2hunter2"', "'s3cr3t-v4lue!'", "abcDEF123456", "${DB_PASS}", "get_password()", "x" * 7]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_NAMES), st.sampled_from(_SEPARATORS), st.sampled_from(_VALUES),
+                          st.sampled_from(["\n", " ", "; ", ",", ""])), min_size=1, max_size=12))
+def test_credential_assignments_are_found_alike_from_the_anchors_and_by_whole_text_passes(
+    parts: list[tuple[str, str, str, str]],
+) -> None:
+    # Long enough for the anchored path; the same text again through the per-kind passes.
+    text = "".join(name + sep + value + end for name, sep, value, end in parts) + "." * 600
+    anchored = find_secrets(text)
+    with mock.patch.object(secrets_module, "_SCREEN_BELOW", 1 << 60):
+        assert find_secrets(text) == anchored

@@ -19,6 +19,7 @@ import pytest
 
 from policy.audit.log import JsonlAuditLog, read_head
 from policy.audit.verify import verify_log
+from proxy.audit.flush import AioFlusher
 from proxy.audit.writer import AuditWriter, holding
 from proxy.config import parse_config
 from tests.conftest import running
@@ -27,12 +28,25 @@ pytestmark = pytest.mark.anyio
 
 
 class Disk:
-    """Counts the log's fdatasync calls (real ones) and can make them fail."""
+    """Counts the log's flushes (real ones: ``os.fdatasync`` on the loop or the Linux AIO
+    flusher's) and can make them fail (EIO, the one fault a healthy disk cannot produce)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.syncs = 0
+        self.aio = 0  # of which through Linux AIO
         self.fail = False
         real = os.fdatasync
+        real_flush = AioFlusher.flush
+
+        async def flush(flusher: AioFlusher, fd: int) -> bool:
+            if self.fail:
+                raise OSError(errno.EIO, "Input/output error")
+            done = await real_flush(flusher, fd)
+            self.syncs += done
+            self.aio += done
+            return done
+
+        monkeypatch.setattr(AioFlusher, "flush", flush)
 
         def fdatasync(fd: int) -> None:
             if self.fail:
@@ -47,12 +61,13 @@ def lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-@pytest.mark.parametrize("in_thread", [False, True], ids=["loop", "thread"])
+@pytest.mark.parametrize("flush", ["aio", "loop", "thread"])
 async def test_concurrent_records_share_one_sync_and_each_returns_durable(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_thread: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flush: str
 ) -> None:
     path = tmp_path / "audit.jsonl"
-    writer = AuditWriter(JsonlAuditLog(path), durability="before-forward", sync_in_thread=in_thread)
+    writer = AuditWriter(JsonlAuditLog(path), durability="before-forward", sync_in_thread=flush == "thread",
+                         aio=flush == "aio")
     disk = Disk(monkeypatch)
     durable_at_return: list[bool] = []
 
@@ -66,6 +81,8 @@ async def test_concurrent_records_share_one_sync_and_each_returns_durable(
     writer.close()
     assert durable_at_return == [True] * 20
     assert disk.syncs < 20 and writer.syncs <= disk.syncs
+    if flush != "aio":
+        assert disk.aio == 0  # no AIO flusher: fdatasync on the loop or in the thread
     assert [e["n"] for e in lines(path)[:20]] == list(range(1, 21))
     assert verify_log(path).ok
 
@@ -90,12 +107,13 @@ async def test_in_a_before_response_hold_record_returns_once_written_and_the_rec
     writer.close()
 
 
+@pytest.mark.parametrize("flush", ["aio", "loop"])
 @pytest.mark.parametrize("mode", ["before-forward", "before-response"])
 async def test_a_failed_sync_reaches_every_caller_it_covered_and_the_log_recovers(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str, flush: str
 ) -> None:
     path = tmp_path / "audit.jsonl"
-    writer = AuditWriter(JsonlAuditLog(path), durability=mode)
+    writer = AuditWriter(JsonlAuditLog(path), durability=mode, aio=flush == "aio")
     disk = Disk(monkeypatch)
     failures: list[str] = []
 
