@@ -101,8 +101,7 @@ class Relay:
         if method in ("ping", "server/discover"):
             return await call_next(ctx) if method == "ping" else await self._discover(ctx)
         session = await self._session(ctx)
-        needs = REQUIRES.get(method)
-        if needs is not None and not any(lk.info and needs in lk.info.capabilities for lk in session.links.values()):
+        if not self.offers(session, method):
             raise mcp_error(METHOD_NOT_FOUND, "Method not found", data=method)  # as a server without it answers
         with claim_id(ctx, self._held_ids(ctx)):
             handler = self._routes.get(method)
@@ -113,6 +112,12 @@ class Relay:
         if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
             result = self.for_modern(session, method, result)
         return result
+
+    def offers(self, session: DownstreamSession, method: str) -> bool:
+        """Whether ``method`` exists here: False when it needs an upstream capability (``REQUIRES``)
+        that none of the session's upstreams has; shared with the lean stdio lane."""
+        needs = REQUIRES.get(method)
+        return needs is None or any(lk.info and needs in lk.info.capabilities for lk in session.links.values())
 
     def for_modern(self, session: DownstreamSession, method: str, result: dict[str, Any]) -> dict[str, Any]:
         """A result as a 2026 client gets it (``resultType``, cache hints, the ``serverInfo`` stamp);

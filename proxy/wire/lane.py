@@ -1,4 +1,4 @@
-"""The fast lane: ``tools/call`` and ``tools/list`` of the stdio connection, in either era.
+"""The fast lane: ``tools/call``, ``tools/list`` (and on stdio the other merged lists) of a connection, in either era.
 
 A hot request is answered from the dict the front decoded, without modelling it as
 pydantic objects, without the SDK's dispatcher and server layers, and with its reply
@@ -61,6 +61,11 @@ __all__ = ["METHODS", "FastLane", "answer", "enveloped", "plain_request", "progr
 log = structlog.get_logger("securegateway.wire")
 
 METHODS = frozenset({"tools/call", "tools/list"})
+"""What both lean lanes serve (this one and the HTTP front's, proxy/front/lane.py)."""
+STDIO_METHODS = METHODS | {"prompts/list", "resources/list", "resources/templates/list"}
+"""What this lane serves: the other merged lists too, which a desktop client asks for right after
+``initialize`` - served here, they do not bring the SDK up inside the stdio opening
+(proxy/wire/opening.py). A list no upstream offers is left to the SDK path (``-32601``)."""
 _MEMBERS = frozenset({"jsonrpc", "id", "method", "params"})
 
 
@@ -91,12 +96,14 @@ class FastLane:
         if method == "notifications/cancelled":
             self._cancel(message.get("params"))
             return False  # the SDK still sees it (it may name one of its own requests)
-        if method not in METHODS or not plain_request(message):
+        if method not in STDIO_METHODS or not plain_request(message):
             return False
         route = self._route(message)
         if route is None:
             return False
         session, held, modern = route
+        if not self._relay.offers(session, method):
+            return False  # the SDK path answers -32601, as a server without the capability does
         request_id = message["id"]
         key = id_key(request_id)
         if key in held:

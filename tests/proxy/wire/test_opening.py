@@ -120,6 +120,10 @@ async def test_an_opening_session_never_loads_the_sdk(tmp_path: Path) -> None:
     async with stdio_client(site, modules, logging_callback=on_log) as client:
         tools = await client.list_tools()
         assert "search.echo" in [t.name for t in tools.tools]
+        # what a desktop client lists right after initialize: served without the SDK too
+        assert (await client.list_prompts()).prompts
+        assert (await client.list_resources()).resources
+        await client.list_resource_templates()
         result = await client.call_tool("search.echo", {"text": "hi"})
         assert result.content[0].text == "hi" and result.meta and result.meta[DECISION]["allowed"] is True
         denied = await client.call_tool("calendar.crash", {})
