@@ -46,7 +46,6 @@ from proxy.audit.writer import AuditWriter, open_audit_log
 from proxy.config import GatewayConfig, exposure_warnings
 from proxy.enforce import Enforcer, PolicyView
 from proxy.errors import ConfigError, IdentityError
-from proxy.front.http import serve_http
 from proxy.gateway import Gateway
 from proxy.metrics import GatewayMetrics
 from proxy.screen.taint import Taint
@@ -374,6 +373,8 @@ class App:
                         allowed_origins=a.allowed_origins, operator=for_app(self), guard=rt.guard,
                         approvals=self.approvals, audit=rt.audit.record,
                     )
+                    from proxy.front.http import serve_http  # HTTP: the SDK's stack
+
                     await tg.start(serve_http, admin_app, config.admin.listen)
                 tg.start_soon(partial(
                     watch_policy_file, rt.repo, rt.live, on_event=rt.audit.record_sync,

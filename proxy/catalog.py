@@ -28,9 +28,9 @@ from typing import Any
 
 import anyio
 import structlog
-from mcp import MCPError
-from mcp_types import INVALID_PARAMS
 
+from proxy import protocol
+from proxy.protocol import INVALID_PARAMS, mcp_error
 from proxy.tools.guard import ToolGuard, guard_key
 from proxy.upstream.link import UpstreamLink
 
@@ -130,7 +130,7 @@ class Catalog:
         async def fetch(link: UpstreamLink) -> None:
             try:
                 per_upstream[link.name] = await self._items(link, kind)
-            except MCPError:
+            except protocol.MCP_ERRORS:
                 per_upstream[link.name] = []  # a failing upstream must not hide the others' items
 
         async with anyio.create_task_group() as tg:
@@ -225,7 +225,7 @@ class Catalog:
 
     async def resource_owner(self, uri: Any) -> UpstreamLink:
         if not isinstance(uri, str):
-            raise MCPError(INVALID_PARAMS, "`uri` must be a string")
+            raise mcp_error(INVALID_PARAMS, "`uri` must be a string")
         link = self._find_owner(uri)
         if link is None:
             # Not seen yet: read the lists (a client may go straight to a known URI).
@@ -238,7 +238,7 @@ class Catalog:
             ]
             if len(candidates) == 1:
                 return candidates[0]
-            raise MCPError(INVALID_PARAMS, f"unknown resource `{uri[:200]}`: no upstream lists it")
+            raise mcp_error(INVALID_PARAMS, f"unknown resource `{uri[:200]}`: no upstream lists it")
         return link
 
     def _find_owner(self, uri: str) -> UpstreamLink | None:
@@ -270,5 +270,5 @@ def _decode_cursor(cursor: Any) -> int:
     except (binascii.Error, ValueError, KeyError, UnicodeDecodeError):
         offset = None
     if not isinstance(offset, int) or offset < 0:
-        raise MCPError(INVALID_PARAMS, "invalid cursor")
+        raise mcp_error(INVALID_PARAMS, "invalid cursor")
     return offset

@@ -12,32 +12,31 @@ import asyncio
 import os
 import stat
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 import anyio.abc
 import structlog
-from mcp.server import Server
 
 from proxy.wire.framing import ByteSource, LineWriter
-from proxy.wire.front import LaneFactory, serve_lines
 
 log = structlog.get_logger("securegateway.downstream")
 
 
-async def serve_stdio(server: Server[Any], *, max_message_bytes: int, lane: LaneFactory | None = None) -> None:
+async def serve_stdio(serve: Callable[[ByteSource, LineWriter], Awaitable[None]]) -> None:
     """Serve one client over this process's stdin/stdout until it closes stdin.
 
     Pipes (the usual case) are read and written on the event loop; a regular file or
-    other non-pipe goes through worker threads. Either way the lean front frames the
-    lines and the fast lane (if given) answers the hot requests."""
+    other non-pipe goes through worker threads. Either way ``serve`` (the gateway's lean
+    front: proxy/wire/opening.py, proxy/wire/front.py) frames the lines and answers them."""
     pipes = await _pipes()
     if pipes is None:
         source: ByteSource = _ThreadedSource(anyio.wrap_file(sys.stdin.buffer))
         writer = LineWriter(_ThreadedSink(sys.stdout.buffer))
     else:
         source, writer = pipes
-    await serve_lines(server, source, writer, max_message_bytes=max_message_bytes, lane=lane)
+    await serve(source, writer)
 
 
 class _ThreadedSource:

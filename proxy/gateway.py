@@ -4,6 +4,9 @@
 ``DownstreamSession`` per connected client, the relay middleware and the
 tools/call chain. Every task it starts belongs to its task group; cancelling
 ``run()`` shuts everything down (upstream children reaped, listeners closed).
+The SDK ``Server`` is built on first use: a stdio client's opening is served
+without it (:mod:`proxy.wire.opening`), and the SDK loaded when a message first
+needs it.
 """
 
 from __future__ import annotations
@@ -11,27 +14,29 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
 import structlog
-from mcp.server import Server
-from mcp.server.context import ServerRequestContext
 
 from proxy.config import GatewayConfig
 from proxy.downstream import serve_stdio
-from proxy.front.http import IDENTITY_STATE_KEY, http_app, serve_http
 from proxy.intercept import CallNext, Interceptor, compose
-from proxy.mrtr import InputBridge
+from proxy.protocol import load_sdk
 from proxy.relay import Relay, forward_tool_call
-from proxy.route.ids import connection_of
+from proxy.route.ids import IN_FLIGHT_KEY, connection_of
 from proxy.route.seams import LocalTool
-from proxy.session import DownstreamSession
+from proxy.session import ClientChannel, DownstreamSession
 from proxy.upstream.link import ClientHello
 from proxy.upstream.prespawn import Prespawned
-from proxy.wire.framing import LineWriter
+from proxy.wire.framing import ByteSource, LineWriter
 from proxy.wire.lane import FastLane
+from proxy.wire.opening import Opening, debug_modules_at_exit
+
+if TYPE_CHECKING:  # the SDK is loaded when a stdio client first needs it (proxy/wire/opening.py)
+    from mcp.server import Server
+    from mcp.server.context import ServerRequestContext
 
 log = structlog.get_logger("securegateway.gateway")
 
@@ -70,11 +75,28 @@ class Gateway:
         self._tg: anyio.abc.TaskGroup | None = None
         self._modern: dict[str, DownstreamSession] = {}
         self._modern_lock = anyio.Lock()
-        self.server: Server[Any] = Server(config.name, version=GATEWAY_VERSION)
+        self._middleware = list(middleware)  # e.g. tracing (proxy/telemetry.py), then the relay
+        self._server: Server[Any] | None = None
         self._relay = Relay(self)
-        self.server.middleware = [*middleware, self._relay]  # e.g. tracing (proxy/telemetry.py), then the relay
         self._lane: FastLane | None = None
+        self._opening: Opening | None = None  # the stdio opening whose session the SDK is taking over
         self.sessions: set[DownstreamSession] = set()
+
+    @property
+    def server(self) -> Server[Any]:
+        """The SDK server, whose only middleware is the relay; built (and the SDK imported) on
+        first use: a stdio client's opening is answered without it (proxy/wire/opening.py)."""
+        if self._server is None:
+            load_sdk()
+            from mcp.server import Server
+
+            self._server = Server(self.config.name, version=GATEWAY_VERSION)
+            self._server.middleware = [*self._middleware, self._relay]
+        return self._server
+
+    @property
+    def relay(self) -> Relay:
+        return self._relay
 
     # ---- running ---------------------------------------------------------------------------------
 
@@ -92,11 +114,10 @@ class Gateway:
             try:
                 if listen.kind == "stdio":
                     task_status.started()
-                    await serve_stdio(
-                        self.server, max_message_bytes=self.config.max_message_bytes,
-                        lane=self._open_lane if self.config.fast_lane else None,
-                    )
+                    await serve_stdio(self._serve_stdio)
                 else:
+                    from proxy.front.http import http_app, serve_http
+
                     app = http_app(self.server, self.config, listen, self._authenticate,
                                    relay=self._relay if self.config.fast_lane else None)
                     await tg.start(serve_http, app, listen)
@@ -117,6 +138,9 @@ class Gateway:
         connection = connection_of(ctx)
         if connection is None:
             raise RuntimeError("the SDK no longer exposes the connection on the request session")
+        opening = self._opening
+        if opening is not None and opening.session is not None and ctx.request is None:
+            return self._take_over(opening, opening.session, connection)  # the replayed initialize
         prespawned = self._prespawned if ctx.request is None else None  # the stdio client's session
         session = DownstreamSession(self.config, hello, connection, identity=self._identity(ctx), prespawned=prespawned)
         await self._start(session)
@@ -128,6 +152,8 @@ class Gateway:
 
     async def modern_session(self, ctx: ServerRequestContext[Any, Any]) -> DownstreamSession:
         """Sessionless clients share one upstream session per model identity."""
+        from proxy.mrtr import InputBridge  # SDK-based: loaded with the first 2026 client
+
         identity = self._identity(ctx)
         key = str(getattr(identity, "model_id", identity))
         async with self._modern_lock:
@@ -179,7 +205,46 @@ class Gateway:
             if links else None
         )
 
+    # ---- the stdio opening (OpeningHost) ---------------------------------------------------------
+
+    async def open_opening(self, hello: ClientHello, channel: ClientChannel) -> DownstreamSession:
+        """The stdio client's session, opened by its ``initialize`` before the SDK is loaded."""
+        session = DownstreamSession(self.config, hello, channel, identity=self._stdio_identity,
+                                    prespawned=self._prespawned)
+        await self._start(session)
+        return session
+
+    def sdk_server(self) -> Server[Any]:
+        return self.server
+
+    def adopt(self, opening: Opening) -> None:
+        self._opening = opening
+
+    async def end(self, session: DownstreamSession) -> None:
+        await self._end(session)
+
+    def _take_over(self, opening: Opening, session: DownstreamSession, connection: Any) -> DownstreamSession:
+        """The SDK connection takes the opening's session: its ids in flight, its client channel."""
+        self._opening = None
+        if opening.connection is not None:
+            connection.state[IN_FLIGHT_KEY] = opening.connection.state[IN_FLIGHT_KEY]
+        session.channel = connection
+        if self._lane is not None:
+            self._lane.attach(connection)
+        connection.exit_stack.push_async_callback(self._end, session)
+        return session
+
     # ---- internals -------------------------------------------------------------------------------
+
+    async def _serve_stdio(self, source: ByteSource, writer: LineWriter) -> None:
+        debug_modules_at_exit()  # a test hook (SECUREGATEWAY_DEBUG_MODULES), off unless set
+        if not self.config.fast_lane:  # the SDK serves everything, from the first message
+            from proxy.wire.front import serve_lines
+
+            await serve_lines(self.server, source, writer, max_message_bytes=self.config.max_message_bytes)
+            return
+        lane = self._open_lane(writer)
+        await Opening(self, writer, lane).serve(source, max_message_bytes=self.config.max_message_bytes)
 
     def _open_lane(self, writer: LineWriter) -> FastLane:
         self._lane = FastLane(self._relay, writer)
@@ -188,6 +253,8 @@ class Gateway:
     def _identity(self, ctx: ServerRequestContext[Any, Any]) -> Any:
         request = ctx.request
         if request is not None:
+            from proxy.front.http import IDENTITY_STATE_KEY
+
             state = getattr(request, "scope", {}).get("state") or {}
             return state.get(IDENTITY_STATE_KEY)
         return self._stdio_identity

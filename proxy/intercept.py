@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
-
-from mcp.shared.dispatcher import ProgressFnT
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from proxy.session import DownstreamSession
 from proxy.upstream.link import UpstreamLink
+
+if TYPE_CHECKING:
+    from mcp.shared.dispatcher import ProgressFnT
 
 __all__ = ["Bypass", "CallNext", "Interceptor", "ToolCall", "ToolResult", "compose"]
 

@@ -23,19 +23,13 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
-from mcp import MCPError
-from mcp.server.connection import NotifyOnlyOutbound
-from mcp.server.context import ServerRequestContext
-from mcp.shared.dispatcher import ProgressFnT
-from mcp_types import INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND
-from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from proxy.enforce import DECISION_META_KEY
 from proxy.intercept import ToolCall, ToolResult
-from proxy.mrtr import InputBridge
+from proxy.protocol import INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, MODERN_PROTOCOL_VERSIONS, mcp_error
 from proxy.route.access import Access
 from proxy.route.era import complete_for_modern
 
@@ -46,10 +40,14 @@ from proxy.route.forward import progress_relay as _progress_relay
 from proxy.route.ids import IN_FLIGHT_KEY, SESSION_KEY, attached, claim_id, connection_of
 from proxy.route.methods import Methods
 from proxy.route.seams import SessionHost, StdioLane
-from proxy.session import DownstreamSession
+from proxy.session import DownstreamSession, is_bridge
 from proxy.tasks import TASK_METHODS, merged_capability
 from proxy.upstream.link import ClientHello, UpstreamLink
 from proxy.wire.framing import OVERSIZED_METHOD
+
+if TYPE_CHECKING:  # the SDK is not loaded on a stdio client's opening (proxy/wire/opening.py)
+    from mcp.server.context import ServerRequestContext
+    from mcp.shared.dispatcher import ProgressFnT
 
 log = structlog.get_logger("securegateway.relay")
 
@@ -59,7 +57,7 @@ REQUIRES = {  # the upstream capability without which a method does not exist he
     "resources/subscribe": "resources", "resources/unsubscribe": "resources", "logging/setLevel": "logging",
 }
 
-Handler = Callable[[DownstreamSession, ServerRequestContext[Any, Any]], Awaitable[dict[str, Any]]]
+Handler = Callable[[DownstreamSession, "ServerRequestContext[Any, Any]"], Awaitable[dict[str, Any]]]
 
 
 class Relay:
@@ -95,7 +93,7 @@ class Relay:
             return await self._initialize(ctx, call_next)
         if method == OVERSIZED_METHOD:
             params = ctx.params or {}
-            raise MCPError(
+            raise mcp_error(
                 INVALID_REQUEST,
                 f"message of {params.get('bytes')} bytes exceeds the gateway's limit of {params.get('limit')} bytes "
                 "(gateway.max_message_bytes)",
@@ -103,9 +101,8 @@ class Relay:
         if method in ("ping", "server/discover"):
             return await call_next(ctx) if method == "ping" else await self._discover(ctx)
         session = await self._session(ctx)
-        needs = REQUIRES.get(method)
-        if needs is not None and not any(lk.info and needs in lk.info.capabilities for lk in session.links.values()):
-            raise MCPError(METHOD_NOT_FOUND, "Method not found", data=method)  # as a server without it answers
+        if not self.offers(session, method):
+            raise mcp_error(METHOD_NOT_FOUND, "Method not found", data=method)  # as a server without it answers
         with claim_id(ctx, self._held_ids(ctx)):
             handler = self._routes.get(method)
             if handler is None:
@@ -115,6 +112,12 @@ class Relay:
         if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
             result = self.for_modern(session, method, result)
         return result
+
+    def offers(self, session: DownstreamSession, method: str) -> bool:
+        """Whether ``method`` exists here: False when it needs an upstream capability (``REQUIRES``)
+        that none of the session's upstreams has; shared with the lean stdio lane."""
+        needs = REQUIRES.get(method)
+        return needs is None or any(lk.info and needs in lk.info.capabilities for lk in session.links.values())
 
     def for_modern(self, session: DownstreamSession, method: str, result: dict[str, Any]) -> dict[str, Any]:
         """A result as a 2026 client gets it (``resultType``, cache hints, the ``serverInfo`` stamp);
@@ -141,6 +144,8 @@ class Relay:
         # A 2026 request gets a fresh connection of its own; on a duplex stream (stdio) the
         # stream's one notify-only outbound outlives them, so it keys the stream's ids. A
         # single-exchange request (HTTP) has no stream: its id cannot collide with another's.
+        from mcp.server.connection import NotifyOnlyOutbound  # an SDK request context: the SDK is loaded
+
         outbound = getattr(connection, "outbound", None)
         if not isinstance(outbound, NotifyOnlyOutbound):
             return None
@@ -149,28 +154,33 @@ class Relay:
     # ---- lifecycle -------------------------------------------------------------------------------
 
     async def _initialize(self, ctx: ServerRequestContext[Any, Any], call_next: Any) -> Any:
-        params = ctx.params or {}
-        hello = ClientHello(
-            client_info=params.get("clientInfo") or {"name": "unknown", "version": "0"},
-            capabilities=params.get("capabilities") or {},
-            protocol_version=str(params.get("protocolVersion") or ""),
-        )
+        hello = client_hello(ctx.params)
         connection = connection_of(ctx)
         if connection is not None and SESSION_KEY in connection.state:
-            raise MCPError(INVALID_REQUEST, "`initialize` was already received on this connection")
+            raise mcp_error(INVALID_REQUEST, "`initialize` was already received on this connection")
         result = await call_next(ctx)  # the SDK validates and negotiates first: nothing starts for a bad one
         session = await self._host.open_session(ctx, hello)
-        self._access.attach_screen(session)
+        self.opened(session)
         if connection is not None:
             connection.state[SESSION_KEY] = session
         if isinstance(result, dict):
-            result["capabilities"] = self._capabilities(session)
-            server_info, instructions = self._host.server_identity(session)
-            result["serverInfo"] = server_info
-            if instructions:
-                result["instructions"] = instructions
-            else:
-                result.pop("instructions", None)
+            self.describe(session, result)
+        return result
+
+    def opened(self, session: DownstreamSession) -> DownstreamSession:
+        """A session ``initialize`` just opened, made ready for the relay (the upstream->client screen)."""
+        return self._access.attach_screen(session)
+
+    def describe(self, session: DownstreamSession, result: dict[str, Any]) -> dict[str, Any]:
+        """The ``initialize`` result's server half: merged capabilities, the identity, instructions
+        (shared with the stdio opening, which answers ``initialize`` before the SDK is loaded)."""
+        result["capabilities"] = self._capabilities(session)
+        server_info, instructions = self._host.server_identity(session)
+        result["serverInfo"] = server_info
+        if instructions:
+            result["instructions"] = instructions
+        else:
+            result.pop("instructions", None)
         return result
 
     async def _discover(self, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
@@ -218,7 +228,7 @@ class Relay:
             if self._stdio is not None and held is not None:
                 self._stdio.modern_opened(session, held)
             return session
-        raise MCPError(INVALID_REQUEST, "the session is not initialized: send `initialize` first")
+        raise mcp_error(INVALID_REQUEST, "the session is not initialized: send `initialize` first")
 
     async def _notification(self, ctx: ServerRequestContext[Any, Any], call_next: Any) -> None:
         await call_next(ctx)
@@ -242,9 +252,9 @@ class Relay:
         name = params.get("name")
         arguments = params.get("arguments") or {}
         if not isinstance(name, str):
-            raise MCPError(INVALID_PARAMS, "`name` must be a string")
+            raise mcp_error(INVALID_PARAMS, "`name` must be a string")
         if not isinstance(arguments, Mapping):
-            raise MCPError(INVALID_PARAMS, "`arguments` must be an object")
+            raise mcp_error(INVALID_PARAMS, "`arguments` must be an object")
         local = self._host.local_tools(session).get(name)
         if local is not None:
             return _as_task(session, params, "", await local(session, arguments))
@@ -321,10 +331,20 @@ async def forward_tool_call(call: ToolCall) -> ToolResult:
     params = dict(_strip_envelope(call.params) or {})
     params["name"] = call.tool
     bridge = call.session.channel
-    if isinstance(bridge, InputBridge):
+    if is_bridge(bridge):
         rounds: dict[str, Any] = {k: params.pop(k) for k in ("inputResponses", "requestState") if k in params}
         return await bridge.call(
             link.name, rounds,
             lambda: link.request("tools/call", params, on_progress=call.progress, input_schema=call.input_schema),
         )
     return await link.request("tools/call", params, on_progress=call.progress, input_schema=call.input_schema)
+
+
+def client_hello(params: Mapping[str, Any] | None) -> ClientHello:
+    """What a client's ``initialize`` params say about it (mirrored to every upstream)."""
+    params = params or {}
+    return ClientHello(
+        client_info=params.get("clientInfo") or {"name": "unknown", "version": "0"},
+        capabilities=params.get("capabilities") or {},
+        protocol_version=str(params.get("protocolVersion") or ""),
+    )

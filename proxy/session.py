@@ -8,9 +8,10 @@ destination: this client.
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
 
 import anyio
 import anyio.abc
@@ -22,7 +23,18 @@ from proxy.tasks import TaskRoutes
 from proxy.upstream.link import ClientHello, UpstreamLink
 from proxy.upstream.prespawn import Prespawned
 
+if TYPE_CHECKING:
+    from proxy.mrtr import InputBridge
+
 log = structlog.get_logger("securegateway.session")
+
+
+def is_bridge(channel: Any) -> TypeGuard[InputBridge]:
+    """Whether ``channel`` is a sessionless client's :class:`~proxy.mrtr.InputBridge` (none exists
+    before :mod:`proxy.mrtr`, which needs the SDK, is loaded)."""
+    mrtr = sys.modules.get("proxy.mrtr")
+    return mrtr is not None and isinstance(channel, mrtr.InputBridge)
+
 
 ScreenFn = Callable[[str, str, Mapping[str, Any] | None], Awaitable[Mapping[str, Any] | None]]
 

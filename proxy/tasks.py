@@ -21,9 +21,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import anyio
-from mcp import MCPError
-from mcp_types import INVALID_PARAMS, METHOD_NOT_FOUND
 
+from proxy import protocol
+from proxy.protocol import INVALID_PARAMS, METHOD_NOT_FOUND, mcp_error
 from proxy.upstream.link import UpstreamLink
 
 TASK_METHODS = frozenset({"tasks/get", "tasks/result", "tasks/cancel", "tasks/list"})
@@ -72,10 +72,10 @@ class TaskRoutes:
 
     def owner(self, links: Mapping[str, UpstreamLink], task_id: Any) -> UpstreamLink:
         if not isinstance(task_id, str):
-            raise MCPError(INVALID_PARAMS, "`taskId` must be a string")
+            raise mcp_error(INVALID_PARAMS, "`taskId` must be a string")
         name = self._owner.get(task_id)
         if name is None or name not in links:
-            raise MCPError(INVALID_PARAMS, f"unknown task `{task_id[:200]}`")
+            raise mcp_error(INVALID_PARAMS, f"unknown task `{task_id[:200]}`")
         return links[name]
 
     async def handle(
@@ -84,7 +84,7 @@ class TaskRoutes:
         """Answer one ``tasks/*`` request; ``forward(link, params)`` sends it to an upstream."""
         params = params or {}
         if not self._local and not any(_tasks_cap(lk) for lk in links.values()):
-            raise MCPError(METHOD_NOT_FOUND, "Method not found", data=method)  # no upstream has tasks
+            raise mcp_error(METHOD_NOT_FOUND, "Method not found", data=method)  # no upstream has tasks
         if method == "tasks/list":
             return await self._list(params, links, forward)
         task_id = params.get("taskId")
@@ -92,7 +92,7 @@ class TaskRoutes:
         if local is not None:
             task, result = local
             if method == "tasks/cancel":  # gateway-held tasks are born finished
-                raise MCPError(INVALID_PARAMS, f"task `{task_id}` is already {task['status']}")
+                raise mcp_error(INVALID_PARAMS, f"task `{task_id}` is already {task['status']}")
             return result if method == "tasks/result" else dict(task)
         return dict(await forward(self.owner(links, task_id), params))
 
@@ -101,7 +101,7 @@ class TaskRoutes:
     ) -> dict[str, Any]:
         listing = [lk for lk in links.values() if lk.ready and _tasks_cap(lk).get("list") is not None]
         if not listing and not self._local:
-            raise MCPError(METHOD_NOT_FOUND, "Method not found", data="tasks/list")
+            raise mcp_error(METHOD_NOT_FOUND, "Method not found", data="tasks/list")
         if len(listing) == 1 and not self._local:
             return dict(await forward(listing[0], params))  # one source: its own pagination
         found: list[Any] = [dict(task) for task, _ in self._local.values()]
@@ -109,7 +109,7 @@ class TaskRoutes:
         async def fetch(link: UpstreamLink) -> None:
             try:
                 result = await forward(link, {})
-            except MCPError:
+            except protocol.MCP_ERRORS:
                 return  # one failing upstream must not hide the others' tasks
             found.extend(t for t in result.get("tasks") or () if isinstance(t, Mapping))
 

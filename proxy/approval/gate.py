@@ -45,7 +45,7 @@ from proxy.approval.desk import ApprovalDesk
 from proxy.approval.form import approval_form, is_yes
 from proxy.enforce import DECISION_META_KEY
 from proxy.intercept import ToolCall, ToolResult
-from proxy.mrtr import InputBridge
+from proxy.session import is_bridge
 
 log = structlog.get_logger("securegateway.approval")
 
@@ -293,7 +293,7 @@ def _handle_of(call: ToolCall) -> str | None:
 
 
 def _sessionless(call: ToolCall) -> bool:
-    return isinstance(call.session.channel, InputBridge)
+    return is_bridge(call.session.channel)
 
 
 def _route(call: ToolCall, approver: str) -> str | None:

@@ -20,11 +20,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
-from mcp import MCPError
 
 from proxy.audit.writer import AuditWriter, Receipt, holding
 from proxy.enforce import DECISION_META_KEY
 from proxy.intercept import CallNext, ToolCall, ToolResult
+from proxy.protocol import mcp_error
 
 __all__ = ["AUDIT_NOT_DURABLE", "DurableReplies"]
 
@@ -63,7 +63,7 @@ class DurableReplies:
                 decision = _decision_of(result)
                 log.error("reply withheld: audit events not durable", tool=call.qualified,
                           decision_id=decision.get("decision_id"), error=str(exc))
-                raise MCPError(
+                raise mcp_error(
                     AUDIT_NOT_DURABLE,
                     "the gateway could not make the audit record of this call durable, so its reply is withheld"
                     + (" (the call was allowed and has run upstream)" if decision.get("allowed") else ""),

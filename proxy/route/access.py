@@ -11,14 +11,16 @@ of the client) is screened before the client sees it. Without a gate everything 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mcp import MCPError
-from mcp_types import INVALID_PARAMS
-
+from proxy import protocol
 from proxy.enforce import POLICY_DENIED, RESULT_BLOCKED
+from proxy.protocol import INVALID_PARAMS, mcp_error
 from proxy.route.seams import SessionHost
 from proxy.session import DownstreamSession
+
+if TYPE_CHECKING:  # the SDK is loaded at a stdio client's first need (proxy/wire/opening.py)
+    pass
 
 __all__ = ["Access"]
 
@@ -38,7 +40,7 @@ class Access:
                 outcome = await gate.screen(session, method=method, server=upstream, target=method, payload=params)
                 if outcome.payload is None and outcome.findings:
                     codes = ", ".join(sorted({f.code for f in outcome.findings}))
-                    raise MCPError(
+                    raise mcp_error(
                         RESULT_BLOCKED, f"the gateway withheld `{method}` from the client: it contained {codes}"
                     )
                 return params if not outcome.findings else outcome.payload
@@ -57,7 +59,7 @@ class Access:
         verdict = await gate.authorize(session, method=method, kind=kind, server=server, name=name, arguments=args)
         if not verdict.allowed:
             reason = verdict.view.get("reason", "denied by policy")
-            raise MCPError(POLICY_DENIED, f"denied: {reason}", data=verdict.view)
+            raise mcp_error(POLICY_DENIED, f"denied: {reason}", data=verdict.view)
         return verdict.decision.decision_id
 
     async def screened(
@@ -74,7 +76,7 @@ class Access:
             return result
         if outcome.payload is None:
             codes = ", ".join(sorted({f.code for f in outcome.findings}))
-            raise MCPError(RESULT_BLOCKED, f"the gateway withheld the `{method}` result: it contained {codes}")
+            raise mcp_error(RESULT_BLOCKED, f"the gateway withheld the `{method}` result: it contained {codes}")
         return dict(outcome.payload)
 
     async def listable(
@@ -93,7 +95,7 @@ class Access:
             else:
                 try:
                     owner = (await session.catalog.resource_owner(name)).name
-                except MCPError:
+                except protocol.MCP_ERRORS:
                     owner = None
             if owner is not None and gate.reaches(session, owner):
                 kept.append(item)
@@ -102,4 +104,4 @@ class Access:
     async def unknown_tool(self, session: DownstreamSession, name: str) -> None:
         gate = self._host.access
         data = (await gate.unknown_tool(session, name)).view if gate is not None else None
-        raise MCPError(INVALID_PARAMS, f"unknown tool `{name[:200]}`", data=data)
+        raise mcp_error(INVALID_PARAMS, f"unknown tool `{name[:200]}`", data=data)

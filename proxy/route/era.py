@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from mcp_types import SERVER_INFO_META_KEY
+from proxy.protocol import SERVER_INFO_META_KEY
 
 __all__ = ["CACHEABLE", "ENVELOPE_PREFIX", "complete_for_modern", "strip_envelope"]
 

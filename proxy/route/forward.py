@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
-from typing import Any
-
-from mcp.server.context import ServerRequestContext
-from mcp.shared.dispatcher import ProgressFnT
+from typing import TYPE_CHECKING, Any
 
 from proxy.route.era import strip_envelope
 from proxy.upstream.link import UpstreamLink
+
+if TYPE_CHECKING:  # the SDK is loaded at a stdio client's first need (proxy/wire/opening.py)
+    from mcp.server.context import ServerRequestContext
+    from mcp.shared.dispatcher import ProgressFnT
 
 __all__ = ["forward", "progress_relay"]
 

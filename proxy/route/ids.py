@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mcp import MCPError
-from mcp.server.context import ServerRequestContext
-from mcp_types import INVALID_REQUEST
-
+from proxy.protocol import INVALID_REQUEST, mcp_error
 from proxy.session import DownstreamSession
+
+if TYPE_CHECKING:  # the SDK is loaded at a stdio client's first need (proxy/wire/opening.py)
+    from mcp import MCPError
+    from mcp.server.context import ServerRequestContext
 
 __all__ = ["IN_FLIGHT_KEY", "SESSION_KEY", "attached", "claim_id", "connection_of", "duplicate_id", "id_key"]
 
@@ -23,7 +24,12 @@ def id_key(request_id: Any) -> tuple[str, Any]:
 
 
 def duplicate_id(request_id: Any) -> MCPError:
-    return MCPError(INVALID_REQUEST, f"request id `{str(request_id)[:80]}` is already in flight on this session")
+    return mcp_error(*duplicate_id_error(request_id))
+
+
+def duplicate_id_error(request_id: Any) -> tuple[int, str]:
+    """``(code, message)`` of the refusal of a request id already in flight."""
+    return INVALID_REQUEST, f"request id `{str(request_id)[:80]}` is already in flight on this session"
 
 
 @contextlib.contextmanager

@@ -9,19 +9,20 @@ and that the model may reach; ``subscriptions/listen`` is a sessionless client's
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
-from mcp import MCPError
-from mcp.server.context import ServerRequestContext
-from mcp_types import INVALID_PARAMS, METHOD_NOT_FOUND, SubscriptionsListenRequestParams
 
+from proxy import protocol
 from proxy.catalog import LISTS
-from proxy.mrtr import InputBridge
+from proxy.protocol import INVALID_PARAMS, METHOD_NOT_FOUND, mcp_error
 from proxy.route.access import Access
 from proxy.route.forward import forward
 from proxy.route.seams import SessionHost
-from proxy.session import DownstreamSession
+from proxy.session import DownstreamSession, is_bridge
+
+if TYPE_CHECKING:  # the SDK is loaded at a stdio client's first need (proxy/wire/opening.py)
+    from mcp.server.context import ServerRequestContext
 
 __all__ = ["Methods"]
 
@@ -54,7 +55,7 @@ class Methods:
         params = dict(ctx.params or {})
         target = session.catalog.split(params.get("name"))
         if target is None:
-            raise MCPError(INVALID_PARAMS, f"unknown prompt `{str(params.get('name'))[:200]}`")
+            raise mcp_error(INVALID_PARAMS, f"unknown prompt `{str(params.get('name'))[:200]}`")
         link, params["name"] = target
         decision_id = await self._access.decide(
             session, ctx.method, "prompt", link.name, params["name"], params.get("arguments") or {}
@@ -82,7 +83,7 @@ class Methods:
         if ref.get("type") == "ref/prompt":
             target = session.catalog.split(ref.get("name"))
             if target is None:
-                raise MCPError(INVALID_PARAMS, f"unknown prompt `{str(ref.get('name'))[:200]}`")
+                raise mcp_error(INVALID_PARAMS, f"unknown prompt `{str(ref.get('name'))[:200]}`")
             link, ref["name"] = target
             params["ref"] = ref
             kind, name = "prompt", ref["name"]
@@ -91,9 +92,9 @@ class Methods:
             kind, name = "resource", str(ref.get("uri"))
             arguments = {"uri": name}
         else:
-            raise MCPError(INVALID_PARAMS, "`ref.type` must be `ref/prompt` or `ref/resource`")
+            raise mcp_error(INVALID_PARAMS, "`ref.type` must be `ref/prompt` or `ref/resource`")
         if not (link.info and "completions" in link.info.capabilities):
-            raise MCPError(METHOD_NOT_FOUND, f"upstream `{link.name}` does not offer completions", data=ctx.method)
+            raise mcp_error(METHOD_NOT_FOUND, f"upstream `{link.name}` does not offer completions", data=ctx.method)
         decision_id = await self._access.decide(session, ctx.method, kind, link.name, name, arguments)
         result = await forward(link, ctx, params)
         return await self._access.screened(session, ctx.method, link.name, name, result, decision_id)
@@ -107,7 +108,7 @@ class Methods:
             try:
                 await self._access.decide(session, ctx.method, "method", link.name, ctx.method,
                                    {"level": (ctx.params or {}).get("level")})
-            except MCPError as exc:  # this upstream is out of the model's reach: skipped
+            except protocol.MCP_ERRORS as exc:  # this upstream is out of the model's reach: skipped
                 denied = exc
                 continue
             allowed.append(link)
@@ -122,8 +123,10 @@ class Methods:
     async def listen(self, session: DownstreamSession, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
         """A sessionless client's change stream, fed by this identity's upstream notifications."""
         bridge = session.channel
-        if not isinstance(bridge, InputBridge):
-            raise MCPError(METHOD_NOT_FOUND, "Method not found", data=ctx.method)
+        if not is_bridge(bridge):
+            raise mcp_error(METHOD_NOT_FOUND, "Method not found", data=ctx.method)
+        from mcp_types import SubscriptionsListenRequestParams  # a 2026 client: the SDK is loaded
+
         params = SubscriptionsListenRequestParams.model_validate(ctx.params or {}, by_name=False)
         result = await bridge.listen(ctx, params)
         return result.model_dump(by_alias=True, mode="json", exclude_none=True)
@@ -135,4 +138,4 @@ class Methods:
             decision_id = await self._access.decide(session, ctx.method, "method", link.name, ctx.method, {})
             result = await forward(link, ctx, ctx.params)
             return await self._access.screened(session, ctx.method, link.name, ctx.method, result, decision_id)
-        raise MCPError(METHOD_NOT_FOUND, "Method not found", data=ctx.method)
+        raise mcp_error(METHOD_NOT_FOUND, "Method not found", data=ctx.method)

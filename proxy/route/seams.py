@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Mapping
-from typing import Any, Protocol
-
-from mcp.server.context import ServerRequestContext
+from typing import TYPE_CHECKING, Any, Protocol
 
 from proxy.enforce import Verdict
 from proxy.intercept import CallNext, ToolResult
 from proxy.session import DownstreamSession
 from proxy.upstream.link import ClientHello
+
+if TYPE_CHECKING:  # the SDK is loaded at a stdio client's first need (proxy/wire/opening.py)
+    from mcp.server.context import ServerRequestContext
 
 __all__ = ["AccessGate", "LocalTool", "SessionHost", "StdioLane"]
 

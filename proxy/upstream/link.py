@@ -25,40 +25,36 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Protocol
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import anyio.abc
 import structlog
-from mcp import MCPError, StdioServerParameters
-from mcp.client.sse import sse_client
-from mcp.shared.dispatcher import CallOptions, ProgressFnT
-from mcp.shared.inbound import (
-    MCP_METHOD_HEADER,
-    MCP_NAME_HEADER,
-    encode_header_value,
-    mcp_param_headers,
-    x_mcp_header_map,
-)
-from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
-from mcp_types import (
+
+from proxy import protocol
+from proxy.config import UpstreamConfig
+from proxy.protocol import (
     CLIENT_CAPABILITIES_META_KEY,
     CLIENT_INFO_META_KEY,
     CONNECTION_CLOSED,
     INTERNAL_ERROR,
     INVALID_REQUEST,
+    LATEST_HANDSHAKE_VERSION,
+    LATEST_MODERN_VERSION,
     METHOD_NOT_FOUND,
     PROTOCOL_VERSION_META_KEY,
     REQUEST_TIMEOUT,
     SERVER_INFO_META_KEY,
     UNSUPPORTED_PROTOCOL_VERSION,
+    mcp_error,
 )
-from mcp_types.version import LATEST_HANDSHAKE_VERSION, LATEST_MODERN_VERSION
-
-from proxy.config import UpstreamConfig
-from proxy.upstream.repair import repair_responses
-from proxy.wire.dispatch import LineDispatcher, NotDelivered, OnNotify, OnRequest
+from proxy.wire.dispatch import LineDispatcher, OnNotify, OnRequest, not_delivered_type
 from proxy.wire.upstream import stdio_upstream
+
+if TYPE_CHECKING:
+    from mcp.shared.dispatcher import CallOptions
+    from mcp.shared.dispatcher import ProgressFnT as ProgressFn
 
 log = structlog.get_logger("securegateway.upstream")
 
@@ -73,7 +69,6 @@ HANDSHAKE_REFUSED = frozenset({UNSUPPORTED_PROTOCOL_VERSION, METHOD_NOT_FOUND, I
 OnUpstreamRequest = Callable[["UpstreamLink", str, Mapping[str, Any] | None], Awaitable[dict[str, Any]]]
 OnUpstreamNotify = Callable[["UpstreamLink", str, Mapping[str, Any] | None], Awaitable[None]]
 OnRestart = Callable[["UpstreamLink"], Coroutine[Any, Any, None]]
-ProgressFn = ProgressFnT
 
 
 class Channel(Protocol):
@@ -180,20 +175,23 @@ class UpstreamLink:
         try:
             try:
                 return await self._send(disp, method, params, opts, input_schema)
-            except NotDelivered:  # it went down before the request reached it: send it to the restart
+            except protocol.MCP_ERRORS as exc:
+                if not isinstance(exc, not_delivered_type()):
+                    raise
+                # it went down before the request reached it: send it to the restart
                 log.info("upstream went away before the request was sent; waiting for the restart",
                          upstream=self.name, method=method)
                 return await self._send(await self._await_restart(), method, params, opts, input_schema)
-        except MCPError as exc:
+        except protocol.MCP_ERRORS as exc:
             if exc.code == CONNECTION_CLOSED and exc.message == "Connection closed":
                 # the connection itself went: the gateway's words (its own session with the client is
                 # fine). A request's own stream failing ("SSE stream ended without a response") is the
                 # SDK transport's error for that request, passed on as a direct client would see it.
-                raise MCPError(
+                raise mcp_error(
                     INTERNAL_ERROR, f"upstream `{self.name}` closed the connection while handling `{method}`"
                 ) from None
             if exc.code == REQUEST_TIMEOUT:
-                raise MCPError(
+                raise mcp_error(
                     REQUEST_TIMEOUT, f"upstream `{self.name}` did not answer `{method}` within {opts['timeout']:g}s"
                 ) from None
             raise
@@ -218,7 +216,7 @@ class UpstreamLink:
         if self._dispatcher is not None:
             return self._dispatcher
         why = f": {self.last_error}" if self.last_error else ""
-        raise MCPError(UPSTREAM_UNAVAILABLE, f"upstream `{self.name}` is unavailable{why}")
+        raise mcp_error(UPSTREAM_UNAVAILABLE, f"upstream `{self.name}` is unavailable{why}")
 
     def _signal(self) -> None:
         self._changed.set()
@@ -248,7 +246,7 @@ class UpstreamLink:
                 body["inputResponses"] = responses
             if result.get("requestState") is not None:
                 body["requestState"] = result["requestState"]
-        raise MCPError(INTERNAL_ERROR, f"upstream `{self.name}` asked for input more than {MAX_INPUT_ROUNDS} times")
+        raise mcp_error(INTERNAL_ERROR, f"upstream `{self.name}` asked for input more than {MAX_INPUT_ROUNDS} times")
 
     def _envelope(self, params: Mapping[str, Any] | None) -> dict[str, Any]:
         out = dict(params or {})
@@ -264,6 +262,14 @@ class UpstreamLink:
     ) -> CallOptions:
         if self.config.transport != "http":
             return opts
+        from mcp.shared.inbound import (  # an HTTP upstream: the SDK is loaded
+            MCP_METHOD_HEADER,
+            MCP_NAME_HEADER,
+            encode_header_value,
+            mcp_param_headers,
+            x_mcp_header_map,
+        )
+
         headers = {"mcp-protocol-version": LATEST_MODERN_VERSION, MCP_METHOD_HEADER: method}
         name_key = NAME_PARAM.get(method)
         if name_key and isinstance(params.get(name_key), str):
@@ -290,7 +296,7 @@ class UpstreamLink:
             await disp.send_raw_request(
                 "subscriptions/listen", self._envelope(params), self._modern_opts("subscriptions/listen", params, opts)
             )
-        except MCPError as exc:
+        except protocol.MCP_ERRORS as exc:
             log.warning("upstream refused subscriptions/listen", upstream=self.name, error=exc.message)
 
     async def notify(self, method: str, params: Mapping[str, Any] | None) -> None:
@@ -407,7 +413,7 @@ class UpstreamLink:
             return await self._discover(disp)
         try:
             return await self._initialize(disp)
-        except MCPError as exc:
+        except protocol.MCP_ERRORS as exc:
             if self.config.protocol != "auto" or exc.code not in HANDSHAKE_REFUSED:
                 raise
             log.info("upstream refused initialize; trying server/discover", upstream=self.name, error=exc.message)
@@ -420,7 +426,7 @@ class UpstreamLink:
         )
         supported = result.get("supportedVersions") or []
         if LATEST_MODERN_VERSION not in supported:
-            raise MCPError(UNSUPPORTED_PROTOCOL_VERSION, f"upstream supports none of our versions: {supported}")
+            raise mcp_error(UNSUPPORTED_PROTOCOL_VERSION, f"upstream supports none of our versions: {supported}")
         self._headers = {"mcp-protocol-version": LATEST_MODERN_VERSION} if self.config.transport == "http" else {}
         meta = result.get("_meta") or {}
         return UpstreamInfo(
@@ -458,9 +464,8 @@ class UpstreamLink:
         if cfg.transport == "stdio":
             env = {k: os.environ[k] for k in cfg.env_passthrough if k in os.environ}
             env.update(cfg.env)
-            params = StdioServerParameters(
-                command=cfg.command[0], args=list(cfg.command[1:]), env=env, cwd=cfg.cwd
-            )
+            # the fields of the SDK's StdioServerParameters (a pydantic model: not built on the opening path)
+            params: Any = SimpleNamespace(command=cfg.command[0], args=list(cfg.command[1:]), env=env, cwd=cfg.cwd)
             adopted = await self._process() if self._process is not None else None  # pre-spawned hand-off
             async with stdio_upstream(
                 params, upstream=self.name, max_message_bytes=self._max_message_bytes, errlog=sys.stderr,
@@ -471,6 +476,11 @@ class UpstreamLink:
                 yield disp
         elif cfg.sse:
             assert cfg.url is not None
+            from mcp.client.sse import sse_client
+            from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
+
+            from proxy.upstream.repair import repair_responses
+
             async with sse_client(cfg.url, headers=dict(cfg.headers), timeout=cfg.connect_timeout) as streams:
                 yield JSONRPCDispatcher(*repair_responses(streams, self.name)[:2])
         else:
@@ -496,7 +506,7 @@ def _describe(exc: BaseException) -> str:
         return _describe(inner)
     if isinstance(exc, FileNotFoundError):
         return f"command not found: `{exc.filename}`"
-    if isinstance(exc, MCPError):
-        return f"{exc.message} (code {exc.code})"
+    if protocol.is_mcp_error(exc):
+        return f"{getattr(exc, 'message', exc)} (code {getattr(exc, 'code', '?')})"
     text = str(exc) or type(exc).__name__
     return text.splitlines()[0][:300]

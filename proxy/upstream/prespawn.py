@@ -33,7 +33,7 @@ import anyio.abc
 
 from proxy.config.model import UpstreamConfig
 
-__all__ = ["DEFAULT_INHERITED_ENV_VARS", "Prespawned", "prespawned", "upstream_environment"]
+__all__ = ["DEFAULT_INHERITED_ENV_VARS", "Prespawned", "kill_group", "prespawned", "upstream_environment"]
 
 DEFAULT_INHERITED_ENV_VARS = (
     ("APPDATA", "HOMEDRIVE", "HOMEPATH", "LOCALAPPDATA", "PATH", "PATHEXT", "PROCESSOR_ARCHITECTURE",
@@ -104,10 +104,10 @@ class Prespawned:
         self._spawned.clear()
         with anyio.CancelScope(shield=True):
             for process in left:
-                await _kill_group(process)
+                await kill_group(process)
 
 
-async def _kill_group(process: anyio.abc.Process) -> None:
+async def kill_group(process: anyio.abc.Process) -> None:
     for sig, wait in ((signal.SIGTERM, KILL_TIMEOUT), (signal.SIGKILL, KILL_TIMEOUT)):
         if process.returncode is not None:
             break

@@ -13,12 +13,12 @@ leg has no SDK transport in between: its correlator (``proxy.wire.dispatch``) as
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
-from mcp.shared.message import SessionMessage
-from mcp_types import INTERNAL_ERROR, ErrorData, JSONRPCError
-from pydantic import ValidationError
+
+if TYPE_CHECKING:
+    from mcp.shared.message import SessionMessage
 
 log = structlog.get_logger("securegateway.upstream")
 
@@ -70,6 +70,10 @@ def describe_malformed(raw: Any, upstream: str) -> tuple[int | str, str] | None:
 
 def malformed_response(exc: BaseException, upstream: str) -> SessionMessage | None:
     """The error to deliver for a response that failed validation, or None if it was not one."""
+    from mcp.shared.message import SessionMessage  # the SDK transports' path: the SDK is loaded
+    from mcp_types import INTERNAL_ERROR, ErrorData, JSONRPCError
+    from pydantic import ValidationError
+
     if not isinstance(exc, ValidationError):
         return None
     for problem in exc.errors():

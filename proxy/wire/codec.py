@@ -10,14 +10,20 @@ value orjson refuses (an integer beyond 64 bits).
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import orjson
-from mcp.shared.message import SessionMessage
-from mcp_types import ErrorData, JSONRPCResponse
 
-__all__ = ["DecodeError", "decode", "encode", "encode_error", "encode_message", "encode_result"]
+from proxy.protocol import INVALID_PARAMS, is_mcp_error
+
+if TYPE_CHECKING:
+    from mcp.shared.message import SessionMessage
+    from mcp_types import ErrorData
+
+__all__ = ["DecodeError", "decode", "encode", "encode_error", "encode_message", "encode_result", "handler_error"]
 
 DecodeError = msgspec.DecodeError
 _decoder = msgspec.json.Decoder()
@@ -52,14 +58,31 @@ def encode_result(request_id: Any, result: Any) -> bytes:
     return encode({"jsonrpc": "2.0", "id": request_id, "result": result})
 
 
-def encode_error(request_id: Any, error: ErrorData) -> bytes:
-    body = error.model_dump(by_alias=True, mode="json", exclude_unset=True)
+def encode_error(request_id: Any, error: ErrorData | Mapping[str, Any]) -> bytes:
+    """A JSON-RPC error reply; ``error`` is the SDK's ``ErrorData`` or the plain member
+    (:func:`proxy.protocol.error_body`), so the opening path needs no SDK model."""
+    body = error if isinstance(error, Mapping) else error.model_dump(by_alias=True, mode="json", exclude_unset=True)
     return encode({"jsonrpc": "2.0", "id": request_id, "error": body})
+
+
+def handler_error(exc: BaseException) -> dict[str, Any] | None:
+    """``mcp.shared.jsonrpc_dispatcher.handler_exception_to_error_data`` as a plain error member:
+    an ``MCPError`` carries its own, a pydantic ``ValidationError`` is ``INVALID_PARAMS`` with
+    empty ``data``; None for any other exception (each caller applies its catch-all)."""
+    if is_mcp_error(exc):
+        body: dict[str, Any] = exc.error.model_dump(by_alias=True, mode="json", exclude_unset=True)  # type: ignore[attr-defined]
+        return body
+    pydantic_core = sys.modules.get("pydantic_core")
+    if pydantic_core is not None and isinstance(exc, pydantic_core.ValidationError):
+        return {"code": INVALID_PARAMS, "message": "Invalid request parameters", "data": ""}
+    return None
 
 
 def encode_message(message: SessionMessage) -> bytes:
     """An SDK-built message as the SDK's own stdio transport writes it (a response's
     result dict, already wire data, is encoded directly)."""
+    from mcp_types import JSONRPCResponse
+
     msg = message.message
     if isinstance(msg, JSONRPCResponse):
         return encode_result(msg.id, msg.result)

@@ -36,21 +36,22 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 import structlog
-from mcp import MCPError
-from mcp.shared.dispatcher import CallOptions, ProgressFnT, coerce_request_id
-from mcp.shared.jsonrpc_dispatcher import handler_exception_to_error_data
-from mcp_types import CONNECTION_CLOSED, INTERNAL_ERROR, REQUEST_TIMEOUT, ErrorData
 
+from proxy.protocol import CONNECTION_CLOSED, INTERNAL_ERROR, REQUEST_TIMEOUT, coerce_request_id, mcp_error
 from proxy.upstream.repair import describe_malformed
 from proxy.wire import codec
 
-__all__ = ["ABANDON_WRITE_TIMEOUT", "LineDispatcher", "LineSink", "NotDelivered", "OnNotify", "OnRequest"]
+if TYPE_CHECKING:
+    from mcp import MCPError
+    from mcp.shared.dispatcher import CallOptions, ProgressFnT
+
+__all__ = ["ABANDON_WRITE_TIMEOUT", "LineDispatcher", "LineSink", "OnNotify", "OnRequest", "not_delivered_type"]
 
 log = structlog.get_logger("securegateway.upstream")
 
@@ -122,17 +123,44 @@ def _key(request_id: Any) -> Any:
     return coerce_request_id(request_id)
 
 
-class NotDelivered(MCPError):
-    """``CONNECTION_CLOSED`` for a request that never reached the upstream (it was gone before
-    the write), so the caller may safely send it again once the upstream is back."""
+if TYPE_CHECKING:
+
+    class NotDelivered(MCPError):
+        """What :func:`not_delivered_type` makes (for type checkers; made at run time on first use)."""
+
+
+_not_delivered_type: type[MCPError] | None = None
+
+
+def not_delivered_type() -> type[MCPError]:
+    """``NotDelivered``: ``CONNECTION_CLOSED`` for a request that never reached the upstream (it
+    was gone before the write), so the caller may safely send it again once the upstream is
+    back. A subclass of the SDK's ``MCPError``, so it is made when first needed (the SDK is
+    not loaded before then: proxy/protocol.py)."""
+    global _not_delivered_type
+    if _not_delivered_type is None:
+        from mcp import MCPError
+
+        class NotDelivered(MCPError):
+            __doc__ = not_delivered_type.__doc__
+            __module__ = __name__
+
+        _not_delivered_type = NotDelivered
+    return _not_delivered_type
+
+
+def __getattr__(name: str) -> Any:
+    if name == "NotDelivered":
+        return not_delivered_type()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _closed() -> MCPError:
-    return MCPError(CONNECTION_CLOSED, "Connection closed")
+    return mcp_error(CONNECTION_CLOSED, "Connection closed")
 
 
-def _not_delivered() -> NotDelivered:
-    return NotDelivered(CONNECTION_CLOSED, "Connection closed")
+def _not_delivered() -> MCPError:
+    return not_delivered_type()(CONNECTION_CLOSED, "Connection closed")
 
 
 class LineDispatcher:
@@ -232,7 +260,7 @@ class LineDispatcher:
             if waiter.timed_out:
                 if cancel_on_abandon:
                     await self._courtesy_cancel(request_id, f"timed out after {timeout}s", shield=False)
-                raise MCPError(REQUEST_TIMEOUT, f"Request {method!r} timed out")
+                raise mcp_error(REQUEST_TIMEOUT, f"Request {method!r} timed out")
         except anyio.get_cancelled_exc_class():
             if written and cancel_on_abandon:
                 await self._courtesy_cancel(request_id, "caller cancelled", shield=True)
@@ -364,7 +392,7 @@ class LineDispatcher:
     def _oversized(self, stand_in: dict[str, Any]) -> None:
         params = stand_in["params"]
         log.warning("oversized upstream message", upstream=self._upstream, bytes=params["bytes"])
-        self._settle(stand_in["id"], MCPError(
+        self._settle(stand_in["id"], mcp_error(
             INTERNAL_ERROR,
             f"upstream `{self._upstream}` sent a message of {params['bytes']} bytes, over the gateway's limit "
             f"of {params['limit']} bytes (gateway.max_message_bytes)",
@@ -403,11 +431,11 @@ class LineDispatcher:
             and type(error.get("code")) is int and type(error.get("message")) is str
             and type(request_id) in (int, str)
         ):
-            self._settle(request_id, MCPError(error["code"], error["message"], error.get("data")))
+            self._settle(request_id, mcp_error(error["code"], error["message"], error.get("data")))
             return
         found = describe_malformed(message, self._upstream)
         if found is not None:
-            self._settle(found[0], MCPError(INTERNAL_ERROR, found[1]))
+            self._settle(found[0], mcp_error(INTERNAL_ERROR, found[1]))
             return
         # no usable id (an error with `"id": null`, say): no caller can own it
         log.warning("upstream sent an answer no call can own; dropped", upstream=self._upstream,
@@ -466,11 +494,11 @@ class LineDispatcher:
                     result = await on_request(None, method, params)
                     line = codec.encode_result(request_id, result)
                 except Exception as exc:
-                    error = handler_exception_to_error_data(exc)
+                    error = codec.handler_error(exc)
                     if error is None:
                         log.exception("handler of an upstream request raised", upstream=self._upstream,
                                       method=method)
-                        error = ErrorData(code=0, message=str(exc))  # the SDK dispatcher's code, kept
+                        error = {"code": 0, "message": str(exc)}  # the SDK dispatcher's code, kept
                     line = codec.encode_error(request_id, error)
                 finally:
                     if self._serving.get(key) is serving:
@@ -480,7 +508,7 @@ class LineDispatcher:
                     await self._send_quiet(line, method)
         except anyio.get_cancelled_exc_class():
             if not answered and not serving.cancelled:  # shutdown: do not leave the upstream waiting
-                closed = codec.encode_error(request_id, ErrorData(code=CONNECTION_CLOSED, message="Connection closed"))
+                closed = codec.encode_error(request_id, {"code": CONNECTION_CLOSED, "message": "Connection closed"})
                 with anyio.move_on_after(SHUTDOWN_WRITE_TIMEOUT, shield=True):
                     await self._send_quiet(closed, method)
             raise

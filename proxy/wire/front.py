@@ -7,6 +7,10 @@ validated into a ``SessionMessage`` from the already-decoded dict and handed to 
 ``Server`` unchanged, so all protocol behaviour stays the SDK's. Both lanes write through
 the one :class:`~proxy.wire.framing.LineWriter`.
 
+A gateway's stdio connection starts on the SDK-free opening (:mod:`proxy.wire.opening`),
+which brings this path (:class:`SDKPath`) up when a message first needs the SDK;
+:func:`serve_lines` is the path alone (``fast_lane = false``, tests).
+
 Lines that are not JSON-RPC messages are answered as JSON-RPC requires: ``-32700`` with
 ``id: null`` for a line that is not JSON, ``-32600`` (echoing a usable id) for JSON that is
 not a request; a malformed *response* is dropped with a warning.
@@ -14,37 +18,24 @@ not a request; a malformed *response* is dropped with a warning.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 import anyio.abc
 import structlog
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.server import Server
 from mcp.shared.message import SessionMessage
-from mcp_types import INVALID_REQUEST, PARSE_ERROR, ErrorData, jsonrpc_message_adapter
+from mcp_types import INVALID_REQUEST, ErrorData, jsonrpc_message_adapter
 from pydantic import ValidationError
 
 from proxy.wire import codec
 from proxy.wire.framing import ByteSource, LineReader, LineWriter
-from proxy.wire.spawn import CallPool, Spawner
+from proxy.wire.opening import UNDECODABLE, Lane, LaneFactory, decoded
+from proxy.wire.spawn import CallPool
 
-__all__ = ["Lane", "LaneFactory", "invalid_message_reply", "serve_lines"]
+__all__ = ["Lane", "LaneFactory", "SDKPath", "invalid_message_reply", "serve_lines"]
 
 log = structlog.get_logger("securegateway.wire")
-
-_PARSE_ERROR = ErrorData(code=PARSE_ERROR, message="Parse error")
-
-
-class Lane(Protocol):
-    """Takes the messages it can answer itself; returns False to leave one to the SDK."""
-
-    async def offer(self, message: dict[str, Any], tg: Spawner) -> bool: ...
-
-
-LaneFactory = Callable[[LineWriter], Lane]
-"""Builds the fast lane over the front's writer (so both lanes share the one writer)."""
 
 
 async def serve_lines(
@@ -53,59 +44,74 @@ async def serve_lines(
 ) -> None:
     """Serve one client over ``source``/``writer`` until the source ends."""
     fast = lane(writer) if lane is not None else None
-    to_sdk, sdk_in = anyio.create_memory_object_stream[SessionMessage | Exception](0)
-    sdk_out, from_sdk = anyio.create_memory_object_stream[SessionMessage](0)
+    sdk = SDKPath(server, writer)
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_write_sdk_messages, from_sdk, writer)
-        served = anyio.Event()
-
-        async def run_server() -> None:
-            try:
-                await server.run(sdk_in, sdk_out, server.create_initialization_options())
-            finally:
-                served.set()
-
-        tg.start_soon(run_server)
+        sdk.start(tg)
         calls = CallPool(tg)  # the fast lane's calls, one task each (proxy/wire/spawn.py)
         await tg.start(calls.run)
         try:
-            async with to_sdk:
-                async for line in LineReader(source, max_message_bytes):
-                    await _route(line, to_sdk, writer, fast, calls)
-            await served.wait()  # the SDK answers what it holds and closes the connection
+            async for line in LineReader(source, max_message_bytes):
+                message = await decoded(line, writer)
+                if message is UNDECODABLE:
+                    continue
+                if fast is not None and isinstance(message, dict) and await fast.offer(message, calls):
+                    continue
+                await sdk.deliver(message)
+            await sdk.finish()  # the SDK answers what it holds and closes the connection
         finally:
             tg.cancel_scope.cancel()  # fast-lane calls of a client that went away
 
 
-async def _route(
-    line: bytes | dict[str, Any], to_sdk: MemoryObjectSendStream[SessionMessage | Exception], writer: LineWriter,
-    lane: Lane | None, tg: Spawner,
-) -> None:
-    if isinstance(line, dict):  # the stand-in for an oversized request
-        message: Any = line
-    else:
+class SDKPath:
+    """The SDK ``Server`` serving the client's messages over the front's writer.
+
+    ``drop`` names request ids whose answers are the front's own business (the stdio
+    opening's replayed ``initialize``, proxy/wire/opening.py): they are not written."""
+
+    def __init__(self, server: Server[Any], writer: LineWriter, *, drop: frozenset[Any] = frozenset()) -> None:
+        self._server = server
+        self._writer = writer
+        self._drop = drop
+        self._to_sdk, self._sdk_in = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+        self._sdk_out, self._from_sdk = anyio.create_memory_object_stream[SessionMessage](0)
+        self._served = anyio.Event()
+
+    def start(self, tg: anyio.abc.TaskGroup) -> None:
+        tg.start_soon(self._write)
+        tg.start_soon(self._run)
+
+    async def _run(self) -> None:
         try:
-            message = codec.decode(line)
-        except codec.DecodeError as exc:
-            log.warning("stdio line is not json", error=str(exc)[:200])
-            await writer.send(codec.encode_error(None, _PARSE_ERROR))
+            await self._server.run(self._sdk_in, self._sdk_out, self._server.create_initialization_options())
+        finally:
+            self._served.set()
+
+    async def deliver(self, message: Any) -> None:
+        """Validate one decoded message and hand it to the SDK (or answer it as invalid)."""
+        try:
+            parsed = jsonrpc_message_adapter.validate_python(message, by_name=False)
+        except ValidationError as exc:
+            reply = invalid_message_reply(exc)
+            if reply is not None:
+                await self._writer.send(codec.encode_error(reply[0], reply[1]))
             return
-    if lane is not None and isinstance(message, dict) and await lane.offer(message, tg):
-        return
-    try:
-        parsed = jsonrpc_message_adapter.validate_python(message, by_name=False)
-    except ValidationError as exc:
-        reply = invalid_message_reply(exc)
-        if reply is not None:
-            await writer.send(codec.encode_error(reply[0], reply[1]))
-        return
-    await to_sdk.send(SessionMessage(parsed))
+        await self._to_sdk.send(SessionMessage(parsed))
 
+    async def finish(self) -> None:
+        """No more messages: wait until the SDK has answered what it holds."""
+        await self._to_sdk.aclose()
+        await self._served.wait()
 
-async def _write_sdk_messages(from_sdk: MemoryObjectReceiveStream[SessionMessage], writer: LineWriter) -> None:
-    async with from_sdk:
-        async for message in from_sdk:
-            await writer.send(codec.encode_message(message))
+    async def _write(self) -> None:
+        async with self._from_sdk:
+            async for message in self._from_sdk:
+                msg = message.message
+                if self._drop and not hasattr(msg, "method") and getattr(msg, "id", None) in self._drop:
+                    error = getattr(msg, "error", None)
+                    if error is not None:  # the client was answered already: its session cannot be the SDK's
+                        log.error("the SDK refused the replayed opening", code=error.code, error=error.message[:200])
+                    continue
+                await self._writer.send(codec.encode_message(message))
 
 
 def invalid_message_reply(exc: ValidationError) -> tuple[Any, ErrorData] | None:

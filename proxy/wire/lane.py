@@ -1,4 +1,4 @@
-"""The fast lane: ``tools/call`` and ``tools/list`` of the stdio connection, in either era.
+"""The fast lane: ``tools/call``, ``tools/list`` (and on stdio the other merged lists) of a connection, in either era.
 
 A hot request is answered from the dict the front decoded, without modelling it as
 pydantic objects, without the SDK's dispatcher and server layers, and with its reply
@@ -16,12 +16,15 @@ the same answer on either path. The relay's guarantees hold for fast-lane reques
 - a ``progressToken`` gets the upstream's progress as ``notifications/progress``,
   never after the reply;
 - upstream sampling / elicitation / roots requests during a 2025 call go through the
-  SDK server session (the connection), which writes through the same single writer; a
+  SDK server session (the connection; during the stdio opening, the opening's channel,
+  which brings the SDK up first: proxy/wire/opening.py), which writes through the same
+  single writer; a
   2026 call gets them as MRTR input requests, through the session's bridge, as on the
   SDK path.
 
 Which era a stdio stream speaks is the SDK's decision (its first request fixes it); the
-lane follows it: a 2025 stream once ``initialize`` attached its session, a 2026 stream
+lane follows it: a 2025 stream once ``initialize`` attached its session (on the SDK path, or
+the opening's stand-in connection before the SDK is loaded), a 2026 stream
 once the SDK path served its first enveloped request (and the relay reported the
 identity's session). Until then, and for anything else, the lane declines and the SDK
 path serves the request: a request of the other era, a 2026 envelope the SDK would
@@ -38,15 +41,16 @@ from typing import Any
 import anyio
 import anyio.abc
 import structlog
-from mcp.server.runner import modern_error_data
-from mcp.shared.dispatcher import coerce_request_id
-from mcp.shared.inbound import InboundLadderRejection, classify_inbound_request
-from mcp.shared.jsonrpc_dispatcher import handler_exception_to_error_data, progress_token_from_params
-from mcp_types import PROTOCOL_VERSION_META_KEY, ErrorData
-from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
+from proxy.protocol import (
+    MODERN_PROTOCOL_VERSIONS,
+    PROTOCOL_VERSION_META_KEY,
+    coerce_request_id,
+    error_body,
+    progress_token_from_params,
+)
 from proxy.relay import Relay
-from proxy.route.ids import IN_FLIGHT_KEY, SESSION_KEY, duplicate_id, id_key
+from proxy.route.ids import IN_FLIGHT_KEY, SESSION_KEY, duplicate_id_error, id_key
 from proxy.session import DownstreamSession
 from proxy.wire import codec
 from proxy.wire.framing import LineWriter
@@ -57,6 +61,11 @@ __all__ = ["METHODS", "FastLane", "answer", "enveloped", "plain_request", "progr
 log = structlog.get_logger("securegateway.wire")
 
 METHODS = frozenset({"tools/call", "tools/list"})
+"""What both lean lanes serve (this one and the HTTP front's, proxy/front/lane.py)."""
+STDIO_METHODS = METHODS | {"prompts/list", "resources/list", "resources/templates/list"}
+"""What this lane serves: the other merged lists too, which a desktop client asks for right after
+``initialize`` - served here, they do not bring the SDK up inside the stdio opening
+(proxy/wire/opening.py). A list no upstream offers is left to the SDK path (``-32601``)."""
 _MEMBERS = frozenset({"jsonrpc", "id", "method", "params"})
 
 
@@ -87,16 +96,18 @@ class FastLane:
         if method == "notifications/cancelled":
             self._cancel(message.get("params"))
             return False  # the SDK still sees it (it may name one of its own requests)
-        if method not in METHODS or not plain_request(message):
+        if method not in STDIO_METHODS or not plain_request(message):
             return False
         route = self._route(message)
         if route is None:
             return False
         session, held, modern = route
+        if not self._relay.offers(session, method):
+            return False  # the SDK path answers -32601, as a server without the capability does
         request_id = message["id"]
         key = id_key(request_id)
         if key in held:
-            await self._writer.send(codec.encode_error(request_id, duplicate_id(request_id).error))
+            await self._writer.send(codec.encode_error(request_id, error_body(*duplicate_id_error(request_id))))
             return True
         held.add(key)  # claimed here, in arrival order, before anything else can run
         if self._debug:  # tests read which lane served a request from this line
@@ -111,7 +122,11 @@ class FastLane:
         """``(session, ids held, 2026?)`` for a request this stream's era lets the lane serve."""
         if enveloped(message.get("params")):
             session = self._modern
-            if session is None or isinstance(classify_inbound_request(message), InboundLadderRejection):
+            if session is None:
+                return None
+            from mcp.shared.inbound import InboundLadderRejection, classify_inbound_request  # a 2026 stream: loaded
+
+            if isinstance(classify_inbound_request(message), InboundLadderRejection):
                 return None  # the SDK decides the era, and answers an envelope it refuses
             return session, self._modern_ids, True
         connection = self._connection
@@ -166,14 +181,16 @@ class FastLane:
             await self._writer.send(reply)
 
 
-def _error_data(exc: Exception, method: str, modern: bool) -> ErrorData:
+def _error_data(exc: Exception, method: str, modern: bool) -> Any:
     """The JSON-RPC error the SDK path sends for ``exc``: a 2026 stream never sees internals."""
     if modern:
+        from mcp.server.runner import modern_error_data  # a 2026 stream: the SDK is loaded
+
         return modern_error_data(exc)
-    error = handler_exception_to_error_data(exc)
+    error = codec.handler_error(exc)
     if error is None:
         log.exception("fast-lane handler raised", method=method)
-        error = ErrorData(code=0, message=str(exc))
+        error = {"code": 0, "message": str(exc)}
     return error
 
 

@@ -15,22 +15,21 @@ output is drained meanwhile so a server flushing at exit does not block on a ful
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import anyio
 import structlog
-from mcp import StdioServerParameters
-from mcp.client.stdio import (  # private helpers of mcp==2.3.0's stdio_client
-    _create_platform_compatible_process,
-    _drain_stdout,
-    _stop_server_process,
-    get_default_environment,
-)
 
+from proxy.protocol import load_sdk
+from proxy.upstream.prespawn import kill_group
 from proxy.wire.framing import JOIN_BELOW, LineReader
+
+if TYPE_CHECKING:
+    from mcp import StdioServerParameters
 
 __all__ = ["StdioPipe", "stdio_upstream"]
 
@@ -102,6 +101,12 @@ async def stdio_upstream(
     """Spawn the upstream (or adopt ``process``, one already spawned the same way: see
     proxy/upstream/prespawn.py), yield its pipe, stop it (and drain its last output) at exit."""
     if process is None:
+        load_sdk()
+        from mcp.client.stdio import (  # private helpers of mcp==2.3.0's stdio_client
+            _create_platform_compatible_process,
+            get_default_environment,
+        )
+
         try:
             process = await _create_platform_compatible_process(
                 command=params.command, args=params.args, env=get_default_environment() | (params.env or {}),
@@ -117,7 +122,37 @@ async def stdio_upstream(
     finally:
         pipe.close()
         with anyio.CancelScope(shield=True):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(_drain_stdout, process)  # ends when the shutdown closes the pipe
-                await _stop_server_process(process)
-                tg.cancel_scope.cancel()
+            if "mcp.client.stdio" not in sys.modules:  # a session that never needed the SDK
+                await _stop_adopted(process)
+            else:
+                from mcp.client.stdio import _drain_stdout, _stop_server_process
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(_drain_stdout, process)  # ends when the shutdown closes the pipe
+                    await _stop_server_process(process)
+                    tg.cancel_scope.cancel()
+
+
+PROCESS_TERMINATION_TIMEOUT = 2.0
+"""``mcp.client.stdio.PROCESS_TERMINATION_TIMEOUT`` of mcp==2.3.0 (a test keeps them equal)."""
+
+
+async def _stop_adopted(process: Any) -> None:
+    """The SDK's shutdown sequence for a process the gateway spawned itself (pre-spawned, in
+    its own session) when the SDK is not loaded: close stdin, wait out the grace period while
+    draining its last output, then SIGTERM and SIGKILL its process group. Importing the SDK
+    only to stop a child would cost a session that never needed it ~0.5 s of CPU at exit."""
+
+    async def drain() -> None:
+        with contextlib.suppress(anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+            while True:
+                await process.stdout.receive()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(drain)
+        with contextlib.suppress(OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            await process.stdin.aclose()
+        with anyio.move_on_after(PROCESS_TERMINATION_TIMEOUT):
+            await process.wait()
+        await kill_group(process)
+        tg.cancel_scope.cancel()

@@ -148,6 +148,9 @@ def test_the_fast_lane_and_the_sdk_path_list_the_same_tools(pair: Pair) -> None:
 
 async def test_an_id_in_flight_on_the_fast_lane_is_refused_on_the_sdk_path_and_back(tmp_path: Path) -> None:
     async with stdio_gateway(tmp_path) as wire:
+        # the SDK path is up before the race (its first request imports the SDK: proxy/wire/opening.py)
+        await wire.send({"jsonrpc": "2.0", "id": "up", "method": "ping"})
+        await replies_for(wire, "up")
         slow = call(7, "search.slow", {"steps": 4, "delay": 0.2})
         slow["params"]["_meta"] = {"progressToken": "p7"}
         await wire.send(slow)
