@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from operator import attrgetter
 from typing import Any
 
+from . import memo
 from .decision import (
     DENY_KINDS,
     ApprovalRequirement,
@@ -38,7 +39,7 @@ from .decision import (
     one_line,
 )
 from .detect import Finding, describe_findings, scan_value
-from .explain import _PLACEHOLDER, counterfactual, render_reason, risk_sentence, rules_sentence, session_sentence
+from .explain import counterfactual, render_reason, risk_sentence, rules_sentence, session_sentence
 from .index import CompiledCondition, CompiledRule
 from .keys import KeyRing
 from .match import glob_reaches
@@ -220,14 +221,14 @@ def _evaluate(
     findings = scan_value(arguments, "arguments") + request.findings
     schema = check_arguments(request.input_schema, arguments)
     session_score = session.score(now.timestamp()) if session is not None else 0.0
-    if findings or session_score >= _SESSION_FLOOR or schema.status not in _PLAIN_SCHEMA:
+    if findings or session_score >= _SESSION_FLOOR or schema.status not in memo.PLAIN_SCHEMA:
         return _decide(request, policy, keys, now, findings, schema, session_score, decision_id)
-    table = _table_of(policy, keys)
+    table = memo.table_of(policy, keys)
     where = (request.model, request.server, request.tool, request.kind)
     shape = table.shapes.get(where)
     if shape is None or not shape.since <= now < shape.until:
-        shape = _shape(request, policy, now)
-        if len(table.shapes) >= _SHAPES_LIMIT:
+        shape = memo.shape_of(request, policy, now)
+        if len(table.shapes) >= memo.SHAPES_LIMIT:
             table.empty()
         table.shapes[where] = shape
     if shape.conditional is None:
@@ -238,114 +239,16 @@ def _evaluate(
         return Decision(decision_id, *_ALL_BUT_ID(known))  # dataclasses.replace, in half the time
     decision = _decide(request, policy, keys, now, findings, schema, session_score, decision_id)
     suggested = decision.counterfactual.suggested_rule if decision.counterfactual is not None else None
-    if suggested is None and len(shape.decisions) < _DECISIONS_PER_SHAPE:  # a suggested rule is a dict: never shared
+    if suggested is None and len(shape.decisions) < memo.DECISIONS_PER_SHAPE:  # a suggested rule is a dict: not shared
         table.stored += 1
-        if table.stored > _DECISIONS_PER_TABLE:  # bounded whatever the targets (resource URIs are the caller's)
+        if table.stored > memo.DECISIONS_PER_TABLE:  # bounded whatever the targets (resource URIs are the caller's)
             table.empty()
         shape.decisions[key] = decision
     return decision
 
 
-# ---- the decision memo -------------------------------------------------------------------------------
-#
-# Most calls ask a question already answered: the same model and tool, arguments with no finding that
-# are valid against their schema (or have none), a calm session. The decision is then a function of the
-# policy, the key ring, the target, the schema status, the session sentence, the moment (only through
-# the expiry of the rules whose tool pattern matches) and the arguments only through what the conditions
-# of those live, matching rules say of them (which failed, with what error). :class:`_Shape` holds, per
-# target, those rules for the window between two expiries, and the decisions seen, keyed by what the
-# conditions said. A matching rule whose ``reason`` quotes ``{args.*}`` reads the arguments another way:
-# such a target is never memoised. :func:`_evaluate_uncached` is the reference
-# (tests/policy/test_engine_memo.py: equal decisions, ids aside, for random policies, calls and times).
-
-_PLAIN_SCHEMA = frozenset({"valid", "absent"})  # no risk factor, no violation, no error: only its sentence
-_SHAPES_LIMIT = 1024
-_DECISIONS_PER_SHAPE = 32
-_DECISIONS_PER_TABLE = 4096
-_NEVER = datetime.min.replace(tzinfo=UTC)
-_FOREVER = datetime.max.replace(tzinfo=UTC)
-
-
-_TABLES_LIMIT = 4  # the live policy, and the few a replay compares it with (negotiation.impact)
-
-
-class _Shape:
-    """One target's matching rules under one policy and key ring, for the moments in ``[since, until)``."""
-
-    __slots__ = ("conditional", "decisions", "since", "until")
-
-    def __init__(self, since: datetime, until: datetime, conditional: tuple[CompiledRule, ...] | None) -> None:
-        self.since = since
-        self.until = until
-        self.conditional = conditional  # the live matching rules with conditions; None: not memoised
-        self.decisions: dict[tuple[Any, ...], Decision] = {}
-
-
-class _Table:
-    """The shapes of one (policy, key ring): holding both keeps their ids, the table's key, theirs."""
-
-    __slots__ = ("keys", "policy", "shapes", "stored")
-
-    def __init__(self, policy: Policy, keys: KeyRing) -> None:
-        self.policy = policy
-        self.keys = keys
-        self.shapes: dict[tuple[str, str, str, str], _Shape] = {}
-        self.stored = 0  # decisions kept in its shapes since it was last emptied
-
-    def empty(self) -> None:
-        self.shapes.clear()
-        self.stored = 0
-
-
-_TABLES: dict[tuple[int, int], _Table] = {}
-
-
-def _table_of(policy: Policy, keys: KeyRing) -> _Table:
-    table = _TABLES.get((id(policy), id(keys)))
-    if table is None or table.policy is not policy or table.keys is not keys:
-        if len(_TABLES) >= _TABLES_LIMIT:
-            _TABLES.clear()  # a reload, or replays: old policies are not kept alive
-        table = _TABLES[(id(policy), id(keys))] = _Table(policy, keys)
-    return table
-
-
-def clear_memo() -> None:
-    """Forget every memoised decision (tests; nothing else needs it: the memo is exact)."""
-    _TABLES.clear()
 _ALL_BUT_ID = attrgetter(*(f.name for f in fields(Decision)[1:]))  # Decision's fields after ``decision_id``
 assert fields(Decision)[0].name == "decision_id"
-
-
-def _shape(request: CallRequest, policy: Policy, now: datetime) -> _Shape:
-    kind = request.kind
-    tool = request.qualified_tool
-    since, until = _NEVER, _FOREVER
-    conditional: list[CompiledRule] | None = [] if kind in TARGET_KINDS else None
-    if conditional is None:
-        return _Shape(since, until, None)
-    for candidate in policy.compiled.candidates(request.model, tool, kind):
-        allow, deny, _ = candidate.patterns(kind)
-        if not (
-            (allow is not None and allow.fullmatch(tool) is not None)
-            or (deny is not None and deny.fullmatch(tool) is not None)
-            or (kind == "tool" and candidate.ask is not None and candidate.ask.fullmatch(tool) is not None)
-        ):
-            continue  # a tool mismatch says the same whatever the arguments and the moment
-        rule = candidate.rule
-        if rule.expires is not None:
-            if now >= rule.expires:
-                since = max(since, rule.expires)
-                continue  # expired: its conditions are not consulted
-            until = min(until, rule.expires)
-        if rule.reason is not None and _reads_arguments(rule.reason):
-            conditional = None
-        elif candidate.conditions and conditional is not None:
-            conditional.append(candidate)
-    return _Shape(since, until, None if conditional is None else tuple(conditional))
-
-
-def _reads_arguments(template: str) -> bool:
-    return any(name.startswith("args.") for name in _PLACEHOLDER.findall(template))
 
 
 def _outcome(candidate: CompiledRule, arguments: Mapping[str, Any]) -> tuple[int, str | None]:

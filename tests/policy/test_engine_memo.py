@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import policy.engine as engine
+import policy.memo as memo
 from policy import CallRequest, Policy, PolicySettings, Rule, SessionRisk, evaluate
 from policy.decision import Decision
 
@@ -109,13 +110,13 @@ def _session(level: float) -> SessionRisk | None:
 
 @pytest.fixture(autouse=True)
 def _empty_memo() -> None:
-    engine.clear_memo()
+    memo.clear_memo()
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(policies, sequences())
 def test_every_decision_equals_the_full_procedure(policy: Policy, sequence: list[Any]) -> None:
-    engine.clear_memo()
+    memo.clear_memo()
     for index, (model, target, args, schema, moment, level) in enumerate(sequence):
         request = _request(model, target, args, schema)
         decision_id = f"d{index}"
@@ -131,7 +132,7 @@ def test_a_repeated_call_is_answered_from_the_memo_with_its_own_id() -> None:
     second = evaluate(CallRequest("a", "s", "x", {"p": "two"}), policy, KEYS, now=NOW, decision_id="d2")
     assert (first.allowed, second.allowed) == (True, True)
     assert second.decision_id == "d2" and first.decision_id == "d1"
-    (table,) = engine._TABLES.values()
+    (table,) = memo.TABLES.values()
     (shape,) = table.shapes.values()
     assert len(shape.decisions) == 1  # the second came from it
     assert isinstance(second, Decision)
@@ -156,16 +157,16 @@ def test_a_reason_quoting_the_arguments_is_never_memoised() -> None:
     one = evaluate(CallRequest("a", "s", "x", {"p": "alpha"}), policy, KEYS, now=NOW)
     two = evaluate(CallRequest("a", "s", "x", {"p": "beta"}), policy, KEYS, now=NOW)
     assert "alpha" in one.reason and "beta" in two.reason
-    assert all(shape.conditional is None for table in engine._TABLES.values() for shape in table.shapes.values())
+    assert all(shape.conditional is None for table in memo.TABLES.values() for shape in table.shapes.values())
 
 
 def test_the_memo_stays_bounded_whatever_the_targets(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine, "_DECISIONS_PER_TABLE", 5)
+    monkeypatch.setattr(memo, "DECISIONS_PER_TABLE", 5)
     policy = Policy.from_rules((Rule.build(id="open", models=["a"], allow_resources=["file:///*"]),), PolicySettings())
     for index in range(40):  # resource URIs are the caller's to choose
         uri = f"file:///{index}"
         decision = evaluate(CallRequest("a", "s", uri, {"uri": uri}, kind="resource"), policy, KEYS, now=NOW)
         assert decision == engine._evaluate_uncached(CallRequest("a", "s", uri, {"uri": uri}, kind="resource"),
                                                      policy, KEYS, NOW, None, decision.decision_id)
-    (table,) = engine._TABLES.values()
+    (table,) = memo.TABLES.values()
     assert table.stored <= 5 and sum(len(shape.decisions) for shape in table.shapes.values()) <= 5
