@@ -213,7 +213,7 @@ def _evaluate(
     session: SessionRisk | None,
     decision_id: str,
 ) -> Decision:
-    """The decision, from :data:`_MEMO` when an earlier call settled the same question (see :class:`_Memo`)."""
+    """The decision, from the memo (:mod:`policy.memo`) when an earlier call settled the same question."""
     now = _utc(now_in)
     arguments = request.arguments
 
