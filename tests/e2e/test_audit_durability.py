@@ -75,6 +75,26 @@ def upstream_calls(site: Site) -> list[str]:
 
 
 @pytest.mark.parametrize("mode", MODES)
+def start_gateway(site: Site) -> subprocess.Popen[bytes]:
+    """``securegateway run`` on ``site``, as a real process (killed by the tests, not stopped)."""
+    return subprocess.Popen(cli("run", "--config", str(site.config_path)), cwd=ROOT, env=gateway_env(),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def until_listening(site: Site, gateway: subprocess.Popen[bytes]) -> None:
+    """Return once a client can list tools through ``gateway``; fail if it exits first."""
+    assert site.url is not None
+    with anyio.fail_after(60):
+        while True:
+            try:
+                async with connect(site.url, GPT_KEY) as client:
+                    await client.list_tools()
+                return
+            except Exception:
+                assert gateway.poll() is None, "the gateway exited before listening"
+                await anyio.sleep(0.1)
+
+
 async def test_a_reply_reaches_the_client_only_once_its_decision_is_durable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
 ) -> None:
@@ -194,20 +214,11 @@ async def test_a_gateway_killed_while_a_call_runs_upstream_leaves_its_decision_i
         upstreams=[("search", [sys.executable, "-m", "tests.e2e.signal_server", str(marker)])],
         policy="rules:\n  - id: hang\n    model: gpt-4o\n    allow_tools: [search.hang]\n",
     )
-    gateway = subprocess.Popen(cli("run", "--config", str(site.config_path)), cwd=ROOT, env=gateway_env(),
-                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    gateway = start_gateway(site)
     upstream_pid: int | None = None
     try:
+        await until_listening(site, gateway)
         assert site.url is not None
-        with anyio.fail_after(60):
-            while True:
-                try:
-                    async with connect(site.url, GPT_KEY) as client:
-                        await client.list_tools()
-                    break
-                except Exception:
-                    assert gateway.poll() is None, "the gateway exited before listening"
-                    await anyio.sleep(0.1)
         outcome: list[Any] = []
 
         async def call() -> None:
@@ -256,26 +267,10 @@ async def test_a_gateway_killed_mid_burst_leaves_every_executed_and_answered_cal
     decision event; the log verifies as it was left, and again after the gateway reopens it."""
     site = durable_site(tmp_path / "site", mode)
 
-    def start() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(cli("run", "--config", str(site.config_path)), cwd=ROOT, env=gateway_env(),
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    async def until_listening(gateway: subprocess.Popen[bytes]) -> None:
-        assert site.url is not None
-        with anyio.fail_after(60):
-            while True:
-                try:
-                    async with connect(site.url, GPT_KEY) as client:
-                        await client.list_tools()
-                    return
-                except Exception:
-                    assert gateway.poll() is None, "the gateway exited before listening"
-                    await anyio.sleep(0.1)
-
-    gateway = start()
+    gateway = start_gateway(site)
     answered: list[str] = []  # decision ids of the replies that reached a caller
     try:
-        await until_listening(gateway)
+        await until_listening(site, gateway)
 
         async def caller(n: int) -> None:
             with contextlib.suppress(Exception):  # the connection dies with the gateway
@@ -304,9 +299,9 @@ async def test_a_gateway_killed_mid_burst_leaves_every_executed_and_answered_cal
     assert set(answered) <= set(logged)  # no caller saw a reply whose decision is not in the log
     report = verify_log(site.audit_path)
     assert report.ok, report
-    gateway = start()  # reopening: recovery (a torn tail, a sidecar behind) and then carrying on
+    gateway = start_gateway(site)  # reopening: recovery (a torn tail, a sidecar behind) and then carrying on
     try:
-        await until_listening(gateway)
+        await until_listening(site, gateway)
         async with connect(site.url, GPT_KEY) as client:
             assert not (await client.call_tool("calendar.record", {"note": "after"})).is_error
     finally:
