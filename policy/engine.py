@@ -216,11 +216,7 @@ def _evaluate(
     """The decision, from the memo (:mod:`policy.memo`) when an earlier call settled the same question."""
     now = _utc(now_in)
     arguments = request.arguments
-
-    # 1. Checks that describe the call.
-    findings = scan_value(arguments, "arguments") + request.findings
-    schema = check_arguments(request.input_schema, arguments)
-    session_score = session.score(now.timestamp()) if session is not None else 0.0
+    findings, schema, session_score = _checks(request, now, session)
     if findings or session_score >= _SESSION_FLOOR or schema.status not in memo.PLAIN_SCHEMA:
         return _decide(request, policy, keys, now, findings, schema, session_score, decision_id)
     table = memo.table_of(policy, keys)
@@ -269,10 +265,17 @@ def _evaluate_uncached(
 ) -> Decision:
     """:func:`_evaluate` without the memo: the reference it is tested against."""
     now = _utc(now_in)
+    return _decide(request, policy, keys, now, *_checks(request, now, session), decision_id)
+
+
+def _checks(
+    request: CallRequest, now: datetime, session: SessionRisk | None
+) -> tuple[tuple[Finding, ...], SchemaCheck, float]:
+    """1. The checks that describe the call: argument findings, the schema check, the session's risk."""
     findings = scan_value(request.arguments, "arguments") + request.findings
     schema = check_arguments(request.input_schema, request.arguments)
     session_score = session.score(now.timestamp()) if session is not None else 0.0
-    return _decide(request, policy, keys, now, findings, schema, session_score, decision_id)
+    return findings, schema, session_score
 
 
 def _decide(
