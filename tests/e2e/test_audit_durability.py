@@ -74,7 +74,6 @@ def upstream_calls(site: Site) -> list[str]:
     return site.marker.read_text().splitlines() if site.marker.exists() else []
 
 
-@pytest.mark.parametrize("mode", MODES)
 def start_gateway(site: Site) -> subprocess.Popen[bytes]:
     """``securegateway run`` on ``site``, as a real process (killed by the tests, not stopped)."""
     return subprocess.Popen(cli("run", "--config", str(site.config_path)), cwd=ROOT, env=gateway_env(),
@@ -95,6 +94,7 @@ async def until_listening(site: Site, gateway: subprocess.Popen[bytes]) -> None:
                 await anyio.sleep(0.1)
 
 
+@pytest.mark.parametrize("mode", MODES)
 async def test_a_reply_reaches_the_client_only_once_its_decision_is_durable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
 ) -> None:
