@@ -48,8 +48,8 @@ import ahocorasick_rs
 
 from .runs import char_offsets
 
-__all__ = ["RULES", "W_REFERENCE", "InjectionHit", "Rule", "alt_reference", "find_injections", "ignore_english",
-           "spaced_anchor_seen"]
+__all__ = ["RULES", "W_REFERENCE", "InjectionHit", "Rule", "alt_reference", "anchor_hits", "byte_hits", "char_hits",
+           "find_injections", "ignore_english", "spaced_anchor_seen"]
 
 _AFTER = 320  # how far past its anchor a rule's match may end (see _REACH)
 
@@ -511,7 +511,17 @@ def anchor_hits(folded: str, data: bytes | None = None) -> list[tuple[int, int, 
     """
     if data is None:
         data = folded.encode("utf-8", "surrogatepass")  # JSON may carry lone surrogates
+    return char_hits(folded, data, byte_hits(data))
+
+
+def byte_hits(data: bytes) -> list[tuple[int, int, int]]:
+    """:func:`anchor_hits` in byte offsets of the UTF-8 ``data`` (empty: no rule can match)."""
     hits: list[tuple[int, int, int]] = _AUTOMATON.find_matches_as_indexes(data, overlapping=True)
+    return hits
+
+
+def char_hits(folded: str, data: bytes, hits: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """:func:`byte_hits` of ``data`` (``folded`` in UTF-8) mapped to character offsets."""
     if not hits or len(data) == len(folded):
         return hits
     # Only starts are mapped: a hit's bytes are its anchor's, so it ends len(anchor) characters on.

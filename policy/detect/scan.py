@@ -5,13 +5,16 @@
 and, for high-severity ones, denials. It is on the hot path of every call and of every
 result, so the common case is cheap:
 
+* the strings of a plain JSON value are gathered without their paths
+  (:func:`~policy.detect.strings.plain_texts`); paths are built only for a string with a
+  finding, and the findings are made path-free and placed afterwards (:func:`_placed`);
 * all strings of one value are joined (:data:`SEP`) and each detector makes one pass over
   the joined text, so the fixed cost of a pass is paid once per value;
+* the PRESCREEN below answers "nothing" for most payloads after one automaton pass;
 * injection: the text is folded (:mod:`policy.detect.normalize`; for ASCII one
   ``bytes.translate``), one Aho-Corasick pass finds every anchor of every rule, and only
   rules with an anchor present run their expression, near that anchor
-  (:mod:`policy.detect.injection`); a large ASCII text in which the pass finds no anchor
-  of either detector costs nothing more;
+  (:mod:`policy.detect.injection`);
 * hidden Unicode is all non-ASCII, so ``str.isascii()`` (a C loop) skips that check for
   most strings (:mod:`policy.detect.unicode`);
 * secrets come from :mod:`policy.detect.secrets`, over the same lower-cased text;
@@ -19,6 +22,24 @@ result, so the common case is cheap:
   its own, once per distinct content: its path-free findings are remembered
   (:mod:`policy.detect.memo`), so a result that repeats an argument, or carries the same
   text twice, costs a compare.
+
+PRESCREEN -- the joined text has no finding when
+
+* (ASCII text) the joint automaton (:mod:`policy.detect.anchors`) finds no anchor of either
+  detector in its folded bytes; or
+* (other text) the injection automaton finds no anchor in its folded bytes, no string holds
+  a hidden-Unicode candidate character (:func:`~policy.detect.unicode.may_hide`) and no
+  secret anchor occurs in it as the secret scanners read it
+  (:func:`~policy.detect.secrets.secret_anchor_seen`).
+
+Each negative implies every detector's negative: an injection rule is only ever tried at
+one of its anchors' occurrences; every secret scanner's match starts at one of its anchors
+in the lower-cased text (:data:`~policy.detect.secrets.ANCHORS`), which folding keeps at
+the same offset (none holds a leetspeak character); every hidden-Unicode span is a
+candidate character, and ASCII text has none. :func:`reference_scan` takes no shortcut
+(general walk, every detector's own full pass, no memo); tests/policy/detect/
+test_prescreen.py checks that both give the same findings on generated payloads, and that
+a prescreen missing any one trigger does not.
 
 One finding is reported per (code, kind) per string, at its first occurrence. Excerpts are
 short, show hidden characters as ``\\uXXXX`` escapes and never contain a secret.
@@ -28,19 +49,20 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_right
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from .anchors import anchor_pass
+from .anchors import joint_hits, split_hits
 from .finding import Finding
-from .injection import anchor_hits, find_injections, spaced_anchor_seen
+from .injection import anchor_hits, byte_hits, char_hits, find_injections, spaced_anchor_seen
 from .memo import MEMO_FROM, ScanMemo
 from .normalize import VIEW_SEP, despace, fold, fold_ascii, fold_bytes
 from .runs import Layout, text_layout
-from .secrets import SecretHit, find_secrets
-from .unicode import hidden_spans
+from .secrets import SecretHit, find_secrets, secret_anchor_seen
+from .strings import plain_texts, value_strings
+from .unicode import hidden_spans, may_hide
 
-__all__ = ["MAX_FINDINGS", "MEMO", "SEP", "scan_strings", "scan_text", "scan_value", "value_strings"]
+__all__ = ["MAX_FINDINGS", "MEMO", "SEP", "reference_scan", "scan_strings", "scan_text", "scan_value", "value_strings"]
 
 MAX_FINDINGS = 200
 _CONTEXT = 24
@@ -88,64 +110,6 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-_SCALARS = (int, float, bool, type(None))
-
-
-def _strings(value: Any, path: str) -> tuple[list[str], list[str]]:
-    """Paths and texts of every non-empty string in ``value``, in document order (iterative)."""
-    paths: list[str] = []
-    texts: list[str] = []
-    if type(value) is dict:  # the usual arguments object: flat, strings and numbers
-        prefix = f"{path}." if path else ""
-        for key, item in value.items():
-            kind = type(item)
-            if kind is str:
-                if item:
-                    paths.append(f"{prefix}{key}")
-                    texts.append(item)
-            elif kind not in _SCALARS:
-                paths.clear()
-                texts.clear()
-                break  # nested: walk it in document order below
-        else:
-            return paths, texts
-    stack: list[tuple[Any, str]] = [(value, path)]
-    seen: set[int] = set()
-    while stack:
-        current, where = stack.pop()
-        kind = type(current)
-        if kind is str:
-            if current:
-                paths.append(where)
-                texts.append(current)
-        elif kind in _SCALARS:
-            continue
-        elif isinstance(current, str):
-            if current:
-                paths.append(where)
-                texts.append(str(current))
-        elif isinstance(current, Mapping):
-            if id(current) in seen:
-                continue
-            seen.add(id(current))
-            prefix = f"{where}." if where else ""
-            entries = [(item, f"{prefix}{key}") for key, item in current.items()]
-            entries.reverse()
-            stack.extend(entries)
-        elif isinstance(current, list | tuple):
-            if id(current) in seen:
-                continue
-            seen.add(id(current))
-            stack.extend([(current[index], f"{where}[{index}]") for index in range(len(current) - 1, -1, -1)])
-    return paths, texts
-
-
-def value_strings(value: Any, path: str = "") -> tuple[list[str], list[str]]:
-    """Paths and texts of every non-empty string in ``value``, in document order: what
-    :func:`scan_value` scans (and the classifier scores)."""
-    return _strings(value, path)
-
-
 def _starts(texts: Sequence[str]) -> list[int]:
     starts: list[int] = []
     cursor = 0
@@ -183,15 +147,18 @@ def _folded_secrets(folded: str, original: str, hits: Sequence[SecretHit], lo: i
 
 
 class _Scan:
-    """One value's strings scanned as one text; findings gathered per string."""
+    """One value's strings scanned as one text; findings gathered per string, without their
+    paths (the caller places them: :func:`_placed`)."""
 
     def __init__(
-        self, paths: list[str], texts: list[str], text: str, lowered: str, starts: list[list[int]] | None = None
+        self, texts: list[str], text: str, lowered: str, starts: list[list[int]] | None = None, secrets: bool = True
     ) -> None:
-        self.paths, self.texts, self.text = paths, texts, text
+        self.texts, self.text = texts, text
         self.starts = _starts(texts)
         self.findings: list[list[Finding]] = [[] for _ in texts]
         self.secrets: list[list[SecretHit]] = [[] for _ in texts]
+        if not secrets:  # no anchor of any secret scanner: find_secrets would find nothing
+            return
         for hit in find_secrets(text, lowered=lowered or None, starts=starts):
             index = bisect_right(self.starts, hit.start) - 1
             base, end = self.starts[index], self.starts[index] + len(texts[index])
@@ -229,7 +196,7 @@ class _Scan:
             secrets = _folded_secrets(folded, self.texts[index], self.secrets[index], w_lo, w_hi)
             excerpt = _excerpt(folded[w_lo:w_hi], start - w_lo, end - w_lo, secrets)
             excerpt = ("…" if w_lo > lo and not excerpt.startswith("…") else "") + excerpt
-        self.findings[index].append(Finding("prompt_injection", kind, self.paths[index], excerpt, severity))
+        self.findings[index].append(Finding("prompt_injection", kind, "", excerpt, severity))
 
     def hidden(self, layouts: Sequence[Layout | None]) -> None:
         for index, text in enumerate(self.texts):
@@ -243,7 +210,7 @@ class _Scan:
                 reported.add(kind)
                 excerpt = _excerpt(text, start, end, self.secrets[index])
                 severity = _HIDDEN_SEVERITY.get(kind, "medium")
-                self.findings[index].append(Finding("hidden_unicode", kind, self.paths[index], excerpt, severity))
+                self.findings[index].append(Finding("hidden_unicode", kind, "", excerpt, severity))
 
     def secret_findings(self) -> None:
         for index, hits in enumerate(self.secrets):
@@ -253,11 +220,9 @@ class _Scan:
                     reported.add(hit.kind)
                     excerpt = _excerpt(self.texts[index], hit.start, hit.end, hits)
                     severity = "high" if hit.kind in _HIGH_SECRETS else "medium"
-                    self.findings[index].append(Finding("secret", hit.kind, self.paths[index], excerpt, severity))
+                    self.findings[index].append(Finding("secret", hit.kind, "", excerpt, severity))
 
 
-_QUICK_LIMIT = 4096
-_JOINT_FROM = 512  # plain texts this long: one automaton pass for injections and secrets (anchors.py)
 MEMO = ScanMemo()
 """Findings of large strings by content (see :mod:`policy.detect.memo`)."""
 
@@ -266,20 +231,44 @@ def scan_value(value: Any, path: str = "") -> tuple[Finding, ...]:
     """Findings in every string nested anywhere in ``value`` (dict values, list items).
 
     Paths look like ``arguments.query`` or ``content[0].text``. Iterative, so arbitrarily deep
-    JSON cannot exhaust the stack; at most MAX_FINDINGS are returned.
+    JSON cannot exhaust the stack; at most MAX_FINDINGS are returned. The same findings as
+    :func:`reference_scan`, which takes none of the shortcuts.
     """
-    paths, texts = _strings(value, path)
+    texts = plain_texts(value)
+    if texts is None:  # not plain JSON data (tuples, other mappings, str subclasses, shared containers)
+        paths, texts = value_strings(value, path)
+        if not texts:
+            return ()
+        return scan_strings(paths, texts, MEMO)
+    # Plain data: the texts first, and the paths (strings.py: of the same texts, in the same
+    # order) only when one of them has a finding.
     if not texts:
         return ()
-    if max(map(len, texts)) < MEMO_FROM:  # the usual arguments: small strings, scanned joined
-        return _flat(_scan_joined(paths, texts))
-    return scan_strings(paths, texts, MEMO)
+    text = texts[0] if len(texts) == 1 else SEP.join(texts)
+    if len(text) < MEMO_FROM:  # the usual payload: small strings, scanned joined
+        per = _scan_joined(texts, text)
+        return () if per is None else _placed(per, value_strings(value, path)[0])
+    return scan_strings(value_strings(value, path)[0], texts, MEMO)
 
 
-def _flat(per_string: list[list[Finding]] | None) -> tuple[Finding, ...]:
-    if per_string is None:
+def reference_scan(value: Any, path: str = "") -> tuple[Finding, ...]:
+    """:func:`scan_value` without its shortcuts: the general walk, every string scanned in one
+    joined text by each detector's own full pass, no early return and no memo. What the
+    tests hold the shortcuts to (tests/policy/detect/test_prescreen.py)."""
+    paths, texts = value_strings(value, path)
+    if not texts:
         return ()
-    findings = [finding for found in per_string for finding in found]
+    per = _scan_joined(texts, screen=False)
+    return () if per is None else _placed(per, paths)
+
+
+def _placed(per_string: list[list[Finding]], paths: list[str]) -> tuple[Finding, ...]:
+    """Each string's path-free findings at its path, in document order, at most MAX_FINDINGS."""
+    findings = [
+        Finding(f.code, f.kind, where, f.excerpt, f.severity)
+        for where, found in zip(paths, per_string, strict=True)
+        for f in found
+    ]
     return tuple(findings[:MAX_FINDINGS])
 
 
@@ -294,63 +283,76 @@ def scan_strings(
     strings.
     """
     if max(map(len, texts)) < memo_from:
-        return _flat(_scan_joined(paths, texts))
-    large = [index for index, text in enumerate(texts) if len(text) >= memo_from]
+        joined = _scan_joined(texts)
+        return () if joined is None else _placed(joined, paths)
     per: list[list[Finding]] = [[] for _ in texts]
     small = [index for index, text in enumerate(texts) if len(text) < memo_from]
     if small:
-        joined = _scan_joined([paths[i] for i in small], [texts[i] for i in small])
-        for index, found in zip(small, joined or [[] for _ in small], strict=True):
-            per[index] = found
+        found = _scan_joined([texts[i] for i in small])
+        for index, own in zip(small, found or [[] for _ in small], strict=True):
+            per[index] = own
     # Without a memo, a call's own one still scans the same text twice in one value only once
     # (content + structuredContent).
     memo = memo if memo is not None else ScanMemo()
-    for index in large:
-        text = texts[index]
+    for index, text in enumerate(texts):
+        if len(text) < memo_from:
+            continue
         bare = memo.get(text)
         if bare is None:
-            alone = _scan_joined([""], [text])
+            alone = _scan_joined([text])
             bare = tuple(alone[0]) if alone is not None else ()
             memo.put(text, bare)
-        where = paths[index]
-        per[index] = [Finding(f.code, f.kind, where, f.excerpt, f.severity) for f in bare]
-    findings = [finding for per_string in per for finding in per_string]
-    return tuple(findings[:MAX_FINDINGS])
+        per[index] = list(bare)
+    return _placed(per, paths)
 
 
-def _scan_joined(paths: list[str], texts: list[str]) -> list[list[Finding]] | None:
-    """Each string's findings, all strings scanned as one joined text (None: nothing found)."""
-    text = texts[0] if len(texts) == 1 else SEP.join(texts)
+def _scan_joined(texts: list[str], text: str | None = None, screen: bool = True) -> list[list[Finding]] | None:
+    """Each string's path-free findings, all strings scanned as one joined text (``text``:
+    the join, when the caller has it); None when there are none.
+
+    ``screen`` (the default) returns None as soon as no detector can find anything, the
+    PRESCREEN of the module docstring, and hands each detector the anchors already found;
+    without it every detector makes its own full pass (:func:`reference_scan`).
+    """
+    if text is None:
+        text = texts[0] if len(texts) == 1 else SEP.join(texts)
     plain = text.isascii()
     lowered = ""  # find_secrets lowers its ASCII copy of other text
     layouts: list[Layout | None] = []
     hits: list[tuple[int, int, int]] | None = None
     secret_starts: list[list[int]] | None = None
+    secrets = True
     if plain:
         data = fold_ascii(text)
-        if len(text) >= _JOINT_FROM:
-            hits, secret_starts = anchor_pass(data)  # one automaton pass for both detectors
-            if not hits and not any(secret_starts):
-                return None  # no anchor of either detector, so nothing to verify: the usual large text
+        if screen:
+            joint = joint_hits(data)  # one automaton pass for both detectors (anchors.py)
+            if not joint:
+                return None  # PRESCREEN (ASCII): no anchor of either detector, nothing to verify
+            hits, secret_starts = split_hits(joint)
+            secrets = secret_starts is not None
         lowered = text.lower()
         folded, fold_starts = data.decode("ascii"), None
-        quick = hits is None and len(text) <= _QUICK_LIMIT
-        if quick and not anchor_hits(folded, data) and not find_secrets(text, lowered=lowered):
-            return None  # the common case: short, plain, nothing to report
     else:
         # Each string encoded once; its layout (where its non-ASCII runs are) is shared by
         # folding and the hidden-Unicode check.
         layouts = [None if t.isascii() else text_layout(t) for t in texts]
         encoded = [fold_bytes(t, layout) for t, layout in zip(texts, layouts, strict=True)]
         data = _SEP_BYTES.join(encoded)
+        raw = byte_hits(data) if screen else None
+        if screen:
+            secrets = secret_anchor_seen(text)
+            if not raw and not secrets and not any(layout is not None and may_hide(layout.data) for layout in layouts):
+                return None  # PRESCREEN (other text): no anchor of either detector, no hidden candidate
         parts = [part.decode("utf-8", "surrogatepass") for part in encoded]
         folded, fold_starts = SEP.join(parts), _starts(parts)
-    scan = _Scan(paths, texts, text, lowered, secret_starts)
+        if raw is not None:
+            hits = char_hits(folded, data, raw)
+    scan = _Scan(texts, text, lowered, secret_starts, secrets)
     scan.injections(folded, fold_starts or scan.starts, data, hits)
     if not plain:
         scan.hidden(layouts)
     scan.secret_findings()
-    return scan.findings
+    return scan.findings if any(scan.findings) else None
 
 
 def scan_text(text: str, path: str = "") -> list[Finding]:

@@ -38,7 +38,8 @@ import ahocorasick_rs
 
 from .literal import LiteralSearch
 
-__all__ = ["ANCHORS", "SECRET_KINDS", "SecretHit", "find_secrets", "mask_hits", "mask_secrets", "scanner_starts"]
+__all__ = ["ANCHORS", "SECRET_KINDS", "SecretHit", "find_secrets", "mask_hits", "mask_secrets", "scanner_starts",
+           "secret_anchor_seen"]
 
 
 @dataclass(frozen=True)
@@ -272,6 +273,13 @@ ANCHORS: tuple[str, ...] = _ANCHOR_LIST
 """Every scanner's anchors (lower-case ASCII, none with a leetspeak digit or ``$``): a match
 of any scanner starts at an occurrence of one of them in the lower-cased text."""
 assert not any(set(anchor) & set("013457$") for anchor in ANCHORS), "anchors must survive leetspeak folding"
+
+
+def secret_anchor_seen(text: str) -> bool:
+    """Whether an anchor of any scanner occurs in ``text`` as :func:`find_secrets` searches it
+    (lower-cased, each non-ASCII character a ``?``). False implies ``find_secrets(text) == []``:
+    every match of every scanner starts at one of its anchors (:data:`ANCHORS`)."""
+    return bool(_AUTOMATON.find_matches_as_indexes(text.encode("ascii", "replace").lower(), overlapping=True))
 
 
 def scanner_starts(hits: Iterable[tuple[int, int, int]], first: int = 0) -> list[list[int]]:

@@ -40,7 +40,7 @@ import unicodedata
 
 from .runs import SCAN_FROM, Layout, bytes_scanner, char_offsets, text_layout
 
-__all__ = ["CANDIDATES", "hidden_spans", "strip_hidden"]
+__all__ = ["CANDIDATES", "hidden_spans", "may_hide", "strip_hidden"]
 
 CANDIDATES = re.compile(
     "[\u180e\u200b-\u200d\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff\ufe00-\ufe0f"
@@ -57,6 +57,12 @@ _CANDIDATE_SCAN = bytes_scanner(_CANDIDATE_BYTES)
 
 def _candidate_search(data: bytes) -> object:
     return (_CANDIDATE_SCAN if len(data) >= SCAN_FROM else _CANDIDATE_BYTES).search(data)
+
+
+def may_hide(data: bytes) -> bool:
+    """Whether the UTF-8 ``data`` holds any :data:`CANDIDATES` character. False implies that
+    :func:`hidden_spans` of its text finds nothing: every span it reports is a candidate."""
+    return _candidate_search(data) is not None
 
 
 _ZERO_WIDTH_CHARS = frozenset("\u200b\u200c\u200d\u2060\ufeff\u180e")
