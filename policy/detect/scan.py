@@ -27,10 +27,10 @@ PRESCREEN -- the joined text has no finding when
 
 * (ASCII text) the joint automaton (:mod:`policy.detect.anchors`) finds no anchor of either
   detector in its folded bytes; or
-* (other text) the injection automaton finds no anchor in its folded bytes, no string holds
-  a hidden-Unicode candidate character (:func:`~policy.detect.unicode.may_hide`) and no
-  secret anchor occurs in it as the secret scanners read it
-  (:func:`~policy.detect.secrets.secret_anchor_seen`).
+* (other text, shorter than 512 characters) the injection automaton finds no anchor in its
+  folded bytes, no string holds a hidden-Unicode candidate character
+  (:func:`~policy.detect.unicode.may_hide`) and no secret anchor occurs in it as the secret
+  scanners read it (:func:`~policy.detect.secrets.secret_anchor_seen`).
 
 Each negative implies every detector's negative: an injection rule is only ever tried at
 one of its anchors' occurrences; every secret scanner's match starts at one of its anchors
@@ -223,6 +223,7 @@ class _Scan:
                     self.findings[index].append(Finding("secret", hit.kind, "", excerpt, severity))
 
 
+_UNICODE_SCREEN_BELOW = 512
 MEMO = ScanMemo()
 """Findings of large strings by content (see :mod:`policy.detect.memo`)."""
 
@@ -244,11 +245,10 @@ def scan_value(value: Any, path: str = "") -> tuple[Finding, ...]:
     # order) only when one of them has a finding.
     if not texts:
         return ()
-    text = texts[0] if len(texts) == 1 else SEP.join(texts)
-    if len(text) < MEMO_FROM:  # the usual payload: small strings, scanned joined
-        per = _scan_joined(texts, text)
-        return () if per is None else _placed(per, value_strings(value, path)[0])
-    return scan_strings(value_strings(value, path)[0], texts, MEMO)
+    if (len(texts[0]) if len(texts) == 1 else max(map(len, texts))) >= MEMO_FROM:
+        return scan_strings(value_strings(value, path)[0], texts, MEMO)
+    per = _scan_joined(texts)  # the usual payload: small strings, scanned joined
+    return () if per is None else _placed(per, value_strings(value, path)[0])
 
 
 def reference_scan(value: Any, path: str = "") -> tuple[Finding, ...]:
@@ -306,16 +306,15 @@ def scan_strings(
     return _placed(per, paths)
 
 
-def _scan_joined(texts: list[str], text: str | None = None, screen: bool = True) -> list[list[Finding]] | None:
-    """Each string's path-free findings, all strings scanned as one joined text (``text``:
-    the join, when the caller has it); None when there are none.
+def _scan_joined(texts: list[str], screen: bool = True) -> list[list[Finding]] | None:
+    """Each string's path-free findings, all strings scanned as one joined text; None when
+    there are none.
 
     ``screen`` (the default) returns None as soon as no detector can find anything, the
     PRESCREEN of the module docstring, and hands each detector the anchors already found;
     without it every detector makes its own full pass (:func:`reference_scan`).
     """
-    if text is None:
-        text = texts[0] if len(texts) == 1 else SEP.join(texts)
+    text = texts[0] if len(texts) == 1 else SEP.join(texts)
     plain = text.isascii()
     lowered = ""  # find_secrets lowers its ASCII copy of other text
     layouts: list[Layout | None] = []
@@ -339,7 +338,9 @@ def _scan_joined(texts: list[str], text: str | None = None, screen: bool = True)
         encoded = [fold_bytes(t, layout) for t, layout in zip(texts, layouts, strict=True)]
         data = _SEP_BYTES.join(encoded)
         raw = byte_hits(data) if screen else None
-        if screen:
+        # Below _UNICODE_SCREEN_BELOW only: over a longer text the extra secret-anchor pass
+        # costs more than the fixed costs the early return saves.
+        if screen and len(text) < _UNICODE_SCREEN_BELOW:
             secrets = secret_anchor_seen(text)
             if not raw and not secrets and not any(layout is not None and may_hide(layout.data) for layout in layouts):
                 return None  # PRESCREEN (other text): no anchor of either detector, no hidden candidate
