@@ -97,19 +97,20 @@ def plain_texts(value: Any) -> list[str] | None:
             out.append(value)
         return out
     if kind is dict:
-        return out if _mapping(value, out, {id(value)}, 0) else None
+        return out if _mapping(value, out, None, 0) else None
     if kind is list:
-        return out if _items(value, out, {id(value)}, 0) else None
+        return out if _items(value, out, None, 0) else None
     if kind is int or kind is float or kind is bool or value is None:
         return out
     return None
 
 
 # The two loops differ only in what they iterate (values or items); each is written out
-# because a shared helper per item would cost a call per string.
+# because a shared helper per item would cost a call per string. ``seen`` holds the ids of
+# the containers met so far, made at the first level that has a nested one and passed down.
 
 
-def _mapping(value: dict[Any, Any], out: list[str], seen: set[int], depth: int) -> bool:
+def _mapping(value: dict[Any, Any], out: list[str], seen: set[int] | None, depth: int) -> bool:
     for item in value.values():
         kind = type(item)
         if kind is str:
@@ -118,6 +119,8 @@ def _mapping(value: dict[Any, Any], out: list[str], seen: set[int], depth: int) 
         elif kind is int or kind is bool or item is None or kind is float:
             continue
         elif kind is dict or kind is list:
+            if seen is None:  # the first nested container: a flat value needs no set
+                seen = {id(value)}
             key = id(item)
             if key in seen or depth == PLAIN_DEPTH:
                 return False
@@ -129,7 +132,7 @@ def _mapping(value: dict[Any, Any], out: list[str], seen: set[int], depth: int) 
     return True
 
 
-def _items(value: list[Any], out: list[str], seen: set[int], depth: int) -> bool:
+def _items(value: list[Any], out: list[str], seen: set[int] | None, depth: int) -> bool:
     for item in value:
         kind = type(item)
         if kind is str:
@@ -138,6 +141,8 @@ def _items(value: list[Any], out: list[str], seen: set[int], depth: int) -> bool
         elif kind is int or kind is bool or item is None or kind is float:
             continue
         elif kind is dict or kind is list:
+            if seen is None:  # the first nested container: a flat value needs no set
+                seen = {id(value)}
             key = id(item)
             if key in seen or depth == PLAIN_DEPTH:
                 return False

@@ -43,7 +43,7 @@ def same(value: Any) -> bool:
     return scan_value(value, "v") == reference_scan(value, "v")
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(payloads)
 def test_scan_value_finds_exactly_what_the_reference_scan_finds(value: Any) -> None:
     assert scan_value(value, "v") == reference_scan(value, "v")
@@ -102,10 +102,11 @@ def test_each_part_of_the_prescreen_lets_its_own_detector_through(value: Any, ki
 # ---- a broken prescreen is caught ---------------------------------------------------------------
 
 
-# The first counterexample is enough (no shrinking), searched for as long as the property
-# tests above search (a few hundred examples each), a few times over.
+# The first counterexample is enough (no shrinking); derandomized, so the search is the
+# same on every run. Measured over random seeds, each mutation below is caught within 2 to
+# ~600 examples (a single anchor takes the longest), so the property test runs 1000.
 _SEARCH = settings(max_examples=2000, deadline=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck),
-                   database=None)  # fmt: skip
+                   database=None, derandomize=True)  # fmt: skip
 
 
 def counterexample() -> Any:
