@@ -7,7 +7,9 @@ One concept per module:
 * :mod:`.unicode` -- hidden-Unicode smuggling vs legitimate uses; :func:`strip_hidden`;
 * :mod:`.secrets` -- credentials in free text; :func:`mask_secrets`;
 * :mod:`.literal` -- rarest-character literal search the secret patterns use;
-* :mod:`.scan` -- :func:`scan_value` over any JSON value (the hot path);
+* :mod:`.anchors` -- one automaton pass for both detectors' anchors over ASCII text;
+* :mod:`.strings` -- the strings of a JSON value: the general walk and the fast one;
+* :mod:`.scan` -- :func:`scan_value` over any JSON value (the hot path), its prescreen;
 * :mod:`.memo` -- findings of large strings remembered by content (scanned once);
 * :mod:`.tooldefs` -- :func:`scan_definition` for listed tools, prompts and templates;
 * :mod:`.finding` -- :class:`Finding` and :func:`describe_findings`.
