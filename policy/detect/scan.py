@@ -223,7 +223,7 @@ class _Scan:
                     self.findings[index].append(Finding("secret", hit.kind, "", excerpt, severity))
 
 
-_UNICODE_SCREEN_BELOW = 512
+_UNICODE_SCREEN_BELOW = 512  # characters: non-ASCII text this short gets the prescreen (see _scan_joined)
 MEMO = ScanMemo()
 """Findings of large strings by content (see :mod:`policy.detect.memo`)."""
 
