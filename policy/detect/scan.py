@@ -245,7 +245,11 @@ def scan_value(value: Any, path: str = "") -> tuple[Finding, ...]:
     # order) only when one of them has a finding.
     if not texts:
         return ()
-    if (len(texts[0]) if len(texts) == 1 else max(map(len, texts))) >= MEMO_FROM:
+    if len(texts) > 2:
+        small = max(map(len, texts)) < MEMO_FROM
+    else:  # the usual one or two strings: two len() calls cost a third of max(map(...))
+        small = len(texts[0]) < MEMO_FROM and len(texts[-1]) < MEMO_FROM
+    if not small:
         return scan_strings(value_strings(value, path)[0], texts, MEMO)
     per = _scan_joined(texts)  # the usual payload: small strings, scanned joined
     return () if per is None else _placed(per, value_strings(value, path)[0])
