@@ -271,17 +271,21 @@ def decision_event(
     given, is the :class:`~policy.decision.Decision` whose ``to_dict()`` ``decision`` is: see
     :func:`_clean_decision`.
     """
-    extra = dict(request or {})
-    extra.pop("arguments", None)
+    extra = dict(request) if request else {}
+    if "arguments" in extra:
+        del extra["arguments"]
     strings: list[str] = []
     try:
         arguments_value = _clean(arguments, strings, max_string_bytes, True)
         request_value = _clean_request(extra, strings, max_string_bytes) if extra else None
         decision_value = _clean_decision(decision, source, strings)
-        payload = _decision_payload(decision, extra, session_id, server, tool, arguments, latency_ms,
-                                    policy_version, arguments_value, decision_value, request_value, [])
-        for name in ("decision_id", "model", "session", "server", "tool", "policy_digest"):
-            item = payload[name]
+        decision_id = decision.get("decision_id") or extra.get("decision_id") or new_event_id()
+        model = decision.get("model") or extra.get("model")
+        policy_digest = decision.get("policy_digest") or extra.get("policy_digest")
+        # The payload's strings; the decision's id is in ``strings`` already when it is the payload's (the usual case).
+        own_id = decision_value.get("decision_id") if type(decision_value) is dict else None
+        for item in (model, session_id, server, tool, policy_digest) if decision_id is own_id else (
+                decision_id, model, session_id, server, tool, policy_digest):
             if isinstance(item, str):
                 strings.append(item)
             elif item is not None:
@@ -291,37 +295,21 @@ def decision_event(
         if isinstance(latency_ms, float) and not _tame(latency_ms):
             raise _NotClean
         if not strings_contain_secret_memo(strings):
-            return PlainEvent({"schema": SCHEMA, "event_id": new_event_id(), "type": "decision", **payload})
+            built = PlainEvent({
+                "schema": SCHEMA, "event_id": new_event_id(), "type": "decision", "decision_id": decision_id,
+                "model": model, "session": session_id, "server": server, "tool": tool, "arguments": arguments_value,
+                "arguments_digest": _plain_digest(arguments), "masked": [], "decision": decision_value,
+                "policy_digest": policy_digest, "policy_version": policy_version, "latency_ms": latency_ms,
+            })
+            if extra:
+                built["request"] = request_value
+            return built
     except _NotClean:
         pass
     return redacted_decision_event(
         decision=decision, session_id=session_id, server=server, tool=tool, arguments=arguments,
         latency_ms=latency_ms, policy_version=policy_version, request=request, max_string_bytes=max_string_bytes,
     )
-
-
-def _decision_payload(
-    decision: Mapping[str, Any], extra: Mapping[str, Any], session_id: str | None, server: str, tool: str,
-    arguments: Any, latency_ms: float, policy_version: int | None, arguments_value: Any, decision_value: Any,
-    request_value: Any, masked: list[str],
-) -> dict[str, Any]:
-    payload: dict[str, Any] = {
-        "decision_id": decision.get("decision_id") or extra.get("decision_id") or new_event_id(),
-        "model": decision.get("model") or extra.get("model"),
-        "session": session_id,
-        "server": server,
-        "tool": tool,
-        "arguments": arguments_value,
-        "arguments_digest": _plain_digest(arguments),
-        "masked": masked,
-        "decision": decision_value,
-        "policy_digest": decision.get("policy_digest") or extra.get("policy_digest"),
-        "policy_version": policy_version,
-        "latency_ms": latency_ms,
-    }
-    if extra:
-        payload["request"] = request_value
-    return payload
 
 
 def _plain_digest(arguments: Any) -> str:
