@@ -9,6 +9,7 @@ byte form and the hash are :mod:`policy.audit.event`'s.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import fields
 from operator import attrgetter, is_
@@ -19,6 +20,7 @@ import orjson
 from policy.audit.event import _ORJSON_OPTIONS, SCHEMA, PlainEvent, new_event_id
 from policy.decision import ApprovalRequirement, Counterfactual, Decision, TraceEntry
 from policy.detect import Finding
+from policy.detect.secrets import ANCHORS
 from policy.redact import (
     MAX_DEPTH,
     collect_strings,
@@ -187,17 +189,27 @@ assert fields(Decision)[0].name == "decision_id"
 _SCALARS = frozenset({str, bool, int, float, type(None)})
 
 
+# A decision id as policy.decision.new_decision_id makes it (32 lower-case hex digits) holds no secret, so it
+# needs no scan: every match of a secret scanner starts at one of its ANCHORS (policy.detect.secrets), and a
+# string of hex digits can hold only an anchor made of hex digits alone; it has no ``\\``, ``%`` or ``+``,
+# so no decoded view either. Decided at import from the anchors themselves (tests/policy/audit/test_event.py).
+_IDS_CLEAN = not any(set(anchor) <= set("0123456789abcdef") for anchor in ANCHORS)
+_HEX_ID = re.compile("[0-9a-f]{32}").fullmatch
+
+
 def _clean_decision(decision: Any, source: Decision | None, strings: list[str]) -> Any:
     """``_clean(decision, strings, None, False)`` for ``decision = source.to_dict()``; when every field of
     ``source`` but its id is one of a decision seen plain and secret-free before, ``decision`` is that
-    data with another id: only the id is added to ``strings`` (which only feed the secret scan)."""
+    data with another id: only the id is added to ``strings`` (which only feed the secret scan), and not
+    even the id when it is one the gateway made (:data:`_IDS_CLEAN`)."""
     if source is None or type(source) is not Decision:
         return _clean(decision, strings, None, False)
     decision_id = decision.get("decision_id") if type(decision) is dict else None
     rest = _ALL_BUT_ID(source)
     known = _PLAIN_DECISIONS.get(id(source.reasoning))
     if known is not None and type(decision_id) is str and all(map(is_, known, rest)):
-        strings.append(decision_id)
+        if not (_IDS_CLEAN and _HEX_ID(decision_id)):
+            strings.append(decision_id)
         return decision
     cleaned = _clean(decision, strings, None, False)
     own: list[str] = []
