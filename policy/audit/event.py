@@ -20,6 +20,7 @@ Errors::
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import math
@@ -27,6 +28,7 @@ import re
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 import orjson
@@ -311,7 +313,7 @@ def seal(slotted: Mapping[str, Any], *, tame: bool = False) -> tuple[str, bytes,
     except TypeError:
         return None
     if not out.isascii() or b"\x7f" in out:
-        return None
+        out = ascii_form(out)
     if not tame and (b'\\"' in out or _ODD_NUMBER.search(b"".join(out.split(b'"')[::2])) is not None):
         return None
     slot = out.index(b"\x00")
@@ -326,6 +328,33 @@ def seal(slotted: Mapping[str, Any], *, tame: bool = False) -> tuple[str, bytes,
         digest = hashlib.sha256(view[:start])
         digest.update(view[slot + 2 :] if out[slot + 1] == 0x2C else view[slot + 1 :])
     return "sha256:" + digest.hexdigest(), out, slot
+
+
+def _json_escape(error: UnicodeError) -> tuple[str, int]:
+    """The codec error handler of :func:`ascii_form`: a run of non-ASCII characters as ``json.dumps`` escapes it."""
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    return encode_basestring_ascii(error.object[error.start : error.end])[1:-1], error.end
+
+
+_JSON_ESCAPE = "securegateway.audit-json-escape"
+codecs.register_error(_JSON_ESCAPE, _json_escape)
+
+
+def ascii_form(out: bytes) -> bytes:
+    """orjson's UTF-8 ``out`` with DEL and every non-ASCII character written as ``json.dumps`` writes them.
+
+    Outside its string literals orjson writes only ASCII; inside them it escapes what ``json.dumps``
+    escapes below DEL (``"``, ``\\``, control characters, the same spellings: canonical_bytes' tests), and
+    writes the rest raw. Escaping those with the very function ``json.dumps(ensure_ascii=True)`` uses
+    (``\\uXXXX``, astral characters as surrogate pairs) gives the canonical form: keys sort alike, since
+    UTF-8's byte order is code-point order (property-tested against the reference). The ASCII encoder
+    hands each run of other characters to the escaper, so mostly-ASCII text costs little more than ASCII."""
+    if b"\x7f" in out:  # orjson writes DEL only inside a string, raw
+        out = out.replace(b"\x7f", b"\\u007f")
+    if out.isascii():
+        return out
+    return out.decode("utf-8").encode("ascii", _JSON_ESCAPE)
 
 
 def _sealed_reference(body: Mapping[str, Any]) -> tuple[str, bytes]:

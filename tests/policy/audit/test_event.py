@@ -645,3 +645,21 @@ def test_a_remembered_decision_with_gateway_made_ids_builds_the_full_redaction_e
                                   "request": {"input_schema": {"type": "object"}}}
         fast = decision_event(**kwargs, source=same)
         assert _comparable(fast) == _comparable(builder.redacted_decision_event(**kwargs))
+
+
+_any_text = st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=30)  # no lone surrogate
+
+
+@given(st.dictionaries(_any_text, st.recursive(
+    _any_text | st.integers(min_value=-(2**63), max_value=2**64 - 1) | st.booleans() | st.none(),  # orjson's ints
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(_any_text, children, max_size=3),
+    max_leaves=8), max_size=8))
+def test_an_event_with_any_unicode_is_written_by_orjson_in_the_reference_ascii_form(body: dict[str, Any]) -> None:
+    """Non-ASCII keys and text (accents, CJK, astral characters, U+2028, DEL): orjson's bytes, escaped as
+    ``json.dumps`` escapes them, are the reference line; no fall back to the reference encoder."""
+    from policy.audit.event import HASH_SLOT, seal
+
+    body.pop("hash", None)
+    reference = event_hash(body)
+    assert sealed_line(body, tame=True) == (reference, canonical_event({**body, "hash": reference}).encode() + b"\n")
+    assert seal({**body, "hash": HASH_SLOT}, tame=True) is not None
