@@ -43,10 +43,14 @@ COMMIT_YIELDS = 4
 """Loop turns the commit task lets pass before it syncs on the event loop: enough for a
 tools/call that just wrote its decision to reach the upstream's pipe (stdio), cheap next to
 the fsync."""
-AIO_COMMIT_YIELDS = 0
+AIO_COMMIT_YIELDS = 1
 """The same, when the flush goes through Linux AIO (proxy.audit.flush): the loop does not wait
-for the disk, so the flush is submitted at once (each loop turn costs CPU, measured in
-docs/audit.md); concurrent writers join the next batch while this one flushes."""
+for the disk, but ``io_submit`` itself can hold the loop thread (the kernel's flush work item
+preempts it on its own CPU: ~0.1 ms, ms on a busy machine), so it must come after the requests
+the batch's writers just forwarded. One turn is what that takes: a stdio forward is written
+before its writer yields, but an HTTP forward is sent by a task the HTTP client starts in the
+writer's turn (aiohttp's body writer, on Python 3.11), which runs in the next one - after a
+commit that did not yield. Concurrent writers join the next batch while this one flushes."""
 
 log = structlog.get_logger("securegateway.audit")
 
