@@ -12,7 +12,7 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import fields
-from operator import attrgetter, is_
+from operator import attrgetter
 from typing import Any
 
 import orjson
@@ -179,9 +179,11 @@ def _clean_request(extra: dict[str, Any], strings: list[str], limit: int) -> Any
     return extra if out is None else out
 
 
-# Decisions whose data the event builder found plain and secret-free, by the identity of every field
-# but the id (held, so the ids stay theirs), under the identity of their ``reasoning``: the engine's
-# memoised decisions (policy.engine) share all of them, so the usual call's decision is walked once.
+# Decisions whose data the event builder found plain and secret-free: every field but the id (held, so
+# the ids stay theirs), under the identity of their ``reasoning``. The engine's memoised decisions
+# (policy.engine) share all of them, so the usual call's decision is walked once; the fields are compared
+# as a tuple (identity first, as tuples compare, then equality: equal fields give an equal ``to_dict()``,
+# so the same verdict).
 _PLAIN_DECISIONS: dict[int, tuple[Any, ...]] = {}
 _PLAIN_DECISIONS_MAX = 1024
 _ALL_BUT_ID = attrgetter(*(f.name for f in fields(Decision)[1:]))
@@ -207,7 +209,7 @@ def _clean_decision(decision: Any, source: Decision | None, strings: list[str]) 
     decision_id = decision.get("decision_id") if type(decision) is dict else None
     rest = _ALL_BUT_ID(source)
     known = _PLAIN_DECISIONS.get(id(source.reasoning))
-    if known is not None and type(decision_id) is str and all(map(is_, known, rest)):
+    if known is not None and type(decision_id) is str and known == rest:
         if not (_IDS_CLEAN and _HEX_ID(decision_id)):
             strings.append(decision_id)
         return decision
@@ -296,15 +298,20 @@ def decision_event(
         policy_digest = decision.get("policy_digest") or extra.get("policy_digest")
         # The payload's strings; the decision's id is in ``strings`` already when it is the payload's (the usual case).
         own_id = decision_value.get("decision_id") if type(decision_value) is dict else None
-        for item in (model, session_id, server, tool, policy_digest) if decision_id is own_id else (
-                decision_id, model, session_id, server, tool, policy_digest):
-            if isinstance(item, str):
-                strings.append(item)
-            elif item is not None:
-                raise _NotClean
-        if not (policy_version is None or type(policy_version) is int) or not isinstance(latency_ms, int | float):
+        if (decision_id is own_id and type(model) is str and type(session_id) is str and type(server) is str
+                and type(tool) is str and type(policy_digest) is str):  # the usual payload: five plain strings
+            strings += (model, session_id, server, tool, policy_digest)
+        else:
+            for item in (model, session_id, server, tool, policy_digest) if decision_id is own_id else (
+                    decision_id, model, session_id, server, tool, policy_digest):
+                if isinstance(item, str):
+                    strings.append(item)
+                elif item is not None:
+                    raise _NotClean
+        if not (policy_version is None or type(policy_version) is int):
             raise _NotClean
-        if isinstance(latency_ms, float) and not _tame(latency_ms):
+        if not (type(latency_ms) is float and _tame(latency_ms)) and (
+                not isinstance(latency_ms, int | float) or (isinstance(latency_ms, float) and not _tame(latency_ms))):
             raise _NotClean
         if not strings_contain_secret_memo(strings):
             built = PlainEvent({
