@@ -298,14 +298,14 @@ def decision_event(
         policy_digest = decision.get("policy_digest") or extra.get("policy_digest")
         # The payload's strings; the decision's id is in ``strings`` already when it is the payload's (the usual case).
         own_id = decision_value.get("decision_id") if type(decision_value) is dict else None
-        if (decision_id is own_id and type(model) is str and type(session_id) is str and type(server) is str
-                and type(tool) is str and type(policy_digest) is str):  # the usual payload: five plain strings
+        if (decision_id is own_id and type(decision_id) is str and type(model) is str and type(session_id) is str
+                and type(server) is str and type(tool) is str and type(policy_digest) is str):  # the usual payload
             strings += (model, session_id, server, tool, policy_digest)
         else:
-            for item in (model, session_id, server, tool, policy_digest) if decision_id is own_id else (
-                    decision_id, model, session_id, server, tool, policy_digest):
+            for item in (decision_id, model, session_id, server, tool, policy_digest):
                 if isinstance(item, str):
-                    strings.append(item)
+                    if item is not own_id:  # the decision's own id was walked (or is a gateway-made one) already
+                        strings.append(item)
                 elif item is not None:
                     raise _NotClean
         if not (policy_version is None or type(policy_version) is int):

@@ -666,3 +666,16 @@ def test_an_event_with_any_unicode_is_written_by_orjson_in_the_reference_ascii_f
     reference = event_hash(body)
     assert sealed_line(body, tame=True) == (reference, canonical_event({**body, "hash": reference}).encode() + b"\n")
     assert seal({**body, "hash": HASH_SLOT}, tame=True) is not None
+
+
+@pytest.mark.parametrize("decision_id", [5, 2.5, ["d"], {"id": "d"}, True])
+def test_a_payload_id_that_is_not_a_string_takes_the_full_path(decision_id: Any) -> None:
+    from policy.audit.decision import redacted_decision_event
+    from policy.audit.event import PlainEvent
+
+    kwargs: dict[str, Any] = {"decision": make_decision(decision_id=decision_id, reasoning=["fine"]),
+                              "session_id": "s", "server": "search", "tool": "web", "arguments": {"q": "x"},
+                              "latency_ms": 0.5, "policy_version": 1}
+    built = decision_event(**kwargs)
+    assert not isinstance(built, PlainEvent)
+    assert _comparable(built) == _comparable(redacted_decision_event(**kwargs))
