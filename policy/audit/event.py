@@ -304,8 +304,10 @@ def seal(slotted: Mapping[str, Any], *, tame: bool = False) -> tuple[str, bytes,
     orjson writes ``slotted`` once; the sorted keys put the ``hash`` member where it belongs,
     its value a placeholder byte at offset ``slot``. The bytes hashed are those without the
     member: the canonical form of the event without ``hash``, so its line is ``out`` with
-    ``"<hash>"`` in the slot. The orjson bytes are kept only where :func:`canonical_bytes`
-    would keep them (``tame`` likewise); otherwise None, and the reference encoder must write
+    ``"<hash>"`` in the slot. orjson's bytes, DEL and non-ASCII text escaped (:func:`ascii_form`),
+    are kept unless a number in them may be spelt otherwise than ``repr`` spells it (checked as
+    :func:`canonical_bytes` checks, or known not to be when ``tame``); then, or when orjson refuses
+    the value (a lone surrogate, an integer past 64 bits), None: the reference encoder must write
     the event (:func:`sealed_line` does).
     """
     try:
