@@ -32,8 +32,9 @@ def random_bytes(count: int) -> bytearray:
 
 
 # Version-4 UUIDs are made a batch at a time from one read of the CSPRNG (the bits of every id set at
-# once by two translations, the text of all of them by one ``hex()``) and handed out once each: a tenth of
-# the cost of one id from 16 pooled bytes, which was a third of building a decision event's envelope.
+# once by two translations, the text of all of them by one ``hex()``) and handed out once each, popped
+# from a list: measured 0.58 -> 0.23 us per decision id and 1.0 -> 0.65 us per event id (its dashes are
+# still one f-string per id), against 16 pooled bytes, two bit operations and a ``hex()`` per id.
 _BATCH = 256
 _VERSION = bytes((byte & 0x0F) | 0x40 for byte in range(256))  # byte 6: version 4
 _VARIANT = bytes((byte & 0x3F) | 0x80 for byte in range(256))  # byte 8: the RFC 4122 variant
