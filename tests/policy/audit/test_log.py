@@ -546,3 +546,22 @@ def test_decision_events_are_written_as_the_reference_encoding_with_no_secret_le
         assert verify_log(path).ok
 
     check()
+
+
+def test_a_log_the_current_writer_writes_verifies_by_the_cli(tmp_path: Path) -> None:
+    """The sample's events (decisions through the builder's fast path, secrets, non-ASCII, rotation,
+    checkpoints) written by this code with the wall clock and fresh ids: `securegateway audit verify` passes."""
+    import subprocess
+    import sys
+
+    from policy.audit.log import _utcnow
+
+    generator = _pre_slot_generator()
+    generator.ticking = lambda: _utcnow  # the default clock: the writer's cached-second ts (now_ts)
+    generator.write(tmp_path)
+    argv = [sys.executable, "-m", "proxy.cli", "audit", "verify", "--json", str(tmp_path / "audit.jsonl")]
+    cli = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    report = json.loads(cli.stdout)
+    assert report["ok"] is True and report["events"] == 13 and len(report["files"]) == 3
+    assert verify_log(tmp_path / "audit.jsonl", verifier=generator.SampleKey()).ok
