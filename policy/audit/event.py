@@ -62,6 +62,7 @@ __all__ = [
     "now_ts",
     "plain_body",
     "redacted_payload",
+    "reference_line",
     "scrub_event",
     "seal",
     "sealed_line",
@@ -293,7 +294,7 @@ def sealed_line(body: Mapping[str, Any], *, tame: bool = False) -> tuple[str, by
     """
     sealed = seal({**body, "hash": HASH_SLOT}, tame=tame)
     if sealed is None:
-        return _sealed_reference(body)
+        return reference_line(body)
     hashed, out, slot = sealed
     return hashed, b"".join((out[:slot], b'"', hashed.encode("ascii"), b'"', out[slot + 1 :], b"\n"))
 
@@ -359,8 +360,10 @@ def ascii_form(out: bytes) -> bytes:
     return out.decode("utf-8").encode("ascii", _JSON_ESCAPE)
 
 
-def _sealed_reference(body: Mapping[str, Any]) -> tuple[str, bytes]:
-    """:func:`sealed_line` by the reference encoder (non-ASCII text, exotic numbers, a lone surrogate)."""
+def reference_line(body: Mapping[str, Any]) -> tuple[str, bytes]:
+    """:func:`sealed_line` by the reference encoder: for what :func:`seal` does not write (exotic numbers,
+    integers past 64 bits, a lone surrogate); raises ``TypeError`` or ``ValueError`` for what has no
+    canonical form."""
     rest = {key: value for key, value in body.items() if key != "hash"}
     hashed = "sha256:" + hashlib.sha256(_dumps(rest).encode("ascii")).hexdigest()
     return hashed, _dumps({**rest, "hash": hashed}).encode("ascii") + b"\n"

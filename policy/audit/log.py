@@ -64,9 +64,9 @@ from policy.audit.event import (
     new_event_id,
     now_ts,
     plain_body,
+    reference_line,
     scrub_event,
     seal,
-    sealed_line,
 )
 from policy.audit.head import (
     _HEAD_SIZE,
@@ -369,7 +369,7 @@ class JsonlAuditLog:
         self, bodies: Sequence[tuple[dict[str, Any], bool]], prefix: bytes = b"", *, checkpoint: bool = False,
         keep: bool = True,
     ) -> list[dict[str, Any]]:
-        """Chain and write ``bodies`` (each with its ``tame`` flag, see ``sealed_line``) in one ``write()``."""
+        """Chain and write ``bodies`` (each with its ``tame`` flag, see ``seal``) in one ``write()``."""
         seq, last = self._head.seq, self._head.hash  # the head as it moves: a Head is made once, at the end
         written: list[dict[str, Any]] = []
         lines: list[bytes] = []
@@ -389,7 +389,7 @@ class JsonlAuditLog:
             sealed = seal(full, tame=tame)  # one encoding, hashed as those bytes
             if sealed is None:  # not orjson's bytes: the reference encoder's (or its error)
                 del full["hash"]
-                last, line = sealed_line(full, tame=tame)
+                last, line = reference_line(full)
             else:
                 last, out, slot = sealed
                 line = b"".join((out[:slot], b'"', last.encode("ascii"), b'"', out[slot + 1 :], b"\n"))
