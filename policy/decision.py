@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .detect.finding import Finding
-from .entropy import random_bytes
+from .entropy import uuid4_hex
 from .risk import RiskFactor
 
 __all__ = [
@@ -80,11 +80,8 @@ DENY_KINDS: dict[str, str | None] = {
 
 
 def new_decision_id() -> str:
-    """A random (version 4) UUID as 32 hex digits; ``uuid.uuid4().hex`` at a fifth of the cost."""
-    raw = random_bytes(16)
-    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
-    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
-    return raw.hex()
+    """A random (version 4) UUID as 32 hex digits: ``uuid.uuid4().hex``, made in batches (policy.entropy)."""
+    return uuid4_hex()
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +164,7 @@ class Decision:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON in the ``securegateway.decision/1`` schema (``kind`` only when not a tool)."""
+        # The trace entries' dicts inline (TraceEntry.to_dict, written out): a decision lists several.
         data = {
             "schema": DECISION_SCHEMA,
             "decision_id": self.decision_id,
@@ -177,14 +175,18 @@ class Decision:
             "model": self.model,
             "tool": self.tool,
             "matched_rules": list(self.matched_rules),
-            "rule_trace": [entry.to_dict() for entry in self.rule_trace],
+            "rule_trace": [
+                {"rule_id": entry.rule_id, "effect": entry.effect, "matched": entry.matched, "failed": entry.failed,
+                 "note": entry.note}
+                for entry in self.rule_trace
+            ],
             "risk_score": round(self.risk_score, 4),
-            "risk_factors": [factor.to_dict() for factor in self.risk_factors],
+            "risk_factors": [factor.to_dict() for factor in self.risk_factors] if self.risk_factors else [],
             "reasoning": list(self.reasoning),
             "errors": list(self.errors),
             "policy_digest": self.policy_digest,
             "counterfactual": None if self.counterfactual is None else self.counterfactual.to_dict(),
-            "findings": [finding.to_dict() for finding in self.findings],
+            "findings": [finding.to_dict() for finding in self.findings] if self.findings else [],
         }
         if self.kind != "tool":
             data["kind"] = self.kind

@@ -285,7 +285,7 @@ class Enforcer:
                 session_id=session.id,
                 server=server,
                 tool=name,
-                arguments=dict(arguments),
+                arguments=arguments if type(arguments) is dict else dict(arguments),  # written before the forward
                 latency_ms=round((time.perf_counter() - started) * 1000, 3),
                 policy_version=view.version if view else None,
                 request=request or None,

@@ -9,9 +9,10 @@ byte form and the hash are :mod:`policy.audit.event`'s.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import fields
-from operator import attrgetter, is_
+from operator import attrgetter
 from typing import Any
 
 import orjson
@@ -19,6 +20,7 @@ import orjson
 from policy.audit.event import _ORJSON_OPTIONS, SCHEMA, PlainEvent, new_event_id
 from policy.decision import ApprovalRequirement, Counterfactual, Decision, TraceEntry
 from policy.detect import Finding
+from policy.detect.secrets import ANCHORS
 from policy.redact import (
     MAX_DEPTH,
     collect_strings,
@@ -177,9 +179,11 @@ def _clean_request(extra: dict[str, Any], strings: list[str], limit: int) -> Any
     return extra if out is None else out
 
 
-# Decisions whose data the event builder found plain and secret-free, by the identity of every field
-# but the id (held, so the ids stay theirs), under the identity of their ``reasoning``: the engine's
-# memoised decisions (policy.engine) share all of them, so the usual call's decision is walked once.
+# Decisions whose data the event builder found plain and secret-free: every field but the id (held, so
+# the ids stay theirs), under the identity of their ``reasoning``. The engine's memoised decisions
+# (policy.engine) share all of them, so the usual call's decision is walked once; the fields are compared
+# as a tuple (identity first, as tuples compare, then equality: equal fields give an equal ``to_dict()``,
+# so the same verdict).
 _PLAIN_DECISIONS: dict[int, tuple[Any, ...]] = {}
 _PLAIN_DECISIONS_MAX = 1024
 _ALL_BUT_ID = attrgetter(*(f.name for f in fields(Decision)[1:]))
@@ -187,17 +191,27 @@ assert fields(Decision)[0].name == "decision_id"
 _SCALARS = frozenset({str, bool, int, float, type(None)})
 
 
+# A decision id as policy.decision.new_decision_id makes it (32 lower-case hex digits) holds no secret, so it
+# needs no scan: every match of a secret scanner starts at one of its ANCHORS (policy.detect.secrets), and a
+# string of hex digits can hold only an anchor made of hex digits alone; it has no ``\\``, ``%`` or ``+``,
+# so no decoded view either. Decided at import from the anchors themselves (tests/policy/audit/test_event.py).
+_IDS_CLEAN = not any(set(anchor) <= set("0123456789abcdef") for anchor in ANCHORS)
+_HEX_ID = re.compile("[0-9a-f]{32}").fullmatch
+
+
 def _clean_decision(decision: Any, source: Decision | None, strings: list[str]) -> Any:
     """``_clean(decision, strings, None, False)`` for ``decision = source.to_dict()``; when every field of
     ``source`` but its id is one of a decision seen plain and secret-free before, ``decision`` is that
-    data with another id: only the id is added to ``strings`` (which only feed the secret scan)."""
+    data with another id: only the id is added to ``strings`` (which only feed the secret scan), and not
+    even the id when it is one the gateway made (:data:`_IDS_CLEAN`)."""
     if source is None or type(source) is not Decision:
         return _clean(decision, strings, None, False)
     decision_id = decision.get("decision_id") if type(decision) is dict else None
     rest = _ALL_BUT_ID(source)
     known = _PLAIN_DECISIONS.get(id(source.reasoning))
-    if known is not None and type(decision_id) is str and all(map(is_, known, rest)):
-        strings.append(decision_id)
+    if known is not None and type(decision_id) is str and known == rest:
+        if not (_IDS_CLEAN and _HEX_ID(decision_id)):
+            strings.append(decision_id)
         return decision
     cleaned = _clean(decision, strings, None, False)
     own: list[str] = []
@@ -271,57 +285,50 @@ def decision_event(
     given, is the :class:`~policy.decision.Decision` whose ``to_dict()`` ``decision`` is: see
     :func:`_clean_decision`.
     """
-    extra = dict(request or {})
-    extra.pop("arguments", None)
+    extra = dict(request) if request else {}
+    if "arguments" in extra:
+        del extra["arguments"]
     strings: list[str] = []
     try:
         arguments_value = _clean(arguments, strings, max_string_bytes, True)
         request_value = _clean_request(extra, strings, max_string_bytes) if extra else None
         decision_value = _clean_decision(decision, source, strings)
-        payload = _decision_payload(decision, extra, session_id, server, tool, arguments, latency_ms,
-                                    policy_version, arguments_value, decision_value, request_value, [])
-        for name in ("decision_id", "model", "session", "server", "tool", "policy_digest"):
-            item = payload[name]
-            if isinstance(item, str):
-                strings.append(item)
-            elif item is not None:
-                raise _NotClean
-        if not (policy_version is None or type(policy_version) is int) or not isinstance(latency_ms, int | float):
+        decision_id = decision.get("decision_id") or extra.get("decision_id") or new_event_id()
+        model = decision.get("model") or extra.get("model")
+        policy_digest = decision.get("policy_digest") or extra.get("policy_digest")
+        # The payload's strings; the decision's id is in ``strings`` already when it is the payload's (the usual case).
+        own_id = decision_value.get("decision_id") if type(decision_value) is dict else None
+        if (decision_id is own_id and type(decision_id) is str and type(model) is str and type(session_id) is str
+                and type(server) is str and type(tool) is str and type(policy_digest) is str):  # the usual payload
+            strings += (model, session_id, server, tool, policy_digest)
+        else:
+            for item in (decision_id, model, session_id, server, tool, policy_digest):
+                if isinstance(item, str):
+                    if item is not own_id:  # the decision's own id was walked (or is a gateway-made one) already
+                        strings.append(item)
+                elif item is not None:
+                    raise _NotClean
+        if not (policy_version is None or type(policy_version) is int):
             raise _NotClean
-        if isinstance(latency_ms, float) and not _tame(latency_ms):
+        if not (type(latency_ms) is float and _tame(latency_ms)) and (
+                not isinstance(latency_ms, int | float) or (isinstance(latency_ms, float) and not _tame(latency_ms))):
             raise _NotClean
         if not strings_contain_secret_memo(strings):
-            return PlainEvent({"schema": SCHEMA, "event_id": new_event_id(), "type": "decision", **payload})
+            built = PlainEvent({
+                "schema": SCHEMA, "event_id": new_event_id(), "type": "decision", "decision_id": decision_id,
+                "model": model, "session": session_id, "server": server, "tool": tool, "arguments": arguments_value,
+                "arguments_digest": _plain_digest(arguments), "masked": [], "decision": decision_value,
+                "policy_digest": policy_digest, "policy_version": policy_version, "latency_ms": latency_ms,
+            })
+            if extra:
+                built["request"] = request_value
+            return built
     except _NotClean:
         pass
     return redacted_decision_event(
         decision=decision, session_id=session_id, server=server, tool=tool, arguments=arguments,
         latency_ms=latency_ms, policy_version=policy_version, request=request, max_string_bytes=max_string_bytes,
     )
-
-
-def _decision_payload(
-    decision: Mapping[str, Any], extra: Mapping[str, Any], session_id: str | None, server: str, tool: str,
-    arguments: Any, latency_ms: float, policy_version: int | None, arguments_value: Any, decision_value: Any,
-    request_value: Any, masked: list[str],
-) -> dict[str, Any]:
-    payload: dict[str, Any] = {
-        "decision_id": decision.get("decision_id") or extra.get("decision_id") or new_event_id(),
-        "model": decision.get("model") or extra.get("model"),
-        "session": session_id,
-        "server": server,
-        "tool": tool,
-        "arguments": arguments_value,
-        "arguments_digest": _plain_digest(arguments),
-        "masked": masked,
-        "decision": decision_value,
-        "policy_digest": decision.get("policy_digest") or extra.get("policy_digest"),
-        "policy_version": policy_version,
-        "latency_ms": latency_ms,
-    }
-    if extra:
-        payload["request"] = request_value
-    return payload
 
 
 def _plain_digest(arguments: Any) -> str:

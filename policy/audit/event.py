@@ -20,17 +20,20 @@ Errors::
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import math
 import re
+import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 import orjson
 
-from policy.entropy import random_bytes
+from policy.entropy import uuid4_text
 from policy.redact import (
     collect_strings,
     mask_text,
@@ -44,6 +47,7 @@ __all__ = [
     "ENVELOPE_FIELDS",
     "EVENT_TYPES",
     "GENESIS_HASH",
+    "HASH_SLOT",
     "SCHEMA",
     "AuditError",
     "PlainEvent",
@@ -55,10 +59,14 @@ __all__ = [
     "format_ts",
     "jsonable",
     "new_event_id",
+    "now_ts",
     "plain_body",
     "redacted_payload",
+    "reference_line",
     "scrub_event",
+    "seal",
     "sealed_line",
+    "ts_of",
 ]
 
 SCHEMA = "securegateway.audit/1"
@@ -130,6 +138,7 @@ _REQUIRED_PAYLOAD: dict[str, tuple[str, ...]] = {
 _HASH = re.compile(r"sha256:[0-9a-f]{64}")
 _TS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
 _MAX_NESTING = 200
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class AuditError(Exception):
@@ -149,6 +158,26 @@ def format_ts(moment: datetime) -> str:
         return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     # isoformat, not strftime: the same text without libc's strftime (and its tzset) per event
     return moment.isoformat(timespec="microseconds")[:-6] + "Z"
+
+
+# The second of the last ``now_ts`` and its text up to the microseconds, swapped as one tuple.
+_STAMPED: tuple[int, str] = (-1, "")
+
+
+def now_ts() -> str:
+    """``format_ts(datetime.now(UTC))``, at a third of the cost: the text of the current second is
+    kept, and only the microseconds are formatted per call (property-tested: :func:`ts_of`)."""
+    return ts_of(time.time_ns() // 1000)
+
+
+def ts_of(microseconds: int) -> str:
+    """``format_ts`` of the moment ``microseconds`` after the Unix epoch (UTC), from the second's cached text."""
+    global _STAMPED
+    second, micro = divmod(microseconds, 1_000_000)
+    stamped = _STAMPED
+    if stamped[0] != second:
+        stamped = _STAMPED = (second, format_ts(_EPOCH + timedelta(seconds=second))[:-7])
+    return f"{stamped[1]}{micro:06d}Z"
 
 
 def jsonable(value: Any, path: str = "$", depth: int = 0) -> Any:
@@ -251,19 +280,93 @@ def canonical_bytes(value: Any, *, tame: bool = False) -> bytes:
     return _dumps(value).encode("ascii")
 
 
+# Stands for the ``hash`` member's value in the one encoding of an event (seal): orjson writes a
+# control character only as a ``\\u`` escape, so this raw NUL byte occurs nowhere else in its output.
+HASH_SLOT = orjson.Fragment(b"\x00")
+
+
 def sealed_line(body: Mapping[str, Any], *, tame: bool = False) -> tuple[str, bytes]:
     """The ``hash`` of ``body`` (an event without one) and the line of the event with it.
 
-    One encoding: the canonical bytes of ``body`` are written as its keys before ``"hash"``
-    and those after, so that the bytes hashed are exactly the line minus its ``"hash"`` member.
-    Equal to ``event_hash(body)`` and ``canonical_event({**body, "hash": ...})`` (tested);
-    ``tame`` as for :func:`canonical_bytes`.
+    One encoding (:func:`seal`): the bytes hashed are exactly the line minus its ``"hash"``
+    member. Equal to ``event_hash(body)`` and ``canonical_event({**body, "hash": ...})``
+    (property-tested); ``tame`` as for :func:`canonical_bytes`.
     """
-    low = canonical_bytes({key: value for key, value in body.items() if key < "hash"}, tame=tame)[1:-1]
-    high = canonical_bytes({key: value for key, value in body.items() if key > "hash"}, tame=tame)[1:-1]
-    hashed = "sha256:" + hashlib.sha256(b"{" + low + (b"," if low and high else b"") + high + b"}").hexdigest()
-    member = b'"hash":"' + hashed.encode("ascii") + b'"'
-    return hashed, b"{" + (low + b"," if low else b"") + member + (b"," + high if high else b"") + b"}\n"
+    sealed = seal({**body, "hash": HASH_SLOT}, tame=tame)
+    if sealed is None:
+        return reference_line(body)
+    hashed, out, slot = sealed
+    return hashed, b"".join((out[:slot], b'"', hashed.encode("ascii"), b'"', out[slot + 1 :], b"\n"))
+
+
+def seal(slotted: Mapping[str, Any], *, tame: bool = False) -> tuple[str, bytes, int] | None:
+    """The hash of an event and its one encoding, with :data:`HASH_SLOT` as the value of its ``hash``.
+
+    orjson writes ``slotted`` once; the sorted keys put the ``hash`` member where it belongs,
+    its value a placeholder byte at offset ``slot``. The bytes hashed are those without the
+    member: the canonical form of the event without ``hash``, so its line is ``out`` with
+    ``"<hash>"`` in the slot. orjson's bytes, DEL and non-ASCII text escaped (:func:`ascii_form`),
+    are kept unless a number in them may be spelt otherwise than ``repr`` spells it (checked as
+    :func:`canonical_bytes` checks, or known not to be when ``tame``); then, or when orjson refuses
+    the value (a lone surrogate, an integer past 64 bits), None: the reference encoder must write
+    the event (:func:`sealed_line` does).
+    """
+    try:
+        out = orjson.dumps(slotted, option=_ORJSON_OPTIONS)
+    except TypeError:
+        return None
+    if not out.isascii() or b"\x7f" in out:
+        out = ascii_form(out)
+    if not tame and (b'\\"' in out or _ODD_NUMBER.search(b"".join(out.split(b'"')[::2])) is not None):
+        return None
+    slot = out.index(b"\x00")
+    start = slot - 7  # len(b'"hash":'): where the member starts, after a comma unless it comes first
+    if out[start:slot] != b'"hash":':  # not the slot: a fragment of some other bytes (no plain data has one)
+        return None
+    view = memoryview(out)
+    if out[start - 1] == 0x2C:  # ``,"hash":`` after the members before it
+        digest = hashlib.sha256(view[: start - 1])
+        digest.update(view[slot + 1 :])
+    else:  # ``{"hash":`` then ``,`` and the members after it, or ``}``
+        digest = hashlib.sha256(view[:start])
+        digest.update(view[slot + 2 :] if out[slot + 1] == 0x2C else view[slot + 1 :])
+    return "sha256:" + digest.hexdigest(), out, slot
+
+
+def _json_escape(error: UnicodeError) -> tuple[str, int]:
+    """The codec error handler of :func:`ascii_form`: a run of non-ASCII characters as ``json.dumps`` escapes it."""
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    return encode_basestring_ascii(error.object[error.start : error.end])[1:-1], error.end
+
+
+_JSON_ESCAPE = "securegateway.audit-json-escape"
+codecs.register_error(_JSON_ESCAPE, _json_escape)
+
+
+def ascii_form(out: bytes) -> bytes:
+    """orjson's UTF-8 ``out`` with DEL and every non-ASCII character written as ``json.dumps`` writes them.
+
+    Outside its string literals orjson writes only ASCII; inside them it escapes what ``json.dumps``
+    escapes below DEL (``"``, ``\\``, control characters, the same spellings: canonical_bytes' tests), and
+    writes the rest raw. Escaping those with the very function ``json.dumps(ensure_ascii=True)`` uses
+    (``\\uXXXX``, astral characters as surrogate pairs) gives the canonical form: keys sort alike, since
+    UTF-8's byte order is code-point order (property-tested against the reference). The ASCII encoder
+    hands each run of other characters to the escaper, so mostly-ASCII text costs little more than ASCII."""
+    if b"\x7f" in out:  # orjson writes DEL only inside a string, raw
+        out = out.replace(b"\x7f", b"\\u007f")
+    if out.isascii():
+        return out
+    return out.decode("utf-8").encode("ascii", _JSON_ESCAPE)
+
+
+def reference_line(body: Mapping[str, Any]) -> tuple[str, bytes]:
+    """:func:`sealed_line` by the reference encoder: for what :func:`seal` does not write (exotic numbers,
+    integers past 64 bits, a lone surrogate); raises ``TypeError`` or ``ValueError`` for what has no
+    canonical form."""
+    rest = {key: value for key, value in body.items() if key != "hash"}
+    hashed = "sha256:" + hashlib.sha256(_dumps(rest).encode("ascii")).hexdigest()
+    return hashed, _dumps({**rest, "hash": hashed}).encode("ascii") + b"\n"
 
 
 def canonical_event(event: Mapping[str, Any]) -> str:
@@ -305,12 +408,8 @@ def envelope_problem(event: Any) -> str | None:
 
 
 def new_event_id() -> str:
-    """A fresh random event id: ``str(uuid.uuid4())``, without building a ``UUID`` (a fifth of the cost)."""
-    raw = random_bytes(16)
-    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
-    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
-    text = raw.hex()
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+    """A fresh random event id: ``str(uuid.uuid4())``, made in batches (policy.entropy)."""
+    return uuid4_text()
 
 
 def event(type: str, **payload: Any) -> dict[str, Any]:

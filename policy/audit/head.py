@@ -25,7 +25,6 @@ SIGNED_HEAD_SCHEMA = "securegateway.audit-head/2"
 # The head and an earlier signed checkpoint: the unsigned events after it are the signing lag.
 LAGGING_HEAD_SCHEMA = "securegateway.audit-head/3"
 _HEAD_SCHEMAS = (HEAD_SCHEMA, SIGNED_HEAD_SCHEMA, LAGGING_HEAD_SCHEMA)
-_HASH = re.compile(r"sha256:[0-9a-f]{64}")
 # The sidecar is one fixed-size record (JSON padded with spaces), rewritten in place.
 _HEAD_SIZE = 512
 
@@ -122,15 +121,24 @@ def head_record_bytes(head: Head, checkpoint: Checkpoint | None = None, signed: 
     """
     schema = HEAD_SCHEMA
     if checkpoint is not None:
-        same = (checkpoint.seq, checkpoint.hash) == (head.seq, head.hash)
+        same = checkpoint.seq == head.seq and checkpoint.hash == head.hash
         schema = SIGNED_HEAD_SCHEMA if same else LAGGING_HEAD_SCHEMA
-    if _HASH.fullmatch(head.hash):  # the usual record, without a json.dumps per write
-        text = f'{{"schema":"{schema}","seq":{int(head.seq)},"hash":"{head.hash}"'.encode("ascii")
+    hash_ = head.hash
+    # The usual record, without a json.dumps per write: a hash of printable ASCII without a quote or a
+    # backslash is its own JSON string body (property-tested against the json.dumps form).
+    if type(hash_) is str and hash_.isascii() and hash_.isprintable() and '"' not in hash_ and "\\" not in hash_:
+        text = _RECORD_START[schema] % (int(head.seq), hash_.encode("ascii"))
     else:
         text = json.dumps({"schema": schema, "seq": head.seq, "hash": head.hash}, separators=(",", ":"))[:-1].encode()
     if checkpoint is not None:
         text += b',"checkpoint":' + (signed if signed is not None else checkpoint_json(checkpoint))
     return (text + b"}").ljust(_HEAD_SIZE - 1) + b"\n"
+
+
+# ``{"schema":"<schema>","seq":<seq>,"hash":"<hash>"`` for each schema, to be completed by ``%``.
+_RECORD_START = {
+    schema: b'{"schema":"' + schema.encode("ascii") + b'","seq":%d,"hash":"%s"' for schema in _HEAD_SCHEMAS
+}
 
 
 def checkpoint_json(checkpoint: Checkpoint) -> bytes:

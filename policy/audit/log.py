@@ -56,14 +56,17 @@ from policy.audit.checkpoint import (
 from policy.audit.event import (
     ENVELOPE_FIELDS,
     EVENT_TYPES,
+    HASH_SLOT,
     SCHEMA,
     AuditError,
     PlainEvent,
     format_ts,
     new_event_id,
+    now_ts,
     plain_body,
+    reference_line,
     scrub_event,
-    sealed_line,
+    seal,
 )
 from policy.audit.head import (
     _HEAD_SIZE,
@@ -151,6 +154,8 @@ class JsonlAuditLog:
         self.max_bytes = max_bytes
         self.fsync = fsync
         self._clock = clock
+        # The ``ts`` of the next event: the default clock's text without building a datetime.
+        self._stamp: Callable[[], str] = now_ts if clock is _utcnow else (lambda: format_ts(clock()))
         self._signer = signer
         self._verifier = verifier
         self._checkpoint_every = checkpoint_every
@@ -331,6 +336,10 @@ class JsonlAuditLog:
     @staticmethod
     def _prepare(event: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
         """The body to write and whether it is a :class:`PlainEvent` (plain, scanned, tame numbers)."""
+        if (isinstance(event, PlainEvent) and "schema" in event and "event_id" in event
+                and event.get("type") in EVENT_TYPES and "seq" not in event and "ts" not in event
+                and "prev_hash" not in event and "hash" not in event):
+            return event, True  # its builder walked and scanned it already: written as it is, uncopied
         kind = event.get("type")
         if kind not in EVENT_TYPES:
             raise AuditError("unknown_event_type", f"unknown audit event type `{kind}`")
@@ -338,14 +347,13 @@ class JsonlAuditLog:
         if reserved:
             raise AuditError("reserved_field", f"field `{reserved[0]}` is assigned by the audit log")
         plain = isinstance(event, PlainEvent)
-        if isinstance(event, PlainEvent) and "schema" in event and "event_id" in event:
-            return event, True  # its builder walked and scanned it already: written as it is, uncopied
         if plain:
             body = dict(event)
         else:
             body, strings = plain_body(event)
         body.setdefault("schema", SCHEMA)
-        body.setdefault("event_id", new_event_id())
+        if "event_id" not in body:
+            body["event_id"] = new_event_id()
         if body["schema"] != SCHEMA:
             raise AuditError("reserved_field", f"unsupported schema `{body['schema']}`")
         # Whatever built the event, no secret the scanners know reaches the file.
@@ -361,33 +369,42 @@ class JsonlAuditLog:
         self, bodies: Sequence[tuple[dict[str, Any], bool]], prefix: bytes = b"", *, checkpoint: bool = False,
         keep: bool = True,
     ) -> list[dict[str, Any]]:
-        """Chain and write ``bodies`` (each with its ``tame`` flag, see ``sealed_line``) in one ``write()``."""
-        head = self._head
+        """Chain and write ``bodies`` (each with its ``tame`` flag, see ``seal``) in one ``write()``."""
+        seq, last = self._head.seq, self._head.hash  # the head as it moves: a Head is made once, at the end
         written: list[dict[str, Any]] = []
         lines: list[bytes] = []
         queue = list(bodies)
         due = self._signer is not None and self._checkpoint_every > 0
         if self._signer is not None and checkpoint:
-            queue.append((self._checkpoint_body(head), True))
+            queue.append((self._checkpoint_body(Head(seq, last)), True))
         published: list[Checkpoint] = []
         checkpointed = self._checkpointed
+        stamp = self._stamp
         index = 0
         while index < len(queue):
             body, tame = queue[index]
             index += 1
-            full = {**body, "seq": head.seq + 1, "ts": format_ts(self._clock()), "prev_hash": head.hash}
-            full["hash"], line = sealed_line(full, tame=tame)  # one encoding, hashed as those bytes
-            if keep:
-                written.append({name: full[name] for name in ENVELOPE_FIELDS} | full)
+            seq += 1
+            full = {**body, "seq": seq, "ts": stamp(), "prev_hash": last, "hash": HASH_SLOT}
+            sealed = seal(full, tame=tame)  # one encoding, hashed as those bytes
+            if sealed is None:  # not orjson's bytes: the reference encoder's (or its error)
+                del full["hash"]
+                last, line = reference_line(full)
+            else:
+                last, out, slot = sealed
+                line = b"".join((out[:slot], b'"', last.encode("ascii"), b'"', out[slot + 1 :], b"\n"))
             lines.append(line)
-            head = Head(full["seq"], full["hash"])
-            if full["type"] == "audit.checkpoint":
-                vouched = Checkpoint.from_dict(full.get("checkpoint"))
+            if keep:
+                full["hash"] = last
+                written.append({name: full[name] for name in ENVELOPE_FIELDS} | full)
+            if body["type"] == "audit.checkpoint":
+                vouched = Checkpoint.from_dict(body.get("checkpoint"))
                 if vouched is not None:
                     published.append(vouched)
-                checkpointed = head.seq
-            elif due and index == len(queue) and head.seq - checkpointed >= self._checkpoint_every:
-                queue.append((self._checkpoint_body(head), True))
+                checkpointed = seq
+            elif due and index == len(queue) and seq - checkpointed >= self._checkpoint_every:
+                queue.append((self._checkpoint_body(Head(seq, last)), True))
+        head = Head(seq, last)
         try:
             chunk: list[bytes] = [prefix] if prefix else []
             pending = len(prefix)
@@ -429,12 +446,14 @@ class JsonlAuditLog:
     def _write_all(self, data: bytes) -> None:
         """One ``write()`` of ``data`` (looping only on a short write)."""
         assert self._file is not None
-        view = memoryview(data)
-        while view:
-            count = self._file.write(view)
-            if not count:
-                raise OSError(errno.EIO, "short write")
-            view = view[count:]
+        count = self._file.write(data)
+        if count != len(data):
+            view = memoryview(data)[count or 0 :]
+            while view:
+                count = self._file.write(view)
+                if not count:
+                    raise OSError(errno.EIO, "short write")
+                view = view[count:]
         self._size += len(data)
 
     def _write_sidecar(self, head: Head, *, sign: bool = False) -> None:
@@ -450,7 +469,7 @@ class JsonlAuditLog:
         assert self._head_fd is not None
         if self._signer is not None:
             signed = self._signed
-            if signed is None or (signed.seq, signed.hash) != (head.seq, head.hash):
+            if signed is None or signed.seq != head.seq or signed.hash != head.hash:
                 now = self._monotonic()
                 if (sign or self._sign_due or signed is None or head.seq - signed.seq >= self._head_sign_events
                         or now - self._signed_at >= self.head_sign_interval):

@@ -39,3 +39,52 @@ def test_a_forked_child_draws_different_bytes_than_its_parent() -> None:
     os.waitpid(pid, 0)
     assert len(child) == 16
     assert child != bytes(random_bytes(16))
+
+
+def test_batched_ids_are_uuid4_and_never_repeat_across_batches() -> None:
+    import uuid
+
+    from policy.entropy import _BATCH, uuid4_hex, uuid4_text
+
+    hexes = [uuid4_hex() for _ in range(3 * _BATCH + 5)]
+    texts = [uuid4_text() for _ in range(3 * _BATCH + 5)]
+    assert len(set(hexes)) == len(hexes) and len(set(texts)) == len(texts)
+    assert not {uuid.UUID(hex=h).hex for h in hexes} & {uuid.UUID(t).hex for t in texts}
+    for parsed, text in [(uuid.UUID(hex=h), h) for h in hexes] + [(uuid.UUID(t), t) for t in texts]:
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+        assert text in (parsed.hex, str(parsed))
+
+
+def test_ids_are_unique_across_threads() -> None:
+    import threading
+
+    from policy.entropy import uuid4_text
+
+    seen: list[list[str]] = [[] for _ in range(4)]
+
+    def draw(out: list[str]) -> None:
+        out.extend(uuid4_text() for _ in range(3000))
+
+    threads = [threading.Thread(target=draw, args=(out,)) for out in seen]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    every = [i for out in seen for i in out]
+    assert len(set(every)) == len(every) == 12000
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_hands_out_none_of_its_parents_ids() -> None:
+    new_event_id(), new_decision_id()  # both batches are filled in the parent
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write, (new_event_id() + new_decision_id()).encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 100).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    parents = {new_event_id() for _ in range(300)} | {new_decision_id() for _ in range(300)}
+    assert len(child) == 68 and child[:36] not in parents and child[36:] not in parents

@@ -321,6 +321,9 @@ def test_canonical_bytes_refuse_what_has_no_canonical_form() -> None:
 
 _arg_keys = st.sampled_from(["q", "text", "path", "password", "api_key", "Authorization", "items", "é", "n"]) | st.text(
     max_size=6)
+# The secrets (or the secret part of them) that _arg_text draws: none may reach an audit file.
+_ALL_SECRETS = (AWS, "sk-ant-api03-" + "A" * 40, "abcdefghijklmnopqrstuvwxyz0123", "hunter22x",
+                "AKIA%49OSFODNN7EXAMPLE")
 _arg_text = st.one_of(
     st.text(max_size=24),
     st.sampled_from([AWS, "sk-ant-api03-" + "A" * 40, "Bearer abcdefghijklmnopqrstuvwxyz0123", "password=hunter22x",
@@ -405,6 +408,85 @@ def test_event_ids_are_uuid4_strings() -> None:
 def test_format_ts_is_the_rfc3339_utc_strftime_text_for_every_moment(moment: datetime) -> None:
     utc = (moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment).astimezone(UTC)
     assert format_ts(moment) == utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+_FIRST_US = int((datetime(1, 1, 1, tzinfo=UTC) - _EPOCH).total_seconds()) * 10**6
+_LAST_US = int((datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC) - _EPOCH).total_seconds()) * 10**6 + 999_999
+
+
+@given(st.integers(min_value=_FIRST_US, max_value=_LAST_US), st.integers(min_value=-3, max_value=3))
+def test_ts_of_is_format_ts_of_the_moment_whatever_second_was_cached(microseconds: int, step: int) -> None:
+    from policy.audit.event import ts_of
+
+    nearby = min(max(microseconds + step * 1_000_000, _FIRST_US), _LAST_US)
+    ts_of(nearby)  # another second (or this one) cached first
+    assert ts_of(microseconds) == format_ts(_EPOCH + timedelta(microseconds=microseconds))
+    assert ts_of(nearby) == format_ts(_EPOCH + timedelta(microseconds=nearby))
+
+
+def test_now_ts_is_the_current_moment_as_format_ts_writes_it() -> None:
+    import re
+
+    from policy.audit.event import now_ts
+
+    before = datetime.now(UTC)
+    stamp = now_ts()
+    after = datetime.now(UTC)
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z", stamp)
+    moment = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    assert before - timedelta(microseconds=1) <= moment <= after and format_ts(moment) == stamp
+
+
+_slot_keys = st.sampled_from(["a", "hash_", "has", "hasg", "hasi", "h", "z", "seq", "ts", "prev_hash", "\u00e9", "H",
+                              "hash\u0000", "\x00", "\x7f"]) | _odd_text
+
+
+@given(body=st.dictionaries(_slot_keys.filter(lambda k: k != "hash"), _wide_values, max_size=8))
+def test_the_one_slot_encoding_is_the_reference_line_and_hash(body: dict[str, Any]) -> None:
+    """Whatever the keys (before and after ``hash``, none before it, escapes) and values (non-ASCII, DEL, NUL,
+    quotes, exotic floats, integers past 64 bits, lone surrogates): the reference's line and hash."""
+    from policy.audit.event import HASH_SLOT, seal
+
+    reference = "sha256:" + hashlib.sha256(canonical_event(body).encode("ascii")).hexdigest()
+    assert sealed_line(body) == (reference, canonical_event({**body, "hash": reference}).encode("ascii") + b"\n")
+    sealed = seal({**body, "hash": HASH_SLOT})
+    if sealed is not None:
+        hashed, out, slot = sealed
+        assert hashed == reference and out[:slot] + f'"{hashed}"'.encode() + out[slot + 1 :] + b"\n" == sealed_line(
+            body)[1]
+
+
+@given(body=st.dictionaries(_slot_keys.filter(lambda k: k != "hash"), _plain_values, max_size=8))
+def test_the_one_slot_encoding_of_a_tame_event_is_the_reference_line(body: dict[str, Any]) -> None:
+    from policy.audit.decision import _tame
+
+    def tame(item: Any) -> bool:
+        if isinstance(item, float):
+            return _tame(item)
+        if isinstance(item, dict):
+            return all(tame(v) for v in item.values())
+        if isinstance(item, list):
+            return all(tame(v) for v in item)
+        return True
+
+    if tame(body):
+        reference = event_hash(body)
+        line = canonical_event({**body, "hash": reference}).encode("ascii") + b"\n"
+        assert sealed_line(body, tame=True) == (reference, line)
+
+
+def test_the_slot_is_found_only_where_the_placeholder_is_the_hash_member() -> None:
+    import orjson
+
+    from policy.audit.event import HASH_SLOT, seal
+
+    assert seal({"a": orjson.Fragment(b"\x00"), "hash": HASH_SLOT}) is None  # a stray fragment: not the slot
+    with pytest.raises(TypeError):  # which has no canonical form: the reference refuses it
+        sealed_line({"a": orjson.Fragment(b"\x00")})
+    assert seal({"hash": HASH_SLOT}) == ("sha256:" + hashlib.sha256(b"{}").hexdigest(), b'{"hash":\x00}', 8)
 
 
 def test_decision_event_clips_a_nested_string_without_touching_the_caller_arguments() -> None:
@@ -504,8 +586,11 @@ def test_a_decision_remembered_plain_builds_the_event_the_full_redaction_builds(
     from policy.audit.event import PlainEvent
 
     builder._PLAIN_DECISIONS.clear()
-    for decision_id in [decision.decision_id, *ids]:
-        same = Decision(decision_id, *builder._ALL_BUT_ID(decision))
+    for index, decision_id in enumerate([decision.decision_id, *ids]):
+        fields_ = builder._ALL_BUT_ID(decision)
+        if index % 2:  # equal fields that are not the same objects (a decision rebuilt, not memoised)
+            fields_ = copy.deepcopy(fields_)
+        same = Decision(decision_id, *fields_)
         kwargs: dict[str, Any] = {"decision": same.to_dict(), "session_id": "s", "server": "search", "tool": "web",
                                   "arguments": {"q": "x"}, "latency_ms": 0.5, "policy_version": 1}
         fast = decision_event(**kwargs, source=same)
@@ -530,3 +615,67 @@ def test_a_decision_is_remembered_only_when_it_cannot_change() -> None:
     for decision in (base, suggesting, listed):
         decision_event(decision=decision.to_dict(), source=decision, **common)
     assert list(builder._PLAIN_DECISIONS.values()) == [builder._ALL_BUT_ID(base)]
+
+
+@given(st.text(alphabet="0123456789abcdef", min_size=32, max_size=32))
+def test_an_id_the_gateway_makes_holds_no_secret_so_the_builder_skips_its_scan(decision_id: str) -> None:
+    """The skip is sound: what it assumes (no anchor of hex digits alone) is read from the scanners, and no
+    32-hex-digit string is one a scan flags, plain or decoded."""
+    from policy.audit.decision import _HEX_ID, _IDS_CLEAN
+    from policy.detect.secrets import ANCHORS
+    from policy.redact import contains_secret, strings_contain_secret
+
+    hex_anchors = [anchor for anchor in ANCHORS if set(anchor) <= set("0123456789abcdef")]
+    assert _IDS_CLEAN is (not hex_anchors)
+    assert _HEX_ID(decision_id)
+    if _IDS_CLEAN:
+        assert not contains_secret(decision_id) and not strings_contain_secret([decision_id])
+
+
+@settings(max_examples=150)
+@given(decision=_decisions, count=st.integers(min_value=1, max_value=3))
+def test_a_remembered_decision_with_gateway_made_ids_builds_the_full_redaction_event(
+    decision: Decision, count: int
+) -> None:
+    from policy.audit import decision as builder
+    from policy.decision import new_decision_id
+
+    builder._PLAIN_DECISIONS.clear()
+    for decision_id in [decision.decision_id] + [new_decision_id() for _ in range(count)]:
+        same = Decision(decision_id, *builder._ALL_BUT_ID(decision))
+        kwargs: dict[str, Any] = {"decision": same.to_dict(), "session_id": "s", "server": "search", "tool": "web",
+                                  "arguments": {"q": "x"}, "latency_ms": 0.5, "policy_version": 1,
+                                  "request": {"input_schema": {"type": "object"}}}
+        fast = decision_event(**kwargs, source=same)
+        assert _comparable(fast) == _comparable(builder.redacted_decision_event(**kwargs))
+
+
+_any_text = st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=30)  # no lone surrogate
+
+
+@given(st.dictionaries(_any_text, st.recursive(
+    _any_text | st.integers(min_value=-(2**63), max_value=2**64 - 1) | st.booleans() | st.none(),  # orjson's ints
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(_any_text, children, max_size=3),
+    max_leaves=8), max_size=8))
+def test_an_event_with_any_unicode_is_written_by_orjson_in_the_reference_ascii_form(body: dict[str, Any]) -> None:
+    """Non-ASCII keys and text (accents, CJK, astral characters, U+2028, DEL): orjson's bytes, escaped as
+    ``json.dumps`` escapes them, are the reference line; no fall back to the reference encoder."""
+    from policy.audit.event import HASH_SLOT, seal
+
+    body.pop("hash", None)
+    reference = event_hash(body)
+    assert sealed_line(body, tame=True) == (reference, canonical_event({**body, "hash": reference}).encode() + b"\n")
+    assert seal({**body, "hash": HASH_SLOT}, tame=True) is not None
+
+
+@pytest.mark.parametrize("decision_id", [5, 2.5, ["d"], {"id": "d"}, True])
+def test_a_payload_id_that_is_not_a_string_takes_the_full_path(decision_id: Any) -> None:
+    from policy.audit.decision import redacted_decision_event
+    from policy.audit.event import PlainEvent
+
+    kwargs: dict[str, Any] = {"decision": make_decision(decision_id=decision_id, reasoning=["fine"]),
+                              "session_id": "s", "server": "search", "tool": "web", "arguments": {"q": "x"},
+                              "latency_ms": 0.5, "policy_version": 1}
+    built = decision_event(**kwargs)
+    assert not isinstance(built, PlainEvent)
+    assert _comparable(built) == _comparable(redacted_decision_event(**kwargs))

@@ -423,3 +423,145 @@ def test_a_log_written_before_the_one_encoding_change_still_verifies_and_continu
     continued = verify_log(copy, verifier=key)
     assert continued.ok, continued.message
     assert continued.events > report.events and not any(e["type"] == "audit.recovered" for e in events(copy))
+
+
+PRE_SLOT = Path(__file__).parent / "data" / "pre_slot"
+
+
+def _pre_slot_generator() -> Any:
+    """data/pre_slot/generate.py, the script that wrote that sample (README.md there)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pre_slot_generate", PRE_SLOT / "generate.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_log_written_before_the_one_slot_encoding_verifies_by_api_and_cli() -> None:
+    import subprocess
+    import sys
+
+    key = _pre_slot_generator().SampleKey()
+    report = verify_log(PRE_SLOT / "audit.jsonl", verifier=key)
+    assert report.ok, report.message
+    assert len(report.files) == 3 and report.events == 13 and report.checkpointed == report.head.seq
+    argv = [sys.executable, "-m", "proxy.cli", "audit", "verify", "--json", str(PRE_SLOT / "audit.jsonl")]
+    cli = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout)["ok"] is True
+
+
+def test_the_writer_writes_byte_for_byte_what_the_two_part_encoding_wrote(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same events, clock and event ids as the sample's (written by main before the one-slot encoding,
+    the sidecar's record formatting, the cached-second timestamps, the batched ids): the same files."""
+    import importlib
+
+    ids = iter([json.loads(line)["event_id"] for file in log_files(PRE_SLOT / "audit.jsonl") for line in lines(file)])
+    for name in ("policy.audit.event", "policy.audit.decision", "policy.audit.log"):
+        monkeypatch.setattr(importlib.import_module(name), "new_event_id", lambda: next(ids))
+    monkeypatch.setattr(importlib.import_module("policy.audit.log"), "now_ts",
+                        lambda: pytest.fail("the sample's clock is its own"))
+    _pre_slot_generator().write(tmp_path)
+    assert next(ids, None) is None  # as many events as the sample's
+    for name in ("audit.jsonl.1", "audit.jsonl.2", "audit.jsonl", "audit.jsonl.head"):
+        assert (tmp_path / name).read_bytes() == (PRE_SLOT / name).read_bytes(), name
+    sample = b"".join(file.read_bytes() for file in log_files(PRE_SLOT / "audit.jsonl"))
+    assert b"\\u00e9" in sample and b"\\u007f" in sample and b"\\ud800" in sample and b"1e+22" in sample
+    assert b"AKIAIOSFODNN7EXAMPLE" not in sample and b"hunter22" not in sample
+
+
+@pytest.mark.parametrize("sample", ["pre_orjson", "pre_slot"])
+def test_every_line_of_a_sample_is_the_one_slot_encoding_of_what_it_parses_to(sample: str) -> None:
+    from policy.audit.event import HASH_SLOT, seal, sealed_line
+
+    for file in log_files(Path(__file__).parent / "data" / sample / "audit.jsonl"):
+        for line in lines(file):
+            parsed = json.loads(line)
+            body = {key: value for key, value in parsed.items() if key != "hash"}
+            assert sealed_line(body) == (parsed["hash"], line + b"\n")
+            sealed = seal({**body, "hash": HASH_SLOT})
+            if sealed is not None:  # orjson's bytes kept: they are the line's, the hash in the slot
+                hashed, out, slot = sealed
+                assert hashed == parsed["hash"] and out[:slot] + f'"{hashed}"'.encode() + out[slot + 1:] == line
+
+
+def _strings_of(value: Any) -> list[str]:
+    from policy.redact import collect_strings
+
+    return collect_strings(value, [])
+
+
+def test_decision_events_are_written_as_the_reference_encoding_with_no_secret_left(tmp_path_factory: Any) -> None:
+    """Generated decisions (the engine's memo shape: every field but the id shared), arguments with secrets,
+    nesting, unicode, odd numbers, and input schemas: every line is the reference canonical form of what it
+    parses to, a PlainEvent is written exactly as built, the chain verifies, and no secret is on disk."""
+    from dataclasses import fields
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from policy.audit.decision import decision_event
+    from policy.audit.event import PlainEvent, format_ts
+    from policy.decision import Decision, new_decision_id
+    from policy.redact import contains_secret
+    from tests.policy.audit.test_event import _ALL_SECRETS, _arg_keys, _arg_values, _decisions
+
+    @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(decision=_decisions, calls=st.lists(st.dictionaries(_arg_keys, _arg_values, max_size=4), min_size=1,
+                                               max_size=4),
+           schema_keys=st.lists(_arg_keys, max_size=3), batched=st.booleans())
+    def check(decision: Decision, calls: list[dict[str, Any]], schema_keys: list[str], batched: bool) -> None:
+        path = tmp_path_factory.mktemp("log") / "audit.jsonl"
+        schema = {"type": "object", "properties": {key: {"type": "string"} for key in schema_keys}}
+        built = []
+        for arguments in calls:
+            same = Decision(new_decision_id(), *[getattr(decision, field.name) for field in fields(Decision)[1:]])
+            built.append(decision_event(decision=same.to_dict(), source=same, session_id="s-1", server="search",
+                                        tool="web", arguments=arguments, latency_ms=0.125, policy_version=2,
+                                        request={"input_schema": schema}, max_string_bytes=30))
+        with open_log(path) as log:
+            if batched:
+                log.write_many(built)
+            else:
+                for item in built:
+                    log.write_many([item])
+            log.sync()
+        expected_clock = ticking_clock()
+        previous = GENESIS_HASH
+        raw = path.read_bytes()
+        for line, item in zip(lines(path), built, strict=True):
+            parsed = json.loads(line)
+            assert line == canonical_event(parsed).encode("ascii") and parsed["hash"] == event_hash(parsed)
+            assert parsed["prev_hash"] == previous and parsed["ts"] == format_ts(expected_clock())
+            previous = parsed["hash"]
+            if isinstance(item, PlainEvent):  # written exactly as built: the reference line of it
+                body = {**item, "seq": parsed["seq"], "ts": parsed["ts"], "prev_hash": parsed["prev_hash"]}
+                assert line == canonical_event({**body, "hash": event_hash(body)}).encode("ascii")
+            assert not any(contains_secret(text) for text in _strings_of(parsed))
+        assert not any(secret.encode() in raw for secret in _ALL_SECRETS)
+        assert verify_log(path).ok
+
+    check()
+
+
+def test_a_log_the_current_writer_writes_verifies_by_the_cli(tmp_path: Path) -> None:
+    """The sample's events (decisions through the builder's fast path, secrets, non-ASCII, rotation,
+    checkpoints) written by this code with the wall clock and fresh ids: `securegateway audit verify` passes."""
+    import subprocess
+    import sys
+
+    from policy.audit.log import _utcnow
+
+    generator = _pre_slot_generator()
+    generator.ticking = lambda: _utcnow  # the default clock: the writer's cached-second ts (now_ts)
+    generator.write(tmp_path)
+    argv = [sys.executable, "-m", "proxy.cli", "audit", "verify", "--json", str(tmp_path / "audit.jsonl")]
+    cli = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    report = json.loads(cli.stdout)
+    assert report["ok"] is True and report["events"] == 13 and len(report["files"]) == 3
+    assert verify_log(tmp_path / "audit.jsonl", verifier=generator.SampleKey()).ok
