@@ -45,6 +45,15 @@ COMMIT_YIELDS = 4
 """Loop turns the commit task lets pass before it syncs on the event loop: enough for a
 tools/call that just wrote its decision to reach the upstream's pipe (stdio), cheap next to
 the fsync."""
+AIO_COMMIT_YIELDS = 1
+"""Loop turns between the one that queues a batch's flush and the flush's submission through
+Linux AIO (proxy.audit.flush): the loop does not wait for the disk, but ``io_submit`` itself
+can hold the loop thread (the kernel's flush work item preempts it on its own CPU: ~0.1 ms, ms
+on a busy machine), so it must come after the requests the batch's writers just forwarded. One
+turn is what that takes: a stdio forward is written before its writer yields, but an HTTP
+forward is sent by a task the HTTP client starts in the writer's turn (aiohttp's body writer,
+on Python 3.11), which runs in the next one - after a submission queued in the writer's own
+turn. Concurrent writers join the next batch while this one flushes."""
 
 log = structlog.get_logger("securegateway.audit")
 
@@ -175,9 +184,9 @@ class AuditWriter:
     ``before-response`` mode, where the holder waits instead.
 
     With the AIO flusher (proxy.audit.flush) the commit is a small state machine on the loop, not
-    a task: the first event of a batch schedules its flush for the next loop turn (by then the
-    call that wrote it has sent its request upstream, and concurrent writers have joined the
-    batch); one flush is in flight at a time, and its completion is reaped by whoever needs it
+    a task: the first event of a batch schedules its flush for ``AIO_COMMIT_YIELDS`` loop turns
+    later (by then the call that wrote it has sent its request upstream, and concurrent writers
+    have joined the batch); one flush is in flight at a time, and its completion is reaped by whoever needs it
     first (a waiting receipt, the next batch, the idle timer), which then starts the next batch.
     The loop is woken by a completion only while a receipt is awaited, or a batch waits behind
     the flush (so sequential calls, whose flush is done by the time the reply is back, cost two
@@ -241,9 +250,8 @@ class AuditWriter:
         if self._in_flight is not None:
             assert self._flusher is not None
             self._flusher.watch(self._woken)  # this batch starts the moment the flush in flight completes
-        elif not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self._start)  # the next loop turn: after this call's request went upstream
+        else:
+            self._schedule()
         return self._batch
 
     def record_sync(self, type_: str, payload: Mapping[str, Any]) -> None:
@@ -285,12 +293,24 @@ class AuditWriter:
             self._loop = None
             self._batch = Receipt()
 
-    def _start(self) -> None:
+    def _start(self, turns: int) -> None:
+        if turns > 0:
+            assert self._loop is not None
+            self._loop.call_soon(self._start, turns - 1)
+            return
         self._scheduled = False
+        if self._in_flight is None and self._dirty:
+            self._begin()
         self._advance()
 
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            assert self._loop is not None
+            self._scheduled = True
+            self._loop.call_soon(self._start, AIO_COMMIT_YIELDS)  # after this turn's forwards went upstream
+
     def _advance(self) -> None:
-        """Reap a completed flush, start the next batch's if events wait for one, and watch the
+        """Reap a completed flush, queue the next batch's if events wait for one, and watch the
         context's eventfd while a flush is in flight that someone waits for, or that events
         written since wait behind (concurrent callers)."""
         flusher = self._flusher
@@ -302,7 +322,7 @@ class AuditWriter:
             except Exception as exc:  # the context failed: the flush in flight cannot be confirmed
                 self._flushed(exc)
         if self._in_flight is None and self._dirty:
-            self._begin()
+            self._schedule()  # never at once: a forward this turn started may not have left yet
         if self._in_flight is not None and (self._dirty or self._in_flight[1].awaited or self._batch.awaited):
             flusher.watch(self._woken)
         # else: a flush nobody waits for yet, nothing behind it - its first waiter reaps it

@@ -1,10 +1,11 @@
 """proxy.audit.flush: the group commit's fdatasync through Linux AIO, on real files in tmp_path.
 
 Invariants: with AIO available, the commit never calls ``fdatasync`` on the event loop and the
-loop keeps running while a flush is in flight; a receipt settles (and the head sidecar names
-its events) only once that flush has completed; a completion wakes the loop only while it is
-watched (someone waits), otherwise it waits to be reaped; a descriptor AIO refuses falls back
-to ``fdatasync`` before anything was submitted.
+loop keeps running while a flush is in flight; the flush is submitted only after what the
+batch's writer started in its turn (a forward sent by a task, as the HTTP client's is) ran; a
+receipt settles (and the head sidecar names its events) only once that flush has completed; a
+completion wakes the loop only while it is watched (someone waits), otherwise it waits to be
+reaped; a descriptor AIO refuses falls back to ``fdatasync`` before anything was submitted.
 """
 
 from __future__ import annotations
@@ -163,6 +164,34 @@ async def test_the_commit_flushes_off_the_loop_and_the_reply_waits_for_the_flush
     assert on_loop == []  # no commit stalled the loop on the disk
     writer.close()
     assert verify_log(path).ok
+
+
+async def test_the_flush_is_submitted_after_a_forward_the_writer_started_in_its_turn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not await aio_available():
+        pytest.skip("no linux aio here")
+    writer = AuditWriter(JsonlAuditLog(tmp_path / "audit.jsonl"), durability="before-response")
+    order: list[str] = []
+    real_submit = AioFlusher.submit
+
+    def submit(flusher: AioFlusher, fd: int, done: Done) -> bool:
+        order.append("flush")
+        return real_submit(flusher, fd, done)
+
+    async def forward(n: int) -> None:  # an HTTP client's body writer: a task of the caller's turn
+        order.append(f"sent {n}")
+
+    async with running(writer), anyio.create_task_group() as tg:
+        monkeypatch.setattr(AioFlusher, "submit", submit)
+        for n in range(3):
+            with holding() as held:
+                await writer.record({"type": "gateway.started", "n": n})
+                tg.start_soon(forward, n)
+            with anyio.fail_after(5):
+                await held[0].wait()
+    assert order == ["sent 0", "flush", "sent 1", "flush", "sent 2", "flush"]
+    writer.close()
 
 
 async def test_a_commit_in_flight_when_the_writer_stops_still_settles_by_the_disk(tmp_path: Path) -> None:
