@@ -49,19 +49,22 @@ class CallPool:
         if self._loop is None:  # not running, or not asyncio: the task group's own tasks
             self._tg.start_soon(func, *args)
             return
-        task = self._loop.create_task(func(*args))
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
+        self._tasks.add(self._loop.create_task(self._owned(func(*args))))
 
-    def _done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is not None and self._failure is None:
-            self._failure = exc
-            if self._scope is not None:
-                self._scope.cancel()  # fail the owner, as a task group fails on a child's error
+    async def _owned(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """The task's code, with the pool's bookkeeping done in its own last step: a done
+        callback would cost the loop one more turn per call."""
+        try:
+            await coro
+        except Exception as exc:
+            if self._failure is None:
+                self._failure = exc
+                if self._scope is not None:
+                    self._scope.cancel()  # fail the owner, as a task group fails on a child's error
+        finally:
+            task = asyncio.current_task()
+            if task is not None:
+                self._tasks.discard(task)
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Own the pool's tasks until cancelled; then cancel and await every one still running."""

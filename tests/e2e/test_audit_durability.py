@@ -28,7 +28,7 @@ from mcp import MCPError
 
 from policy.audit.log import read_head
 from policy.audit.verify import verify_log
-from proxy.audit.flush import AioFlusher
+from proxy.audit.flush import AioFlusher, Done
 from proxy.audit.hold import AUDIT_NOT_DURABLE
 from tests.conftest import ROOT, connect, gateway_env, running
 from tests.e2e.conftest import GPT_KEY, Site, cli, make_site
@@ -51,18 +51,18 @@ def durable_site(root: Path, mode: str, **kwargs: Any) -> Site:
 def patch_flush(monkeypatch: pytest.MonkeyPatch, disk: Callable[[int], None]) -> None:
     """Route the log's flushes, on the loop (``os.fdatasync``) and through Linux AIO, via ``disk``
     (which records them, or raises the EIO a healthy disk cannot produce), then to the real one."""
-    real, real_flush = os.fdatasync, AioFlusher.flush
+    real, real_submit = os.fdatasync, AioFlusher.submit
 
     def fdatasync(fd: int) -> None:
         disk(fd)
         real(fd)
 
-    async def flush(flusher: AioFlusher, fd: int) -> bool:
+    def submit(flusher: AioFlusher, fd: int, done: Done) -> bool:
         disk(fd)
-        return await real_flush(flusher, fd)
+        return real_submit(flusher, fd, done)
 
     monkeypatch.setattr(os, "fdatasync", fdatasync)
-    monkeypatch.setattr(AioFlusher, "flush", flush)
+    monkeypatch.setattr(AioFlusher, "submit", submit)
 
 
 def decisions(site: Site) -> dict[str, dict[str, Any]]:

@@ -19,7 +19,7 @@ import pytest
 
 from policy.audit.log import JsonlAuditLog, read_head
 from policy.audit.verify import verify_log
-from proxy.audit.flush import AioFlusher
+from proxy.audit.flush import AioFlusher, Done
 from proxy.audit.writer import AuditWriter, holding
 from proxy.config import parse_config
 from tests.conftest import running
@@ -36,17 +36,17 @@ class Disk:
         self.aio = 0  # of which through Linux AIO
         self.fail = False
         real = os.fdatasync
-        real_flush = AioFlusher.flush
+        real_submit = AioFlusher.submit
 
-        async def flush(flusher: AioFlusher, fd: int) -> bool:
+        def submit(flusher: AioFlusher, fd: int, done: Done) -> bool:
             if self.fail:
                 raise OSError(errno.EIO, "Input/output error")
-            done = await real_flush(flusher, fd)
-            self.syncs += done
-            self.aio += done
-            return done
+            submitted = real_submit(flusher, fd, done)
+            self.syncs += submitted
+            self.aio += submitted
+            return submitted
 
-        monkeypatch.setattr(AioFlusher, "flush", flush)
+        monkeypatch.setattr(AioFlusher, "submit", submit)
 
         def fdatasync(fd: int) -> None:
             if self.fail:
