@@ -3,7 +3,9 @@
 Two walks with one answer:
 
 * :func:`value_strings` -- the paths and texts of every non-empty string of *any* value
-  (dicts and other mappings, lists and tuples, ``str`` subclasses), iterative so arbitrarily
+  (dicts and other mappings, lists and tuples, ``str`` subclasses), the mappings' string keys
+  included (each right before its value: an upstream can hide text in a key of
+  ``structuredContent`` as well as in a value), iterative so arbitrarily
   deep input cannot exhaust the stack, and each container walked once (a shared or cyclic
   reference is not followed again);
 * :func:`plain_texts` -- the texts alone, for the *plain* JSON values that every call and
@@ -23,9 +25,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["PLAIN_DEPTH", "plain_texts", "value_strings"]
+__all__ = ["KEY_MARK", "PLAIN_DEPTH", "plain_texts", "value_strings"]
 
 _SCALARS = (int, float, bool, type(None))
+
+KEY_MARK = "#key"
+"""Appended to a mapping key's path: the finding is in the key, not in the value under it."""
 
 PLAIN_DEPTH = 64
 """Containers nested deeper than this are left to :func:`value_strings` (a recursion that
@@ -35,13 +40,17 @@ deep is rare in JSON, and the general walk needs no stack)."""
 def value_strings(value: Any, path: str = "") -> tuple[list[str], list[str]]:
     """Paths and texts of every non-empty string in ``value``, in document order (iterative).
 
-    Paths look like ``arguments.query`` or ``content[0].text``.
+    Paths look like ``arguments.query`` or ``content[0].text``; a mapping's key is a string too,
+    at ``<its value's path>#key`` (``arguments.query#key``), right before its value.
     """
     paths: list[str] = []
     texts: list[str] = []
     if type(value) is dict:  # the usual arguments object: flat, strings and numbers
         prefix = f"{path}." if path else ""
         for key, item in value.items():
+            if type(key) is str and key:
+                paths.append(f"{prefix}{key}{KEY_MARK}")
+                texts.append(key)
             kind = type(item)
             if kind is str:
                 if item:
@@ -73,7 +82,11 @@ def value_strings(value: Any, path: str = "") -> tuple[list[str], list[str]]:
                 continue
             seen.add(id(current))
             prefix = f"{where}." if where else ""
-            entries = [(item, f"{prefix}{key}") for key, item in current.items()]
+            entries: list[tuple[Any, str]] = []
+            for key, item in current.items():
+                if isinstance(key, str) and key:  # a key is scanned before its value
+                    entries.append((str(key), f"{prefix}{key}{KEY_MARK}"))
+                entries.append((item, f"{prefix}{key}"))
             entries.reverse()
             stack.extend(entries)
         elif isinstance(current, list | tuple):
@@ -105,13 +118,17 @@ def plain_texts(value: Any) -> list[str] | None:
     return None
 
 
-# The two loops differ only in what they iterate (values or items); each is written out
+# The two loops differ only in what they iterate (keys and values, or items); each is written out
 # because a shared helper per item would cost a call per string. ``seen`` holds the ids of
 # the containers met so far, made at the first level that has a nested one and passed down.
 
 
 def _mapping(value: dict[Any, Any], out: list[str], seen: set[int] | None, depth: int) -> bool:
-    for item in value.values():
+    for key, item in value.items():
+        if type(key) is not str:
+            return False  # not JSON: the general walk decides what such a key is
+        if key:
+            out.append(key)
         kind = type(item)
         if kind is str:
             if item:
