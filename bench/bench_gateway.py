@@ -12,6 +12,10 @@ drift hits both sides alike:
 - calls per second with 8 concurrent callers on one session;
 - the gateway process's own CPU time (user + system, from ``/proc/<pid>/stat``, upstream
   children excluded) per call, next to the upstream server's own for scale;
+- over the sequential calls, the CPU per call of the processes on either side of the hop: the
+  upstream behind it and the client (this process), each next to its figure without the hop.
+  A hop's CPU competes with theirs for the machine's cores, so these show what it costs its
+  neighbours;
 - ``echo`` of 1 KB / 100 KB / 1 MB: p50 latency;
 - session start: connect + initialize + first ``tools/list``.
 
@@ -19,6 +23,11 @@ On stdio a third side runs in the same interleaved rounds: the **relay alone**
 (``bench/relay_only.py``: :class:`proxy.gateway.Gateway` composed with no policy, no audit,
 no scanning and no interceptors, the same message path otherwise), judged on its p50
 against the issue's "relay alone (no policy)" mark; ``--no-relay`` leaves it out.
+
+``--burn N`` adds the relay alone plus ``N`` microseconds of pure CPU per ``tools/call``
+(``bench/relay_only.py --burn-us N``), spent before the forward: a side whose only extra work is
+known CPU. Set to the gateway's CPU above the relay's, it tells whether the gateway's latency
+above the relay is that CPU or something else (waiting, wake-ups).
 
 It prints one table with gateway/direct ratios and the targets, marked PASS or MISS.
 Everything runs on 127.0.0.1 inside a temporary directory that is removed at exit, and every
@@ -106,6 +115,7 @@ RELAY_BASELINE = "relay:baseline"  # the relay alone from the ``--baseline`` che
 FLOOR = "floor"  # ``--floor``: bench/floor_relay.py, the least a Python stdio hop can do
 FLOOR_DURABLE = "floor:durable"  # ``--floor``: the same with a durable line per call (FLOOR_AUDIT)
 UNSYNCED = "gateway:audit not synced"  # ``--unsynced``: the gateway with ``[audit] fsync = false``
+BURN = "relay:burn"  # ``--burn N``: the relay alone plus N us of CPU per call (bench/relay_only.py --burn-us)
 
 
 # ---- the deployment under test -----------------------------------------------------------------
@@ -231,10 +241,12 @@ def gateway_argv(config: Path, profile: Path | None = None) -> list[str]:
     return [sys.executable, *runner, "-m", "proxy.cli", "run", "--config", str(config)]
 
 
-def relay_argv(config: Path, profile: Path | None = None) -> list[str]:
-    """The relay alone over ``config`` (its policy, audit and scanning settings are not used)."""
+def relay_argv(config: Path, profile: Path | None = None, burn_us: int = 0) -> list[str]:
+    """The relay alone over ``config`` (its policy, audit and scanning settings are not used),
+    spending ``burn_us`` microseconds of CPU per ``tools/call`` when given."""
     runner = ["-m", "cProfile", "-o", str(profile)] if profile else []
-    return [sys.executable, *runner, "-m", "bench.relay_only", str(config)]
+    burn = ["--burn-us", str(burn_us)] if burn_us else []
+    return [sys.executable, *runner, "-m", "bench.relay_only", str(config), *burn]
 
 
 def free_port() -> int:
@@ -295,19 +307,29 @@ def find_pid(*needles: str, parent: int | None = None) -> int | None:
     return None
 
 
-def lazy_pid(describe: str, *needles: str, parent: int | None = None) -> Callable[[], int]:
-    """Finds the pid on first use (the process exists only once its session is open)."""
+def lazy_pid(describe: str, *needles: str, parent: int | Callable[[], int] | None = None) -> Callable[[], int]:
+    """Finds the pid on first use (the process exists only once its session is open); ``parent``
+    may itself be found on first use."""
     found: dict[str, int] = {}
 
     def pid() -> int:
         if "pid" not in found:
-            value = find_pid(*needles, parent=parent)
+            value = find_pid(*needles, parent=parent() if callable(parent) else parent)
             if value is None:
                 raise RuntimeError(f"no running {describe}")
             found["pid"] = value
         return found["pid"]
 
     return pid
+
+
+def hop_side(
+    name: str, tool: str, connect: Callable[[], contextlib.AbstractAsyncContextManager[Any]], describe: str,
+    *needles: str, parent: int | None = None,
+) -> Side:
+    """A side through a hop (gateway, relay, floor) found by ``needles``, with the upstream it spawned."""
+    pid = lazy_pid(describe, *needles, parent=parent)
+    return Side(name, tool, connect, pid, lazy_pid(f"upstream behind the {describe}", "demo.testserver", parent=pid))
 
 
 # ---- clients -----------------------------------------------------------------------------------
@@ -322,6 +344,9 @@ class Side:
     connect: Callable[[], contextlib.AbstractAsyncContextManager[Any]]
     # The process whose CPU is measured: the gateway, or (for scale) the upstream itself.
     pid: Callable[[], int]
+    # The upstream server answering this side's calls (its CPU per call behind the hop);
+    # None: ``pid`` is the upstream (the direct side).
+    upstream: Callable[[], int] | None = None
 
 
 @contextlib.asynccontextmanager
@@ -410,6 +435,8 @@ class Figures:
     cpu_calls: int = 0
     cpu_concurrent: float = 0.0
     cpu_concurrent_calls: int = 0
+    upstream_cpu: float = 0.0  # CPU seconds of the upstream behind the side over the sequential calls
+    client_cpu: float = 0.0  # CPU seconds of this process (the client) over the sequential calls
 
 
 async def measure(sides: list[Side], counts: Counts, progress: Callable[[str], None]) -> dict[str, Figures]:
@@ -428,10 +455,13 @@ async def measure(sides: list[Side], counts: Counts, progress: Callable[[str], N
             progress(f"round {round_ + 1}/{counts.rounds}")
             for side in sides:
                 client, fig, pid = clients[side.name], figures[side.name], side.pid()
+                upstream = side.upstream() if side.upstream is not None else pid
                 texts = [f"hello {round_}-{i}" for i in range(counts.sequential)]
-                before = cpu_seconds(pid)
+                before, up_before, client_before = cpu_seconds(pid), cpu_seconds(upstream), time.process_time()
                 fig.sequential += await timed_calls(client, side.tool, texts)
                 fig.cpu += cpu_seconds(pid) - before
+                fig.upstream_cpu += cpu_seconds(upstream) - up_before
+                fig.client_cpu += time.process_time() - client_before
                 fig.cpu_calls += len(texts)
                 before = cpu_seconds(pid)
                 fig.rates.append(await concurrent_rate(client, side.tool, counts.callers, counts.per_caller))
@@ -469,6 +499,7 @@ def gateway_side(mode: str) -> str:
 async def bench_stdio(
     tmp: Path, counts: Counts, log: TextIO, progress: Callable[[str], None], modes: tuple[str, ...],
     relay: bool = True, baseline: Path | None = None, floor: bool = False, unsynced: bool = False,
+    burn_us: int = 0,
 ) -> dict[str, Figures]:
     env = {"SECUREGATEWAY_MODEL_KEY": MODEL_KEY}
     configs = {mode: write_site(tmp / f"stdio-calls-{mode}", listen="stdio", upstream="stdio", durability=mode)
@@ -483,39 +514,45 @@ async def bench_stdio(
 
     sides = [Side("direct", "echo", direct, lazy_pid("upstream", "demo.testserver", parent=os.getpid()))]
     sides += [
-        Side(gateway_side(mode), f"{UPSTREAM}.echo", gateway(config),
-             lazy_pid(f"gateway with `{config}`", "proxy.cli", str(config)))
+        hop_side(gateway_side(mode), f"{UPSTREAM}.echo", gateway(config), f"gateway with `{config}`",
+                 "proxy.cli", str(config))
         for mode, config in configs.items()
     ]
     if baseline is not None:
         base_config = write_site(tmp / "stdio-baseline", listen="stdio", upstream="stdio", durability=modes[0])
-        sides.append(Side(BASELINE, f"{UPSTREAM}.echo",
-                          lambda: stdio_session(gateway_argv(base_config), log, env, cwd=baseline),
-                          lazy_pid(f"baseline gateway with `{base_config}`", "proxy.cli", str(base_config))))
+        sides.append(hop_side(BASELINE, f"{UPSTREAM}.echo",
+                              lambda: stdio_session(gateway_argv(base_config), log, env, cwd=baseline),
+                              f"baseline gateway with `{base_config}`", "proxy.cli", str(base_config)))
     if unsynced:
         unsynced_config = write_site(tmp / "stdio-unsynced", listen="stdio", upstream="stdio", durability=modes[0],
                                      fsync=False)
-        sides.append(Side(UNSYNCED, f"{UPSTREAM}.echo", gateway(unsynced_config),
-                          lazy_pid(f"gateway with `{unsynced_config}`", "proxy.cli", str(unsynced_config))))
+        sides.append(hop_side(UNSYNCED, f"{UPSTREAM}.echo", gateway(unsynced_config),
+                              f"gateway with `{unsynced_config}`", "proxy.cli", str(unsynced_config)))
     if relay:
         relay_config = write_site(tmp / "stdio-relay", listen="stdio", upstream="stdio")
-        sides.append(Side(RELAY, f"{UPSTREAM}.echo", lambda: stdio_session(relay_argv(relay_config), log),
-                          lazy_pid("relay-alone gateway", "bench.relay_only", str(relay_config))))
+        sides.append(hop_side(RELAY, f"{UPSTREAM}.echo", lambda: stdio_session(relay_argv(relay_config), log),
+                              "relay-alone gateway", "bench.relay_only", str(relay_config)))
         if baseline is not None:
             base_relay = write_site(tmp / "stdio-relay-baseline", listen="stdio", upstream="stdio")
-            sides.append(Side(RELAY_BASELINE, f"{UPSTREAM}.echo",
-                              lambda: stdio_session(relay_argv(base_relay), log, cwd=baseline),
-                              lazy_pid("baseline relay-alone gateway", "bench.relay_only", str(base_relay))))
+            sides.append(hop_side(RELAY_BASELINE, f"{UPSTREAM}.echo",
+                                  lambda: stdio_session(relay_argv(base_relay), log, cwd=baseline),
+                                  "baseline relay-alone gateway", "bench.relay_only", str(base_relay)))
+    if burn_us:
+        burn_config = write_site(tmp / "stdio-burn", listen="stdio", upstream="stdio")
+        sides.append(hop_side(BURN, f"{UPSTREAM}.echo",
+                              lambda: stdio_session(relay_argv(burn_config, burn_us=burn_us), log),
+                              "burning relay", "bench.relay_only", str(burn_config)))
     if floor:
         floor_env = {"FLOOR_UPSTREAM": json.dumps(upstream_argv())}
-        sides.append(Side(FLOOR, "echo",
-                          lambda: stdio_session([sys.executable, "-m", "bench.floor_relay", "plain"], log, floor_env),
-                          lazy_pid("floor relay", "bench.floor_relay", "plain", parent=os.getpid())))
+        sides.append(hop_side(FLOOR, "echo",
+                              lambda: stdio_session([sys.executable, "-m", "bench.floor_relay", "plain"], log,
+                                                    floor_env),
+                              "floor relay", "bench.floor_relay", "plain", parent=os.getpid()))
         durable_env = {**floor_env, "FLOOR_AUDIT": str(tmp / "floor-audit.jsonl")}
-        sides.append(Side(FLOOR_DURABLE, "echo",
-                          lambda: stdio_session([sys.executable, "-m", "bench.floor_relay", "durable"], log,
-                                                durable_env),
-                          lazy_pid("durable floor relay", "bench.floor_relay", "durable", parent=os.getpid())))
+        sides.append(hop_side(FLOOR_DURABLE, "echo",
+                              lambda: stdio_session([sys.executable, "-m", "bench.floor_relay", "durable"], log,
+                                                    durable_env),
+                              "durable floor relay", "bench.floor_relay", "durable", parent=os.getpid()))
     figures = await measure(sides, counts, progress)
     progress("session starts")
     starters = [("direct", direct), (gateway_side(modes[0]), gateway(starts_config))]
@@ -551,11 +588,11 @@ async def bench_http(
 
         sides = [
             Side("direct", "echo", direct, lambda: up_pid),  # one upstream serves both sides
-            Side("gateway", f"{UPSTREAM}.echo", gateway, lambda: gw_pid),
+            Side("gateway", f"{UPSTREAM}.echo", gateway, lambda: gw_pid, lambda: up_pid),
         ]
         if baseline is not None:
             sides.append(Side(BASELINE, f"{UPSTREAM}.echo", lambda: http_session(base_url, MODEL_KEY),
-                              lambda: base_pid))
+                              lambda: base_pid, lambda: up_pid))
         figures = await measure(sides, counts, progress)
         progress("session starts")
         await measure_starts([(side.name, side.connect) for side in sides], figures, counts.starts)
@@ -613,6 +650,7 @@ def rows_for(transport: str, figures: dict[str, Figures], side: str = "gateway")
         mark = "" if target is None else f"{target.text} {'PASS' if target.check(gw_ms) else 'MISS'}"
         rows.append((transport, f"CPU/call {label} (ms): upstream | gateway", f"{up_ms:.3f}", f"{gw_ms:.3f}",
                      f"{gw_ms / up_ms:.2f}x", mark))
+    rows += neighbour_rows(transport, d, g)
     for size in SIZES:
         label = f"{size // 1024} KB" if size < 1024 * 1024 else "1 MB"
         target = mb if size == 1024 * 1024 else None
@@ -622,13 +660,14 @@ def rows_for(transport: str, figures: dict[str, Figures], side: str = "gateway")
     return rows
 
 
-def relay_rows(transport: str, figures: dict[str, Figures], side: str = RELAY) -> list[Row]:
+def relay_rows(transport: str, figures: dict[str, Figures], side: str = RELAY, burn_us: int = 0) -> list[Row]:
     """The relay-alone side: judged on p50 only (the issue's mark); the rest for scale."""
     d, r = figures["direct"], figures[side]
     label = {RELAY: f"{transport} (relay alone)", RELAY_BASELINE: f"{transport} (relay alone, baseline)",
-             FLOOR: f"{transport} (floor relay)", FLOOR_DURABLE: f"{transport} (floor relay, durable)"}[side]
+             FLOOR: f"{transport} (floor relay)", FLOOR_DURABLE: f"{transport} (floor relay, durable)",
+             BURN: f"{transport} (relay + {burn_us} us CPU/call)"}[side]
     rows: list[Row] = []
-    judged = None if side.startswith(FLOOR) else RELAY_P50
+    judged = RELAY_P50 if side in (RELAY, RELAY_BASELINE) else None
     for metric, direct, relay, target in (
         ("echo p50 (ms)", median(d.sequential) * 1e3, median(r.sequential) * 1e3, judged),
         ("echo p99 (ms)", percentile(d.sequential, 0.99) * 1e3, percentile(r.sequential, 0.99) * 1e3, None),
@@ -640,6 +679,16 @@ def relay_rows(transport: str, figures: dict[str, Figures], side: str = RELAY) -
     up_ms, relay_ms = d.cpu / d.cpu_calls * 1e3, r.cpu / r.cpu_calls * 1e3
     rows.append((label, "CPU/call sequential (ms): upstream | relay", f"{up_ms:.3f}", f"{relay_ms:.3f}",
                  f"{relay_ms / up_ms:.2f}x", ""))
+    return rows + neighbour_rows(label, d, r)
+
+
+def neighbour_rows(label: str, d: Figures, h: Figures) -> list[Row]:
+    """The CPU per sequential call of the hop's neighbours: the upstream behind it, the client before it."""
+    rows: list[Row] = []
+    for metric, direct, hop in (("upstream", d.upstream_cpu, h.upstream_cpu), ("client", d.client_cpu, h.client_cpu)):
+        direct_ms, hop_ms = direct / d.cpu_calls * 1e3, hop / h.cpu_calls * 1e3
+        rows.append((label, f"CPU/call sequential (ms): {metric}, without | with the hop", f"{direct_ms:.3f}",
+                     f"{hop_ms:.3f}", f"{hop_ms / direct_ms:.2f}x" if direct_ms else "-", ""))
     return rows
 
 
@@ -713,6 +762,9 @@ def main() -> int:
                              " plain and with a durable (fdatasync'd) line per call")
     parser.add_argument("--unsynced", action="store_true",
                         help="add a stdio gateway with `[audit] fsync = false`: what the audit's fsync costs")
+    parser.add_argument("--burn", type=int, default=0, metavar="US",
+                        help="add the stdio relay alone plus US microseconds of pure CPU per tools/call"
+                             " (bench/relay_only.py --burn-us): what that much gateway CPU costs in latency")
     parser.add_argument("--baseline", type=Path, metavar="DIR",
                         help="also run the gateway (and on stdio the relay alone) from another checkout DIR"
                              " (e.g. main) in the same rounds; its rows are labelled `baseline`")
@@ -723,6 +775,8 @@ def main() -> int:
     baseline = args.baseline.resolve() if args.baseline else None
     if baseline is not None and not (baseline / "proxy" / "cli").is_dir():
         parser.error(f"--baseline {args.baseline}: not a SecureGateway checkout (no proxy/cli/ in it)")
+    if args.burn < 0:
+        parser.error("--burn: must be 0 or more microseconds")
     counts = QUICK if args.quick else DEFAULT
     if args.rounds:
         counts = Counts(**{**counts.__dict__, "rounds": max(1, args.rounds)})
@@ -748,7 +802,8 @@ def main() -> int:
                     if args.transport in (transport, "both"):
                         progress(f"{transport}: client -> upstream, direct and through the gateway")
                         extra: dict[str, Any] = {"baseline": baseline} | (
-                            {"relay": not args.no_relay, "floor": args.floor, "unsynced": args.unsynced}
+                            {"relay": not args.no_relay, "floor": args.floor, "unsynced": args.unsynced,
+                             "burn_us": args.burn}
                             if transport == "stdio" else {})
                         figures = anyio.run(functools.partial(bench, tmp, counts, log, progress, modes, **extra))
                         for mode in modes if transport == "stdio" else modes[:1]:
@@ -761,6 +816,8 @@ def main() -> int:
                             rows += relay_rows(transport, figures)
                         if RELAY_BASELINE in figures:
                             rows += relay_rows(transport, figures, RELAY_BASELINE)
+                        if BURN in figures:
+                            rows += relay_rows(transport, figures, BURN, burn_us=args.burn)
                         if FLOOR in figures:
                             rows += relay_rows(transport, figures, FLOOR)
                         if FLOOR_DURABLE in figures:

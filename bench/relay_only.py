@@ -1,17 +1,26 @@
 """The relay alone: a gateway composed with no policy, no audit, no scanning, no interceptors.
 
-``python bench/relay_only.py CONFIG`` serves ``CONFIG``'s listener and upstreams through
-:class:`proxy.gateway.Gateway` exactly as ``securegateway run`` composes it, minus
+``python bench/relay_only.py CONFIG [--burn-us N]`` serves ``CONFIG``'s listener and upstreams
+through :class:`proxy.gateway.Gateway` exactly as ``securegateway run`` composes it, minus
 everything :mod:`proxy.bootstrap` adds (the enforcer and its audit log, result scanning,
 detectors, quarantine, taint, negotiation, metrics). ``bench_gateway.py`` runs it beside
 the full gateway for the "relay alone (no policy)" mark: the cost of the message path
 itself. Not a deployment: nothing is decided or recorded.
+
+``--burn-us N`` adds one interceptor that spends ``N`` microseconds of this thread's CPU on
+every ``tools/call`` before forwarding it, and does nothing else: the relay plus a known
+amount of pure CPU (``bench_gateway.py --burn N``). Set to what the gateway spends above the
+relay, it tells whether the gateway's latency above the relay is that CPU (the two sides
+measure alike) or time spent waiting (the gateway is slower than the burn).
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -19,15 +28,45 @@ from proxy import logs
 from proxy.cli import event_loop_options
 from proxy.config import load_config
 from proxy.gateway import Gateway
+from proxy.intercept import CallNext, ToolCall, ToolResult
 
 
-def main() -> int:
-    if len(sys.argv) != 2:
-        print("usage: relay_only.py CONFIG", file=sys.stderr)
-        return 2
+class Burn:
+    """Interceptor: ``us`` microseconds of this thread's CPU per call, then the call, unchanged."""
+
+    def __init__(self, us: int) -> None:
+        self.ns = us * 1000
+        self.spent_ns = 0  # CPU burnt so far (this thread's clock): what the tests check
+
+    async def __call__(self, call: ToolCall, call_next: CallNext) -> ToolResult:
+        self.spin()
+        return await call_next(call)
+
+    def spin(self) -> None:
+        clock = time.thread_time_ns  # CPU time, not wall time: a preempted spin still burns its share
+        started = clock()
+        end = started + self.ns
+        now = started
+        while now < end:
+            for _ in range(20):
+                pass
+            now = clock()
+        self.spent_ns += now - started
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="relay_only.py", description=__doc__.splitlines()[0])
+    parser.add_argument("config", type=Path)
+    parser.add_argument("--burn-us", type=int, default=0, metavar="N",
+                        help="spend N microseconds of CPU on every tools/call before forwarding it")
+    args = parser.parse_args(argv)
+    if args.burn_us < 0:
+        parser.error("--burn-us: must be 0 or more")
     logs.configure()
-    config = load_config(Path(sys.argv[1]))
-    anyio.run(Gateway(config).run, backend_options=event_loop_options(config.event_loop, config.path.name))
+    config = load_config(args.config)
+    interceptors: list[Any] = [Burn(args.burn_us)] if args.burn_us else []
+    gateway = Gateway(config, interceptors=interceptors)
+    anyio.run(gateway.run, backend_options=event_loop_options(config.event_loop, config.path.name))
     return 0
 
 
