@@ -120,8 +120,9 @@ class AuditSink(Protocol):
 
 @dataclass(frozen=True)
 class PendingSync:
-    """A flush begun by :meth:`JsonlAuditLog.begin_sync`: the descriptor to flush (a duplicate;
-    -1 with ``fsync`` off), the head the flush makes durable, and the checkpoints waiting on it."""
+    """A flush begun by :meth:`JsonlAuditLog.begin_sync`: the descriptor to flush (the log's own,
+    kept open until :meth:`JsonlAuditLog.finish_sync`; -1 with ``fsync`` off), the head the flush
+    makes durable, and the checkpoints waiting on it."""
 
     fd: int
     target: Head
@@ -171,6 +172,12 @@ class JsonlAuditLog:
         self._checkpointed = 0
         self._lock = threading.Lock()
         self._file: BinaryIO | None = None
+        # Flushes begun and not finished (begin_sync .. finish_sync), which use the current
+        # file's own descriptor: a file closed meanwhile (rotation, a failed write, close) is
+        # kept open here until the last of them finishes, so no flush ever names a closed or
+        # reused descriptor, and no batch pays an ``os.dup`` + ``close`` for it.
+        self._flushing = 0
+        self._retired: list[BinaryIO] = []
         self._head_fd: int | None = None
         self._lock_fd: int | None = None
         self._size = 0
@@ -253,12 +260,16 @@ class JsonlAuditLog:
         pending = self.begin_sync()
         if pending is None:
             return
-        error: OSError | None = None
+        error: BaseException | None = None
         try:
             if pending.fd >= 0:
                 os.fdatasync(pending.fd)
         except OSError as exc:
             error = exc
+        except BaseException as exc:  # interrupted: not durable, and the descriptor is let go
+            with contextlib.suppress(AuditError):
+                self.finish_sync(pending, exc)
+            raise
         self.finish_sync(pending, error)
 
     def begin_sync(self) -> PendingSync | None:
@@ -266,8 +277,9 @@ class JsonlAuditLog:
         (asynchronously): what to flush, or None when everything written is durable already.
 
         The caller flushes ``pending.fd`` (``fdatasync``; it is -1 with ``fsync`` off) and then
-        calls :meth:`finish_sync` exactly once, which closes it. The flush covers the writes made
-        before this call returned, which are the ones ``pending.target`` names.
+        calls :meth:`finish_sync` exactly once: until then the descriptor stays open, even if the
+        file is rotated away or the log closed meanwhile. The flush covers the writes made before
+        this call returned, which are the ones ``pending.target`` names.
         """
         with self._lock:
             if self._closed:
@@ -279,9 +291,11 @@ class JsonlAuditLog:
                 if self._file is None:
                     self._recover()
                 assert self._file is not None
-                fd = os.dup(self._file.fileno()) if self.fsync else -1
+                fd = self._file.fileno() if self.fsync else -1
             except OSError as exc:
                 raise AuditError("write_failed", f"audit sync failed: {exc.strerror}") from exc
+            if fd >= 0:
+                self._flushing += 1  # the file stays open until finish_sync (see _retire)
             published, self._unpublished = self._unpublished, []
         return PendingSync(fd, target, published)
 
@@ -291,17 +305,15 @@ class JsonlAuditLog:
         On success the head sidecar names the flushed head (never one not flushed yet) and the
         checkpoints written before it go to the sinks; on failure, ``AuditError("write_failed")``.
         """
-        try:
-            if error is not None:
-                with self._lock:
-                    self._unpublished = pending.published + self._unpublished
-                    self._abandon_file()
-                reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-                raise AuditError("write_failed", f"audit sync failed: {reason}") from error
-        finally:
-            if pending.fd >= 0:
-                os.close(pending.fd)
+        if error is not None:
+            with self._lock:
+                self._unpublished = pending.published + self._unpublished
+                self._abandon_file()
+                self._unpin(pending)
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+            raise AuditError("write_failed", f"audit sync failed: {reason}") from error
         with self._lock:
+            self._unpin(pending)
             if pending.target.seq > self._synced.seq:
                 self._synced = pending.target
                 if self._head_fd is None:  # closed meanwhile: close() synced and named the head itself
@@ -505,7 +517,7 @@ class JsonlAuditLog:
         assert self._file is not None
         if self.fsync:  # a batch may have written to this file since the last sync
             os.fdatasync(self._file.fileno())
-        self._file.close()
+        self._retire(self._file)
         self._file = None
         files = log_files(self.path)
         numbers = [int(file.name.rsplit(".", 1)[1]) for file in files if file != self.path]
@@ -528,8 +540,25 @@ class JsonlAuditLog:
         # After a failed write the file may end in a fragment; the next append recovers first.
         if self._file is not None:
             with contextlib.suppress(OSError):
-                self._file.close()
+                self._retire(self._file)
             self._file = None
+
+    def _retire(self, file: BinaryIO) -> None:
+        """Close ``file`` now, or once the flushes begun on it have finished (``_unpin``)."""
+        if self._flushing:
+            self._retired.append(file)
+        else:
+            file.close()
+
+    def _unpin(self, pending: PendingSync) -> None:
+        if pending.fd < 0:
+            return
+        self._flushing -= 1
+        if not self._flushing and self._retired:
+            retired, self._retired = self._retired, []
+            for file in retired:
+                with contextlib.suppress(OSError):
+                    file.close()
 
     def _recover(self) -> None:
         files = log_files(self.path)

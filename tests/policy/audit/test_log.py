@@ -565,3 +565,93 @@ def test_a_log_the_current_writer_writes_verifies_by_the_cli(tmp_path: Path) -> 
     report = json.loads(cli.stdout)
     assert report["ok"] is True and report["events"] == 13 and len(report["files"]) == 3
     assert verify_log(tmp_path / "audit.jsonl", verifier=generator.SampleKey()).ok
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
+def test_a_flush_uses_the_log_file_itself_and_opens_no_descriptor_per_batch(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with open_log(path, fsync=True) as log:
+        log.append(started(0))
+        before = _open_fds()
+        for n in range(3):
+            log.write_many([started(n)])
+            pending = log.begin_sync()
+            assert pending is not None and pending.fd >= 0
+            assert os.fstat(pending.fd).st_ino == path.stat().st_ino
+            assert _open_fds() == before
+            os.fdatasync(pending.fd)
+            log.finish_sync(pending)
+            assert read_head(path) == pending.target
+        assert _open_fds() == before
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
+def test_a_rotation_while_a_flush_is_in_flight_keeps_its_file_open_and_loses_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = open_log(path, fsync=True, max_bytes=600)
+    log.append(started(0))
+    baseline = _open_fds()
+    log.write_many([started(1)])
+    pending = log.begin_sync()
+    assert pending is not None
+    flushed_inode = os.fstat(pending.fd).st_ino
+    log.append_many([started(n) for n in range(2, 8)])  # rotates, and syncs by itself meanwhile
+    assert len(log_files(path)) > 2
+    # The descriptor of the flush in flight still names the file it began on, now rotated away.
+    assert os.fstat(pending.fd).st_ino == flushed_inode != path.stat().st_ino
+    os.fdatasync(pending.fd)
+    log.finish_sync(pending)
+    assert read_head(path) == log.head  # a late finish never moves the sidecar back
+    assert _open_fds() == baseline  # ... and the rotated file is closed once no flush uses it
+    log.close()
+    report = verify_log(path)
+    assert report.ok, report
+    assert report.events == 8
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
+def test_closing_while_a_flush_is_in_flight_closes_the_file_once_it_finishes(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    before = _open_fds()
+    log = open_log(path, fsync=True)
+    log.write_many([started(0), started(1)])
+    pending = log.begin_sync()
+    assert pending is not None
+    log.close()  # syncs and names the head itself
+    assert read_head(path) == pending.target
+    os.fdatasync(pending.fd)  # still the log's file, not a closed or reused descriptor
+    assert os.fstat(pending.fd).st_ino == path.stat().st_ino
+    log.finish_sync(pending)
+    assert _open_fds() == before
+    assert verify_log(path).ok
+
+
+def test_the_sidecar_never_names_a_head_that_no_finished_flush_covers(tmp_path: Path) -> None:
+    """Whatever interleaves (later writes, rotations, failed flushes), the sidecar names at most
+    the target of the last flush that finished without error."""
+    path = tmp_path / "audit.jsonl"
+    with open_log(path, fsync=True, max_bytes=900) as log:
+        log.append(started(0))
+        durable = log.head
+        for n in range(12):
+            if n % 4 == 0 and n:  # a flush failed: the next write recovers, syncing all it finds first
+                durable = log.head
+            log.write_many([started(n)])
+            pending = log.begin_sync()
+            assert pending is not None
+            log.write_many([started(100 + n)])  # written after the flush began: not covered by it
+            assert read_head(path) == durable
+            if n % 4 == 3:
+                with pytest.raises(AuditError) as failed:
+                    log.finish_sync(pending, OSError(5, "Input/output error"))
+                assert failed.value.code == "write_failed"
+            else:
+                os.fdatasync(pending.fd)
+                log.finish_sync(pending)
+                durable = pending.target
+            assert read_head(path) == durable != log.head
+    assert verify_log(path).ok
