@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from proxy.audit.writer import AuditWriter, Receipt, holding
+from proxy.audit.writer import HOLD, AuditWriter, Receipt
 from proxy.enforce import DECISION_META_KEY
 from proxy.intercept import CallNext, ToolCall, ToolResult
 from proxy.protocol import mcp_error
@@ -44,12 +44,20 @@ class DurableReplies:
     async def __call__(self, call: ToolCall, call_next: CallNext) -> ToolResult:
         if self._writer.durability != "before-response":
             return await call_next(call)
-        with holding() as held:
-            try:
-                result = await call_next(call)
-            except Exception:  # the upstream's error reply waits for the sync like any reply
-                await self._settle(call, held, None)
-                raise
+        held: list[Receipt] = []
+        token = HOLD.set(held)  # ``holding()``, inline: this runs on every tools/call
+        try:
+            result = await call_next(call)
+        except Exception:  # the upstream's error reply waits for the sync like any reply
+            HOLD.reset(token)
+            await self._settle(call, held, None)
+            raise
+        except BaseException:
+            HOLD.reset(token)
+            raise
+        HOLD.reset(token)
+        if len(held) == 1 and held[0].poll() and held[0].error is None:
+            return result  # the usual case: one group commit, durable by the time the reply is back
         await self._settle(call, held, result)
         return result
 

@@ -150,22 +150,31 @@ class Receipt:
         if self._event is not None:
             self._event.set()
 
+    def poll(self) -> bool:
+        """Whether the sync has ended, reaping a flush that completed meanwhile (no loop turn)."""
+        if not self._done and self._advance is not None:
+            self._advance(True)
+        return self._done
+
+    def check(self) -> None:
+        """Raise ``AuditError`` if the sync failed (a fresh exception per waiter: many tasks share one failure)."""
+        if self.error is not None:
+            code = self.error.code if isinstance(self.error, AuditError) else "write_failed"
+            raise AuditError(code, str(self.error) or type(self.error).__name__)
+
     async def wait(self) -> None:
         """Return once the events are durable; raise ``AuditError`` if the sync failed."""
-        if not self._done and self._advance is not None:
-            self._advance(True)  # a flush that completed meanwhile settles here, without a loop turn
-        if not self._done:  # settled already (the usual case by the time a reply is back): no loop turn
+        if not self.poll():  # settled already (the usual case by the time a reply is back): no loop turn
             if self._event is None:
                 self._event = anyio.Event()
             if self._advance is not None:
                 self._advance(False)  # now awaited: the flush's completion wakes the loop
             await self._event.wait()
-        if self.error is not None:  # a fresh exception per waiter: many tasks share one failure
-            code = self.error.code if isinstance(self.error, AuditError) else "write_failed"
-            raise AuditError(code, str(self.error) or type(self.error).__name__)
+        self.check()
 
 
-_HOLD: contextvars.ContextVar[list[Receipt] | None] = contextvars.ContextVar("securegateway_audit_hold", default=None)
+HOLD: contextvars.ContextVar[list[Receipt] | None] = contextvars.ContextVar("securegateway_audit_hold", default=None)
+"""The receipts of the reply being held (:func:`holding`; proxy.audit.hold sets it inline)."""
 
 
 @contextlib.contextmanager
@@ -173,11 +182,11 @@ def holding() -> Iterator[list[Receipt]]:
     """While active, ``record`` in ``before-response`` mode returns once the event is *written*
     and leaves its receipt here, for whoever holds the reply (proxy.audit.hold) to wait on."""
     held: list[Receipt] = []
-    token = _HOLD.set(held)
+    token = HOLD.set(held)
     try:
         yield held
     finally:
-        _HOLD.reset(token)
+        HOLD.reset(token)
 
 
 class AuditWriter:
@@ -238,7 +247,7 @@ class AuditWriter:
             await anyio.to_thread.run_sync(self.sink.append, built)
             return
         receipt = self.submit(built)
-        held = _HOLD.get()
+        held = HOLD.get()
         if held is not None and self.durability == "before-response":
             held.append(receipt)
             return
