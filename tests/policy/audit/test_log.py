@@ -655,3 +655,53 @@ def test_the_sidecar_never_names_a_head_that_no_finished_flush_covers(tmp_path: 
                 durable = pending.target
             assert read_head(path) == durable != log.head
     assert verify_log(path).ok
+
+
+def test_one_event_at_a_time_is_written_byte_for_byte_as_a_batch_writes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway's path (one event, no copy kept) and the general one write the same files:
+    across rotations, with checkpoints due, for an event the reference encoder must write."""
+    from negotiation.signing import HmacSigner
+    from policy.audit import decision as decision_module
+    from policy.audit import log as log_module
+    from policy.audit.decision import decision_event
+
+    def written(name: str, one_at_a_time: bool) -> list[bytes]:
+        ids = (f"e{n}" for n in itertools.count())
+        monkeypatch.setattr(log_module, "new_event_id", lambda: next(ids))
+        monkeypatch.setattr(decision_module, "new_event_id", lambda: next(ids))
+        path = tmp_path / name / "audit.jsonl"
+        path.parent.mkdir()
+        log = open_log(path, max_bytes=2500, signer=HmacSigner(b"pinned-secret-0123456789"), checkpoint_every=3)
+        items: list[Any] = [
+            decision_event(decision={"decision_id": f"d{n}", "allowed": n % 2 == 0, "reason": "r"}, session_id="s",
+                           server="up", tool="echo", arguments={"text": f"hello {n}", "big": 1e16 if n == 4 else n},
+                           latency_ms=0.25, policy_version=1)
+            for n in range(10)
+        ] + [{"type": "gateway.started", "n": n} for n in range(5)]
+        if one_at_a_time:
+            for item in items:
+                log.write_many([item], keep=False)
+                log.sync()
+        else:
+            for item in items:
+                assert log.write_many([item], keep=True)
+                log.sync()
+        log.close()
+        assert verify_log(path).ok
+        return [file.read_bytes() for file in log_files(path)]
+
+    taken: list[bool] = []
+    real_write_one = JsonlAuditLog._write_one
+
+    def counted(self: JsonlAuditLog, body: dict[str, Any], tame: bool) -> bool:
+        taken.append(real_write_one(self, body, tame))
+        return taken[-1]
+
+    monkeypatch.setattr(JsonlAuditLog, "_write_one", counted)
+    fast = written("fast", True)
+    assert True in taken and False in taken  # the short path, and the general one when a checkpoint is due
+    general = written("general", False)
+    assert len(fast) > 2  # rotated
+    assert fast == general
