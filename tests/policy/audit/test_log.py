@@ -17,6 +17,7 @@ import pytest
 from policy.audit.event import GENESIS_HASH, AuditError, canonical_event, event, event_hash
 from policy.audit.log import AuditSink, Head, JsonlAuditLog, head_path, log_files, read_head
 from policy.audit.verify import verify_log
+from tests.policy.audit.test_checkpoint import Hmac
 
 
 def ticking_clock() -> Callable[[], datetime]:
@@ -662,7 +663,6 @@ def test_one_event_at_a_time_is_written_byte_for_byte_as_a_batch_writes_it(
 ) -> None:
     """The gateway's path (one event, no copy kept) and the general one write the same files:
     across rotations, with checkpoints due, for an event the reference encoder must write."""
-    from negotiation.signing import HmacSigner
     from policy.audit import decision as decision_module
     from policy.audit import log as log_module
     from policy.audit.decision import decision_event
@@ -673,7 +673,7 @@ def test_one_event_at_a_time_is_written_byte_for_byte_as_a_batch_writes_it(
         monkeypatch.setattr(decision_module, "new_event_id", lambda: next(ids))
         path = tmp_path / name / "audit.jsonl"
         path.parent.mkdir()
-        log = open_log(path, max_bytes=2500, signer=HmacSigner(b"pinned-secret-0123456789"), checkpoint_every=3)
+        log = open_log(path, max_bytes=2500, signer=Hmac(b"pinned-secret-0123456789"), checkpoint_every=3)
         items: list[Any] = [
             decision_event(decision={"decision_id": f"d{n}", "allowed": n % 2 == 0, "reason": "r"}, session_id="s",
                            server="up", tool="echo", arguments={"text": f"hello {n}", "big": 1e16 if n == 4 else n},
