@@ -173,11 +173,12 @@ def now_ts() -> str:
 def ts_of(microseconds: int) -> str:
     """``format_ts`` of the moment ``microseconds`` after the Unix epoch (UTC), from the second's cached text."""
     global _STAMPED
-    second, micro = divmod(microseconds, 1_000_000)
+    second = microseconds // 1_000_000
     stamped = _STAMPED
     if stamped[0] != second:
         stamped = _STAMPED = (second, format_ts(_EPOCH + timedelta(seconds=second))[:-7])
-    return f"{stamped[1]}{micro:06d}Z"
+    # The six digits by slicing 1xxxxxx, not a ``:06d`` format: the same text, cheaper on a cold cache.
+    return stamped[1] + str(microseconds - second * 1_000_000 + 1_000_000)[1:] + "Z"
 
 
 def jsonable(value: Any, path: str = "$", depth: int = 0) -> Any:
