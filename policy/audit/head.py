@@ -131,7 +131,8 @@ def head_record_bytes(head: Head, checkpoint: Checkpoint | None = None, signed: 
     if type(hash_) is str and hash_.isascii() and hash_.isprintable() and '"' not in hash_ and "\\" not in hash_:
         parts = [_RECORD_START[schema], str(int(head.seq)).encode("ascii"), b',"hash":"', hash_.encode("ascii"), b'"']
     else:
-        parts = [json.dumps({"schema": schema, "seq": head.seq, "hash": head.hash}, separators=(",", ":"))[:-1].encode()]
+        record = {"schema": schema, "seq": head.seq, "hash": head.hash}
+        parts = [json.dumps(record, separators=(",", ":"))[:-1].encode()]
     if checkpoint is not None:
         parts += (b',"checkpoint":', signed if signed is not None else checkpoint_json(checkpoint))
     parts.append(b"}")

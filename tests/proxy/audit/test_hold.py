@@ -46,6 +46,11 @@ def aio(request: pytest.FixtureRequest) -> bool:
     return bool(request.param)
 
 
+@pytest.fixture(params=[True, False], ids=["fsync", "no-fsync"])
+def fsync(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
+
 def break_the_sync(writer: AuditWriter, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken_submit(flusher: AioFlusher, fd: int, done: Done) -> bool:
         raise OSError(5, "Input/output error")  # what a failing disk reports, one way or the other
@@ -57,9 +62,9 @@ def break_the_sync(writer: AuditWriter, monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(writer.sink, "sync", broken_sync)
 
 
-async def test_a_reply_leaves_only_once_its_calls_events_are_durable(tmp_path: Path, aio: bool) -> None:
+async def test_a_reply_leaves_only_once_its_calls_events_are_durable(tmp_path: Path, aio: bool, fsync: bool) -> None:
     path = tmp_path / "audit.jsonl"
-    writer = AuditWriter(JsonlAuditLog(path), aio=aio)
+    writer = AuditWriter(JsonlAuditLog(path, fsync=fsync), aio=aio)
     hold = DurableReplies(writer)
     async with running(writer):
         for n in range(1, 6):
@@ -95,10 +100,10 @@ async def test_an_upstream_error_waits_for_the_sync_and_is_passed_on(tmp_path: P
 
 
 async def test_a_reply_whose_sync_failed_is_withheld_as_audit_not_durable(
-    tmp_path: Path, aio: bool, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, aio: bool, fsync: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "audit.jsonl"
-    writer = AuditWriter(JsonlAuditLog(path), aio=aio)
+    writer = AuditWriter(JsonlAuditLog(path, fsync=fsync), aio=aio)
     failures: list[None] = []
     hold = DurableReplies(writer, on_failure=lambda: failures.append(None))
 
