@@ -41,10 +41,9 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, NamedTuple, Protocol
 
 from policy.audit.checkpoint import (
     Checkpoint,
@@ -118,11 +117,11 @@ class AuditSink(Protocol):
     def close(self) -> None: ...
 
 
-@dataclass(frozen=True)
-class PendingSync:
+class PendingSync(NamedTuple):
     """A flush begun by :meth:`JsonlAuditLog.begin_sync`: the descriptor to flush (the log's own,
     kept open until :meth:`JsonlAuditLog.finish_sync`; -1 with ``fsync`` off), the head the flush
-    makes durable, and the checkpoints waiting on it."""
+    makes durable, and the checkpoints waiting on it. A named tuple, not a frozen dataclass: one is
+    made per group commit, and a tuple is built without three ``object.__setattr__`` calls."""
 
     fd: int
     target: Head
@@ -324,7 +323,8 @@ class JsonlAuditLog:
                     self._write_sidecar(pending.target)
                 except OSError as exc:
                     raise AuditError("write_failed", f"audit head sidecar write failed: {exc.strerror}") from exc
-        self._publish(pending.published)
+        if pending.published:
+            self._publish(pending.published)
 
     def close(self) -> None:
         with self._lock:
