@@ -96,19 +96,50 @@ class FastLane:
         if method == "notifications/cancelled":
             self._cancel(message.get("params"))
             return False  # the SDK still sees it (it may name one of its own requests)
-        if method not in STDIO_METHODS or not plain_request(message):
+        if method not in STDIO_METHODS:
             return False
-        route = self._route(message)
+        route = self._admit(message, method)
         if route is None:
             return False
-        session, held, modern = route
-        if not self._relay.offers(session, method):
-            return False  # the SDK path answers -32601, as a server without the capability does
         request_id = message["id"]
         key = id_key(request_id)
-        if key in held:
+        if key in route[1]:
             await self._writer.send(codec.encode_error(request_id, error_body(*duplicate_id_error(request_id))))
             return True
+        self._start(message, method, route, key, tg)
+        return True
+
+    def offer_now(self, message: dict[str, Any], tg: Spawner) -> bool:
+        """:meth:`offer` for a request that needs no await (started here: True); False, with
+        nothing done, for every other message - the read callback's path (proxy/wire/framing.py
+        ``LineFeed``), which leaves those to :meth:`offer` in the reader task."""
+        method = message.get("method")
+        if method != "tools/call":
+            return False
+        route = self._admit(message, method)
+        if route is None:
+            return False
+        key = id_key(message["id"])
+        if key in route[1]:
+            return False  # the refusal is written by offer(), which awaits the writer
+        self._start(message, method, route, key, tg)
+        return True
+
+    def _admit(self, message: dict[str, Any], method: str) -> tuple[DownstreamSession, set[Any], bool] | None:
+        """The route of a request this lane serves; None for one it leaves to the SDK path."""
+        if not plain_request(message):
+            return None
+        route = self._route(message)
+        if route is None or not self._relay.offers(route[0], method):
+            return None  # the SDK path answers -32601, as a server without the capability does
+        return route
+
+    def _start(
+        self, message: dict[str, Any], method: str, route: tuple[DownstreamSession, set[Any], bool], key: Any,
+        tg: Spawner,
+    ) -> None:
+        session, held, modern = route
+        request_id = message["id"]
         held.add(key)  # claimed here, in arrival order, before anything else can run
         if self._debug:  # tests read which lane served a request from this line
             log.debug("fast lane", method=method, id=request_id, era="2026" if modern else "2025")
@@ -116,7 +147,6 @@ class FastLane:
         self._calls[coerce_request_id(request_id)] = scope
         tg.start_soon(self._serve, session, method, request_id, message.get("params") or {}, scope, key, held,
                       modern)
-        return True
 
     def _route(self, message: dict[str, Any]) -> tuple[DownstreamSession, set[Any], bool] | None:
         """``(session, ids held, 2026?)`` for a request this stream's era lets the lane serve."""

@@ -43,6 +43,12 @@ class CallPool:
         self._scope: anyio.CancelScope | None = None
         self._closed = False
 
+    @property
+    def native(self) -> bool:
+        """Running on asyncio: tasks are started with the loop's ``create_task`` (so also from a
+        read callback, outside any task: proxy/wire/framing.py ``LineFeed``)."""
+        return self._loop is not None
+
     def start_soon(self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
         if self._closed:
             raise RuntimeError("the call pool is closed")

@@ -312,3 +312,27 @@ async def test_when_the_upstream_goes_away_every_waiting_caller_gets_connection_
                     await from_gw.receive()
                 to_gw.close()
     assert codes == [CONNECTION_CLOSED] * 3  # which the link words as "closed the connection"
+
+
+async def test_a_real_upstream_is_read_in_the_pipe_callback_and_slow_progress_still_comes_before_the_answer() -> None:
+    """The answer settles its caller in the read callback only while the reader has nothing in hand:
+    behind a progress callback still running, it waits its turn (proxy/wire/framing.py LineFeed)."""
+    from proxy.wire.framing import LineFeed
+
+    events: list[str] = []
+    async with scripted() as up:
+        disp = up.link._dispatcher
+        assert isinstance(disp, LineDispatcher) and isinstance(disp._lines, LineFeed)
+        assert disp._lines.take is not None  # the correlator's taker is installed while it runs
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            await anyio.sleep(0.02)  # the answer is on the pipe by now
+            events.append(f"progress {progress:g}")
+
+        with anyio.fail_after(30):
+            result = await up.link.request("tools/call", {"name": "progress", "arguments": {"steps": 3}},
+                                           on_progress=on_progress)
+        events.append("answer")
+        assert result["structuredContent"] == {"text": "done"}
+        assert await up.tool("echo", text="next") == "next"  # and the next answer is taken at once again
+    assert events == ["progress 1", "progress 2", "progress 3", "answer"]
