@@ -27,7 +27,7 @@ import structlog
 
 __all__ = [
     "FEED_HIGH", "JOIN_BELOW", "OVERSIZED_METHOD", "ByteSink", "ByteSource", "Input", "LineFeed", "LineReader",
-    "LineSplitter", "LineWriter", "Take", "lines_of", "oversized_stand_in",
+    "LineSplitter", "LineWriter", "Take", "lines_of", "must_drain", "oversized_stand_in",
 ]
 
 log = structlog.get_logger("securegateway.wire")
@@ -281,6 +281,7 @@ class LineWriter:
 
     def __init__(self, sink: ByteSink) -> None:
         self._sink = sink
+        self._transport = sink.transport if isinstance(sink, asyncio.StreamWriter) else None
 
     async def send(self, data: bytes) -> None:
         if len(data) < JOIN_BELOW:
@@ -288,4 +289,14 @@ class LineWriter:
         else:
             self._sink.write(data)
             self._sink.write(b"\n")
-        await self._sink.drain()
+        if must_drain(self._transport):
+            await self._sink.drain()
+
+
+def must_drain(transport: Any) -> bool:
+    """Whether a write just made to an asyncio stream must be followed by its ``drain``: unless
+    the transport is open with nothing left buffered (so not paused either), ``drain`` would
+    return at once without awaiting anything, and skipping it saves two coroutines per write.
+    A transport that is closing (or none known) is always drained: that is where the end of
+    the stream is reported."""
+    return transport is None or transport.is_closing() or transport.get_write_buffer_size() > 0

@@ -27,7 +27,7 @@ import structlog
 
 from proxy.protocol import load_sdk
 from proxy.upstream.prespawn import kill_group
-from proxy.wire.framing import JOIN_BELOW, LineFeed, LineReader
+from proxy.wire.framing import JOIN_BELOW, LineFeed, LineReader, must_drain
 
 if TYPE_CHECKING:
     from mcp import StdioServerParameters
@@ -86,7 +86,8 @@ class StdioPipe:
             else:  # no copy of a long line just to add its newline (see framing.JOIN_BELOW)
                 writer.write(data)
                 writer.write(b"\n")
-            await writer.drain()
+            if must_drain(writer.transport):
+                await writer.drain()
         except (OSError, RuntimeError) as exc:  # the child went away under the write (uvloop: RuntimeError)
             raise anyio.BrokenResourceError from exc
 
