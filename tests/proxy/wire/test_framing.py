@@ -281,3 +281,44 @@ async def test_a_feed_pauses_its_transport_while_its_backlog_is_large_and_resume
         feed.feed_data(line)
     assert not transport.paused and not feed._queue
     assert [item async for item in feed] == []
+
+
+class _Transport:
+    def __init__(self, closing: bool, buffered: int) -> None:
+        self.closing, self.buffered = closing, buffered
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+
+@pytest.mark.parametrize(("transport", "drain"), [
+    (None, True),  # not an asyncio stream: always drained
+    (_Transport(closing=False, buffered=0), False),  # drain would return at once
+    (_Transport(closing=False, buffered=1), True),  # something is buffered: drain may wait for room
+    (_Transport(closing=True, buffered=0), True),  # closing: drain is where the end is reported
+])
+def test_a_write_is_drained_unless_the_transport_is_open_with_nothing_buffered(transport: Any, drain: bool) -> None:
+    from proxy.wire.framing import must_drain
+
+    assert must_drain(transport) is drain
+
+
+async def test_a_writer_whose_reader_went_away_fails_instead_of_dropping_lines_silently() -> None:
+    import asyncio
+    import os
+
+    loop = asyncio.get_running_loop()
+    read_fd, write_fd = os.pipe()
+    transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin,
+                                                        os.fdopen(write_fd, "wb", buffering=0))
+    writer = LineWriter(asyncio.StreamWriter(transport, protocol, None, loop))
+    await writer.send(b'{"a": 1}')
+    assert os.read(read_fd, 100) == b'{"a": 1}\n'
+    os.close(read_fd)
+    with pytest.raises((ConnectionError, OSError)):
+        for _ in range(3):
+            await writer.send(b'{"b": 2}')
+    transport.close()
