@@ -156,6 +156,19 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def _backend_checkpoint() -> Callable[[], Awaitable[None]]:
+    """``anyio.lowlevel.checkpoint_if_cancelled`` of the running backend, looked up once: the public
+    function asks which backend runs on every call (~2 us: sniffio, ``current_task``, a
+    ``getpid``). anyio's backend lookup is internal, so the public function stands in if it moves."""
+    try:
+        from anyio._core._eventloop import get_async_backend
+
+        checkpoint: Callable[[], Awaitable[None]] = get_async_backend().checkpoint_if_cancelled
+    except Exception:  # an anyio without it: the public (per-call lookup) function
+        return anyio.lowlevel.checkpoint_if_cancelled
+    return checkpoint
+
+
 def _closed() -> MCPError:
     return mcp_error(CONNECTION_CLOSED, "Connection closed")
 
@@ -187,6 +200,7 @@ class LineDispatcher:
         self._running = False
         self._closed = False
         self._taken: tuple[bytes, Any] | None = None  # a line _take decoded and left to the reader
+        self._checkpoint_if_cancelled: Callable[[], Awaitable[None]] = anyio.lowlevel.checkpoint_if_cancelled
 
     @property
     def in_flight(self) -> int:
@@ -243,7 +257,7 @@ class LineDispatcher:
         try:
             # a cancellation before the write means the request was never issued; after it
             # starts, the line may be out (it is buffered whole), so it counts as issued
-            await anyio.lowlevel.checkpoint_if_cancelled()
+            await self._checkpoint_if_cancelled()
             written = True
             try:
                 await self._sink.send(line)
@@ -333,6 +347,7 @@ class LineDispatcher:
                     self._loop = asyncio.get_running_loop()
                 except RuntimeError:  # another backend: anyio's events and scopes
                     self._loop = None
+                self._checkpoint_if_cancelled = _backend_checkpoint()
                 self._running = True
                 task_status.started()
                 lines = self._lines
