@@ -282,13 +282,15 @@ class LineWriter:
     def __init__(self, sink: ByteSink) -> None:
         self._sink = sink
         self._transport = sink.transport if isinstance(sink, asyncio.StreamWriter) else None
+        # an asyncio stream's write is its transport's: called directly, one frame fewer per line
+        self._write = self._transport.write if self._transport is not None else sink.write
 
     async def send(self, data: bytes) -> None:
         if len(data) < JOIN_BELOW:
-            self._sink.write(data + b"\n")  # one synchronous write per line: senders never interleave
+            self._write(data + b"\n")  # one synchronous write per line: senders never interleave
         else:
-            self._sink.write(data)
-            self._sink.write(b"\n")
+            self._write(data)
+            self._write(b"\n")
         if must_drain(self._transport):
             await self._sink.drain()
 

@@ -141,14 +141,16 @@ class FastLane:
     ) -> None:
         session, held, modern = route
         request_id = message["id"]
-        held.add(key)  # claimed here, in arrival order, before anything else can run
-        if self._debug:  # tests read which lane served a request from this line
-            log.debug("fast lane", method=method, id=request_id, era="2026" if modern else "2025")
         scope = self._scope()
         call_id = coerce_request_id(request_id)
-        self._calls[call_id] = scope
+        # started first (the task runs from the next loop turn on), so that a spawner that refuses
+        # (a pool closed at shutdown) leaves nothing claimed
         tg.start_soon(self._serve, session, method, request_id, message.get("params") or {}, scope, key, held,
                       modern, call_id)
+        held.add(key)  # claimed here, in arrival order, before anything else can run
+        self._calls[call_id] = scope
+        if self._debug:  # tests read which lane served a request from this line
+            log.debug("fast lane", method=method, id=request_id, era="2026" if modern else "2025")
 
     def _scope(self) -> anyio.CancelScope:
         """A new cancel scope of the running backend's class, made directly: ``anyio.CancelScope()``

@@ -81,12 +81,13 @@ class StdioPipe:
                 return
             # one synchronous write (whole, so concurrent senders never interleave); drain
             # waits only while the pipe is over its high-water mark: that is the backpressure
+            transport = writer.transport  # StreamWriter.write is its transport's: called directly
             if len(data) < JOIN_BELOW:
-                writer.write(data + b"\n")
+                transport.write(data + b"\n")
             else:  # no copy of a long line just to add its newline (see framing.JOIN_BELOW)
-                writer.write(data)
-                writer.write(b"\n")
-            if must_drain(writer.transport):
+                transport.write(data)
+                transport.write(b"\n")
+            if must_drain(transport):
                 await writer.drain()
         except (OSError, RuntimeError) as exc:  # the child went away under the write (uvloop: RuntimeError)
             raise anyio.BrokenResourceError from exc
