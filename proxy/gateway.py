@@ -30,7 +30,7 @@ from proxy.route.seams import LocalTool
 from proxy.session import ClientChannel, DownstreamSession
 from proxy.upstream.link import ClientHello
 from proxy.upstream.prespawn import Prespawned
-from proxy.wire.framing import ByteSource, LineWriter
+from proxy.wire.framing import Input, LineWriter
 from proxy.wire.lane import FastLane
 from proxy.wire.opening import Opening, debug_modules_at_exit
 
@@ -114,7 +114,7 @@ class Gateway:
             try:
                 if listen.kind == "stdio":
                     task_status.started()
-                    await serve_stdio(self._serve_stdio)
+                    await serve_stdio(self._serve_stdio, max_message_bytes=self.config.max_message_bytes)
                 else:
                     from proxy.front.http import http_app, serve_http
 
@@ -236,7 +236,7 @@ class Gateway:
 
     # ---- internals -------------------------------------------------------------------------------
 
-    async def _serve_stdio(self, source: ByteSource, writer: LineWriter) -> None:
+    async def _serve_stdio(self, source: Input, writer: LineWriter) -> None:
         debug_modules_at_exit()  # a test hook (SECUREGATEWAY_DEBUG_MODULES), off unless set
         if not self.config.fast_lane:  # the SDK serves everything, from the first message
             from proxy.wire.front import serve_lines

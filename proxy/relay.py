@@ -251,9 +251,9 @@ class Relay:
         """Route one tools/call and run it through the host's chain; shared with the lean stdio lane."""
         name = params.get("name")
         arguments = params.get("arguments") or {}
-        if not isinstance(name, str):
+        if type(name) is not str and not isinstance(name, str):
             raise mcp_error(INVALID_PARAMS, "`name` must be a string")
-        if not isinstance(arguments, Mapping):
+        if type(arguments) is not dict and not isinstance(arguments, Mapping):  # a decoded line's: a dict
             raise mcp_error(INVALID_PARAMS, "`arguments` must be an object")
         local = self._host.local_tools(session).get(name)
         if local is not None:
@@ -282,7 +282,8 @@ class Relay:
             input_schema=(definition or {}).get("inputSchema"),
             progress=progress,
         )
-        return _as_task(session, params, link.name, await self._host.tool_chain(call), tool)
+        result = await self._host.tool_chain(call)
+        return _as_task(session, params, link.name, result, tool) if "task" in params else result
 
     async def _tasks(self, session: DownstreamSession, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
         async def forward(link: UpstreamLink, params: Mapping[str, Any]) -> dict[str, Any]:

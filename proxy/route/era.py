@@ -19,7 +19,7 @@ def strip_envelope(params: Mapping[str, Any] | None) -> Mapping[str, Any] | None
     if not params:
         return params
     meta = params.get("_meta")
-    if not isinstance(meta, Mapping) or not any(str(k).startswith(ENVELOPE_PREFIX) for k in meta):
+    if meta is None or not isinstance(meta, Mapping) or not any(str(k).startswith(ENVELOPE_PREFIX) for k in meta):
         return params
     kept = {k: v for k, v in meta.items() if not str(k).startswith(ENVELOPE_PREFIX)}
     out = dict(params)

@@ -174,7 +174,10 @@ class UpstreamLink:
             opts["headers"] = self._headers
         try:
             try:
-                return await self._send(disp, method, params, opts, input_schema)
+                info = self.info
+                if info is None or not info.modern:  # _send, inlined: one frame fewer on every resume
+                    return await disp.send_raw_request(method, params, opts)
+                return await self._modern_request(disp, method, params, opts, input_schema)
             except protocol.MCP_ERRORS as exc:
                 if not isinstance(exc, not_delivered_type()):
                     raise

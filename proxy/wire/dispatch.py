@@ -46,6 +46,7 @@ import structlog
 from proxy.protocol import CONNECTION_CLOSED, INTERNAL_ERROR, REQUEST_TIMEOUT, coerce_request_id, mcp_error
 from proxy.upstream.repair import describe_malformed
 from proxy.wire import codec
+from proxy.wire.framing import LineFeed
 
 if TYPE_CHECKING:
     from mcp import MCPError
@@ -155,6 +156,19 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def _backend_checkpoint() -> Callable[[], Awaitable[None]]:
+    """``anyio.lowlevel.checkpoint_if_cancelled`` of the running backend, looked up once: the public
+    function asks which backend runs on every call (~2 us: sniffio, ``current_task``, a
+    ``getpid``). anyio's backend lookup is internal, so the public function stands in if it moves."""
+    try:
+        from anyio._core._eventloop import get_async_backend
+
+        checkpoint: Callable[[], Awaitable[None]] = get_async_backend().checkpoint_if_cancelled
+    except Exception:  # an anyio without it: the public (per-call lookup) function
+        return anyio.lowlevel.checkpoint_if_cancelled
+    return checkpoint
+
+
 def _closed() -> MCPError:
     return mcp_error(CONNECTION_CLOSED, "Connection closed")
 
@@ -185,6 +199,8 @@ class LineDispatcher:
         self._loop: asyncio.AbstractEventLoop | None = None  # asyncio's, once running (else anyio events)
         self._running = False
         self._closed = False
+        self._taken: tuple[bytes, Any] | None = None  # a line _take decoded and left to the reader
+        self._checkpoint_if_cancelled: Callable[[], Awaitable[None]] = anyio.lowlevel.checkpoint_if_cancelled
 
     @property
     def in_flight(self) -> int:
@@ -241,18 +257,19 @@ class LineDispatcher:
         try:
             # a cancellation before the write means the request was never issued; after it
             # starts, the line may be out (it is buffered whole), so it counts as issued
-            await anyio.lowlevel.checkpoint_if_cancelled()
+            await self._checkpoint_if_cancelled()
             written = True
             try:
                 await self._sink.send(line)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 self._close()  # its stdin is gone: so is the upstream, for every caller
                 raise _not_delivered() from None
+            future = waiter._future
             if timeout is None:
                 await waiter.wait()
-            elif loop is not None:
-                timer = loop.call_later(timeout, self._expire, key, waiter)
-                await waiter.wait()
+            elif future is not None:  # asyncio: the future awaited directly, one frame fewer per resume
+                timer = loop.call_later(timeout, self._expire, key, waiter)  # type: ignore[union-attr]
+                await future
             else:
                 with anyio.move_on_after(timeout):
                     await waiter.wait()
@@ -330,41 +347,70 @@ class LineDispatcher:
                     self._loop = asyncio.get_running_loop()
                 except RuntimeError:  # another backend: anyio's events and scopes
                     self._loop = None
+                self._checkpoint_if_cancelled = _backend_checkpoint()
                 self._running = True
                 task_status.started()
+                lines = self._lines
+                feed = lines if isinstance(lines, LineFeed) else None
+                if feed is not None:
+                    feed.take = self._take  # answers are settled in the pipe's read callback
                 try:
-                    async for line in self._lines:
+                    async for line in lines:
                         if not isinstance(line, bytes):  # the reader's stand-in for an oversized line
                             self._oversized(line)
                             continue
-                        try:
-                            message = codec.decode(line)
-                        except codec.DecodeError as exc:
-                            log.warning("upstream line is not json", upstream=self._upstream, error=str(exc)[:200])
-                            continue
-                        if type(message) is dict and "method" not in message:
-                            # the hot case, inline: a well-formed answer to a waiting caller
-                            result = message.get("result")
-                            if type(result) is dict and "error" not in message and message.get("jsonrpc") == "2.0":
-                                request_id = message.get("id")
-                                kind = type(request_id)
-                                if kind is int or kind is str:
-                                    waiter = self._waiting.pop(
-                                        request_id if kind is int else _key(request_id), None
-                                    )
-                                    if waiter is None:
-                                        self._unknown(request_id)
-                                    else:
-                                        waiter.result = result
-                                        waiter.set()
-                                    continue
-                        await self._route(message, on_request, on_notify)
+                        taken = self._taken
+                        if taken is not None and taken[0] is line:
+                            message = taken[1]  # decoded once already, by _take
+                            self._taken = None
+                        else:
+                            try:
+                                message = codec.decode(line)
+                            except codec.DecodeError as exc:
+                                log.warning("upstream line is not json", upstream=self._upstream,
+                                            error=str(exc)[:200])
+                                continue
+                        if not self._answered(message):
+                            await self._route(message, on_request, on_notify)
                 finally:
+                    if feed is not None:
+                        feed.take = None
                     self._close()
                     tg.cancel_scope.cancel()  # handlers of upstream requests end with the upstream
         finally:
             self._close()
             self._tg = None
+
+    def _take(self, line: bytes) -> bool:
+        """The feed's taker (the reader idle, nothing queued): a well-formed answer settles its
+        caller right here; anything else goes to the reader, decoded already."""
+        try:
+            message = codec.decode(line)
+        except codec.DecodeError:
+            return False  # the reader decodes it again, and logs it
+        if self._answered(message):
+            return True
+        self._taken = (line, message)
+        return False
+
+    def _answered(self, message: Any) -> bool:
+        """The hot case: a well-formed answer to a caller, settled (or, unknown, dropped)."""
+        if type(message) is not dict or "method" in message:
+            return False
+        result = message.get("result")
+        if type(result) is not dict or "error" in message or message.get("jsonrpc") != "2.0":
+            return False
+        request_id = message.get("id")
+        kind = type(request_id)
+        if kind is not int and kind is not str:
+            return False
+        waiter = self._waiting.pop(request_id if kind is int else _key(request_id), None)
+        if waiter is None:
+            self._unknown(request_id)
+        else:
+            waiter.result = result
+            waiter.set()
+        return True
 
     def _close(self) -> None:
         """Closed from now on: every caller waiting gets ``CONNECTION_CLOSED`` (idempotent)."""

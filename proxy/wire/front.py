@@ -29,7 +29,7 @@ from mcp_types import INVALID_REQUEST, ErrorData, jsonrpc_message_adapter
 from pydantic import ValidationError
 
 from proxy.wire import codec
-from proxy.wire.framing import ByteSource, LineReader, LineWriter
+from proxy.wire.framing import Input, LineWriter, lines_of
 from proxy.wire.opening import UNDECODABLE, Lane, LaneFactory, decoded
 from proxy.wire.spawn import CallPool
 
@@ -39,7 +39,7 @@ log = structlog.get_logger("securegateway.wire")
 
 
 async def serve_lines(
-    server: Server[Any], source: ByteSource, writer: LineWriter, *, max_message_bytes: int,
+    server: Server[Any], source: Input, writer: LineWriter, *, max_message_bytes: int,
     lane: LaneFactory | None = None,
 ) -> None:
     """Serve one client over ``source``/``writer`` until the source ends."""
@@ -50,7 +50,7 @@ async def serve_lines(
         calls = CallPool(tg)  # the fast lane's calls, one task each (proxy/wire/spawn.py)
         await tg.start(calls.run)
         try:
-            async for line in LineReader(source, max_message_bytes):
+            async for line in lines_of(source, max_message_bytes):
                 message = await decoded(line, writer)
                 if message is UNDECODABLE:
                     continue

@@ -79,6 +79,7 @@ class FastLane:
         self._modern: DownstreamSession | None = None  # a 2026 stream's session
         self._modern_ids: set[Any] = set()  # its ids in flight, in either lane (the relay's set)
         self._calls: dict[Any, anyio.CancelScope] = {}
+        self._scope_type: type[anyio.CancelScope] | None = None  # the running backend's (see _scope)
         self._debug = log.is_enabled_for(logging.DEBUG)  # decided once: a filtered call still costs ~2 us
         relay.attach_stdio_lane(self)
 
@@ -96,27 +97,70 @@ class FastLane:
         if method == "notifications/cancelled":
             self._cancel(message.get("params"))
             return False  # the SDK still sees it (it may name one of its own requests)
-        if method not in STDIO_METHODS or not plain_request(message):
+        if method not in STDIO_METHODS:
             return False
-        route = self._route(message)
+        route = self._admit(message, method)
         if route is None:
             return False
-        session, held, modern = route
-        if not self._relay.offers(session, method):
-            return False  # the SDK path answers -32601, as a server without the capability does
         request_id = message["id"]
         key = id_key(request_id)
-        if key in held:
+        if key in route[1]:
             await self._writer.send(codec.encode_error(request_id, error_body(*duplicate_id_error(request_id))))
             return True
+        self._start(message, method, route, key, tg)
+        return True
+
+    def offer_now(self, message: dict[str, Any], tg: Spawner) -> bool:
+        """:meth:`offer` for a request that needs no await (started here: True); False, with
+        nothing done, for every other message - the read callback's path (proxy/wire/framing.py
+        ``LineFeed``), which leaves those to :meth:`offer` in the reader task."""
+        method = message.get("method")
+        if method != "tools/call":
+            return False
+        route = self._admit(message, method)
+        if route is None:
+            return False
+        key = id_key(message["id"])
+        if key in route[1]:
+            return False  # the refusal is written by offer(), which awaits the writer
+        self._start(message, method, route, key, tg)
+        return True
+
+    def _admit(self, message: dict[str, Any], method: str) -> tuple[DownstreamSession, set[Any], bool] | None:
+        """The route of a request this lane serves; None for one it leaves to the SDK path."""
+        if not plain_request(message):
+            return None
+        route = self._route(message)
+        if route is None or not self._relay.offers(route[0], method):
+            return None  # the SDK path answers -32601, as a server without the capability does
+        return route
+
+    def _start(
+        self, message: dict[str, Any], method: str, route: tuple[DownstreamSession, set[Any], bool], key: Any,
+        tg: Spawner,
+    ) -> None:
+        session, held, modern = route
+        request_id = message["id"]
+        scope = self._scope()
+        call_id = coerce_request_id(request_id)
+        # started first (the task runs from the next loop turn on), so that a spawner that refuses
+        # (a pool closed at shutdown) leaves nothing claimed
+        tg.start_soon(self._serve, session, method, request_id, message.get("params") or {}, scope, key, held,
+                      modern, call_id)
         held.add(key)  # claimed here, in arrival order, before anything else can run
+        self._calls[call_id] = scope
         if self._debug:  # tests read which lane served a request from this line
             log.debug("fast lane", method=method, id=request_id, era="2026" if modern else "2025")
-        scope = anyio.CancelScope()
-        self._calls[coerce_request_id(request_id)] = scope
-        tg.start_soon(self._serve, session, method, request_id, message.get("params") or {}, scope, key, held,
-                      modern)
-        return True
+
+    def _scope(self) -> anyio.CancelScope:
+        """A new cancel scope of the running backend's class, made directly: ``anyio.CancelScope()``
+        asks which backend runs on every call (~2 us: sniffio, ``current_task``, a ``getpid``)."""
+        kind = self._scope_type
+        if kind is None:
+            scope = anyio.CancelScope()
+            self._scope_type = type(scope)
+            return scope
+        return kind()
 
     def _route(self, message: dict[str, Any]) -> tuple[DownstreamSession, set[Any], bool] | None:
         """``(session, ids held, 2026?)`` for a request this stream's era lets the lane serve."""
@@ -137,7 +181,11 @@ class FastLane:
         legacy: DownstreamSession | None = connection.state.get(SESSION_KEY)
         if legacy is None:
             return None
-        return legacy, connection.state.setdefault(IN_FLIGHT_KEY, set()), False
+        state = connection.state
+        held = state.get(IN_FLIGHT_KEY)
+        if held is None:
+            held = state[IN_FLIGHT_KEY] = set()
+        return legacy, held, False
 
     def _cancel(self, params: Any) -> None:
         if not isinstance(params, Mapping):
@@ -151,31 +199,40 @@ class FastLane:
 
     async def _serve(
         self, session: DownstreamSession, method: str, request_id: Any, params: dict[str, Any],
-        scope: anyio.CancelScope, key: Any, held: set[Any], modern: bool,
+        scope: anyio.CancelScope, key: Any, held: set[Any], modern: bool, call_id: Any,
     ) -> None:
         answered = False  # progress stops at the reply
-        token = progress_token_from_params(params) if method == "tools/call" else None
+        relay = self._relay
+        progress = None
+        if method == "tools/call" and "_meta" in params:
+            token = progress_token_from_params(params)
+            if token is not None:
 
-        async def relay_progress(progress: float, total: float | None, message: str | None) -> None:
-            if answered or scope.cancel_called:
-                return
-            await self._writer.send(progress_line(token, progress, total, message))
+                async def relay_progress(progress: float, total: float | None, message: str | None) -> None:
+                    if answered or scope.cancel_called:
+                        return
+                    await self._writer.send(progress_line(token, progress, total, message))
+
+                progress = relay_progress
 
         reply: bytes | None = None
         try:
             with scope:
                 try:
-                    result = await answer(self._relay, session, method, params,
-                                          relay_progress if token is not None else None)
+                    if method == "tools/call":  # answer(), inlined: one frame fewer on every resume
+                        result = await relay.call_tool(session, params, progress)
+                    else:
+                        result = await relay.list_items(session, method, params)
                     if modern:
-                        result = self._relay.for_modern(session, method, result)
+                        result = relay.for_modern(session, method, result)
                     reply = codec.encode_result(request_id, result)
                 except Exception as exc:  # the wire boundary, as the SDK dispatcher's
                     reply = codec.encode_error(request_id, _error_data(exc, method, modern))
         finally:
             held.discard(key)  # released before the reply: the client may reuse the id at once
-            if self._calls.get(coerce_request_id(request_id)) is scope:
-                del self._calls[coerce_request_id(request_id)]
+            calls = self._calls
+            if calls.get(call_id) is scope:
+                del calls[call_id]
         answered = True
         if reply is not None and not scope.cancel_called:  # a cancelled request is never answered
             await self._writer.send(reply)
@@ -212,8 +269,8 @@ def progress_line(token: Any, progress: float, total: float | None, message: str
 
 
 def enveloped(params: Any) -> bool:
-    meta = params.get("_meta") if isinstance(params, dict) else None
-    return isinstance(meta, Mapping) and PROTOCOL_VERSION_META_KEY in meta
+    meta = params.get("_meta") if type(params) is dict or isinstance(params, dict) else None
+    return meta is not None and isinstance(meta, Mapping) and PROTOCOL_VERSION_META_KEY in meta
 
 
 def plain_request(message: dict[str, Any]) -> bool:

@@ -37,6 +37,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
@@ -52,7 +53,7 @@ from proxy.protocol import (
     load_sdk,
 )
 from proxy.wire import codec
-from proxy.wire.framing import ByteSource, LineReader, LineWriter
+from proxy.wire.framing import Input, LineFeed, LineWriter, lines_of
 from proxy.wire.spawn import CallPool, Spawner
 
 if TYPE_CHECKING:
@@ -87,6 +88,10 @@ class Lane(Protocol):
     """Takes the messages it can answer itself; returns False to leave one to the SDK."""
 
     async def offer(self, message: dict[str, Any], tg: Spawner) -> bool: ...
+
+    def offer_now(self, message: dict[str, Any], tg: Spawner) -> bool:
+        """:meth:`offer` when nothing needs awaiting (False, with nothing done, otherwise)."""
+        ...
 
     def attach(self, connection: Any) -> None: ...
 
@@ -210,20 +215,29 @@ class Opening:
         self._starting = anyio.Lock()
         self._tg: anyio.abc.TaskGroup | None = None
         self._warmup = _warmup_delay()
+        self._taken: tuple[bytes, Any] | None = None  # a line _take_now decoded and left to the loop
 
     @property
     def sdk_up(self) -> bool:
         return self._sdk is not None
 
-    async def serve(self, source: ByteSource, *, max_message_bytes: int) -> None:
+    async def serve(self, source: Input, *, max_message_bytes: int) -> None:
         """Serve the client over ``source`` and the writer until the source ends."""
         async with anyio.create_task_group() as tg:
             self._tg = tg
             calls = CallPool(tg)  # the fast lane's calls, one task each (proxy/wire/spawn.py)
             await tg.start(calls.run)
+            lines = lines_of(source, max_message_bytes)
+            feed = lines if isinstance(lines, LineFeed) and calls.native else None
+            if feed is not None:
+                feed.take = partial(self._take_now, calls)  # a tools/call starts in the read callback
             try:
-                async for line in LineReader(source, max_message_bytes):
-                    message = await decoded(line, self.writer)
+                async for line in lines:
+                    taken = self._taken
+                    if taken is not None and taken[0] is line:
+                        message, self._taken = taken[1], None  # decoded once already, by _take_now
+                    else:
+                        message = await decoded(line, self.writer)
                     if message is UNDECODABLE:
                         continue
                     if self._sdk is None and not self._starting.locked() and await self._take(message):
@@ -236,12 +250,30 @@ class Opening:
                     if self._sdk is None and _lane_cancel(message):
                         continue  # the lane applied it; no SDK request can carry that id
                     await (await self.sdk()).deliver(message)
+                if feed is not None:
+                    feed.take = None
                 if self._sdk is not None:
                     await self._sdk.finish()  # the SDK answers what it holds and closes the connection
                 elif self.session is not None:
                     await self.host.end(self.session)
             finally:
+                if feed is not None:
+                    feed.take = None
                 tg.cancel_scope.cancel()  # fast-lane calls of a client that went away
+
+    def _take_now(self, calls: Spawner, line: bytes) -> bool:
+        """The feed's taker (the serve loop idle, nothing queued): a ``tools/call`` the lane can
+        start without awaiting is started right here. What the loop would do first for it
+        (``_take``: ``initialize`` and ``notifications/initialized`` only) never applies to a
+        ``tools/call``; anything else goes to the loop, decoded already."""
+        try:
+            message = codec.decode(line)
+        except codec.DecodeError:
+            return False  # the loop answers it -32700
+        if type(message) is dict and message.get("method") == "tools/call" and self.lane.offer_now(message, calls):
+            return True
+        self._taken = (line, message)
+        return False
 
     async def _take(self, message: Any) -> bool:
         """Answer ``initialize`` / record ``notifications/initialized``; False: not the opening's."""

@@ -43,15 +43,24 @@ class CallPool:
         self._scope: anyio.CancelScope | None = None
         self._closed = False
 
+    @property
+    def native(self) -> bool:
+        """Running on asyncio: tasks are started with the loop's ``create_task`` (so also from a
+        read callback, outside any task: proxy/wire/framing.py ``LineFeed``)."""
+        return self._loop is not None
+
     def start_soon(self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
         if self._closed:
             raise RuntimeError("the call pool is closed")
         if self._loop is None:  # not running, or not asyncio: the task group's own tasks
             self._tg.start_soon(func, *args)
             return
-        self._tasks.add(self._loop.create_task(self._owned(func(*args))))
+        cell: list[asyncio.Task[Any]] = []  # the task, for its own last step (no current_task() there)
+        task = self._loop.create_task(self._owned(func(*args), cell))
+        cell.append(task)
+        self._tasks.add(task)
 
-    async def _owned(self, coro: Coroutine[Any, Any, Any]) -> None:
+    async def _owned(self, coro: Coroutine[Any, Any, Any], cell: list[asyncio.Task[Any]]) -> None:
         """The task's code, with the pool's bookkeeping done in its own last step: a done
         callback would cost the loop one more turn per call."""
         try:
@@ -62,9 +71,7 @@ class CallPool:
                 if self._scope is not None:
                     self._scope.cancel()  # fail the owner, as a task group fails on a child's error
         finally:
-            task = asyncio.current_task()
-            if task is not None:
-                self._tasks.discard(task)
+            self._tasks.discard(cell[0])
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Own the pool's tasks until cancelled; then cancel and await every one still running."""

@@ -4,8 +4,9 @@ The SDK's client transport decodes the child's stdout as text, re-splits its who
 on every chunk (quadratic in the size of a long line: a 1 MB answer costs hundreds of
 scans), pydantic-validates every line and hands it through a memory stream to a dispatcher
 task. Here :func:`stdio_upstream` yields a :class:`StdioPipe`: ``lines``, the child's stdout
-cut once by :class:`LineReader` (capped at ``gateway.max_message_bytes``; an oversized line
-becomes the reader's stand-in dict), and ``send``, one whole line to the child's stdin per
+cut once by a :class:`~proxy.wire.framing.LineFeed` fed by the pipe's read callback
+(capped at ``gateway.max_message_bytes``; an oversized line becomes the stand-in dict),
+and ``send``, one whole line to the child's stdin per
 call. The correlator (:mod:`proxy.wire.dispatch`) reads the lines in its one reader task and
 decodes each once. Process start and shutdown are the SDK's own helpers (pinned to
 ``mcp==2.3.0``): spawn in a new session, close stdin, wait, kill the tree; the child's last
@@ -26,7 +27,7 @@ import structlog
 
 from proxy.protocol import load_sdk
 from proxy.upstream.prespawn import kill_group
-from proxy.wire.framing import JOIN_BELOW, LineReader
+from proxy.wire.framing import JOIN_BELOW, LineFeed, LineReader, must_drain
 
 if TYPE_CHECKING:
     from mcp import StdioServerParameters
@@ -65,7 +66,8 @@ class StdioPipe:
         stream = getattr(self._stdin, "_stream", None)
         self._writer: asyncio.StreamWriter | None = stream if isinstance(stream, asyncio.StreamWriter) else None
         self._stdout = _Stdout(process.stdout, upstream)
-        self.lines = LineReader(self._stdout, max_message_bytes)
+        self._feed = _take_over_stdout(process, max_message_bytes)
+        self.lines: LineReader | LineFeed = self._feed or LineReader(self._stdout, max_message_bytes)
         self.closed = False
 
     async def send(self, data: bytes) -> None:
@@ -79,18 +81,76 @@ class StdioPipe:
                 return
             # one synchronous write (whole, so concurrent senders never interleave); drain
             # waits only while the pipe is over its high-water mark: that is the backpressure
+            transport = writer.transport  # StreamWriter.write is its transport's: called directly
             if len(data) < JOIN_BELOW:
-                writer.write(data + b"\n")
+                transport.write(data + b"\n")
             else:  # no copy of a long line just to add its newline (see framing.JOIN_BELOW)
-                writer.write(data)
-                writer.write(b"\n")
-            await writer.drain()
+                transport.write(data)
+                transport.write(b"\n")
+            if must_drain(transport):
+                await writer.drain()
         except (OSError, RuntimeError) as exc:  # the child went away under the write (uvloop: RuntimeError)
             raise anyio.BrokenResourceError from exc
 
     def close(self) -> None:
         self.closed = True
         self._stdout.shutting_down = True
+        if self._feed is not None:
+            self._feed.close()  # the child's last output is read and dropped from now on
+
+
+class _Relayed:
+    """Stands for the child's stdout ``StreamReader`` in its asyncio protocol: the bytes go to the
+    :class:`LineFeed`, and the end of the pipe to the reader too, so that whatever still reads
+    it (the shutdown's drain) sees the end."""
+
+    def __init__(self, feed: LineFeed, reader: asyncio.StreamReader) -> None:
+        self._feed = feed
+        self._reader = reader
+
+    def feed_data(self, data: bytes) -> None:
+        self._feed.feed_data(data)
+
+    def feed_eof(self) -> None:
+        self._feed.feed_eof()
+        self._reader.feed_eof()
+
+    def set_exception(self, exc: Exception) -> None:
+        self._feed.set_exception(exc)
+        self._reader.set_exception(exc)
+
+
+def _take_over_stdout(process: Any, limit: int) -> LineFeed | None:
+    """The child's stdout as a :class:`LineFeed`, fed by the pipe's read callback (no reader
+    task between the pipe and the correlator: proxy/wire/framing.py); None where the process
+    is not the asyncio one anyio wraps (another backend), which keeps the pulled reader.
+
+    The subprocess protocol hands the pipe's bytes to ``protocol.stdout``; that attribute is
+    pointed at the feed. Pinned to asyncio's ``SubprocessStreamProtocol`` (CPython 3.11-3.13,
+    uvloop alike) and anyio's ``Process._process``; tests/proxy/wire/test_upstream.py checks
+    that a real child is read this way."""
+    inner = getattr(process, "_process", None)
+    found = getattr(inner, "_protocol", None)
+    if not isinstance(found, asyncio.subprocess.SubprocessStreamProtocol):
+        return None
+    if type(found.stdout) is not asyncio.StreamReader:
+        return None
+    protocol: Any = found
+    reader: Any = found.stdout  # its private state, read once here (the hand-over)
+    if reader._eof or reader.exception() is not None:
+        return None
+    transport = reader._transport
+    feed = LineFeed(limit)
+    feed.attach(transport)
+    early = bytes(reader._buffer)  # what the child wrote before the hand-over (a pre-spawned one)
+    reader._buffer.clear()
+    protocol.stdout = _Relayed(feed, reader)
+    if reader._paused and transport is not None:  # its buffer was full: the feed reads on
+        reader._paused = False
+        transport.resume_reading()
+    if early:
+        feed.feed_data(early)
+    return feed
 
 
 @asynccontextmanager

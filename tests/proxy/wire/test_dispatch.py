@@ -312,3 +312,53 @@ async def test_when_the_upstream_goes_away_every_waiting_caller_gets_connection_
                     await from_gw.receive()
                 to_gw.close()
     assert codes == [CONNECTION_CLOSED] * 3  # which the link words as "closed the connection"
+
+
+async def test_a_real_upstream_is_read_in_the_pipe_callback_and_slow_progress_still_comes_before_the_answer() -> None:
+    """The answer settles its caller in the read callback only while the reader has nothing in hand:
+    behind a progress callback still running, it waits its turn (proxy/wire/framing.py LineFeed)."""
+    from proxy.wire.framing import LineFeed
+
+    events: list[str] = []
+    async with scripted() as up:
+        disp = up.link._dispatcher
+        assert isinstance(disp, LineDispatcher) and isinstance(disp._lines, LineFeed)
+        assert disp._lines.take is not None  # the correlator's taker is installed while it runs
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            await anyio.sleep(0.02)  # the answer is on the pipe by now
+            events.append(f"progress {progress:g}")
+
+        with anyio.fail_after(30):
+            result = await up.link.request("tools/call", {"name": "progress", "arguments": {"steps": 3}},
+                                           on_progress=on_progress)
+        events.append("answer")
+        assert result["structuredContent"] == {"text": "done"}
+        assert await up.tool("echo", text="next") == "next"  # and the next answer is taken at once again
+    assert events == ["progress 1", "progress 2", "progress 3", "answer"]
+
+
+async def test_a_caller_cancelled_before_its_request_is_written_never_sends_it_nor_a_cancel() -> None:
+    to_gw, lines = anyio.create_memory_object_stream[bytes](10)
+    sink, from_gw = anyio.create_memory_object_stream[bytes](10)
+    disp = LineDispatcher(lines, _Sink(sink), upstream="mem")
+
+    async def nothing(*_: Any) -> Any:
+        return {}
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(disp.run, nothing, nothing)
+            with anyio.CancelScope() as scope:
+                scope.cancel()  # cancelled before the call: the request is never issued
+                await disp.send_raw_request("tools/call", {"n": 1}, {"timeout": 30})
+            assert scope.cancelled_caught and disp.in_flight == 0
+
+            async def answer() -> None:
+                request = json.loads(await from_gw.receive())
+                assert request["params"] == {"n": 2}  # the first line out: no n=1, no cancel for it
+                await to_gw.send(codec.encode({"jsonrpc": "2.0", "id": request["id"], "result": {"n": 2}}))
+
+            tg.start_soon(answer)
+            assert (await disp.send_raw_request("tools/call", {"n": 2}, {"timeout": 30}))["n"] == 2
+            to_gw.close()

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.wire.framing import JOIN_BELOW, OVERSIZED_METHOD, LineReader, LineWriter
+from proxy.wire.framing import FEED_HIGH, JOIN_BELOW, OVERSIZED_METHOD, LineFeed, LineReader, LineWriter
 
 pytestmark = pytest.mark.anyio
 
@@ -120,7 +120,7 @@ async def test_an_oversized_line_is_never_held_whole() -> None:
 
     async def tracked(n: int) -> bytes:
         nonlocal peak
-        peak = max(peak, len(reader._buf))
+        peak = max(peak, len(reader._split._buf))
         return await original(n)
 
     reader._source.read = tracked  # type: ignore[method-assign]
@@ -172,3 +172,153 @@ async def test_long_lines_written_without_a_copy_still_never_interleave() -> Non
     assert lines[-1] == b""
     seen = [json.loads(line) for line in lines[:-1]]  # each line whole: no other sender's bytes inside
     assert sorted((m["sender"], m["i"]) for m in seen) == [(n, i) for n in range(4) for i in range(5)]
+
+
+# ---- LineFeed: the same cut, driven by the read callback ------------------------------------------
+
+
+class PausableTransport:
+    def __init__(self) -> None:
+        self.paused = False
+        self.pauses = 0
+
+    def pause_reading(self) -> None:
+        assert not self.paused
+        self.paused, self.pauses = True, self.pauses + 1
+
+    def resume_reading(self) -> None:
+        assert self.paused
+        self.paused = False
+
+
+async def feed_through(chunks: list[bytes], takes: Any, limit: int = 1 << 20, busy: int = 0) -> dict[str, Any]:
+    """Feed ``chunks`` one loop turn apart into a LineFeed whose reader spends ``busy`` turns on each
+    line; ``takes(line)`` says which lines the taker takes. Every line handled, in order, and by whom."""
+    feed = LineFeed(limit)
+    handled: list[tuple[str, Any]] = []
+    idle_when_taken: list[bool] = []
+
+    def take(line: bytes) -> bool:
+        idle_when_taken.append(feed._waiter is not None and not feed._queue)
+        if takes(line):
+            handled.append(("taken", line))
+            return True
+        return False
+
+    feed.take = take
+
+    async def reader() -> None:
+        async for item in feed:
+            handled.append(("read", item))
+            for _ in range(busy):
+                await anyio.lowlevel.checkpoint()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(reader)
+        for chunk in chunks:
+            await anyio.lowlevel.checkpoint()
+            feed.feed_data(chunk)
+        feed.feed_eof()
+    return {"lines": [item for _, item in handled], "handled": handled, "idle": idle_when_taken}
+
+
+@given(lines=lines_strategy, ends=st.lists(st.sampled_from([b"\n", b"\r\n"]), min_size=12, max_size=12),
+       cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=20),
+       taken=st.sets(st.integers(min_value=0, max_value=11)), busy=st.integers(min_value=0, max_value=3))
+def test_a_feed_handles_every_line_once_in_wire_order_whatever_the_taker_takes(
+    lines: list[bytes], ends: list[bytes], cuts: list[int], taken: set[int], busy: int
+) -> None:
+    data = b"".join(line + end for line, end in zip(lines, ends, strict=False))
+    wanted = expected(data)
+    chosen = {wanted[i] for i in taken if i < len(wanted)}
+    got = anyio.run(feed_through, split(data, cuts), chosen.__contains__, 1 << 20, busy)
+    assert got["lines"] == wanted  # the taker's lines and the reader's, together, are the stream in order
+    assert all(got["idle"])  # the taker only ever saw a line while the reader waited with nothing queued
+    assert all(kind == "read" for kind, line in got["handled"] if line not in chosen)
+
+
+async def test_a_line_arriving_while_the_reader_is_busy_waits_behind_it_even_if_the_taker_would_take_it() -> None:
+    got = await feed_through([b'{"a":1}\n{"b":2}\n', b'{"c":3}\n'], lambda line: line != b'{"a":1}', busy=3)
+    assert got["lines"] == [b'{"a":1}', b'{"b":2}', b'{"c":3}']
+    assert got["handled"][1] == ("read", b'{"b":2}')  # queued behind the first: never taken out of turn
+
+
+async def test_a_feed_cuts_oversized_and_partial_lines_like_the_reader() -> None:
+    big = b'{"jsonrpc": "2.0", "id": 4, "method": "x", "params": {"x": "' + b"y" * 3000 + b'"}}'
+    data = b'{"a"' + b':1}\n' + big + b"\n" + b'{"last": 1}'
+    chunks = [data[i:i + 100] for i in range(0, len(data), 100)]
+    got = await feed_through(chunks, lambda line: True, limit=1024)
+    assert got["lines"][0] == b'{"a":1}'
+    assert got["lines"][1]["method"] == OVERSIZED_METHOD and got["lines"][1]["id"] == 4  # never offered to take
+    assert got["lines"][2] == b'{"last": 1}'
+    assert await read_all(chunks, limit=1024) == got["lines"]
+
+
+async def test_a_taker_that_raises_loses_no_line() -> None:
+    def take(line: bytes) -> bool:
+        raise RuntimeError("broken taker")
+
+    got = await feed_through([b'{"a":1}\n', b'{"b":2}\n'], take)
+    assert got["lines"] == [b'{"a":1}', b'{"b":2}']
+
+
+async def test_a_feed_pauses_its_transport_while_its_backlog_is_large_and_resumes_once_read() -> None:
+    feed = LineFeed(1 << 20)
+    transport = PausableTransport()
+    feed.attach(transport)
+    line = b'{"pad": "' + b"p" * 60_000 + b'"}\n'
+    for _ in range(FEED_HIGH // len(line) + 2):
+        feed.feed_data(line)
+    assert transport.paused and transport.pauses == 1
+    read = 0
+    async for _ in feed:
+        read += 1
+        if not transport.paused:
+            break
+    assert read >= (FEED_HIGH // 2) // len(line)  # resumed only once the backlog was down to half
+    feed.close()  # nobody reads any more: what comes is dropped, and reading is never paused again
+    for _ in range(FEED_HIGH // len(line) + 2):
+        feed.feed_data(line)
+    assert not transport.paused and not feed._queue
+    assert [item async for item in feed] == []
+
+
+class _Transport:
+    def __init__(self, closing: bool, buffered: int) -> None:
+        self.closing, self.buffered = closing, buffered
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+
+@pytest.mark.parametrize(("transport", "drain"), [
+    (None, True),  # not an asyncio stream: always drained
+    (_Transport(closing=False, buffered=0), False),  # drain would return at once
+    (_Transport(closing=False, buffered=1), True),  # something is buffered: drain may wait for room
+    (_Transport(closing=True, buffered=0), True),  # closing: drain is where the end is reported
+])
+def test_a_write_is_drained_unless_the_transport_is_open_with_nothing_buffered(transport: Any, drain: bool) -> None:
+    from proxy.wire.framing import must_drain
+
+    assert must_drain(transport) is drain
+
+
+async def test_a_writer_whose_reader_went_away_fails_instead_of_dropping_lines_silently() -> None:
+    import asyncio
+    import os
+
+    loop = asyncio.get_running_loop()
+    read_fd, write_fd = os.pipe()
+    transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin,
+                                                        os.fdopen(write_fd, "wb", buffering=0))
+    writer = LineWriter(asyncio.StreamWriter(transport, protocol, None, loop))
+    await writer.send(b'{"a": 1}')
+    assert os.read(read_fd, 100) == b'{"a": 1}\n'
+    os.close(read_fd)
+    with pytest.raises((ConnectionError, OSError)):
+        for _ in range(3):
+            await writer.send(b'{"b": 2}')
+    transport.close()

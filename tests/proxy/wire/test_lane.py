@@ -470,3 +470,88 @@ async def test_cancelling_a_2026_fast_lane_call_stops_it_upstream_and_it_is_neve
         await wire.send(modern({"jsonrpc": "2.0", "id": 10, "method": "tools/list"}))
         after = await wire.replies_until(10)
     assert not [r for r in after if r.get("id") == 9]  # no answer for a cancelled request
+
+
+# ---- offer_now: the read callback's half of offer() ------------------------------------------------
+
+
+class _Relay:
+    """What the lane asks of the relay before a call starts (nothing of it runs here)."""
+
+    def attach_stdio_lane(self, lane: Any) -> None:
+        pass
+
+    def offers(self, session: Any, method: str) -> bool:
+        return method != "resources/list"  # a capability no upstream has
+
+
+class _Spawner:
+    def __init__(self) -> None:
+        self.started: list[tuple[Any, ...]] = []
+
+    def start_soon(self, func: Any, *args: Any) -> None:
+        self.started.append(args)
+        # nothing is run: only which calls would start
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    async def send(self, data: bytes) -> None:
+        self.sent.append(data)
+
+
+def _lane(initialized: bool = True) -> tuple[Any, Any]:
+    from proxy.route.ids import IN_FLIGHT_KEY, SESSION_KEY, id_key
+    from proxy.wire.lane import FastLane
+    from proxy.wire.opening import StandInConnection
+
+    lane = FastLane(_Relay(), _Writer())  # type: ignore[arg-type]
+    connection = StandInConnection("2025-11-25")
+    connection.state[SESSION_KEY] = object()
+    connection.state[IN_FLIGHT_KEY] = {id_key(99)}  # id 99 is in flight
+    if initialized:
+        lane.attach(connection)
+    return lane, connection
+
+
+ENVELOPE = {"_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}
+NOW_CASES = [
+    # (case, message, initialized, offer_now starts it)
+    ("a plain tools/call", call(1, "a.echo", {}), True, True),
+    ("a string id", call("7", "a.echo", {}), True, True),
+    ("an id in flight", call(99, "a.echo", {}), True, False),
+    ("before initialize", call(2, "a.echo", {}), False, False),
+    ("tools/list", {"jsonrpc": "2.0", "id": 3, "method": "tools/list"}, True, False),
+    ("a list no upstream offers", {"jsonrpc": "2.0", "id": 3, "method": "resources/list"}, True, False),
+    ("a bool id", call(True, "a.echo", {}), True, False),
+    ("params null", {"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": None}, True, False),
+    ("an extra member", call(5, "a.echo", {}, extra=1), True, False),
+    ("a 2026 envelope", {**call(6, "a.echo", {}), "params": {"name": "a.echo", **ENVELOPE}}, True, False),
+    ("a cancellation", {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 1}},
+     True, False),
+    ("a ping", {"jsonrpc": "2.0", "id": 8, "method": "ping"}, True, False),
+]
+
+
+@pytest.mark.parametrize(("case", "message", "initialized", "starts"), NOW_CASES, ids=[c[0] for c in NOW_CASES])
+async def test_offer_now_starts_exactly_the_calls_offer_starts_without_awaiting_and_touches_nothing_else(
+    case: str, message: dict[str, Any], initialized: bool, starts: bool
+) -> None:
+    from proxy.route.ids import IN_FLIGHT_KEY
+
+    now_lane, now_conn = _lane(initialized)
+    now_spawn = _Spawner()
+    before = set(now_conn.state[IN_FLIGHT_KEY])
+    assert now_lane.offer_now(dict(message), now_spawn) is starts
+    if not starts:  # declined: nothing claimed, nothing started, nothing written
+        assert now_conn.state[IN_FLIGHT_KEY] == before and not now_spawn.started and not now_lane._calls
+        assert not now_lane._writer.sent
+    lane, conn = _lane(initialized)
+    spawn = _Spawner()
+    taken = await lane.offer(dict(message), spawn)
+    if starts:  # offer() would have started the same call, with the same id claimed
+        assert taken and len(spawn.started) == 1
+        assert now_conn.state[IN_FLIGHT_KEY] == conn.state[IN_FLIGHT_KEY]
+        assert [a[1:3] for a in now_spawn.started] == [a[1:3] for a in spawn.started]

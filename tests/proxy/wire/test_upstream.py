@@ -30,3 +30,28 @@ async def test_a_megabyte_answer_comes_back_exact_and_an_oversized_one_fails_at_
         assert "over the gateway's limit of 4000000 bytes" in json.dumps(error)
         await wire.send(call(3, "search.echo", {"text": "still here"}))
         assert (await replies_for(wire, 3))[3]["result"]["content"][0]["text"] == "still here"
+
+
+async def test_a_child_is_read_through_the_feed_and_what_it_wrote_before_the_hand_over_is_kept() -> None:
+    """A pre-spawned child may write before the link adopts it: those lines come first, then the rest."""
+    import sys
+    from types import SimpleNamespace
+
+    from proxy.wire.framing import LineFeed
+    from proxy.wire.upstream import stdio_upstream
+
+    script = ("import sys,time; print('early one'); print('early two', flush=True); "
+              "[print('echo', line.strip(), flush=True) for line in sys.stdin]")
+    process = await anyio.open_process([sys.executable, "-c", script], start_new_session=True)
+    await anyio.sleep(0.5)  # the early lines are in the asyncio reader's buffer by now
+    params = SimpleNamespace(command=sys.executable, args=[], env={}, cwd=None)
+    async with stdio_upstream(params, upstream="t", max_message_bytes=1 << 20, process=process) as pipe:
+        assert isinstance(pipe.lines, LineFeed)
+        await pipe.send(b"ping")
+        got = []
+        with anyio.fail_after(10):
+            async for line in pipe.lines:
+                got.append(line)
+                if len(got) == 3:
+                    break
+    assert got == [b"early one", b"early two", b"echo ping"]
