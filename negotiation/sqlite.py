@@ -127,7 +127,8 @@ class CommitWatch:
 
     def changed(self) -> bool:
         """True once for each look after which another connection's commit became visible."""
-        header = self._read_header()
+        mapped = self._map  # the usual look, without a call
+        header = mapped[:WAL_INDEX_HEADER] if mapped is not None else self._read_header()
         now = time.monotonic()
         if header is not None and header == self._header and now - self._asked_at < BACKSTOP_S:
             return False
