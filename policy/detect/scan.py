@@ -10,7 +10,9 @@ result, so the common case is cheap:
   finding, and the findings are made path-free and placed afterwards (:func:`_placed`);
 * all strings of one value are joined (:data:`SEP`) and each detector makes one pass over
   the joined text, so the fixed cost of a pass is paid once per value;
-* the PRESCREEN below answers "nothing" for most payloads after one automaton pass;
+* the PRESCREEN below answers "nothing" for most payloads after one automaton pass; for MCP's
+  usual one-text tool result that pass runs over its text alone, without the walk and the join
+  (:func:`_usual_result_clean`);
 * injection: the text is folded (:mod:`policy.detect.normalize`; for ASCII one
   ``bytes.translate``), one Aho-Corasick pass finds every anchor of every rule, and only
   rules with an anchor present run their expression, near that anchor
