@@ -52,6 +52,8 @@ class _StoredRisk(SessionRisk):
         self._save = save
 
     def record_decision(self, decision: Decision, now: float) -> None:
+        if decision.allowed and not decision.findings:
+            return  # the usual call changes nothing (SessionRisk.record_decision): no snapshot to compare
         before = self.snapshot()
         super().record_decision(decision, now)
         if self.snapshot() != before:

@@ -10,6 +10,7 @@ risk) — never a process crash, which WAL survives at either level.
 
 from __future__ import annotations
 
+import mmap
 import os
 import sqlite3
 import time
@@ -73,10 +74,19 @@ class CommitWatch:
     (several ``fcntl`` calls) and releases the GIL: too dear for a per-call check. Every commit
     to a WAL database rewrites the wal-index header at the start of the ``-shm`` file (its change
     counter, frame count and checksums; a WAL reset its salts), and a commit is visible to
-    readers only once it has. So one ``pread`` of that header decides the common case: unchanged
+    readers only once it has. So one look at that header decides the common case: unchanged
     header, nothing committed; any difference (a torn read included) asks ``data_version``. With
     no readable ``-shm`` (another VFS, locking_mode exclusive) every look asks ``data_version``;
     and it is asked at least every :data:`BACKSTOP_S` seconds whatever the header says.
+
+    The header is read through a read-only shared mapping of the ``-shm`` file's first page,
+    the same pages SQLite's own connections map and write (a look costs no system call), or,
+    where the file cannot be mapped, by one ``pread``. The mapping is safe against SIGBUS
+    because SQLite only ever truncates a ``-shm`` file when it opens it with no other connection
+    attached, and the store's own connection stays attached (it holds the wal-index's shared
+    DMS lock) until :meth:`close`, which unmaps first. The descriptor stays open as long as the
+    mapping: closing any descriptor of a file drops every POSIX lock the process holds on it,
+    SQLite's own included.
 
     ``lock`` guards the connection; :meth:`wrote` must follow the store's own commits (they do
     not change ``data_version``, but they do change the header).
@@ -85,15 +95,24 @@ class CommitWatch:
     def __init__(self, conn: sqlite3.Connection, path: str | Path, lock: AbstractContextManager[Any]) -> None:
         self._conn = conn
         self._lock = lock
+        self._map: mmap.mmap | None = None
         try:
             self._shm: int | None = os.open(f"{path}-shm", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except OSError:
             self._shm = None
+        if self._shm is not None:
+            try:
+                if os.fstat(self._shm).st_size >= WAL_INDEX_HEADER:
+                    self._map = mmap.mmap(self._shm, WAL_INDEX_HEADER, mmap.MAP_SHARED, mmap.PROT_READ)
+            except (OSError, ValueError):  # no mapping here: every look is a pread
+                self._map = None
         self._header = self._read_header()
         self._version = self._data_version()
         self._asked_at = time.monotonic()
 
     def _read_header(self) -> bytes | None:
+        if self._map is not None:
+            return self._map[:WAL_INDEX_HEADER]
         if self._shm is None:
             return None
         try:
@@ -108,7 +127,8 @@ class CommitWatch:
 
     def changed(self) -> bool:
         """True once for each look after which another connection's commit became visible."""
-        header = self._read_header()
+        mapped = self._map  # the usual look, without a call
+        header = mapped[:WAL_INDEX_HEADER] if mapped is not None else self._read_header()
         now = time.monotonic()
         if header is not None and header == self._header and now - self._asked_at < BACKSTOP_S:
             return False
@@ -126,6 +146,9 @@ class CommitWatch:
         self._header = None
 
     def close(self) -> None:
+        if self._map is not None:
+            self._map.close()
+            self._map = None
         if self._shm is not None:
             os.close(self._shm)
             self._shm = None

@@ -7,7 +7,8 @@ Fields are only ever added to it; a changed meaning gets a new schema version.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
+from operator import attrgetter
 from typing import Any
 
 from .detect.finding import Finding
@@ -28,6 +29,7 @@ __all__ = [
     "new_decision_id",
     "refusal_decision",
     "unknown_tool_decision",
+    "with_id",
 ]
 
 DECISION_SCHEMA = "securegateway.decision/1"
@@ -193,6 +195,28 @@ class Decision:
         if self.approval is not None:
             data["approval"] = self.approval.to_dict()
         return data
+
+
+_FIELDS = tuple(field.name for field in fields(Decision))
+assert _FIELDS[0] == "decision_id"
+_SET_ID = Decision.__dict__["decision_id"].__set__  # the slots' member descriptors
+_SETTERS = tuple(Decision.__dict__[name].__set__ for name in _FIELDS[1:])
+_ALL_BUT_ID = attrgetter(*_FIELDS[1:])
+_NEW = object.__new__
+
+
+def with_id(decision: Decision, decision_id: str) -> Decision:
+    """``dataclasses.replace(decision, decision_id=decision_id)``: every other field the very same object.
+
+    The engine's memo answers most calls with a decision reached before under a new id
+    (policy.memo). A frozen dataclass's ``__init__`` sets each of the 18 fields through
+    ``object.__setattr__`` by name; the slots' own descriptors set them in ~3/4 of the time.
+    """
+    clone = _NEW(Decision)
+    _SET_ID(clone, decision_id)
+    for setter, value in zip(_SETTERS, _ALL_BUT_ID(decision), strict=True):
+        setter(clone, value)
+    return clone
 
 
 def one_line(text: str, limit: int = 300) -> str:

@@ -135,6 +135,8 @@ class SessionRisk:
 
     def record_decision(self, decision: Decision, now: float) -> None:
         """Account for one decision: its denial (if any) and the findings in its arguments."""
+        if decision.allowed and not decision.findings:
+            return  # the usual call: nothing raises the risk
         if not decision.allowed:
             self._raise_by(DENIAL_WEIGHTS.get(decision.reason_code, 0.1), now)
         self.record_findings(decision.findings, now)

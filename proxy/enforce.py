@@ -192,11 +192,11 @@ class Enforcer:
         argument scan's own."""
         started = time.perf_counter()
         view: PolicyView | None = None
-        target = name if kind == "resource" else f"{server}.{name}"
         try:
             view = self._current()
             decision = self._evaluate(session, view, kind, server, name, arguments, input_schema, findings)
         except Exception as exc:  # enforcement boundary: fail closed
+            target = name if kind == "resource" else f"{server}.{name}"
             log.exception("evaluation failed", target=target, method=method, session=session.id)
             decision = self._error(session, target, view, f"evaluation failed: {_one_line(exc)}")
         return await self._record(session, decision, view, server, name, arguments, method, kind, input_schema,
@@ -271,13 +271,17 @@ class Enforcer:
         started: float,
         extra: Mapping[str, Any] | None = None,
     ) -> Verdict:
-        request: dict[str, Any] = dict(extra or {})
-        if input_schema is not None:
-            request["input_schema"] = input_schema
-        if method != "tools/call":
-            request["method"] = method
-        if kind != "tool":
-            request["kind"] = kind
+        request: dict[str, Any] | None
+        if extra is None and method == "tools/call" and kind == "tool":  # the usual call
+            request = None if input_schema is None else {"input_schema": input_schema}
+        else:
+            request = dict(extra or {})
+            if input_schema is not None:
+                request["input_schema"] = input_schema
+            if method != "tools/call":
+                request["method"] = method
+            if kind != "tool":
+                request["kind"] = kind
         data = decision.to_dict()
         try:
             await self._audit(self._build_event(

@@ -96,6 +96,10 @@ class GatewayMetrics:
             upstream: (_InFlight(), _Histogram(_CALL_BUCKETS))
             for upstream in (*self._upstreams, GATEWAY_UPSTREAM, OTHER)
         }
+        # upstream_label's answer per server name, looked up once per call (interceptor)
+        self._by_server = {upstream: self._per_upstream[upstream] for upstream in self._upstreams}
+        self._by_server[""] = self._per_upstream[GATEWAY_UPSTREAM]
+        self._other = self._per_upstream[OTHER]
         r.register(_HotCollector(self))
         self.audit_failures = Counter("securegateway_audit_write_failures", "audit writes that failed (fail closed)",
                                       registry=r)
@@ -118,7 +122,8 @@ class GatewayMetrics:
 
     async def interceptor(self, call: ToolCall, call_next: CallNext) -> ToolResult:
         """Outermost in the tools/call chain: end-to-end latency and in-flight calls."""
-        gauge, latency = self._per_upstream[self.upstream_label(call.server)]
+        server = call.server
+        gauge, latency = (self._by_server.get(server) if isinstance(server, str) else None) or self._other
         started = time.perf_counter()
         gauge.value += 1
         try:

@@ -10,7 +10,9 @@ result, so the common case is cheap:
   finding, and the findings are made path-free and placed afterwards (:func:`_placed`);
 * all strings of one value are joined (:data:`SEP`) and each detector makes one pass over
   the joined text, so the fixed cost of a pass is paid once per value;
-* the PRESCREEN below answers "nothing" for most payloads after one automaton pass;
+* the PRESCREEN below answers "nothing" for most payloads after one automaton pass; for MCP's
+  usual one-text tool result that pass runs over its text alone, without the walk and the join
+  (:func:`_usual_result_clean`);
 * injection: the text is folded (:mod:`policy.detect.normalize`; for ASCII one
   ``bytes.translate``), one Aho-Corasick pass finds every anchor of every rule, and only
   rules with an anchor present run their expression, near that anchor
@@ -54,10 +56,11 @@ from typing import Any
 
 from .anchors import joint_hits, split_hits
 from .finding import Finding
-from .injection import anchor_hits, byte_hits, char_hits, find_injections, spaced_anchor_seen
+from .injection import ANCHORS, anchor_hits, byte_hits, char_hits, find_injections, spaced_anchor_seen
 from .memo import MEMO_FROM, ScanMemo
 from .normalize import VIEW_SEP, despace, fold, fold_ascii, fold_bytes
 from .runs import Layout, text_layout
+from .secrets import ANCHORS as SECRET_ANCHORS
 from .secrets import SecretHit, find_secrets, secret_anchor_seen
 from .strings import plain_texts, value_strings
 from .unicode import hidden_spans, may_hide
@@ -235,6 +238,8 @@ def scan_value(value: Any, path: str = "") -> tuple[Finding, ...]:
     JSON cannot exhaust the stack; at most MAX_FINDINGS are returned. The same findings as
     :func:`reference_scan`, which takes none of the shortcuts.
     """
+    if type(value) is dict and _usual_result_clean(value):
+        return ()
     texts = plain_texts(value)
     if texts is None:  # not plain JSON data (tuples, other mappings, str subclasses, shared containers)
         paths, texts = value_strings(value, path)
@@ -253,6 +258,42 @@ def scan_value(value: Any, path: str = "") -> tuple[Finding, ...]:
         return scan_strings(value_strings(value, path)[0], texts, MEMO)
     per = _scan_joined(texts)  # the usual payload: small strings, scanned joined
     return () if per is None else _placed(per, value_strings(value, path)[0])
+
+
+# MCP's usual tool result, ``{"content": [{"type": "text", "text": TEXT}], "isError": FLAG}``: its
+# keys and its one fixed value hold no anchor of either detector (checked here), and no anchor
+# spans SEP (none holds its NUL), so the joined text has an anchor exactly where TEXT has one.
+_RESULT_WORDS = ("content", "isError", "type", "text")
+assert not joint_hits(fold_ascii(SEP.join(_RESULT_WORDS)))
+assert not any("\x00" in anchor for anchor in (*ANCHORS, *SECRET_ANCHORS))
+
+
+def _usual_result_clean(value: dict[Any, Any]) -> bool:
+    """True only when ``value`` is the usual one-text tool result and its ASCII text, shorter than
+    :data:`MEMO_FROM` (longer ones go through the memo), has no anchor: the ASCII PRESCREEN of the
+    joined text, without the walk and the join. False says nothing; the general path decides."""
+    if len(value) == 2:
+        flag = value.get("isError", value)
+        if not (flag is None or type(flag) is bool):
+            return False  # no ``isError`` key (the default is the dict itself), or a value to walk
+    elif len(value) != 1:
+        return False
+    content = value.get("content")
+    if type(content) is not list or len(content) != 1:
+        return False
+    item = content[0]
+    if type(item) is not dict or len(item) != 2 or item.get("type") != "text":
+        return False
+    text = item.get("text")
+    if type(text) is not str or len(text) >= MEMO_FROM or not text.isascii():
+        return False
+    for key in value:  # exact str keys: a subclass takes the general walk (value_strings)
+        if type(key) is not str:
+            return False
+    for key in item:
+        if type(key) is not str:
+            return False
+    return type(item["type"]) is str and not joint_hits(fold_ascii(text))
 
 
 def reference_scan(value: Any, path: str = "") -> tuple[Finding, ...]:

@@ -83,3 +83,22 @@ async def test_a_gateway_restart_keeps_a_models_risk(tmp_path: Path) -> None:
     assert not result.is_error
     factors = {f["code"] for f in result.meta["io.securegateway/decision"]["risk_factors"]}
     assert "session" in factors  # the restored risk enters the next decision
+
+
+def test_a_decision_is_written_only_when_it_raises_the_risk(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from policy.decision import DENY_KINDS, unknown_tool_decision
+
+    path = tmp_path / "risk.db"
+    store = SqliteIdentityRiskStore(path)
+    base = unknown_tool_decision(model="m", tool="t", policy_digest="d")
+    allowed = replace(base, allowed=True, reason_code="allowed", deny_kind=DENY_KINDS["allowed"])
+    store.for_identity("clean").record_decision(allowed, 1.0)  # the usual call: nothing to write
+    store.for_identity("found").record_decision(replace(allowed, findings=(INJECTION,)), 1.0)
+    store.for_identity("denied").record_decision(replace(base, reason_code="explicit_deny"), 1.0)
+    with sqlite3.connect(path) as db:
+        rows = sorted(db.execute("SELECT model_id FROM identity_risk").fetchall())
+    assert rows == [("denied",), ("found",)]
+    assert store.score("clean", 1.0) == 0.0 and store.score("found", 1.0) > 0.0
+    store.close()

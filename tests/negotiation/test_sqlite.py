@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -77,3 +78,59 @@ def test_the_backstop_asks_sqlite_even_when_the_header_looks_unchanged(
     assert watch.changed() is False  # within the backstop interval the header is believed
     monkeypatch.setattr(store_sqlite, "BACKSTOP_S", 0.0)
     assert watch.changed() is True
+
+
+def _commit_in_another_process(path: Path, key: str) -> None:
+    code = (f"import sqlite3; c = sqlite3.connect({str(path)!r}, isolation_level=None); "
+            f"c.execute(\"INSERT INTO t VALUES ('{key}', 1)\")")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_the_header_is_read_through_the_mapping_and_shows_another_processs_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "s.db"
+    _, watch, _ = _store(path)
+    assert watch._map is not None  # a -shm file on a local filesystem maps
+    monkeypatch.setattr(store_sqlite, "BACKSTOP_S", 1e9)  # only the header can tell
+    monkeypatch.setattr(store_sqlite.os, "pread", lambda *_: pytest.fail("a look made a pread"))
+    assert watch.changed() is False
+    _commit_in_another_process(path, "p1")
+    assert watch.changed() is True and watch.changed() is False
+    _commit_in_another_process(path, "p2")
+    assert watch.changed() is True
+
+
+def test_the_mapped_header_is_the_files_header(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    _, watch, _ = _store(path)
+    shm = os.open(f"{path}-shm", os.O_RDONLY)
+    try:
+        for key in ("a", "b", "c"):
+            _commit_in_another_process(path, key)
+            assert watch._read_header() == os.pread(shm, store_sqlite.WAL_INDEX_HEADER, 0)
+    finally:
+        os.close(shm)
+
+
+def test_without_a_mapping_a_pread_still_shows_another_processs_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "s.db"
+    _, watch, _ = _store(path)
+    assert watch._map is not None
+    watch._map.close()
+    watch._map = None  # as where the file cannot be mapped
+    monkeypatch.setattr(store_sqlite, "BACKSTOP_S", 1e9)
+    assert watch.changed() is False
+    _commit_in_another_process(path, "p")
+    assert watch.changed() is True and watch.changed() is False
+
+
+def test_close_unmaps_and_closes_the_descriptor(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    _, watch, _ = _store(path)
+    mapping = watch._map
+    assert mapping is not None
+    watch.close()
+    assert mapping.closed and watch._map is None and watch._shm is None

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import FrozenInstanceError, fields, replace
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from policy.decision import DECISION_SCHEMA, ApprovalRequirement, Counterfactual, Decision, TraceEntry
+from policy.decision import DECISION_SCHEMA, ApprovalRequirement, Counterfactual, Decision, TraceEntry, with_id
 from policy.detect import Finding
 from policy.risk import RiskFactor
 
@@ -68,3 +70,20 @@ def test_to_dict_returns_fresh_containers_each_call() -> None:
     first["rule_trace"][0]["note"] = "changed"
     first["reasoning"].append("more")
     assert second == decision.to_dict() and second["rule_trace"][0]["note"] is None
+
+
+@given(decision=_decisions, decision_id=_text)
+def test_with_id_is_replace_of_the_id_with_every_other_field_the_same_object(
+    decision: Decision, decision_id: str
+) -> None:
+    clone = with_id(decision, decision_id)
+    assert type(clone) is Decision and clone == replace(decision, decision_id=decision_id)
+    assert clone.decision_id is decision_id
+    assert all(getattr(clone, f.name) is getattr(decision, f.name) for f in fields(Decision)[1:])
+    assert clone.to_dict() == {**decision.to_dict(), "decision_id": decision_id}
+
+
+def test_a_decision_made_by_with_id_stays_frozen() -> None:
+    decision = Decision("d", True, "ok", "allowed", None, "m", "a.b", (), (), 0.0, (), ("Fine.",), (), "sha", None)
+    with pytest.raises(FrozenInstanceError):
+        with_id(decision, "e").reason = "changed"  # type: ignore[misc]

@@ -139,3 +139,22 @@ def test_the_per_call_histograms_expose_what_prometheus_clients_own_would() -> N
     ours, theirs = audit_samples(metrics.render()), audit_samples(generate_latest(registry))
     assert ours == theirs and value(ours, "securegateway_audit_write_seconds_count") == 8
     assert value(ours, "securegateway_audit_write_seconds_bucket", le="0.0001") == 3
+
+
+async def test_each_call_is_timed_under_the_upstream_label_it_is_counted_under() -> None:
+    from types import SimpleNamespace
+
+    metrics = GatewayMetrics(models=["m"], upstreams=["files", "gateway", "other"])
+
+    async def answer(call: Any) -> dict[str, Any]:
+        return {}
+
+    servers = ["files", "", "unknown", "gateway", "other", "Files", "files.x"]
+    for server in servers:
+        await metrics.interceptor(SimpleNamespace(server=server), answer)  # type: ignore[arg-type]
+    seen = {label: latency.counts[-1] + sum(latency.counts[:-1])
+            for label, (_, latency) in metrics._per_upstream.items()}
+    expected: dict[str, int] = {}
+    for server in servers:
+        expected[metrics.upstream_label(server)] = expected.get(metrics.upstream_label(server), 0) + 1
+    assert {label: count for label, count in seen.items() if count} == expected

@@ -32,10 +32,13 @@ from .payloads import (
     SECRET_TOKENS,
     SEPARATORS,
     VISIBLE,
+    Text,
     general,
     payloads,
     plain,
     result,
+    scalar,
+    text,
 )
 
 
@@ -191,3 +194,55 @@ def test_the_filler_holds_no_anchor() -> None:
         for separator in SEPARATORS:
             for after in [*FILLER, LONG_FILLER]:
                 assert anchors.joint_hits(fold_ascii(before + separator + after)) == [], (before, separator, after)
+
+
+# ---- the usual tool result: scan.py's shortcut past the walk and the join ---------------------
+
+_ITEM_KEYS = st.sampled_from(["type", "text", "Type", "annotations"])
+usual_results = st.builds(
+    lambda body, flag, kind, extra, item_extra, key_kind: {
+        **({} if extra is None else {extra: "x"}),
+        "content": [{"type": kind, **({} if item_extra is None else {item_extra: "y"}), "text": body}],
+        **({} if flag is ... else {"isError": flag}),
+    } if key_kind == 0 else {"content": [{Text("type"): kind, "text": body}]},
+    st.one_of(text, scalar, text.map(Text)),
+    st.one_of(st.just(...), st.booleans(), st.none(), text, st.integers()),
+    st.one_of(st.just("text"), st.sampled_from(["image", "Text", ""]), text.map(Text)),
+    st.one_of(st.none(), st.none(), st.sampled_from(["structuredContent", "_meta", "isError"])),
+    st.one_of(st.none(), st.none(), _ITEM_KEYS),
+    st.sampled_from([0, 0, 0, 1]),
+)  # fmt: skip
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(usual_results)
+def test_the_usual_tool_result_scans_as_the_reference_does(value: Any) -> None:
+    assert same(value)
+
+
+def test_the_usual_clean_result_skips_the_walk_and_the_join(monkeypatch: pytest.MonkeyPatch) -> None:
+    def untouched(*_: Any, **__: Any) -> Any:
+        raise AssertionError("the usual result should have been answered without the walk")
+
+    monkeypatch.setattr(scan, "plain_texts", untouched)
+    monkeypatch.setattr(scan, "value_strings", untouched)
+    for value in ({"content": [{"type": "text", "text": "hello 123"}], "isError": False},
+                  {"content": [{"type": "text", "text": ""}]}, {"content": [{"type": "text", "text": "ok"}],
+                                                                  "isError": None}):
+        assert scan_value(value, "") == ()
+
+
+def test_a_usual_result_shortcut_blind_to_anchors_is_caught() -> None:
+    real = scan._usual_result_clean
+
+    def blind(value: dict[Any, Any]) -> bool:
+        saved, scan.joint_hits = scan.joint_hits, lambda data: []
+        try:
+            return real(value)
+        finally:
+            scan.joint_hits = saved
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scan, "_usual_result_clean", blind)
+        value = find(usual_results, lambda value: not same(value), settings=_SEARCH)
+    assert same(value) and reference_scan(value, "v")
