@@ -17,6 +17,7 @@ measure alike) or time spent waiting (the gateway is slower than the burn).
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import time
 from pathlib import Path
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(args.config)
     interceptors: list[Any] = [Burn(args.burn_us)] if args.burn_us else []
     gateway = Gateway(config, interceptors=interceptors)
+    gc.freeze()  # what start-up made is never scanned again, as `securegateway run` does once built
     anyio.run(gateway.run, backend_options=event_loop_options(config.event_loop, config.path.name))
     return 0
 
