@@ -33,6 +33,7 @@ from typing import Any
 
 import orjson
 
+from policy.audit.checkpoint import CheckpointSigner, sign_checkpoint
 from policy.entropy import uuid4_text
 from policy.redact import (
     collect_strings,
@@ -49,10 +50,12 @@ __all__ = [
     "GENESIS_HASH",
     "HASH_SLOT",
     "SCHEMA",
+    "SINK_FIELDS",
     "AuditError",
     "PlainEvent",
     "canonical_bytes",
     "canonical_event",
+    "checkpoint_body",
     "envelope_problem",
     "event",
     "event_hash",
@@ -61,6 +64,8 @@ __all__ = [
     "new_event_id",
     "now_ts",
     "plain_body",
+    "prepare_body",
+    "recovered_body",
     "redacted_payload",
     "reference_line",
     "scrub_event",
@@ -497,3 +502,56 @@ class PlainEvent(dict[str, Any]):
     """
 
     __slots__ = ()
+
+
+SINK_FIELDS = frozenset({"seq", "ts", "prev_hash", "hash"})
+"""Fields the log assigns as it chains an event: an event that brings its own is refused."""
+
+
+def prepare_body(event: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+    """The body a log writes for ``event`` and whether it is a :class:`PlainEvent` (plain, scanned,
+    tame numbers); AuditError when the event is not one a log may write."""
+    if (isinstance(event, PlainEvent) and "schema" in event and "event_id" in event
+            and event.get("type") in EVENT_TYPES and "seq" not in event and "ts" not in event
+            and "prev_hash" not in event and "hash" not in event):
+        return event, True  # its builder walked and scanned it already: written as it is, uncopied
+    kind = event.get("type")
+    if kind not in EVENT_TYPES:
+        raise AuditError("unknown_event_type", f"unknown audit event type `{kind}`")
+    reserved = sorted(SINK_FIELDS & event.keys())
+    if reserved:
+        raise AuditError("reserved_field", f"field `{reserved[0]}` is assigned by the audit log")
+    plain = isinstance(event, PlainEvent)
+    if plain:
+        body = dict(event)
+    else:
+        body, strings = plain_body(event)
+    body.setdefault("schema", SCHEMA)
+    if "event_id" not in body:
+        body["event_id"] = new_event_id()
+    if body["schema"] != SCHEMA:
+        raise AuditError("reserved_field", f"unsupported schema `{body['schema']}`")
+    # Whatever built the event, no secret the scanners know reaches the file.
+    return (body, True) if plain else (scrub_event(body, strings), False)
+
+
+def recovered_body(reason: str, torn: bytes, sidecar: dict[str, Any] | None) -> dict[str, Any]:
+    """The ``audit.recovered`` event a log writes when it opens on a tail it cannot continue as
+    is: why (``reason``), the torn fragment it set aside (its size and digest, never its bytes),
+    and what the head sidecar named."""
+    return {
+        "schema": SCHEMA,
+        "event_id": new_event_id(),
+        "type": "audit.recovered",
+        "reason": reason,
+        "torn_bytes": len(torn),
+        "torn_sha256": "sha256:" + hashlib.sha256(torn).hexdigest() if torn else None,
+        "sidecar": sidecar,
+    }
+
+
+def checkpoint_body(signer: CheckpointSigner, seq: int, head_hash: str) -> dict[str, Any]:
+    """The ``audit.checkpoint`` event: ``signer``'s signature over the head ``(seq, head_hash)``."""
+    checkpoint = sign_checkpoint(signer, seq, head_hash)
+    return {"schema": SCHEMA, "event_id": new_event_id(), "type": "audit.checkpoint",
+            "checkpoint": checkpoint.to_dict()}

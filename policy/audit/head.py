@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from policy.audit.checkpoint import Checkpoint
+from policy.audit.checkpoint import Checkpoint, CheckpointVerifier
 from policy.audit.event import GENESIS_HASH, event_hash
 
 HEAD_SCHEMA = "securegateway.audit-head/1"
@@ -248,4 +248,23 @@ def sidecar_disagreement(recorded: Head | str | None, head: Head) -> str | None:
         return "truncated"
     if recorded.seq == head.seq and recorded.hash != head.hash:
         return "head_mismatch"
+    return None
+
+
+def unvouched(record: HeadRecord, files: list[Path], tail: Head, verifier: CheckpointVerifier | None) -> str | None:
+    """Why a sidecar that agrees with the files is not to be trusted, or None.
+
+    A lagging checkpoint vouches for an earlier event, which must still be in the files
+    with the hash it signed: otherwise the tail was cut (and maybe rebuilt) past it.
+    """
+    checkpoint = record.checkpoint
+    if checkpoint is None:
+        return "head_unsigned"
+    if verifier is not None and not checkpoint.verify(verifier):
+        return "head_forged"
+    if (checkpoint.seq, checkpoint.hash) != (record.head.seq, record.head.hash):
+        if checkpoint.seq > tail.seq:
+            return "truncated"
+        if hash_at(files, checkpoint.seq) != checkpoint.hash:
+            return "head_mismatch"
     return None

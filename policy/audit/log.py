@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import os
 import threading
 import time
@@ -54,17 +53,14 @@ from policy.audit.checkpoint import (
 )
 from policy.audit.event import (
     ENVELOPE_FIELDS,
-    EVENT_TYPES,
     HASH_SLOT,
-    SCHEMA,
     AuditError,
-    PlainEvent,
+    checkpoint_body,
     format_ts,
-    new_event_id,
     now_ts,
-    plain_body,
+    prepare_body,
+    recovered_body,
     reference_line,
-    scrub_event,
     seal,
 )
 from policy.audit.head import (
@@ -75,7 +71,6 @@ from policy.audit.head import (
     Head,
     HeadRecord,
     checkpoint_json,
-    hash_at,
     head_path,
     head_record_bytes,
     log_files,
@@ -83,6 +78,7 @@ from policy.audit.head import (
     read_head_record,
     scan_tail,
     sidecar_disagreement,
+    unvouched,
 )
 
 __all__ = [
@@ -99,8 +95,6 @@ __all__ = [
     "read_head",
     "read_head_record",
 ]
-
-_SINK_FIELDS = frozenset({"seq", "ts", "prev_hash", "hash"})
 
 HEAD_SIGN_INTERVAL = 1.0
 """Seconds a signed head may lag the durable head while events keep coming (and, through
@@ -230,7 +224,7 @@ class JsonlAuditLog:
         lines are in the kernel: a crash of the process keeps them, a power loss may not until
         :meth:`sync` has returned.
         """
-        bodies = [self._prepare(item) for item in events]
+        bodies = [prepare_body(item) for item in events]
         if not bodies:
             return []
         with self._lock:
@@ -347,38 +341,6 @@ class JsonlAuditLog:
 
     # -- internals; every method below runs under self._lock -------------------------------
 
-    @staticmethod
-    def _prepare(event: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
-        """The body to write and whether it is a :class:`PlainEvent` (plain, scanned, tame numbers)."""
-        if (isinstance(event, PlainEvent) and "schema" in event and "event_id" in event
-                and event.get("type") in EVENT_TYPES and "seq" not in event and "ts" not in event
-                and "prev_hash" not in event and "hash" not in event):
-            return event, True  # its builder walked and scanned it already: written as it is, uncopied
-        kind = event.get("type")
-        if kind not in EVENT_TYPES:
-            raise AuditError("unknown_event_type", f"unknown audit event type `{kind}`")
-        reserved = sorted(_SINK_FIELDS & event.keys())
-        if reserved:
-            raise AuditError("reserved_field", f"field `{reserved[0]}` is assigned by the audit log")
-        plain = isinstance(event, PlainEvent)
-        if plain:
-            body = dict(event)
-        else:
-            body, strings = plain_body(event)
-        body.setdefault("schema", SCHEMA)
-        if "event_id" not in body:
-            body["event_id"] = new_event_id()
-        if body["schema"] != SCHEMA:
-            raise AuditError("reserved_field", f"unsupported schema `{body['schema']}`")
-        # Whatever built the event, no secret the scanners know reaches the file.
-        return (body, True) if plain else (scrub_event(body, strings), False)
-
-    def _checkpoint_body(self, head: Head) -> dict[str, Any]:
-        assert self._signer is not None
-        checkpoint = sign_checkpoint(self._signer, head.seq, head.hash)
-        return {"schema": SCHEMA, "event_id": new_event_id(), "type": "audit.checkpoint",
-                "checkpoint": checkpoint.to_dict()}
-
     def _write(
         self, bodies: Sequence[tuple[dict[str, Any], bool]], prefix: bytes = b"", *, checkpoint: bool = False,
         keep: bool = True,
@@ -388,9 +350,10 @@ class JsonlAuditLog:
         written: list[dict[str, Any]] = []
         lines: list[bytes] = []
         queue = list(bodies)
-        due = self._signer is not None and self._checkpoint_every > 0
-        if self._signer is not None and checkpoint:
-            queue.append((self._checkpoint_body(Head(seq, last)), True))
+        signer = self._signer
+        due = signer is not None and self._checkpoint_every > 0
+        if signer is not None and checkpoint:
+            queue.append((checkpoint_body(signer, seq, last), True))
         published: list[Checkpoint] = []
         checkpointed = self._checkpointed
         stamp = self._stamp
@@ -416,8 +379,8 @@ class JsonlAuditLog:
                 if vouched is not None:
                     published.append(vouched)
                 checkpointed = seq
-            elif due and index == len(queue) and seq - checkpointed >= self._checkpoint_every:
-                queue.append((self._checkpoint_body(Head(seq, last)), True))
+            elif due and signer is not None and index == len(queue) and seq - checkpointed >= self._checkpoint_every:
+                queue.append((checkpoint_body(signer, seq, last), True))
         head = Head(seq, last)
         try:
             chunk: list[bytes] = [prefix] if prefix else []
@@ -599,7 +562,7 @@ class JsonlAuditLog:
         recorded = record.head if isinstance(record, HeadRecord) else record
         reason = sidecar_disagreement(recorded, tail.head)
         if reason is None and self._signer is not None and isinstance(record, HeadRecord) and tail.head.seq > 0:
-            reason = self._unvouched(record, files, tail.head)
+            reason = unvouched(record, files, tail.head, self._verifier)
         torn = tail.fragment if tail.fragment and not tail.fragment_is_event else b""
         prefix = b"\n" if tail.fragment else b""
         if reason is None and not torn:
@@ -616,35 +579,9 @@ class JsonlAuditLog:
             self._synced = tail.head
             return
         sidecar = {"seq": recorded.seq, "hash": recorded.hash} if isinstance(recorded, Head) else None
-        body = {
-            "schema": SCHEMA,
-            "event_id": new_event_id(),
-            "type": "audit.recovered",
-            "reason": reason or "torn_tail",
-            "torn_bytes": len(torn),
-            "torn_sha256": "sha256:" + hashlib.sha256(torn).hexdigest() if torn else None,
-            "sidecar": sidecar,
-        }
+        body = recovered_body(reason or "torn_tail", torn, sidecar)
         self._write([(body, True)], prefix=prefix)
         self._sync_locked()
-
-    def _unvouched(self, record: HeadRecord, files: list[Path], tail: Head) -> str | None:
-        """Why a sidecar that agrees with the files is not to be trusted, or None.
-
-        A lagging checkpoint vouches for an earlier event, which must still be in the files
-        with the hash it signed: otherwise the tail was cut (and maybe rebuilt) past it.
-        """
-        checkpoint = record.checkpoint
-        if checkpoint is None:
-            return "head_unsigned"
-        if self._verifier is not None and not checkpoint.verify(self._verifier):
-            return "head_forged"
-        if (checkpoint.seq, checkpoint.hash) != (record.head.seq, record.head.hash):
-            if checkpoint.seq > tail.seq:
-                return "truncated"
-            if hash_at(files, checkpoint.seq) != checkpoint.hash:
-                return "head_mismatch"
-        return None
 
     def _append_raw(self, data: bytes) -> None:
         assert self._file is not None
