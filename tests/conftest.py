@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -29,7 +30,34 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+_LISTEN_LOW = 20000
+_EPHEMERAL_LOW = _ephemeral_low()
+
+
 def free_port() -> int:
+    """A loopback port free now, for a server a test starts next.
+
+    Picked below the kernel's ephemeral range where there is room: a port the kernel hands out
+    for ``bind(0)`` is also what it hands to outgoing connections (any process's), so one of
+    those could take it between this check and the server's bind (seen in CI: EADDRINUSE).
+    Ports below the range are only ever taken by explicit binds."""
+    rng = random.SystemRandom()
+    if _EPHEMERAL_LOW - _LISTEN_LOW >= 1000:
+        for _ in range(64):
+            port = rng.randrange(_LISTEN_LOW, _EPHEMERAL_LOW)
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
