@@ -20,13 +20,22 @@ COMPARED = ("allowed", "reason", "reason_code", "deny_kind", "model", "tool", "m
             "risk_score", "risk_factors", "reasoning", "errors", "policy_digest", "counterfactual", "findings")
 
 
-def comparable(decision: dict[str, Any]) -> dict[str, Any]:
-    """The compared fields; a suggested rule's expiry is "an hour from now", so minutes apart."""
+def comparable(decision: dict[str, Any], *, risk_within: float | None = None) -> dict[str, Any]:
+    """The compared fields; a suggested rule's expiry is "an hour from now", so minutes apart.
+
+    ``risk_within``: the risk figures compare within that much, because a session's risk decays
+    with time and the dry run and the call are judged a few milliseconds apart (seen in CI: 0.0998
+    against 0.0997). Everything else compares exactly."""
     out = {k: decision[k] for k in COMPARED}
     counterfactual = out["counterfactual"]
     if counterfactual and counterfactual.get("suggested_rule"):
         rule = {k: v for k, v in counterfactual["suggested_rule"].items() if k != "expires"}
         out["counterfactual"] = {**counterfactual, "suggested_rule": rule}
+    if risk_within is not None:
+        out["risk_score"] = pytest.approx(out["risk_score"], abs=risk_within)
+        if isinstance(out["risk_factors"], list):
+            out["risk_factors"] = [{**f, "weight": pytest.approx(f["weight"], abs=risk_within)} if "weight" in f else f
+                                   for f in out["risk_factors"]]
     return out
 
 
@@ -68,7 +77,7 @@ async def test_evaluate_returns_the_decision_tools_call_makes_without_forwarding
             decision = real.structured_content if real.is_error else real.meta["io.securegateway/decision"]
             assert dry.status_code == 200, dry.text
             body = dry.json()
-            assert comparable(body) == comparable(decision), tool
+            assert comparable(body, risk_within=1e-3) == comparable(decision), tool
             assert body["decision_id"] != decision["decision_id"]
         by_id = (await http.post("/api/evaluate", json={"model_id": "gpt-4o", "tool": "search.echo",
                                                         "arguments": {"text": "x"}})).json()
