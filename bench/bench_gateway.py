@@ -27,7 +27,9 @@ against the issue's "relay alone (no policy)" mark; ``--no-relay`` leaves it out
 ``--burn N`` adds the relay alone plus ``N`` microseconds of pure CPU per ``tools/call``
 (``bench/relay_only.py --burn-us N``), spent before the forward: a side whose only extra work is
 known CPU. Set to the gateway's CPU above the relay's, it tells whether the gateway's latency
-above the relay is that CPU or something else (waiting, wake-ups).
+above the relay is that CPU or something else (waiting, wake-ups). ``--burn-at`` lists where
+the burn runs, one side per position (``before-forward``, ``after-forward``, ``after-reply``,
+bench/relay_only.py ``--burn-at``): what the same CPU costs off the critical path.
 
 It prints one table with gateway/direct ratios and the targets, marked PASS or MISS.
 Everything runs on 127.0.0.1 inside a temporary directory that is removed at exit, and every
@@ -67,6 +69,7 @@ SIZES = (1024, 100 * 1024, 1024 * 1024)
 CALLERS = 8
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 DURABILITY = ("before-response", "before-forward")  # [audit] durability; the first is the default
+BURN_POSITIONS = ("before-forward", "after-forward", "after-reply")  # bench/relay_only.py --burn-at (its WHEN)
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,12 @@ FLOOR = "floor"  # ``--floor``: bench/floor_relay.py, the least a Python stdio h
 FLOOR_DURABLE = "floor:durable"  # ``--floor``: the same with a durable line per call (FLOOR_AUDIT)
 UNSYNCED = "gateway:audit not synced"  # ``--unsynced``: the gateway with ``[audit] fsync = false``
 BURN = "relay:burn"  # ``--burn N``: the relay alone plus N us of CPU per call (bench/relay_only.py --burn-us)
+
+
+def burn_side(at: str) -> str:
+    """The figures' key of the burning relay spending its CPU at ``at`` (``--burn-at``)."""
+    return BURN if at == "before-forward" else f"{BURN} {at}"
+
 
 
 # ---- the deployment under test -----------------------------------------------------------------
@@ -241,11 +250,13 @@ def gateway_argv(config: Path, profile: Path | None = None) -> list[str]:
     return [sys.executable, *runner, "-m", "proxy.cli", "run", "--config", str(config)]
 
 
-def relay_argv(config: Path, profile: Path | None = None, burn_us: int = 0) -> list[str]:
+def relay_argv(
+    config: Path, profile: Path | None = None, burn_us: int = 0, burn_at: str = "before-forward"
+) -> list[str]:
     """The relay alone over ``config`` (its policy, audit and scanning settings are not used),
-    spending ``burn_us`` microseconds of CPU per ``tools/call`` when given."""
+    spending ``burn_us`` microseconds of CPU per ``tools/call`` when given, at ``burn_at``."""
     runner = ["-m", "cProfile", "-o", str(profile)] if profile else []
-    burn = ["--burn-us", str(burn_us)] if burn_us else []
+    burn = ["--burn-us", str(burn_us), "--burn-at", burn_at] if burn_us else []
     return [sys.executable, *runner, "-m", "bench.relay_only", str(config), *burn]
 
 
@@ -499,7 +510,7 @@ def gateway_side(mode: str) -> str:
 async def bench_stdio(
     tmp: Path, counts: Counts, log: TextIO, progress: Callable[[str], None], modes: tuple[str, ...],
     relay: bool = True, baseline: Path | None = None, floor: bool = False, unsynced: bool = False,
-    burn_us: int = 0,
+    burn_us: int = 0, burn_at: tuple[str, ...] = ("before-forward",),
 ) -> dict[str, Figures]:
     env = {"SECUREGATEWAY_MODEL_KEY": MODEL_KEY}
     configs = {mode: write_site(tmp / f"stdio-calls-{mode}", listen="stdio", upstream="stdio", durability=mode)
@@ -537,11 +548,13 @@ async def bench_stdio(
             sides.append(hop_side(RELAY_BASELINE, f"{UPSTREAM}.echo",
                                   lambda: stdio_session(relay_argv(base_relay), log, cwd=baseline),
                                   "baseline relay-alone gateway", "bench.relay_only", str(base_relay)))
-    if burn_us:
-        burn_config = write_site(tmp / "stdio-burn", listen="stdio", upstream="stdio")
-        sides.append(hop_side(BURN, f"{UPSTREAM}.echo",
-                              lambda: stdio_session(relay_argv(burn_config, burn_us=burn_us), log),
-                              "burning relay", "bench.relay_only", str(burn_config)))
+    for at in burn_at if burn_us else ():
+        burn_config = write_site(tmp / f"stdio-burn-{at}", listen="stdio", upstream="stdio")
+        sides.append(hop_side(burn_side(at), f"{UPSTREAM}.echo",
+                              functools.partial(
+                                  lambda c, a: stdio_session(relay_argv(c, burn_us=burn_us, burn_at=a), log),
+                                  burn_config, at),
+                              f"relay burning {at}", "bench.relay_only", str(burn_config)))
     if floor:
         floor_env = {"FLOOR_UPSTREAM": json.dumps(upstream_argv())}
         sides.append(hop_side(FLOOR, "echo",
@@ -663,9 +676,10 @@ def rows_for(transport: str, figures: dict[str, Figures], side: str = "gateway")
 def relay_rows(transport: str, figures: dict[str, Figures], side: str = RELAY, burn_us: int = 0) -> list[Row]:
     """The relay-alone side: judged on p50 only (the issue's mark); the rest for scale."""
     d, r = figures["direct"], figures[side]
-    label = {RELAY: f"{transport} (relay alone)", RELAY_BASELINE: f"{transport} (relay alone, baseline)",
-             FLOOR: f"{transport} (floor relay)", FLOOR_DURABLE: f"{transport} (floor relay, durable)",
-             BURN: f"{transport} (relay + {burn_us} us CPU/call)"}[side]
+    labels = {RELAY: f"{transport} (relay alone)", RELAY_BASELINE: f"{transport} (relay alone, baseline)",
+              FLOOR: f"{transport} (floor relay)", FLOOR_DURABLE: f"{transport} (floor relay, durable)",
+              BURN: f"{transport} (relay + {burn_us} us CPU/call)"}
+    label = labels.get(side) or f"{transport} (relay + {burn_us} us {side.removeprefix(BURN).strip()})"
     rows: list[Row] = []
     judged = RELAY_P50 if side in (RELAY, RELAY_BASELINE) else None
     for metric, direct, relay, target in (
@@ -765,6 +779,9 @@ def main() -> int:
     parser.add_argument("--burn", type=int, default=0, metavar="US",
                         help="add the stdio relay alone plus US microseconds of pure CPU per tools/call"
                              " (bench/relay_only.py --burn-us): what that much gateway CPU costs in latency")
+    parser.add_argument("--burn-at", default="before-forward", metavar="WHEN[,WHEN...]",
+                        help="with --burn: where the CPU is spent, one side per position"
+                             f" ({', '.join(BURN_POSITIONS)}); default before-forward")
     parser.add_argument("--baseline", type=Path, metavar="DIR",
                         help="also run the gateway (and on stdio the relay alone) from another checkout DIR"
                              " (e.g. main) in the same rounds; its rows are labelled `baseline`")
@@ -777,6 +794,11 @@ def main() -> int:
         parser.error(f"--baseline {args.baseline}: not a SecureGateway checkout (no proxy/cli/ in it)")
     if args.burn < 0:
         parser.error("--burn: must be 0 or more microseconds")
+    burn_at = tuple(dict.fromkeys(p.strip() for p in args.burn_at.split(",")))
+    unknown = [p for p in burn_at if p not in BURN_POSITIONS]
+    if unknown or not burn_at:
+        named = unknown[0] if unknown else args.burn_at
+        parser.error(f"--burn-at: `{named}` is not one of {', '.join(BURN_POSITIONS)}")
     counts = QUICK if args.quick else DEFAULT
     if args.rounds:
         counts = Counts(**{**counts.__dict__, "rounds": max(1, args.rounds)})
@@ -803,7 +825,7 @@ def main() -> int:
                         progress(f"{transport}: client -> upstream, direct and through the gateway")
                         extra: dict[str, Any] = {"baseline": baseline} | (
                             {"relay": not args.no_relay, "floor": args.floor, "unsynced": args.unsynced,
-                             "burn_us": args.burn}
+                             "burn_us": args.burn, "burn_at": burn_at}
                             if transport == "stdio" else {})
                         figures = anyio.run(functools.partial(bench, tmp, counts, log, progress, modes, **extra))
                         for mode in modes if transport == "stdio" else modes[:1]:
@@ -816,8 +838,9 @@ def main() -> int:
                             rows += relay_rows(transport, figures)
                         if RELAY_BASELINE in figures:
                             rows += relay_rows(transport, figures, RELAY_BASELINE)
-                        if BURN in figures:
-                            rows += relay_rows(transport, figures, BURN, burn_us=args.burn)
+                        for at in burn_at:
+                            if burn_side(at) in figures:
+                                rows += relay_rows(transport, figures, burn_side(at), burn_us=args.burn)
                         if FLOOR in figures:
                             rows += relay_rows(transport, figures, FLOOR)
                         if FLOOR_DURABLE in figures:

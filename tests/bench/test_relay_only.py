@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
@@ -64,9 +65,52 @@ async def test_a_burn_passes_the_call_and_its_result_through_unchanged() -> None
 
 
 @pytest.mark.anyio
-async def test_the_burning_relay_relays_a_real_session(tmp_path: Path) -> None:
+async def test_a_burn_after_the_reply_spends_nothing_before_the_result_is_back_and_all_of_it_next_turn() -> None:
+    async def call_next(call: Any) -> dict[str, Any]:
+        return {"content": [], "isError": False}
+
+    burn = Burn(300, "after-reply")
+    result = await burn(object(), call_next)  # type: ignore[arg-type]
+    assert result == {"content": [], "isError": False}
+    assert burn.spent_ns == 0  # the caller has its result (the lane writes the reply) before any burn
+    await anyio.lowlevel.checkpoint()  # the loop runs the queued burn
+    assert burn.spent_ns >= 300_000
+
+
+@pytest.mark.anyio
+async def test_a_burn_after_the_forward_runs_once_the_call_waits_for_its_upstream() -> None:
+    spent_at_forward: list[int] = []
+    answer = anyio.Event()
+
+    async def call_next(call: Any) -> dict[str, Any]:
+        spent_at_forward.append(burn.spent_ns)  # the forward is written here, before the first await
+        await answer.wait()
+        return {"content": [], "isError": False}
+
+    async def upstream_answers() -> None:
+        await anyio.sleep(0.01)
+        answer.set()
+
+    burn = Burn(300, "after-forward")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(upstream_answers)
+        result = await burn(object(), call_next)  # type: ignore[arg-type]
+    assert result == {"content": [], "isError": False}
+    assert spent_at_forward == [0]
+    assert burn.spent_ns >= 300_000  # spent while the call waited
+
+
+def test_an_unknown_burn_position_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown burn position"):
+        Burn(10, "sometime")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("at", ["before-forward", "after-forward", "after-reply"])
+async def test_the_burning_relay_relays_a_real_session(tmp_path: Path, at: str) -> None:
     params = StdioServerParameters(command=sys.executable,
-                                   args=["-m", "bench.relay_only", str(_config(tmp_path)), "--burn-us", "500"],
+                                   args=["-m", "bench.relay_only", str(_config(tmp_path)), "--burn-us", "500",
+                                         "--burn-at", at],
                                    cwd=ROOT)
     with anyio.fail_after(30):
         async with Client(stdio_client(params), mode="legacy") as client:
@@ -76,10 +120,17 @@ async def test_the_burning_relay_relays_a_real_session(tmp_path: Path) -> None:
     assert result.content[0].text == "through the burn"  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("argv", [["--burn-us", "-1"], ["--burn-us", "lots"], []])
+@pytest.mark.parametrize("argv", [["--burn-us", "-1"], ["--burn-us", "lots"], ["--burn-at", "later"], []])
 def test_bad_arguments_are_refused_with_usage(tmp_path: Path, argv: list[str]) -> None:
     config = [str(_config(tmp_path))] if argv else []
     done = subprocess.run([sys.executable, "-m", "bench.relay_only", *config, *argv], cwd=ROOT,
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
     assert "usage:" in done.stderr
+
+
+def test_the_benchmark_knows_every_burn_position_the_relay_offers() -> None:
+    from bench.bench_gateway import BURN_POSITIONS
+    from bench.relay_only import WHEN
+
+    assert BURN_POSITIONS == WHEN
