@@ -126,7 +126,6 @@ def burn_side(at: str) -> str:
     return BURN if at == "before-forward" else f"{BURN} {at}"
 
 
-
 # ---- the deployment under test -----------------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ import atexit
 import functools
 import gc
 import importlib
+import inspect
 import json
 import sys
 import time
@@ -53,8 +54,6 @@ def _mark(name: str) -> None:
 
 
 def _timed(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
-    import inspect
-
     if inspect.iscoroutinefunction(method):
 
         @functools.wraps(method)
